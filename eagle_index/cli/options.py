@@ -1,0 +1,25 @@
+"""Options shared by every command, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from eagle_index.config import Settings
+
+DataDirOpt = Annotated[
+    Optional[Path],
+    typer.Option("--data-dir", help="Data folder (catalog, index, artifacts). Env EAGLE_INDEX_DATA; default ./eagle-data."),
+]
+WeightsDirOpt = Annotated[
+    Optional[Path],
+    typer.Option("--weights-dir", help="Folder with model weights. Env EAGLE_INDEX_WEIGHTS."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def settings_from(data_dir: Path | None = None, weights_dir: Path | None = None, **more) -> Settings:
+    """Settings for one CLI call: env vars, then the options given on the command line."""
+    return Settings.load(data_dir=data_dir, weights_dir=weights_dir, **more)

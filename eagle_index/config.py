@@ -1,0 +1,106 @@
+"""One typed settings object, validated once and passed whole.
+
+Values come from (highest first): explicit arguments (CLI options), environment variables
+(`EAGLE_INDEX_DATA`, `EAGLE_INDEX_WEIGHTS`, `EAGLE_INDEX_DEVICE`), then defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_DATA_DIR = "EAGLE_INDEX_DATA"
+ENV_WEIGHTS_DIR = "EAGLE_INDEX_WEIGHTS"
+ENV_DEVICE = "EAGLE_INDEX_DEVICE"
+
+
+class TilingSettings(BaseModel):
+    """How a slide becomes tiles (EAGLE defaults: 224 px at 2.0 µm/px = 448 µm)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_mpp: float = Field(2.0, gt=0, description="µm per pixel of the tiles the models see")
+    tile_px: int = Field(224, gt=0, description="tile side in pixels at target_mpp")
+    canny_low: int = Field(40, ge=0)
+    canny_high: int = Field(100, ge=0)
+    min_edge_ratio: float = Field(0.02, ge=0, le=1, description="keep a tile with at least this fraction of Canny edge pixels")
+    default_mpp: float | None = Field(None, gt=0, description="µm/px used when a slide records none (last resort)")
+    read_threads: int = Field(4, ge=1)
+
+    @property
+    def tile_um(self) -> float:
+        return self.target_mpp * self.tile_px
+
+
+class EagleSettings(BaseModel):
+    """Parameters of the EAGLE aggregation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    top_k: int = Field(25, ge=1, description="tiles per patient whose Virchow2 class tokens are averaged")
+
+
+class IndexSettings(BaseModel):
+    """FAISS vector index choices."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["auto", "flat", "hnsw"] = "auto"
+    approximate_above: int = Field(200_000, ge=1, description="'auto' switches from exact to HNSW above this many vectors")
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_construction: int = Field(80, ge=8)
+    hnsw_ef_search: int = Field(64, ge=8)
+
+
+class Settings(BaseModel):
+    """Everything a run of eagle-index needs to know."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path = Path("./eagle-data")
+    weights_dir: Path | None = None
+    device: str = "auto"
+    models: str = Field("default", description="model preset: 'default' (official weights) or 'tiny' (random, tests/demo)")
+    tiling: TilingSettings = TilingSettings()
+    eagle: EagleSettings = EagleSettings()
+    index: IndexSettings = IndexSettings()
+
+    @classmethod
+    def load(cls, **overrides: Any) -> "Settings":
+        """Build settings from environment variables, then explicit overrides (None = not given)."""
+        values: dict[str, Any] = {}
+        if os.environ.get(ENV_DATA_DIR):
+            values["data_dir"] = Path(os.environ[ENV_DATA_DIR])
+        if os.environ.get(ENV_WEIGHTS_DIR):
+            values["weights_dir"] = Path(os.environ[ENV_WEIGHTS_DIR])
+        if os.environ.get(ENV_DEVICE):
+            values["device"] = os.environ[ENV_DEVICE]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.data_dir / "catalog.duckdb"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def catalog_url(self) -> str:
+        return f"duckdb:///{self.catalog_path.resolve()}"
+
+    def resolved_device(self) -> str:
+        """'auto' means CUDA when present, else CPU (imports torch only when asked)."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,102 @@
+"""Slide tables (`PATIENT,FILENAME[,MPP]`) and clinical tables (`PATIENT` + label columns)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from eagle_index.errors import InputError
+
+
+def read_table(path: Path):
+    """CSV or Excel into a DataFrame of strings; errors name the file."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        if path.suffix.lower() in (".xlsx", ".xls"):
+            frame = pd.read_excel(path, dtype=str)
+        else:
+            frame = pd.read_csv(path, dtype=str, sep=None, engine="python")
+    except Exception as exc:  # pandas raises many parser types
+        raise InputError(f"{path}: cannot read table ({str(exc).splitlines()[0]})") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _require(frame, path: Path, *columns: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(frame.columns)})")
+
+
+@dataclass(frozen=True)
+class SlideRow:
+    patient: str
+    filename: str
+    mpp: float | None = None
+
+    @property
+    def stem(self) -> str:
+        """The slide name STAMP uses for its feature file (file name without extension)."""
+        name = Path(self.filename).name
+        for suffix in (".svs", ".ndpi", ".mrxs", ".tiff", ".tif", ".scn", ".dcm", ".h5", ".png", ".jpg", ".jpeg", ".bif", ".vms", ".svslide"):
+            if name.lower().endswith(suffix):
+                return name[: -len(suffix)]
+        return name
+
+
+def read_slide_table(path: Path) -> list[SlideRow]:
+    frame = read_table(path)
+    _require(frame, path, "PATIENT", "FILENAME")
+    rows: list[SlideRow] = []
+    seen: dict[str, str] = {}
+    for number, record in enumerate(frame.to_dict("records"), start=2):
+        patient = str(record.get("PATIENT") or "").strip()
+        filename = str(record.get("FILENAME") or "").strip()
+        if not patient or patient == "nan" or not filename or filename == "nan":
+            raise InputError(f"{path}: line {number}: empty PATIENT or FILENAME")
+        mpp = None
+        raw_mpp = record.get("MPP")
+        if raw_mpp not in (None, "", "nan") and str(raw_mpp) != "nan":
+            try:
+                mpp = float(raw_mpp)
+            except ValueError:
+                raise InputError(f"{path}: line {number}: MPP {raw_mpp!r} is not a number") from None
+        row = SlideRow(patient, filename, mpp)
+        if row.stem in seen and seen[row.stem] != patient:
+            raise InputError(f"{path}: slide {row.stem!r} is listed for two patients ({seen[row.stem]!r} and {patient!r})")
+        if row.stem in seen:
+            continue
+        seen[row.stem] = patient
+        rows.append(row)
+    if not rows:
+        raise InputError(f"{path}: no slides listed")
+    return rows
+
+
+@dataclass
+class ClinicalTable:
+    path: Path
+    labels: dict[str, dict[str, str]]  # patient -> {label name: value}
+    columns: list[str]
+
+
+def read_clinical_table(path: Path) -> ClinicalTable:
+    frame = read_table(path)
+    _require(frame, path, "PATIENT")
+    columns = [c for c in frame.columns if c != "PATIENT" and not c.startswith("Unnamed")]
+    if not columns:
+        raise InputError(f"{path}: no label columns besides PATIENT")
+    labels: dict[str, dict[str, str]] = {}
+    for number, record in enumerate(frame.to_dict("records"), start=2):
+        patient = str(record.get("PATIENT") or "").strip()
+        if not patient or patient == "nan":
+            raise InputError(f"{path}: line {number}: empty PATIENT")
+        values = {c: str(record[c]).strip() for c in columns if record.get(c) is not None and str(record[c]) != "nan" and str(record[c]).strip()}
+        if patient in labels and labels[patient] != values:
+            raise InputError(f"{path}: patient {patient!r} appears twice with different values (line {number})")
+        labels[patient] = values
+    return ClinicalTable(Path(path), labels, columns)

@@ -1,0 +1,221 @@
+"""The catalog: patients, slides, vectors, labels in one SQL database (DuckDB by default).
+
+Every write happens inside `Catalog.transaction()`: one import, one commit, or nothing.
+Callers get plain values back (ids, numpy arrays), not live ORM objects, so sessions never
+leak across threads or front ends.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from eagle_index.errors import InputError, NotFoundError
+from eagle_index.store import schema
+from eagle_index.store.models import ImportRecord, Label, Patient, Slide, Vector, VectorSet, utcnow
+from eagle_index.store.validation import as_vector_matrix
+
+
+@dataclass(frozen=True)
+class VectorSetInfo:
+    kind: str
+    signature: str
+    dim: int
+    generation: int
+    count: int
+
+
+class Catalog:
+    """Access to one catalog database; the only module that writes SQL."""
+
+    def __init__(self, url: str, path: Path | None = None, create: bool = True):
+        self.url = url
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine = schema.make_engine(url)
+        schema.ensure_current(self.engine, path, create=create)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, catalog_path: Path, create: bool = True) -> "Catalog":
+        return cls(f"duckdb:///{catalog_path.resolve()}", catalog_path, create=create)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work is committed together, or rolled back on any error."""
+        with self._sessions() as session:
+            with session.begin():
+                yield session
+
+    # -- patients ---------------------------------------------------------------
+    @staticmethod
+    def patient_id(session: Session, external_id: str, create: bool = False) -> int:
+        external_id = str(external_id).strip()
+        if not external_id:
+            raise InputError("empty patient id")
+        found = session.scalar(select(Patient.id).where(Patient.external_id == external_id))
+        if found is not None:
+            return found
+        if not create:
+            raise NotFoundError(f"unknown patient {external_id!r}")
+        patient = Patient(external_id=external_id)
+        session.add(patient)
+        session.flush()
+        return patient.id
+
+    def patient_ids(self, external_ids: list[str]) -> dict[str, int]:
+        with self.transaction() as session:
+            rows = session.execute(select(Patient.external_id, Patient.id).where(Patient.external_id.in_(external_ids)))
+            return dict(rows.all())
+
+    def external_ids(self, ids) -> dict[int, str]:
+        ids = [int(i) for i in ids]
+        with self.transaction() as session:
+            rows = session.execute(select(Patient.id, Patient.external_id).where(Patient.id.in_(ids)))
+            return dict(rows.all())
+
+    # -- slides -------------------------------------------------------------------
+    @staticmethod
+    def add_slide(session: Session, patient_id: int, name: str, fingerprint: str, **fields) -> int:
+        existing = session.scalar(select(Slide.id).where(Slide.fingerprint == fingerprint))
+        if existing is not None:
+            return existing
+        slide = Slide(patient_id=patient_id, name=name, fingerprint=fingerprint, **fields)
+        session.add(slide)
+        session.flush()
+        return slide.id
+
+    def slides_of(self, patient_ids) -> dict[int, list[str]]:
+        ids = [int(i) for i in patient_ids]
+        out: dict[int, list[str]] = {i: [] for i in ids}
+        with self.transaction() as session:
+            for pid, name in session.execute(select(Slide.patient_id, Slide.name).where(Slide.patient_id.in_(ids)).order_by(Slide.id)):
+                out[pid].append(name)
+        return out
+
+    # -- vectors ------------------------------------------------------------------
+    @staticmethod
+    def put_vectors(
+        session: Session,
+        kind: str,
+        signature: str,
+        patient_ids: list[int],
+        matrix: np.ndarray,
+        source: str,
+        provenance: dict | None = None,
+    ) -> int:
+        """Insert or replace one vector per patient; bump the set's generation once."""
+        vector_set = session.scalar(select(VectorSet).where(VectorSet.kind == kind, VectorSet.signature == signature))
+        matrix = as_vector_matrix(matrix, vector_set.dim if vector_set else None, source)
+        if len(patient_ids) != len(matrix):
+            raise InputError(f"{source}: {len(patient_ids)} patients but {len(matrix)} vectors")
+        if len(set(patient_ids)) != len(patient_ids):
+            raise InputError(f"{source}: the same patient appears more than once")
+        if vector_set is None:
+            vector_set = VectorSet(kind=kind, signature=signature, dim=int(matrix.shape[1]), generation=0,
+                                   provenance=json.dumps(provenance) if provenance else None)
+            session.add(vector_set)
+        existing = {
+            row.patient_id: row
+            for row in session.scalars(
+                select(Vector).where(Vector.kind == kind, Vector.signature == signature, Vector.patient_id.in_(patient_ids))
+            )
+        }
+        for patient_id, row in zip(patient_ids, matrix):
+            blob = row.tobytes()
+            if patient_id in existing:
+                existing[patient_id].vector = blob
+                existing[patient_id].source = source
+                existing[patient_id].created_at = utcnow()
+            else:
+                session.add(Vector(patient_id=patient_id, kind=kind, signature=signature, dim=int(matrix.shape[1]), vector=blob, source=source))
+        vector_set.generation += 1
+        vector_set.updated_at = utcnow()
+        session.flush()
+        return vector_set.generation
+
+    def vector_sets(self, kind: str | None = None) -> list[VectorSetInfo]:
+        with self.transaction() as session:
+            query = (
+                select(VectorSet.kind, VectorSet.signature, VectorSet.dim, VectorSet.generation, func.count(Vector.id))
+                .join(Vector, (Vector.kind == VectorSet.kind) & (Vector.signature == VectorSet.signature), isouter=True)
+                .group_by(VectorSet.kind, VectorSet.signature, VectorSet.dim, VectorSet.generation)
+                .order_by(VectorSet.kind, VectorSet.signature)
+            )
+            if kind is not None:
+                query = query.where(VectorSet.kind == kind)
+            return [VectorSetInfo(*row) for row in session.execute(query)]
+
+    def vector_set(self, kind: str, signature: str) -> VectorSetInfo:
+        for info in self.vector_sets(kind):
+            if info.signature == signature:
+                return info
+        raise NotFoundError(f"no vectors of kind {kind!r} with signature {signature!r}")
+
+    def load_vectors(self, kind: str, signature: str, patient_ids=None) -> tuple[np.ndarray, np.ndarray]:
+        """(patient ids int64 [N], raw vectors float32 [N, D]) of one set, ordered by patient id."""
+        with self.transaction() as session:
+            query = select(Vector.patient_id, Vector.dim, Vector.vector).where(Vector.kind == kind, Vector.signature == signature)
+            if patient_ids is not None:
+                query = query.where(Vector.patient_id.in_([int(i) for i in patient_ids]))
+            rows = session.execute(query.order_by(Vector.patient_id)).all()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        if not rows:
+            return ids, np.zeros((0, 0), dtype=np.float32)
+        matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), rows[0][1])
+        return ids, matrix
+
+    def vector_ids(self, kind: str, signature: str) -> np.ndarray:
+        with self.transaction() as session:
+            rows = session.scalars(
+                select(Vector.patient_id).where(Vector.kind == kind, Vector.signature == signature).order_by(Vector.patient_id)
+            ).all()
+        return np.asarray(rows, dtype=np.int64)
+
+    # -- labels -------------------------------------------------------------------
+    @staticmethod
+    def put_label(session: Session, patient_id: int, name: str, value: str | None, source: str) -> None:
+        row = session.scalar(select(Label).where(Label.patient_id == patient_id, Label.name == name))
+        if row is None:
+            session.add(Label(patient_id=patient_id, name=name, value=value, source=source))
+        else:
+            row.value, row.source, row.created_at = value, source, utcnow()
+
+    def labels_of(self, patient_ids) -> dict[int, dict[str, str | None]]:
+        ids = [int(i) for i in patient_ids]
+        out: dict[int, dict[str, str | None]] = {i: {} for i in ids}
+        with self.transaction() as session:
+            for pid, name, value in session.execute(select(Label.patient_id, Label.name, Label.value).where(Label.patient_id.in_(ids))):
+                out[pid][name] = value
+        return out
+
+    # -- import records -----------------------------------------------------------------
+    @staticmethod
+    def already_imported(session: Session, sha256: str) -> ImportRecord | None:
+        return session.scalar(select(ImportRecord).where(ImportRecord.sha256 == sha256))
+
+    @staticmethod
+    def record_import(session: Session, sha256: str, path: Path, what: str, rows: int) -> None:
+        session.add(ImportRecord(sha256=sha256, path=str(path), what=what, rows=rows))
+
+    # -- summary ------------------------------------------------------------------
+    def stats(self) -> dict:
+        with self.transaction() as session:
+            counts = {
+                "patients": session.scalar(select(func.count(Patient.id))),
+                "slides": session.scalar(select(func.count(Slide.id))),
+                "labels": session.scalar(select(func.count(Label.id))),
+            }
+            by_kind = dict(session.execute(select(Vector.kind, func.count(Vector.id)).group_by(Vector.kind).order_by(Vector.kind)).all())
+        return {**{k: int(v or 0) for k, v in counts.items()}, "vectors": {k: int(v) for k, v in by_kind.items()}}

@@ -1,0 +1,135 @@
+"""SQLAlchemy 2 models of the catalog (the source of truth, vectors included).
+
+The schema is created and changed only by the Alembic revisions in `migrations/`; these
+classes describe the schema at head for the ORM and must match those revisions (a test
+compares them). DuckDB has no SERIAL, so integer keys come from explicit sequences.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Sequence,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+patient_id_seq = Sequence("patient_id_seq", metadata=Base.metadata)
+slide_id_seq = Sequence("slide_id_seq", metadata=Base.metadata)
+vector_id_seq = Sequence("vector_id_seq", metadata=Base.metadata)
+label_id_seq = Sequence("label_id_seq", metadata=Base.metadata)
+vector_set_id_seq = Sequence("vector_set_id_seq", metadata=Base.metadata)
+import_id_seq = Sequence("import_id_seq", metadata=Base.metadata)
+
+
+class Patient(Base):
+    """One patient (or case): the unit EAGLE embeds and search returns."""
+
+    __tablename__ = "patients"
+    id: Mapped[int] = mapped_column(Integer, patient_id_seq, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Slide(Base):
+    """One slide file (or, for imported features, the slide the features came from)."""
+
+    __tablename__ = "slides"
+    id: Mapped[int] = mapped_column(Integer, slide_id_seq, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(Integer, index=True)
+    name: Mapped[str] = mapped_column(String)
+    path: Mapped[str | None] = mapped_column(String, nullable=True)
+    fingerprint: Mapped[str] = mapped_column(String, unique=True)
+    format: Mapped[str | None] = mapped_column(String, nullable=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    width_px: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height_px: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    mpp: Mapped[float | None] = mapped_column(Float, nullable=True)
+    mpp_source: Mapped[str | None] = mapped_column(String, nullable=True)
+    n_tiles: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str] = mapped_column(String, default="registered")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    artifact_path: Mapped[str | None] = mapped_column(String, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Vector(Base):
+    """One embedding of a patient: at most one per (patient, kind, signature)."""
+
+    __tablename__ = "vectors"
+    __table_args__ = (UniqueConstraint("patient_id", "kind", "signature", name="uq_vectors_patient_kind_signature"),)
+    id: Mapped[int] = mapped_column(Integer, vector_id_seq, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(Integer, index=True)
+    kind: Mapped[str] = mapped_column(String)
+    signature: Mapped[str] = mapped_column(String)
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    source: Mapped[str | None] = mapped_column(String, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Label(Base):
+    """A clinical or curated label of a patient (one value per name)."""
+
+    __tablename__ = "labels"
+    __table_args__ = (UniqueConstraint("patient_id", "name", name="uq_labels_patient_name"),)
+    id: Mapped[int] = mapped_column(Integer, label_id_seq, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(Integer, index=True)
+    name: Mapped[str] = mapped_column(String)
+    value: Mapped[str | None] = mapped_column(String, nullable=True)
+    source: Mapped[str | None] = mapped_column(String, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class VectorSet(Base):
+    """All vectors of one (kind, signature): what one FAISS index holds.
+
+    `generation` grows with every change to the set, in the same transaction, so an index
+    file saved at an older generation is recognised as stale.
+    """
+
+    __tablename__ = "vector_sets"
+    __table_args__ = (UniqueConstraint("kind", "signature", name="uq_vector_sets_kind_signature"),)
+    id: Mapped[int] = mapped_column(Integer, vector_set_id_seq, primary_key=True)
+    kind: Mapped[str] = mapped_column(String)
+    signature: Mapped[str] = mapped_column(String)
+    dim: Mapped[int] = mapped_column(Integer)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    provenance: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ImportRecord(Base):
+    """A file already imported (by content digest), so importing it again adds nothing."""
+
+    __tablename__ = "imports"
+    id: Mapped[int] = mapped_column(Integer, import_id_seq, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String, unique=True)
+    path: Mapped[str] = mapped_column(String)
+    what: Mapped[str] = mapped_column(String)
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    imported_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -1,0 +1,204 @@
+"""FAISS indexes derived from the catalog: one per (kind, signature), ids = patient ids.
+
+Inner product over L2-normalized float32 vectors is cosine similarity. An index file is
+saved atomically (temp file + rename) next to a small JSON sidecar that records the
+catalog generation, count and a digest of the ids it was built from; on open, any
+disagreement with the catalog (or a missing/corrupt file) triggers a rebuild from the
+catalog, which is the source of truth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from eagle_index.config import IndexSettings
+from eagle_index.store.catalog import Catalog, VectorSetInfo
+from eagle_index.store.validation import as_vector_matrix, l2_normalized
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT = 1
+
+
+def ids_digest(ids: np.ndarray) -> str:
+    return hashlib.sha256(np.sort(np.asarray(ids, dtype=np.int64)).tobytes()).hexdigest()
+
+
+def index_basename(kind: str, signature: str) -> str:
+    safe_kind = "".join(c if c.isalnum() or c in "-_" else "_" for c in kind)
+    return f"{safe_kind}--{hashlib.sha256(signature.encode()).hexdigest()[:16]}"
+
+
+def choose_index_type(settings: IndexSettings, count: int) -> str:
+    if settings.kind != "auto":
+        return settings.kind
+    return "hnsw" if count > settings.approximate_above else "flat"
+
+
+def build_faiss_index(index_type: str, dim: int, settings: IndexSettings, train: np.ndarray | None = None):
+    """An empty FAISS index with id mapping, for normalized vectors and inner product."""
+    import faiss
+
+    if index_type == "flat":
+        inner = faiss.IndexFlatIP(dim)
+    elif index_type == "hnsw":
+        inner = faiss.IndexHNSWFlat(dim, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = settings.hnsw_ef_construction
+        inner.hnsw.efSearch = settings.hnsw_ef_search
+    else:
+        raise ValueError(f"unknown index type {index_type!r} (flat or hnsw)")
+    return faiss.IndexIDMap2(inner)
+
+
+def configure_search(index, settings: IndexSettings) -> None:
+    import faiss
+
+    inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexHNSW):
+        inner.hnsw.efSearch = settings.hnsw_ef_search
+
+
+@dataclass
+class LoadedIndex:
+    info: VectorSetInfo
+    index_type: str
+    index: object  # faiss.IndexIDMap2
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+
+class VectorStore:
+    """Opens, validates, rebuilds and queries the FAISS indexes under `DATA/index/`."""
+
+    def __init__(self, index_dir: Path, catalog: Catalog, settings: IndexSettings | None = None):
+        self.index_dir = index_dir
+        self.catalog = catalog
+        self.settings = settings or IndexSettings()
+        self._loaded: dict[tuple[str, str], LoadedIndex] = {}
+        self._lock = threading.Lock()
+
+    # -- files ----------------------------------------------------------------------
+    def paths(self, kind: str, signature: str) -> tuple[Path, Path]:
+        base = self.index_dir / index_basename(kind, signature)
+        return base.with_suffix(".faiss"), base.with_suffix(".json")
+
+    def _read_valid(self, info: VectorSetInfo) -> LoadedIndex | None:
+        """The saved index if it agrees with the catalog, else None (with the reason logged)."""
+        import faiss
+
+        index_path, meta_path = self.paths(info.kind, info.signature)
+        if not index_path.exists() or not meta_path.exists():
+            log.info("index %s missing: rebuilding", index_path.name)
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("index sidecar %s unreadable (%s): rebuilding", meta_path, exc)
+            return None
+        expected = {"format": INDEX_FORMAT, "signature": info.signature, "generation": info.generation, "count": info.count}
+        stale = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
+        if stale:
+            log.info("index %s stale %s: rebuilding", index_path.name, stale)
+            return None
+        if meta.get("ids_sha256") != ids_digest(self.catalog.vector_ids(info.kind, info.signature)):
+            log.info("index %s holds other ids than the catalog: rebuilding", index_path.name)
+            return None
+        try:
+            index = faiss.read_index(str(index_path))
+        except RuntimeError as exc:
+            log.warning("index file %s unreadable (%s): rebuilding", index_path, str(exc).splitlines()[0])
+            return None
+        if index.ntotal != info.count or index.d != info.dim:
+            log.info("index %s has %d vectors of dim %d, catalog %d of dim %d: rebuilding", index_path.name, index.ntotal, index.d, info.count, info.dim)
+            return None
+        configure_search(index, self.settings)
+        return LoadedIndex(info, meta.get("index_type", "flat"), index)
+
+    def _save(self, loaded: LoadedIndex, ids: np.ndarray) -> None:
+        import faiss
+
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        index_path, meta_path = self.paths(loaded.info.kind, loaded.info.signature)
+        meta = {
+            "format": INDEX_FORMAT,
+            "kind": loaded.info.kind,
+            "signature": loaded.info.signature,
+            "generation": loaded.info.generation,
+            "count": loaded.info.count,
+            "dim": loaded.info.dim,
+            "index_type": loaded.index_type,
+            "ids_sha256": ids_digest(ids),
+        }
+        # Index first, sidecar second: a crash in between leaves a sidecar that no longer
+        # matches, which the next open detects and repairs by rebuilding.
+        _atomic_write(index_path, lambda tmp: faiss.write_index(loaded.index, tmp))
+        _atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+
+    # -- build / open -------------------------------------------------------------------
+    def rebuild(self, info: VectorSetInfo, index_type: str | None = None) -> LoadedIndex:
+        ids, raw = self.catalog.load_vectors(info.kind, info.signature)
+        info = VectorSetInfo(info.kind, info.signature, info.dim, info.generation, len(ids))
+        index_type = index_type or choose_index_type(self.settings, len(ids))
+        index = build_faiss_index(index_type, info.dim, self.settings)
+        if len(ids):
+            index.add_with_ids(l2_normalized(as_vector_matrix(raw, info.dim, f"catalog vectors {info.kind}")), ids)
+        loaded = LoadedIndex(info, index_type, index)
+        self._save(loaded, ids)
+        log.info("built %s index %s: %d vectors", index_type, self.paths(info.kind, info.signature)[0].name, len(ids))
+        return loaded
+
+    def get(self, kind: str, signature: str) -> LoadedIndex:
+        """The index of one vector set, current with the catalog (rebuilt if needed)."""
+        info = self.catalog.vector_set(kind, signature)
+        with self._lock:
+            cached = self._loaded.get((kind, signature))
+            if cached is not None and cached.info == info:
+                return cached
+            loaded = self._read_valid(info) or self.rebuild(info)
+            self._loaded[(kind, signature)] = loaded
+            return loaded
+
+    def sync_all(self) -> list[LoadedIndex]:
+        """Reconcile every index with the catalog (used at start-up and after imports)."""
+        return [self.get(info.kind, info.signature) for info in self.catalog.vector_sets()]
+
+    # -- query ----------------------------------------------------------------------
+    def search(self, kind: str, signature: str, queries: np.ndarray, k: int, exclude: set[int] | None = None):
+        """Top-k (ids, cosine scores) per query row, skipping ids in `exclude`."""
+        loaded = self.get(kind, signature)
+        queries = l2_normalized(as_vector_matrix(queries, loaded.info.dim, "query vector"))
+        exclude = exclude or set()
+        want = min(loaded.ntotal, k + len(exclude))
+        if want == 0:
+            return [np.zeros(0, np.int64)] * len(queries), [np.zeros(0, np.float32)] * len(queries)
+        scores, ids = loaded.index.search(queries, want)
+        out_ids, out_scores = [], []
+        for row_ids, row_scores in zip(ids, scores):
+            keep = [(i, s) for i, s in zip(row_ids, row_scores) if i >= 0 and int(i) not in exclude][:k]
+            out_ids.append(np.asarray([i for i, _ in keep], dtype=np.int64))
+            out_scores.append(np.asarray([s for _, s in keep], dtype=np.float32))
+        return out_ids, out_scores
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
