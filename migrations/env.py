@@ -7,17 +7,10 @@ in `config.attributes["connection"]`; a plain `alembic` call works too with `sql
 from __future__ import annotations
 
 from alembic import context
-from alembic.ddl.impl import DefaultImpl
 from sqlalchemy import create_engine
 
+from eagle_index.store import schema  # noqa: F401  (registers Alembic's DuckDB implementation)
 from eagle_index.store.models import Base
-
-
-class DuckDBImpl(DefaultImpl):
-    """Alembic has no built-in DuckDB dialect; DuckDB speaks PostgreSQL-flavoured DDL."""
-
-    __dialect__ = "duckdb"
-    transactional_ddl = True
 
 
 def run_migrations_online() -> None:

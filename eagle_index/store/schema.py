@@ -10,11 +10,19 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.ddl.impl import DefaultImpl
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
 
 from eagle_index.errors import CatalogError
+
+
+class DuckDBImpl(DefaultImpl):
+    """Alembic has no built-in DuckDB dialect; registering this class (by defining it) adds one."""
+
+    __dialect__ = "duckdb"
+    transactional_ddl = True
 
 
 def migrations_dir() -> Path:

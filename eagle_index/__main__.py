@@ -1,0 +1,5 @@
+"""`python -m eagle_index` runs the CLI."""
+
+from eagle_index.cli import main
+
+main()

@@ -1,0 +1,123 @@
+"""The one facade the CLI, the daemon and the web app call.
+
+Front ends only parse input and render output; everything they can do is a method here.
+The service owns one catalog connection and the FAISS indexes derived from it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from eagle_index import importing
+from eagle_index.config import Settings
+from eagle_index.errors import ModelError, NotFoundError
+from eagle_index.store.catalog import Catalog
+from eagle_index.store.vectors import VectorStore
+
+log = logging.getLogger(__name__)
+
+
+class EagleService:
+    def __init__(self, settings: Settings, create: bool = True):
+        self.settings = settings
+        self.catalog = Catalog.open(settings.catalog_path, create=create)
+        self.vectors = VectorStore(settings.index_dir, self.catalog, settings.index)
+
+    def __enter__(self) -> "EagleService":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    # -- overview ---------------------------------------------------------------------
+    def stats(self) -> dict:
+        stats = self.catalog.stats()
+        stats["vector_sets"] = [
+            {"kind": s.kind, "signature": s.signature, "dim": s.dim, "count": s.count, "generation": s.generation}
+            for s in self.catalog.vector_sets()
+        ]
+        return stats
+
+    # -- search -------------------------------------------------------------------------
+    def _signature_for(self, patient_id: int, external_id: str, kind: str, signature: str | None) -> str:
+        sets = self.catalog.vector_sets(kind)
+        if signature is not None:
+            if not any(s.signature == signature for s in sets):
+                raise NotFoundError(f"no vectors of kind {kind!r} with signature {signature!r}")
+            return signature
+        having = [s for s in sets if len(self.catalog.load_vectors(s.kind, s.signature, [patient_id])[0])]
+        if not having:
+            kinds = sorted({s.kind for s in self.catalog.vector_sets() if len(self.catalog.load_vectors(s.kind, s.signature, [patient_id])[0])})
+            raise NotFoundError(
+                f"patient {external_id!r} has no {kind!r} vector (it has: {', '.join(kinds) or 'none'}; choose one with --kind)"
+            )
+        return max(having, key=lambda s: s.count).signature
+
+    def search_patient(self, external_id: str, k: int = 10, kind: str = "eagle", signature: str | None = None) -> list[dict]:
+        """The k most similar other patients to a stored patient, by cosine similarity."""
+        ids = self.catalog.patient_ids([external_id])
+        if external_id not in ids:
+            raise NotFoundError(f"unknown patient {external_id!r}")
+        patient_id = ids[external_id]
+        signature = self._signature_for(patient_id, external_id, kind, signature)
+        _, query = self.catalog.load_vectors(kind, signature, [patient_id])
+        hit_ids, scores = self.vectors.search(kind, signature, query, k, exclude={patient_id})
+        return self._hits(hit_ids[0], scores[0], kind, signature)
+
+    def _hits(self, hit_ids, scores, kind: str, signature: str) -> list[dict]:
+        names = self.catalog.external_ids(hit_ids)
+        slides = self.catalog.slides_of(hit_ids)
+        labels = self.catalog.labels_of(hit_ids)
+        return [
+            {
+                "patient": names[int(pid)],
+                "score": float(score),
+                "rank": rank,
+                "kind": kind,
+                "signature": signature,
+                "slides": slides[int(pid)],
+                "labels": labels[int(pid)],
+            }
+            for rank, (pid, score) in enumerate(zip(hit_ids, scores), start=1)
+        ]
+
+    # -- imports ------------------------------------------------------------------------
+    def import_embeddings(self, paths: list[Path], kind: str | None = None, signature: str | None = None,
+                          slide_table: Path | None = None) -> importing.ImportReport:
+        report = importing.import_embeddings(self.catalog, paths, kind, signature, slide_table)
+        self.vectors.sync_all()
+        return report
+
+    def import_features(self, slide_table: Path, ctranspath_dir: Path, virchow2_dir: Path | None = None) -> importing.ImportReport:
+        chief, note = self._try_load_chief()
+        report = importing.import_features(self.catalog, self.settings, slide_table, ctranspath_dir, virchow2_dir, chief)
+        if note:
+            report.notes.insert(0, note)
+        self.vectors.sync_all()
+        return report
+
+    def import_labels(self, path: Path, create_missing: bool = False) -> importing.ImportReport:
+        return importing.import_labels(self.catalog, path, create_missing)
+
+    def _try_load_chief(self):
+        """CHIEF when its weights are available; imports still store mean-ctranspath without it."""
+        try:
+            from eagle_index.models import load_model
+        except ImportError:
+            return None, "model registry not available"
+        try:
+            return load_model(self.settings, "chief"), None
+        except ModelError as exc:
+            return None, f"CHIEF not loaded ({exc})"
+
+    # -- maintenance ----------------------------------------------------------------------
+    def reindex(self, force: bool = False) -> list[dict]:
+        out = []
+        for info in self.catalog.vector_sets():
+            loaded = self.vectors.rebuild(info) if force else self.vectors.get(info.kind, info.signature)
+            out.append({"kind": info.kind, "signature": info.signature, "count": loaded.ntotal, "index_type": loaded.index_type})
+        return out

@@ -1,0 +1,56 @@
+"""Shared fixtures: temporary data dirs, settings, and writers of small files in real formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eagle_index.config import Settings
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEMO_FEATURES = SHARED_DATA / "eagle-demo-tcga-crc"
+
+
+def needs_shared(path: Path):
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} not present (../shared is absent on this machine)")
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def service(settings):
+    from eagle_index.service import EagleService
+
+    with EagleService(settings) as svc:
+        yield svc
+
+
+def clustered_vectors(n: int, dim: int, seed: int = 0, clusters: int = 5) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(clusters, dim))
+    return (centers[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def write_eagle_h5(path: Path, ids: list[str], vectors: np.ndarray) -> Path:
+    import h5py
+
+    with h5py.File(path, "w") as handle:
+        for pid, vec in zip(ids, vectors):
+            handle.create_dataset(pid, data=vec)
+    return path
+
+
+def write_stamp_v2_tiles(path: Path, feats: np.ndarray, x_um, y_um, tile_um=448.0, extractor="ctranspath") -> Path:
+    import h5py
+
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("feats", data=np.asarray(feats, dtype=np.float16))
+        handle.create_dataset("coords", data=np.stack([x_um, y_um], axis=1).astype(np.float32))
+        handle.attrs.update({"unit": "um", "tile_size_um": tile_um, "tile_size_px": 224, "extractor": extractor,
+                             "stamp_version": "2.5.0", "feat_type": "tile"})
+    return path

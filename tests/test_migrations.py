@@ -1,0 +1,79 @@
+"""Schema changes only through Alembic; an old catalog upgrades in place with every row kept."""
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from eagle_index.errors import CatalogError
+from eagle_index.service import EagleService
+from eagle_index.store import schema
+from eagle_index.store.catalog import Catalog
+
+
+def _old_catalog(settings):
+    settings.catalog_path.parent.mkdir(parents=True)
+    engine = schema.make_engine(settings.catalog_url)
+    schema.upgrade(engine, "0001")
+    vec = np.arange(1, 5, dtype=np.float32)
+    with engine.begin() as conn:
+        for i, pid in enumerate(["P1", "P2"], start=1):
+            conn.execute(text("INSERT INTO patients (id, external_id) VALUES (nextval('patient_id_seq'), :p)"), {"p": pid})
+            conn.execute(
+                text("INSERT INTO vectors (id, patient_id, kind, signature, dim, vector) VALUES (nextval('vector_id_seq'), :i, 'eagle', 'sig', 4, :v)"),
+                {"i": i, "v": (vec * i).tobytes()},
+            )
+        conn.execute(text("INSERT INTO labels (id, patient_id, name, value) VALUES (nextval('label_id_seq'), 1, 'MSI', 'high')"))
+        conn.execute(text("INSERT INTO slides (id, patient_id, name, fingerprint, status) VALUES (nextval('slide_id_seq'), 1, 's1', 'fp1', 'done')"))
+    engine.dispose()
+
+
+def test_old_catalog_is_refused_until_upgraded(settings):
+    _old_catalog(settings)
+    with pytest.raises(CatalogError, match="eagle-index db upgrade"):
+        Catalog.open(settings.catalog_path)
+
+
+def test_upgrade_keeps_every_row_and_backfills_vector_sets(settings):
+    _old_catalog(settings)
+    engine = schema.make_engine(settings.catalog_url)
+    schema.upgrade(engine)
+    assert schema.current_revision(engine) == schema.head_revision()
+    engine.dispose()
+    with EagleService(settings) as service:
+        stats = service.stats()
+        assert (stats["patients"], stats["slides"], stats["labels"], stats["vectors"]) == (2, 1, 1, {"eagle": 2})
+        assert stats["vector_sets"][0]["generation"] == 1
+        ids, matrix = service.catalog.load_vectors("eagle", "sig")
+        np.testing.assert_array_equal(matrix[1], np.arange(1, 5, dtype=np.float32) * 2)
+        assert service.catalog.labels_of([1]) == {1: {"MSI": "high"}}
+        hits = service.search_patient("P1", k=5, kind="eagle")
+        assert [h["patient"] for h in hits] == ["P2"]
+        # new rows after the upgrade get fresh ids from the sequences
+        with service.catalog.transaction() as session:
+            assert service.catalog.patient_id(session, "P3", create=True) == 3
+
+
+def test_cli_db_upgrade_in_place(settings, capsys):
+    from eagle_index.cli import main
+
+    _old_catalog(settings)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["db", "upgrade", "--data-dir", str(settings.data_dir)])
+    assert exit_info.value.code in (0, None)
+    assert "0001 -> 0002" in capsys.readouterr().out
+
+
+def test_models_match_head_revision(settings):
+    """The ORM models and the revisions describe the same tables and columns."""
+    from eagle_index.store.models import Base
+
+    Catalog.open(settings.catalog_path).close()
+    engine = schema.make_engine(settings.catalog_url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT table_name, column_name FROM information_schema.columns")).all()
+    engine.dispose()
+    in_db: dict[str, set[str]] = {}
+    for table, column in rows:
+        in_db.setdefault(table, set()).add(column)
+    for table in Base.metadata.sorted_tables:
+        assert in_db.get(table.name) == {c.name for c in table.columns}, table.name

@@ -1,0 +1,116 @@
+"""The FAISS index is derived: refused bad vectors, rebuilt when missing, stale or corrupt."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import clustered_vectors
+from eagle_index.errors import InputError
+
+
+def _put(service, n=20, dim=16, kind="eagle", signature="sig", seed=0, names=None):
+    vectors = clustered_vectors(n, dim, seed)
+    names = names or [f"P{i:03d}" for i in range(n)]
+    with service.catalog.transaction() as session:
+        ids = [service.catalog.patient_id(session, p, create=True) for p in names]
+        service.catalog.put_vectors(session, kind, signature, ids, vectors, source="test")
+    return names, vectors
+
+
+def _brute_force(vectors, q, k):
+    normed = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    scores = normed @ normed[q]
+    scores[q] = -np.inf
+    order = np.argsort(-scores, kind="stable")[:k]
+    return order, scores[order]
+
+
+def test_search_matches_brute_force_and_never_returns_self(service):
+    names, vectors = _put(service)
+    hits = service.search_patient("P005", k=5, kind="eagle")
+    order, scores = _brute_force(vectors, 5, 5)
+    assert [h["patient"] for h in hits] == [names[i] for i in order]
+    np.testing.assert_allclose([h["score"] for h in hits], scores, rtol=1e-5)
+    assert "P005" not in [h["patient"] for h in hits]
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.ones((2, 15), np.float32), "dimension 15, expected 16"),
+        (np.array([[np.nan] * 16, [1.0] * 16], np.float32), "NaN"),
+        (np.array([[np.inf] * 16, [1.0] * 16], np.float32), "NaN or infinite"),
+        (np.zeros((2, 16), np.float32), "zero norm"),
+    ],
+)
+def test_bad_vectors_are_refused_and_nothing_is_stored(service, bad, message):
+    _put(service)
+    before = service.stats()
+    with pytest.raises(InputError, match=message):
+        with service.catalog.transaction() as session:
+            ids = [service.catalog.patient_id(session, p, create=True) for p in ("NEW1", "NEW2")]
+            service.catalog.put_vectors(session, "eagle", "sig", ids, bad, source="bad.h5")
+    assert service.stats() == before
+
+
+def test_deleted_index_file_is_rebuilt(service, settings):
+    _put(service)
+    service.vectors.get("eagle", "sig")
+    index_path, _ = service.vectors.paths("eagle", "sig")
+    index_path.unlink()
+    service.vectors._loaded.clear()
+    assert len(service.search_patient("P001", k=3, kind="eagle")) == 3
+    assert index_path.exists()
+
+
+def test_index_from_an_older_generation_is_rebuilt(service):
+    _put(service, n=10)
+    service.vectors.get("eagle", "sig")
+    index_path, meta_path = service.vectors.paths("eagle", "sig")
+    old_index, old_meta = index_path.read_bytes(), meta_path.read_text()
+    names, _ = _put(service, n=5, seed=3, names=[f"Q{i}" for i in range(5)])
+    service.vectors.get("eagle", "sig")
+    # put back the files of the older generation, as a restored backup would
+    index_path.write_bytes(old_index)
+    meta_path.write_text(old_meta)
+    service.vectors._loaded.clear()
+    loaded = service.vectors.get("eagle", "sig")
+    assert loaded.ntotal == 15
+    assert json.loads(meta_path.read_text())["generation"] == 2
+    assert {h["patient"] for h in service.search_patient("Q0", k=14, kind="eagle")} >= set(names[1:])
+
+
+def test_sidecar_that_lies_about_ids_is_caught(service):
+    _put(service, n=10)
+    service.vectors.get("eagle", "sig")
+    _, meta_path = service.vectors.paths("eagle", "sig")
+    meta = json.loads(meta_path.read_text())
+    meta["ids_sha256"] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    service.vectors._loaded.clear()
+    service.vectors.get("eagle", "sig")
+    assert json.loads(meta_path.read_text())["ids_sha256"] != "0" * 64
+
+
+def test_corrupt_index_file_is_rebuilt(service):
+    _put(service, n=10)
+    service.vectors.get("eagle", "sig")
+    index_path, _ = service.vectors.paths("eagle", "sig")
+    index_path.write_bytes(b"garbage")
+    service.vectors._loaded.clear()
+    assert service.vectors.get("eagle", "sig").ntotal == 10
+
+
+def test_signatures_never_share_an_index(service):
+    _put(service, n=6, signature="real")
+    _put(service, n=6, signature="tiny:x", seed=1)
+    assert service.vectors.paths("eagle", "real") != service.vectors.paths("eagle", "tiny:x")
+    assert service.vectors.get("eagle", "real").ntotal == 6
+
+
+def test_replacing_a_vector_keeps_one_per_patient(service):
+    _put(service, n=6)
+    _put(service, n=6, seed=9)
+    assert service.stats()["vectors"] == {"eagle": 6}
+    assert service.vectors.get("eagle", "sig").ntotal == 6
