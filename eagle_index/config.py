@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ENV_DATA_DIR = "EAGLE_INDEX_DATA"
 ENV_WEIGHTS_DIR = "EAGLE_INDEX_WEIGHTS"
@@ -67,6 +67,12 @@ class Settings(BaseModel):
     tiling: TilingSettings = TilingSettings()
     eagle: EagleSettings = EagleSettings()
     index: IndexSettings = IndexSettings()
+
+    @field_validator("models")
+    @classmethod
+    def _preset_alias(cls, value: str) -> str:
+        """'real' is accepted as another name for the official-weights preset."""
+        return "default" if value == "real" else value
 
     @classmethod
     def load(cls, **overrides: Any) -> "Settings":

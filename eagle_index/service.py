@@ -7,6 +7,7 @@ The service owns one catalog connection and the FAISS indexes derived from it.
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from pathlib import Path
 
 from eagle_index import importing
@@ -19,10 +20,26 @@ log = logging.getLogger(__name__)
 
 
 class EagleService:
+    """Opens the catalog and the models lazily: `embed` needs neither a catalog nor an index."""
+
     def __init__(self, settings: Settings, create: bool = True):
         self.settings = settings
-        self.catalog = Catalog.open(settings.catalog_path, create=create)
-        self.vectors = VectorStore(settings.index_dir, self.catalog, settings.index)
+        self._create = create
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return Catalog.open(self.settings.catalog_path, create=self._create)
+
+    @cached_property
+    def vectors(self) -> VectorStore:
+        return VectorStore(self.settings.index_dir, self.catalog, self.settings.index)
+
+    @cached_property
+    def models(self):
+        """The three models, loaded once per process (strict loading, digests checked)."""
+        from eagle_index.models import load_models
+
+        return load_models(self.settings)
 
     def __enter__(self) -> "EagleService":
         return self
@@ -31,7 +48,8 @@ class EagleService:
         self.close()
 
     def close(self) -> None:
-        self.catalog.close()
+        if "catalog" in self.__dict__:
+            self.catalog.close()
 
     # -- overview ---------------------------------------------------------------------
     def stats(self) -> dict:
@@ -105,14 +123,29 @@ class EagleService:
 
     def _try_load_chief(self):
         """CHIEF when its weights are available; imports still store mean-ctranspath without it."""
+        from eagle_index.models import load_models
+
         try:
-            from eagle_index.models import load_model
-        except ImportError:
-            return None, "model registry not available"
-        try:
-            return load_model(self.settings, "chief"), None
+            return load_models(self.settings, only=["chief"]).chief, None
         except ModelError as exc:
             return None, f"CHIEF not loaded ({exc})"
+
+    # -- embedding and ingestion --------------------------------------------------------------
+    def embed(self, slides: list[Path], patient: str | None = None, artifacts_dir: Path | None = None,
+              mpp: float | None = None, progress=None):
+        """Embed slides without touching the catalog: {patient: PatientVectors}, and the provenance."""
+        from eagle_index import ingestion
+
+        return ingestion.embed_files(self.models, self.settings, slides, patient, artifacts_dir, mpp, progress)
+
+    def ingest(self, paths: list[Path], patient: str | None = None, slide_table: Path | None = None,
+               mpp: float | None = None, progress=None) -> dict:
+        """Embed and store slides (skipping ones already ingested); re-aggregate touched patients."""
+        from eagle_index import ingestion
+
+        report = ingestion.ingest_files(self, paths, patient, slide_table, mpp, progress)
+        self.vectors.sync_all()
+        return report
 
     # -- maintenance ----------------------------------------------------------------------
     def reindex(self, force: bool = False) -> list[dict]:

@@ -84,7 +84,7 @@ def _read_eagle(path: Path, handle, attrs: dict) -> EmbeddingFile:
     return EmbeddingFile(path, "eagle", "patient", names, np.stack(rows).astype(np.float32), attrs.get("extractor"), attrs)
 
 
-def write_eagle_file(path: Path, ids: list[str], vectors: np.ndarray, extractor: str | None = None) -> None:
+def write_eagle_file(path: Path, ids: list[str], vectors, extractor: str | None = None, attrs: dict | None = None) -> None:
     """Write the EAGLE output layout (one float32 dataset per patient id), atomically."""
     import h5py
 
@@ -97,5 +97,6 @@ def write_eagle_file(path: Path, ids: list[str], vectors: np.ndarray, extractor:
         with h5py.File(tmp, "w") as handle:
             if extractor:
                 handle.attrs["extractor"] = extractor
+            handle.attrs.update(attrs or {})
             for pid, vec in zip(ids, vectors):
                 handle.create_dataset(pid, data=np.asarray(vec, dtype=np.float32))

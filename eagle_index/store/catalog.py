@@ -96,6 +96,31 @@ class Catalog:
         session.flush()
         return slide.id
 
+    @staticmethod
+    def slide_by_fingerprint(session: Session, fingerprint: str) -> Slide | None:
+        return session.scalar(select(Slide).where(Slide.fingerprint == fingerprint))
+
+    @staticmethod
+    def upsert_slide(session: Session, fingerprint: str, **fields) -> int:
+        """Create the slide row, or update it (a retried or re-ingested file)."""
+        slide = session.scalar(select(Slide).where(Slide.fingerprint == fingerprint))
+        if slide is None:
+            slide = Slide(fingerprint=fingerprint, **fields)
+            session.add(slide)
+        else:
+            for key, value in fields.items():
+                setattr(slide, key, value)
+        session.flush()
+        return slide.id
+
+    @staticmethod
+    def done_artifacts(session: Session, patient_id: int) -> list[str]:
+        """Artifact paths of a patient's embedded slides, in slide-name order."""
+        rows = session.execute(
+            select(Slide.artifact_path).where(Slide.patient_id == patient_id, Slide.status == "done", Slide.artifact_path.is_not(None)).order_by(Slide.name, Slide.id)
+        )
+        return [r[0] for r in rows]
+
     def slides_of(self, patient_ids) -> dict[int, list[str]]:
         ids = [int(i) for i in patient_ids]
         out: dict[int, list[str]] = {i: [] for i in ids}

@@ -1,0 +1,100 @@
+"""Pipeline commands: `embed` (no catalog) and `ingest` (catalog + index)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from eagle_index.cli.options import DataDirOpt, JsonOpt, WeightsDirOpt, settings_from
+
+ModelsOpt = Annotated[str, typer.Option("--models", help="Model preset: real (official weights, alias default) or tiny (random, for tests/demo).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, or auto (default; env EAGLE_INDEX_DEVICE).")]
+MppOpt = Annotated[Optional[float], typer.Option("--mpp", help="Override the slides' µm per pixel (level 0).")]
+
+
+@contextmanager
+def _progress(enabled: bool):
+    """A tile counter on stderr when it is a terminal; silent otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    count = 0
+
+    def tick(n: int) -> None:
+        nonlocal count
+        count += n
+        sys.stderr.write(f"\r{count} tiles")
+        sys.stderr.flush()
+
+    try:
+        yield tick
+    finally:
+        sys.stderr.write("\n")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("embed")
+    def embed(
+        slides: Annotated[list[Path], typer.Argument(help="Slide files (or folders of slides).")],
+        out: Annotated[Path, typer.Option("--out", help="EAGLE-layout .h5: one dataset per patient id (un-normalized mean class token).")],
+        patient: Annotated[Optional[str], typer.Option("--patient", help="All slides belong to this patient (default: TCGA id or file stem).")] = None,
+        artifacts: Annotated[Optional[Path], typer.Option("--artifacts", help="Keep one HDF5 per slide here (STAMP v2 feats/coords + attention + candidates).")] = None,
+        device: DeviceOpt = None,
+        models: ModelsOpt = "default",
+        mpp: MppOpt = None,
+        data_dir: DataDirOpt = None,
+        weights_dir: WeightsDirOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Compute EAGLE vectors of slides without touching the catalog."""
+        from eagle_index.formats.embeddings import write_eagle_file
+        from eagle_index.service import EagleService
+
+        settings = settings_from(data_dir, weights_dir, models=models, device=device)
+        service = EagleService(settings)
+        with _progress(not as_json) as tick:
+            patients = service.embed(slides, patient, artifacts, mpp, progress=tick)
+        provenance = service.models.provenance("eagle")
+        write_eagle_file(out, list(patients), [v.eagle for v in patients.values()], extractor="virchow2-class",
+                         attrs={"eagle_index_provenance": json.dumps(provenance, sort_keys=True), "signature": provenance["signature"]})
+        summary = {"out": str(out), "signature": provenance["signature"],
+                   "patients": {pid: {"tiles": [t for t in v.selection], "dim": int(v.eagle.shape[0])} for pid, v in patients.items()}}
+        if as_json:
+            typer.echo(json.dumps(summary, indent=1))
+        else:
+            typer.echo(f"wrote {out}: {len(patients)} patient(s), signature {provenance['signature']}")
+
+    @app.command("ingest")
+    def ingest(
+        paths: Annotated[list[Path], typer.Argument(help="Slide files or folders.")],
+        patient: Annotated[Optional[str], typer.Option("--patient", help="All slides belong to this patient.")] = None,
+        slide_table: Annotated[Optional[Path], typer.Option("--slide-table", help="PATIENT,FILENAME[,MPP] table.")] = None,
+        device: DeviceOpt = None,
+        models: ModelsOpt = "default",
+        mpp: MppOpt = None,
+        data_dir: DataDirOpt = None,
+        weights_dir: WeightsDirOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Embed and store slides; already-ingested files are skipped, touched patients re-aggregated."""
+        from eagle_index.service import EagleService
+
+        settings = settings_from(data_dir, weights_dir, models=models, device=device)
+        with EagleService(settings) as service, _progress(not as_json) as tick:
+            report = service.ingest(paths, patient, slide_table, mpp, progress=tick)
+        if as_json:
+            typer.echo(json.dumps(report, indent=1))
+        else:
+            for item in report["ingested"]:
+                typer.echo(f"ingested {item['file']} -> {item['patient']} ({item['tiles']} tiles, {item['seconds']} s)")
+            for item in report["skipped"]:
+                typer.echo(f"skipped {item['file']}: {item['reason']}")
+            for item in report["failed"]:
+                typer.echo(f"FAILED {item['file']}: {item['error']}", err=True)
+        if report["failed"]:
+            raise typer.Exit(1)

@@ -1,0 +1,134 @@
+"""Embed slide files and store them: the steps `embed`, `ingest` and the daemon share.
+
+`embed_files` touches no catalog. `ingest_files` writes each slide's artifact (atomically)
+before the catalog rows that point to it are committed, then re-aggregates the slide's
+patient from all of its stored artifacts, so adding a slide never re-reads older slides.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from eagle_index import pipeline
+from eagle_index.config import Settings
+from eagle_index.errors import EagleIndexError, InputError
+from eagle_index.fingerprint import slide_fingerprint
+from eagle_index.formats.tables import read_slide_table
+from eagle_index.signatures import patient_from_name
+from eagle_index.store.artifacts import read_slide_artifact, write_slide_artifact
+
+log = logging.getLogger(__name__)
+
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".dcm", ".bif", ".vms", ".vmu", ".svslide", ".png", ".jpg", ".jpeg")
+VECTOR_KINDS = ("eagle", "chief", "mean-ctranspath")
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    path: Path
+    patient: str
+    mpp: float | None
+
+
+def find_slides(paths: list[Path]) -> list[Path]:
+    """Slide files named directly, or found in folders (companion files of MRXS excluded)."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith("."))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise InputError(f"{path}: file not found")
+    return found
+
+
+def plan_jobs(paths: list[Path], patient: str | None, slide_table: Path | None, mpp: float | None) -> list[SlideJob]:
+    """Which patient each slide belongs to: --patient, else the slide table, else the name."""
+    if patient and slide_table:
+        raise InputError("give either --patient or --slide-table, not both")
+    files = find_slides(paths)
+    if slide_table is not None:
+        rows = {row.stem: row for row in read_slide_table(slide_table)}
+        jobs = []
+        for path in files:
+            row = rows.get(pipeline.slide_name(path))
+            if row is None:
+                raise InputError(f"{slide_table}: no row for slide {path.name}")
+            jobs.append(SlideJob(path, row.patient, mpp or row.mpp))
+        return jobs
+    return [SlideJob(path, patient or patient_from_name(pipeline.slide_name(path)), mpp) for path in files]
+
+
+def provenance(models, kind: str = "eagle") -> dict:
+    return models.provenance(kind)
+
+
+def embed_files(models, settings: Settings, paths, patient, artifacts_dir, mpp, progress=None):
+    jobs = plan_jobs(paths, patient, None, mpp)
+    results: dict[str, list[pipeline.SlideResult]] = {}
+    for job in jobs:
+        result = pipeline.embed_slide(job.path, models, settings, mpp_override=job.mpp, progress=progress)
+        if artifacts_dir is not None:
+            write_slide_artifact(Path(artifacts_dir) / f"{result.name}.h5", result, provenance(models))
+        results.setdefault(job.patient, []).append(result)
+    return {pid: pipeline.aggregate_patient(slides, settings.eagle.top_k) for pid, slides in results.items()}
+
+
+def artifact_path(settings: Settings, fingerprint: str) -> Path:
+    digest = fingerprint.split(":", 1)[-1]
+    return settings.artifacts_dir / digest[:2] / f"{digest}.h5"
+
+
+def ingest_files(service, paths, patient, slide_table, mpp, progress=None) -> dict:
+    catalog, settings = service.catalog, service.settings
+    jobs = plan_jobs(paths, patient, slide_table, mpp)
+    report = {"ingested": [], "skipped": [], "failed": [], "patients": []}
+    touched: set[str] = set()
+    for job in jobs:
+        fingerprint = slide_fingerprint(job.path)
+        with catalog.transaction() as session:
+            existing = catalog.slide_by_fingerprint(session, fingerprint)
+            if existing is not None and existing.status == "done":
+                report["skipped"].append({"file": str(job.path), "reason": f"already ingested as {existing.name}"})
+                continue
+        try:
+            result = pipeline.embed_slide(job.path, service.models, settings, mpp_override=job.mpp, progress=progress)
+            target = write_slide_artifact(artifact_path(settings, fingerprint), result, provenance(service.models))
+        except EagleIndexError as exc:
+            log.warning("slide failed: %s", exc)
+            with catalog.transaction() as session:
+                pid = catalog.patient_id(session, job.patient, create=True)
+                catalog.upsert_slide(session, fingerprint, patient_id=pid, name=pipeline.slide_name(job.path), path=str(job.path),
+                                     status="failed", error=str(exc), size_bytes=job.path.stat().st_size)
+            report["failed"].append({"file": str(job.path), "error": str(exc)})
+            continue
+        with catalog.transaction() as session:
+            pid = catalog.patient_id(session, job.patient, create=True)
+            catalog.upsert_slide(
+                session, fingerprint, patient_id=pid, name=result.name, path=str(job.path), format=result.format,
+                size_bytes=job.path.stat().st_size, width_px=result.width_px, height_px=result.height_px, mpp=result.mpp,
+                mpp_source=result.mpp_source, n_tiles=result.n_tiles, status="done", error=None, artifact_path=str(target),
+            )
+            reaggregate_patient(service, session, pid)
+        touched.add(job.patient)
+        report["ingested"].append({"file": str(job.path), "patient": job.patient, "slide": result.name, "tiles": result.n_tiles,
+                                   "mpp": result.mpp, "mpp_source": result.mpp_source,
+                                   "seconds": round(result.timings.get("total", 0.0), 3)})
+    report["patients"] = sorted(touched)
+    return report
+
+
+def reaggregate_patient(service, session, patient_id: int) -> pipeline.PatientVectors:
+    """Recompute a patient's vectors from its slides' artifacts, inside the caller's transaction."""
+    catalog, settings, models = service.catalog, service.settings, service.models
+    slides = [read_slide_artifact(Path(p)) for p in catalog.done_artifacts(session, patient_id)]
+    vectors = pipeline.aggregate_patient(slides, settings.eagle.top_k)
+    for kind, vector in vectors.by_kind().items():
+        catalog.put_vectors(session, kind, models.signature(kind), [patient_id], vector[None, :].astype(np.float32),
+                            source="ingest", provenance=models.provenance(kind))
+    return vectors

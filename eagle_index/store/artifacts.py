@@ -1,0 +1,88 @@
+"""Per-slide HDF5 artifacts: everything needed to re-aggregate a patient without the slide.
+
+Layout (one file per slide, written to a temp file then renamed):
+- `feats` (N, D) float32 and `coords` (N, 2) float32 (x, y) µm, with the STAMP v2 attrs
+  (`unit="um"`, `tile_size_um`, `tile_size_px`, `extractor`, `feat_type="tile"`). Features are
+  kept in float32 (STAMP writes float16) so attention and patient vectors recompute exactly.
+- `attention` (N,) float32: CHIEF raw (pre-softmax) attention of each tile.
+- group `candidates`: `tile_index`, `x_um`, `y_um`, `scores`, `class_tokens` (k, 1280) of the
+  slide's top-k tiles.
+- attrs: `eagle_index_artifact` (format version), slide name, MPP and its source, level, size,
+  and the JSON provenance (model digests, parameters, signature).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from eagle_index.aggregation import SlideCandidates
+from eagle_index.errors import InputError
+from eagle_index.formats.h5util import atomic_path, open_h5, read_dataset, text_attr
+from eagle_index.pipeline import SlideResult
+
+ARTIFACT_FORMAT = 1
+
+
+def write_slide_artifact(path: Path, result: SlideResult, provenance: dict | None = None) -> Path:
+    import h5py
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as handle:
+            handle.create_dataset("feats", data=result.feats.astype(np.float32))
+            handle.create_dataset("coords", data=np.stack([result.x_um, result.y_um], axis=1).astype(np.float32))
+            handle.create_dataset("attention", data=result.scores.astype(np.float32))
+            group = handle.create_group("candidates")
+            cand = result.candidates
+            group.create_dataset("tile_index", data=cand.tile_index.astype(np.int64))
+            group.create_dataset("x_um", data=cand.x_um.astype(np.float64))
+            group.create_dataset("y_um", data=cand.y_um.astype(np.float64))
+            group.create_dataset("scores", data=cand.scores.astype(np.float32))
+            group.create_dataset("class_tokens", data=cand.class_tokens.astype(np.float32))
+            attrs = {
+                "unit": "um", "tile_size_um": float(result.tile_um), "tile_size_px": int(result.tile_px),
+                "extractor": "ctranspath", "feat_type": "tile", "eagle_index_artifact": ARTIFACT_FORMAT,
+                "slide_name": result.name,
+            }
+            for key in ("mpp", "mpp_source", "level", "width_px", "height_px", "format"):
+                value = getattr(result, key)
+                if value is not None:
+                    attrs[key] = value
+            if provenance:
+                attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+            handle.attrs.update(attrs)
+    return Path(path)
+
+
+def read_slide_artifact(path: Path) -> SlideResult:
+    path = Path(path)
+    with open_h5(path) as handle:
+        if "eagle_index_artifact" not in handle.attrs:
+            raise InputError(f"{path}: not an eagle-index slide artifact")
+        coords = read_dataset(handle, "coords", path)
+        group = handle["candidates"]
+        cand = SlideCandidates(
+            slide_name=text_attr(handle.attrs["slide_name"]),
+            tile_index=group["tile_index"][()], x_um=group["x_um"][()], y_um=group["y_um"][()],
+            scores=group["scores"][()], class_tokens=group["class_tokens"][()],
+        )
+        attrs = {k: handle.attrs[k] for k in handle.attrs}
+        return SlideResult(
+            name=cand.slide_name, x_um=coords[:, 0].astype(np.float64), y_um=coords[:, 1].astype(np.float64),
+            feats=read_dataset(handle, "feats", path).astype(np.float32),
+            scores=read_dataset(handle, "attention", path).astype(np.float32), candidates=cand,
+            tile_um=float(attrs["tile_size_um"]), tile_px=int(attrs["tile_size_px"]),
+            mpp=float(attrs["mpp"]) if "mpp" in attrs else None, mpp_source=text_attr(attrs.get("mpp_source")),
+            level=int(attrs["level"]) if "level" in attrs else None,
+            width_px=int(attrs["width_px"]) if "width_px" in attrs else None,
+            height_px=int(attrs["height_px"]) if "height_px" in attrs else None,
+            format=text_attr(attrs.get("format")),
+        )
+
+
+def artifact_provenance(path: Path) -> dict:
+    with open_h5(path) as handle:
+        raw = text_attr(handle.attrs.get("provenance"))
+    return json.loads(raw) if raw else {}
