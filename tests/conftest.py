@@ -54,3 +54,9 @@ def write_stamp_v2_tiles(path: Path, feats: np.ndarray, x_um, y_um, tile_um=448.
         handle.attrs.update({"unit": "um", "tile_size_um": tile_um, "tile_size_px": 224, "extractor": extractor,
                              "stamp_version": "2.5.0", "feat_type": "tile"})
     return path
+
+
+@pytest.fixture(autouse=True)
+def _private_weight_cache(tmp_path_factory, monkeypatch):
+    """Keep digest caches and downloaded weights out of the user's ~/.cache during tests."""
+    monkeypatch.setenv("EAGLE_INDEX_CACHE", str(tmp_path_factory.getbasetemp() / "eagle-cache"))
