@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from slide_fixtures import write_pyramidal_tiff  # noqa: E402
+from eagle_index.slides.synthetic import write_pyramidal_tiff  # noqa: E402
 
 from eagle_index.config import TilingSettings  # noqa: E402
 from eagle_index.slides import full_grid, iter_tile_batches, iter_tissue_batches, keep_tiles, open_slide  # noqa: E402
