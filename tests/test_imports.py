@@ -169,3 +169,39 @@ def test_not_hdf5_is_a_clear_error(service, tmp_path):
     (tmp_path / "notes.h5").write_text("not hdf5")
     with pytest.raises(InputError, match=r"notes\.h5: not a readable HDF5 file"):
         service.import_embeddings([tmp_path / "notes.h5"])
+
+
+def test_features_with_chief_and_virchow2_give_the_eagle_vector(tmp_path):
+    """import-features with a CHIEF model and Virchow2 tile features: rows matched by coordinates."""
+    from eagle_index.config import Settings
+    from eagle_index.models import specs_for
+    from eagle_index.service import EagleService
+
+    specs = specs_for("tiny")
+    rng = np.random.default_rng(3)
+    rows, expected_pool = [], []
+    settings = Settings(data_dir=tmp_path / "data", models="tiny", device="cpu")
+    with EagleService(settings) as service:
+        chief = service._try_load_chief()[0]
+        for order, (slide, patient) in enumerate({"s1": "A", "s2": "A"}.items()):
+            n = 30
+            x_um, y_um = (np.arange(n) % 6) * 448.0, (np.arange(n) // 6) * 448.0
+            feats = rng.normal(size=(n, specs["ctranspath"].dim)).astype(np.float16)
+            tokens = rng.normal(size=(n, specs["virchow2"].dim)).astype(np.float16)
+            (tmp_path / "ctp").mkdir(exist_ok=True)
+            (tmp_path / "vir").mkdir(exist_ok=True)
+            write_stamp_v2_tiles(tmp_path / "ctp" / f"{slide}.h5", feats, x_um, y_um)
+            shuffled = rng.permutation(n)  # Virchow2 rows in another order, as STAMP v2 writes them
+            write_stamp_v2_tiles(tmp_path / "vir" / f"{slide}.h5", tokens[shuffled], x_um[shuffled], y_um[shuffled], extractor="virchow2")
+            scores = chief.raw_attention(feats.astype(np.float32))
+            expected_pool += [(-float(scores[i]), order, float(y_um[i]), float(x_um[i]), tokens[i].astype(np.float32)) for i in range(n)]
+            rows.append({"PATIENT": patient, "FILENAME": f"{slide}.svs"})
+        pd.DataFrame(rows).to_csv(tmp_path / "table.csv", index=False)
+        report = service.import_features(tmp_path / "table.csv", tmp_path / "ctp", tmp_path / "vir")
+        assert report.vectors == {"mean-ctranspath": 1, "chief": 1, "eagle": 1}
+        expected_pool.sort(key=lambda t: t[:4])
+        expected = np.mean([t[4] for t in expected_pool[:25]], axis=0)
+        eagle_set = next(s for s in service.catalog.vector_sets() if s.kind == "eagle")
+        assert eagle_set.signature.startswith("tiny:eagle-v1:")
+        _, matrix = service.catalog.load_vectors("eagle", eagle_set.signature)
+        np.testing.assert_allclose(matrix[0], expected, rtol=1e-5, atol=1e-6)
