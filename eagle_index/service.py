@@ -41,6 +41,26 @@ class EagleService:
 
         return load_models(self.settings)
 
+    # Topic services: each lives in its own module and gets this facade (catalog, vectors,
+    # models, settings) so the front ends still call one object.
+    @cached_property
+    def searcher(self):
+        from eagle_index.search import SearchService
+
+        return SearchService(self)
+
+    @cached_property
+    def cohorts(self):
+        from eagle_index.cohorts import CohortService
+
+        return CohortService(self)
+
+    @cached_property
+    def probes(self):
+        from eagle_index.probes import ProbeService
+
+        return ProbeService(self)
+
     def __enter__(self) -> "EagleService":
         return self
 

@@ -60,7 +60,7 @@ def test_cli_db_upgrade_in_place(settings, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["db", "upgrade", "--data-dir", str(settings.data_dir)])
     assert exit_info.value.code in (0, None)
-    assert "0001 -> 0002" in capsys.readouterr().out
+    assert "0001 -> 0004" in capsys.readouterr().out
 
 
 def test_models_match_head_revision(settings):

@@ -44,6 +44,9 @@ vector_id_seq = Sequence("vector_id_seq", metadata=Base.metadata)
 label_id_seq = Sequence("label_id_seq", metadata=Base.metadata)
 vector_set_id_seq = Sequence("vector_set_id_seq", metadata=Base.metadata)
 import_id_seq = Sequence("import_id_seq", metadata=Base.metadata)
+job_id_seq = Sequence("job_id_seq", metadata=Base.metadata)
+cohort_id_seq = Sequence("cohort_id_seq", metadata=Base.metadata)
+probe_id_seq = Sequence("probe_id_seq", metadata=Base.metadata)
 
 
 class Patient(Base):
@@ -133,3 +136,88 @@ class ImportRecord(Base):
     what: Mapped[str] = mapped_column(String)
     rows: Mapped[int] = mapped_column(Integer, default=0)
     imported_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Job(Base):
+    """One slide file to ingest: a queue entry with a lease (revision 0003).
+
+    States: queued -> running -> done | failed | skipped; a running job whose lease expired
+    (its worker died) goes back to queued. Keyed by content fingerprint: one job per slide.
+    """
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, job_id_seq, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String, unique=True)
+    path: Mapped[str] = mapped_column(String)
+    patient: Mapped[str | None] = mapped_column(String, nullable=True)
+    mpp: Mapped[float | None] = mapped_column(Float, nullable=True)
+    state: Mapped[str] = mapped_column(String, default="queued", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String, nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    progress: Mapped[str | None] = mapped_column(Text, nullable=True)
+    slide_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Cohort(Base):
+    """A saved cohort definition (JSON) and when its members were last materialised (revision 0004)."""
+
+    __tablename__ = "cohorts"
+    id: Mapped[int] = mapped_column(Integer, cohort_id_seq, primary_key=True)
+    name: Mapped[str] = mapped_column(String, unique=True)
+    definition: Mapped[str] = mapped_column(Text)
+    member_count: Mapped[int] = mapped_column(Integer, default=0)
+    materialized_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class CohortMember(Base):
+    """A patient in a cohort's materialised member list (score: similarity or probe score, if any)."""
+
+    __tablename__ = "cohort_members"
+    cohort_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Probe(Base):
+    """A trained biomarker probe: definition, CV results and parameters (revision 0004).
+
+    `model_blob` holds the fitted parameters as safetensors bytes (never pickle).
+    """
+
+    __tablename__ = "probes"
+    id: Mapped[int] = mapped_column(Integer, probe_id_seq, primary_key=True)
+    name: Mapped[str] = mapped_column(String, unique=True)
+    label: Mapped[str] = mapped_column(String)
+    kind: Mapped[str] = mapped_column(String)
+    signature: Mapped[str] = mapped_column(String)
+    model: Mapped[str] = mapped_column(String)
+    status: Mapped[str] = mapped_column(String, default="done")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    params: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: hyper-parameters, seed, folds
+    classes: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list
+    training_set: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: patient ids, labels, fold of each
+    metrics: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: per-fold and mean ± sd
+    model_blob: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ProbeScore(Base):
+    """A probe applied to a patient: probability of the target class, ranked (revision 0004)."""
+
+    __tablename__ = "probe_scores"
+    probe_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    probability: Mapped[float] = mapped_column(Float)
+    predicted: Mapped[str | None] = mapped_column(String, nullable=True)
+    rank: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
