@@ -28,7 +28,29 @@ class EagleService:
 
     @cached_property
     def catalog(self) -> Catalog:
+        from eagle_index.owner import refuse_if_owned
+
+        refuse_if_owned(self.settings.data_dir)
         return Catalog.open(self.settings.catalog_path, create=self._create)
+
+    @cached_property
+    def jobs(self):
+        """The ingestion queue (used by the daemon/server and the status command)."""
+        import os
+        import socket
+
+        from eagle_index.store.jobs import JobQueue
+
+        return JobQueue(self.catalog, worker_id=f"{socket.gethostname()}:{os.getpid()}")
+
+    def status(self) -> dict:
+        """Queue counts, running job and progress, recent failures, throughput, index size."""
+        summary = self.jobs.summary()
+        summary["index"] = [
+            {"kind": s.kind, "signature": s.signature, "vectors": s.count, "dim": s.dim} for s in self.catalog.vector_sets()
+        ]
+        summary["patients"] = self.catalog.stats()["patients"]
+        return summary
 
     @cached_property
     def vectors(self) -> VectorStore:
@@ -95,33 +117,17 @@ class EagleService:
             )
         return max(having, key=lambda s: s.count).signature
 
-    def search_patient(self, external_id: str, k: int = 10, kind: str = "eagle", signature: str | None = None) -> list[dict]:
-        """The k most similar other patients to a stored patient, by cosine similarity."""
-        ids = self.catalog.patient_ids([external_id])
-        if external_id not in ids:
-            raise NotFoundError(f"unknown patient {external_id!r}")
-        patient_id = ids[external_id]
-        signature = self._signature_for(patient_id, external_id, kind, signature)
-        _, query = self.catalog.load_vectors(kind, signature, [patient_id])
-        hit_ids, scores = self.vectors.search(kind, signature, query, k, exclude={patient_id})
-        return self._hits(hit_ids[0], scores[0], kind, signature)
+    def search_patient(self, external_id: str, k: int = 10, kind: str = "eagle", signature: str | None = None,
+                       filters=None, explain: bool = False, pairs: int = 5) -> list[dict]:
+        """The k most similar other patients to a stored patient, by cosine similarity.
+
+        `filters` is an `eagle_index.search.SearchFilters`; the full search (vector and slide
+        queries, kNN vote, notes) is `self.searcher`.
+        """
+        return self.searcher.search_patient(external_id, k, kind, signature, filters, explain=explain, pairs=pairs).hits
 
     def _hits(self, hit_ids, scores, kind: str, signature: str) -> list[dict]:
-        names = self.catalog.external_ids(hit_ids)
-        slides = self.catalog.slides_of(hit_ids)
-        labels = self.catalog.labels_of(hit_ids)
-        return [
-            {
-                "patient": names[int(pid)],
-                "score": float(score),
-                "rank": rank,
-                "kind": kind,
-                "signature": signature,
-                "slides": slides[int(pid)],
-                "labels": labels[int(pid)],
-            }
-            for rank, (pid, score) in enumerate(zip(hit_ids, scores), start=1)
-        ]
+        return self.searcher.hits(hit_ids, scores, kind, signature)
 
     # -- imports ------------------------------------------------------------------------
     def import_embeddings(self, paths: list[Path], kind: str | None = None, signature: str | None = None,
@@ -154,14 +160,14 @@ class EagleService:
     def embed(self, slides: list[Path], patient: str | None = None, artifacts_dir: Path | None = None,
               mpp: float | None = None, progress=None):
         """Embed slides without touching the catalog: {patient: PatientVectors}, and the provenance."""
-        from eagle_index import ingestion
+        from eagle_index.ingest import steps as ingestion
 
         return ingestion.embed_files(self.models, self.settings, slides, patient, artifacts_dir, mpp, progress)
 
     def ingest(self, paths: list[Path], patient: str | None = None, slide_table: Path | None = None,
                mpp: float | None = None, progress=None) -> dict:
         """Embed and store slides (skipping ones already ingested); re-aggregate touched patients."""
-        from eagle_index import ingestion
+        from eagle_index.ingest import steps as ingestion
 
         report = ingestion.ingest_files(self, paths, patient, slide_table, mpp, progress)
         self.vectors.sync_all()

@@ -14,9 +14,10 @@ ModelsOpt = Annotated[str, typer.Option("--models", help="Model preset: default 
 
 
 def _service(data_dir: Path | None, weights_dir: Path | None = None, create: bool = True, **more):
-    from eagle_index.service import EagleService
+    """The local service, or the running daemon/server's API when one holds the catalog."""
+    from eagle_index.client import service_for
 
-    return EagleService(settings_from(data_dir, weights_dir, **more), create=create)
+    return service_for(settings_from(data_dir, weights_dir, **more), create=create)
 
 
 def _print_report(report, as_json: bool) -> None:
@@ -103,24 +104,74 @@ def register(app: typer.Typer) -> None:
 
     @app.command("search")
     def search(
-        patient: Annotated[str, typer.Option("--patient", help="Query patient id.")],
+        patient: Annotated[Optional[str], typer.Option("--patient", help="Query patient id (with --slide: the patient the slides belong to).")] = None,
+        slide: Annotated[Optional[list[Path]], typer.Option("--slide", help="Query by slide file(s), embedded on the fly (not stored unless --store). Repeatable.")] = None,
+        vector: Annotated[Optional[Path], typer.Option("--vector", help="Query by a vector: .npy (D,) or an embedding .h5 holding one vector.")] = None,
         k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of neighbours.")] = 10,
         kind: Annotated[str, typer.Option("--kind", help="Vector kind: eagle, chief, mean-ctranspath…")] = "eagle",
         signature: Annotated[Optional[str], typer.Option("--signature", help="Vector signature (default: the patient's largest set).")] = None,
+        label: Annotated[Optional[list[str]], typer.Option("--label", help="Only hits with label NAME=VALUE (repeatable: OR within a name, AND across names; VALUE * = has the label).")] = None,
+        cohort: Annotated[Optional[list[str]], typer.Option("--cohort", help="Only members of this saved cohort (repeatable).")] = None,
+        min_score: Annotated[Optional[float], typer.Option("--min-score", help="Only hits with cosine similarity at least this.")] = None,
+        exclude_site: Annotated[bool, typer.Option("--exclude-site", help="Leave out hits from the query's site (label --site-label, else the TCGA site code).")] = False,
+        site_label: Annotated[str, typer.Option("--site-label", help="Label that holds the site.")] = "site",
+        exclude_same: Annotated[Optional[list[str]], typer.Option("--exclude-same", help="Leave out hits sharing the query's value of this label (repeatable).")] = None,
+        exclude_patient: Annotated[Optional[list[str]], typer.Option("--exclude-patient", help="Never return this patient (repeatable).")] = None,
+        explain: Annotated[bool, typer.Option("--explain", help="Add the most similar tile pairs (query tile <-> hit tile) when slide artifacts exist.")] = False,
+        pairs: Annotated[int, typer.Option("--pairs", min=1, help="Tile pairs per hit with --explain.")] = 5,
+        vote: Annotated[Optional[str], typer.Option("--vote", help="Predict this label from the neighbours (majority and score-weighted); --json then prints {hits, vote}.")] = None,
+        store: Annotated[bool, typer.Option("--store", help="With --slide: ingest the slides into the catalog, then search.")] = False,
+        mpp: Annotated[Optional[float], typer.Option("--mpp", help="With --slide: µm/px when the slide records none.")] = None,
+        models: ModelsOpt = "default",
         data_dir: DataDirOpt = None,
+        weights_dir: WeightsDirOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """The k most similar other patients (cosine similarity)."""
-        with _service(data_dir, create=False) as service:
-            hits = service.search_patient(patient, k, kind, signature)
+        """The k most similar other patients (cosine similarity), with filters, explanations and a label vote."""
+        from eagle_index.errors import InputError
+
+        if sum(x is not None and x != [] for x in (slide, vector)) + (patient is not None and not slide) != 1:
+            raise InputError("give exactly one query: --patient ID, --slide FILE (repeatable) or --vector FILE")
+        if store and not slide:
+            raise InputError("--store only applies to --slide queries")
+        advanced = bool(slide or vector is not None or label or cohort or min_score is not None or exclude_site
+                        or exclude_same or exclude_patient or explain or vote)
+        extra = {"models": models} if slide else {}
+        with _service(data_dir, weights_dir if slide else None, create=False, **extra) as service:
+            if not advanced:  # the plain query also works through a running server's API
+                hits = service.search_patient(patient, k, kind, signature)
+                result = None
+            else:
+                from eagle_index.search import SearchFilters, read_query_vector
+
+                filters = SearchFilters.build(labels=label or (), cohorts=cohort or (), min_score=min_score,
+                                              exclude_patients=exclude_patient or (), exclude_same_site=exclude_site,
+                                              site_label=site_label, exclude_same=exclude_same or ())
+                searcher = service.searcher
+                if slide:
+                    result = searcher.search_slides(slide, k, kind, patient, filters, explain, vote, pairs, store, mpp)
+                elif vector is not None:
+                    result = searcher.search_vector(read_query_vector(vector), k, kind, signature, filters, vote)
+                else:
+                    result = searcher.search_patient(patient, k, kind, signature, filters, explain, vote, pairs)
+                hits = result.hits
         if as_json:
-            typer.echo(json.dumps(hits, indent=1))
+            typer.echo(json.dumps({"hits": hits, "vote": result.vote} if vote else hits, indent=1))
             return
+        for note in result.notes if result else []:
+            typer.echo(f"note: {note}")
         if not hits:
-            typer.echo("no other patients with this vector kind")
+            typer.echo("no matching patients with this vector kind")
         for hit in hits:
             label_text = ", ".join(f"{n}={v}" for n, v in sorted(hit["labels"].items()))
             typer.echo(f"{hit['rank']:>3}  {hit['score']:.4f}  {hit['patient']}  {label_text}")
+            for pair in hit.get("explanation", []):
+                typer.echo(f"       {pair['similarity']:.3f}  {pair['query_slide']} ({pair['query_x_um']:.0f}, {pair['query_y_um']:.0f}) µm"
+                           f"  <->  {pair['hit_slide']} ({pair['hit_x_um']:.0f}, {pair['hit_y_um']:.0f}) µm")
+        if vote and result is not None:
+            v = result.vote
+            counts = ", ".join(f"{value} {n}" for value, n in v["counts"].items()) or "none labelled"
+            typer.echo(f"vote {vote}: majority {v['majority']}, score-weighted {v['weighted']} ({counts}; {v['unlabelled']} unlabelled)")
 
     @app.command("stats")
     def stats(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from eagle_index.cli.options import DataDirOpt, JsonOpt, WeightsDirOpt, settings_from
+from eagle_index.errors import InputError
 
 ModelsOpt = Annotated[str, typer.Option("--models", help="Model preset: real (official weights, alias default) or tiny (random, for tests/demo).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, or auto (default; env EAGLE_INDEX_DEVICE).")]
@@ -84,7 +85,17 @@ def register(app: typer.Typer) -> None:
         """Embed and store slides; already-ingested files are skipped, touched patients re-aggregated."""
         from eagle_index.service import EagleService
 
+        from eagle_index.client import owner_client
+
         settings = settings_from(data_dir, weights_dir, models=models, device=device)
+        client = owner_client(settings.data_dir)
+        if client is not None:  # the running daemon/server embeds them: queue, don't wait
+            if slide_table is not None or mpp is not None:
+                raise InputError(f"{client.owner.describe()} holds the catalog: give --slide-table/--mpp to it (daemon/serve options)")
+            queued = client.enqueue(paths, patient)
+            typer.echo(json.dumps(queued, indent=1) if as_json else
+                       f"queued {len(queued['jobs'])} slide(s) with {client.owner.describe()}; follow with `eagle-index status`")
+            return
         with EagleService(settings) as service, _progress(not as_json) as tick:
             report = service.ingest(paths, patient, slide_table, mpp, progress=tick)
         if as_json:

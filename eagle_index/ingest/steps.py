@@ -85,7 +85,7 @@ def artifact_path(settings: Settings, fingerprint: str) -> Path:
 
 
 def ingest_files(service, paths, patient, slide_table, mpp, progress=None) -> dict:
-    catalog, settings = service.catalog, service.settings
+    catalog = service.catalog
     jobs = plan_jobs(paths, patient, slide_table, mpp)
     report = {"ingested": [], "skipped": [], "failed": [], "patients": []}
     touched: set[str] = set()
@@ -97,30 +97,55 @@ def ingest_files(service, paths, patient, slide_table, mpp, progress=None) -> di
                 report["skipped"].append({"file": str(job.path), "reason": f"already ingested as {existing.name}"})
                 continue
         try:
-            result = pipeline.embed_slide(job.path, service.models, settings, mpp_override=job.mpp, progress=progress)
-            target = write_slide_artifact(artifact_path(settings, fingerprint), result, provenance(service.models))
+            result, target = embed_to_artifact(service, job, fingerprint, progress)
         except EagleIndexError as exc:
             log.warning("slide failed: %s", exc)
             with catalog.transaction() as session:
-                pid = catalog.patient_id(session, job.patient, create=True)
-                catalog.upsert_slide(session, fingerprint, patient_id=pid, name=pipeline.slide_name(job.path), path=str(job.path),
-                                     status="failed", error=str(exc), size_bytes=job.path.stat().st_size)
+                record_failed_slide(service, session, job, fingerprint, str(exc))
             report["failed"].append({"file": str(job.path), "error": str(exc)})
             continue
         with catalog.transaction() as session:
-            pid = catalog.patient_id(session, job.patient, create=True)
-            catalog.upsert_slide(
-                session, fingerprint, patient_id=pid, name=result.name, path=str(job.path), format=result.format,
-                size_bytes=job.path.stat().st_size, width_px=result.width_px, height_px=result.height_px, mpp=result.mpp,
-                mpp_source=result.mpp_source, n_tiles=result.n_tiles, status="done", error=None, artifact_path=str(target),
-            )
-            reaggregate_patient(service, session, pid)
+            store_slide(service, session, job, fingerprint, result, target)
         touched.add(job.patient)
         report["ingested"].append({"file": str(job.path), "patient": job.patient, "slide": result.name, "tiles": result.n_tiles,
                                    "mpp": result.mpp, "mpp_source": result.mpp_source,
                                    "seconds": round(result.timings.get("total", 0.0), 3)})
     report["patients"] = sorted(touched)
     return report
+
+
+def embed_to_artifact(service, job: SlideJob, fingerprint: str, progress=None) -> tuple[pipeline.SlideResult, Path]:
+    """Embed one slide and write its artifact (atomically); nothing is committed yet."""
+    result = pipeline.embed_slide(job.path, service.models, service.settings, mpp_override=job.mpp, progress=progress)
+    target = write_slide_artifact(artifact_path(service.settings, fingerprint), result, provenance(service.models))
+    return result, target
+
+
+def store_slide(service, session, job: SlideJob, fingerprint: str, result: pipeline.SlideResult, target: Path) -> int:
+    """Slide row + the patient's re-aggregated vectors, inside the caller's transaction."""
+    catalog = service.catalog
+    pid = catalog.patient_id(session, job.patient, create=True)
+    slide_id = catalog.upsert_slide(
+        session, fingerprint, patient_id=pid, name=result.name, path=str(job.path), format=result.format,
+        size_bytes=_size(job.path), width_px=result.width_px, height_px=result.height_px, mpp=result.mpp,
+        mpp_source=result.mpp_source, n_tiles=result.n_tiles, status="done", error=None, artifact_path=str(target),
+    )
+    reaggregate_patient(service, session, pid)
+    return slide_id
+
+
+def record_failed_slide(service, session, job: SlideJob, fingerprint: str, error: str) -> int:
+    catalog = service.catalog
+    pid = catalog.patient_id(session, job.patient, create=True)
+    return catalog.upsert_slide(session, fingerprint, patient_id=pid, name=pipeline.slide_name(job.path), path=str(job.path),
+                                status="failed", error=error, size_bytes=_size(job.path))
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return None
 
 
 def reaggregate_patient(service, session, patient_id: int) -> pipeline.PatientVectors:

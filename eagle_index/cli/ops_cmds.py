@@ -1,0 +1,112 @@
+"""Process commands: `daemon`, `serve`, `status`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from eagle_index.cli.options import DataDirOpt, JsonOpt, WeightsDirOpt, settings_from
+
+WatchOpt = Annotated[list[Path], typer.Option("--watch", help="Folder to watch for new slides (repeatable).")]
+SlideTableOpt = Annotated[Optional[Path], typer.Option("--slide-table", help="PATIENT,FILENAME[,MPP] table (re-read when it changes).")]
+RegexOpt = Annotated[Optional[str], typer.Option("--patient-regex", help="Regex on the slide name; group 1 is the patient id (default: TCGA-XX-XXXX).")]
+ModelsOpt = Annotated[str, typer.Option("--models", help="Model preset: real (official weights) or tiny.")]
+SettleOpt = Annotated[float, typer.Option("--settle-seconds", help="A file is complete when unchanged this long.")]
+AttemptsOpt = Annotated[int, typer.Option("--max-attempts", min=1, help="Attempts per slide before it is marked failed.")]
+BackoffOpt = Annotated[float, typer.Option("--retry-backoff", help="Seconds before the first retry (doubles each time).")]
+QuarantineOpt = Annotated[Optional[Path], typer.Option("--quarantine", help="Move slides that failed for good here.")]
+PollOpt = Annotated[float, typer.Option("--poll-seconds", help="Folder scan interval (fallback for network mounts).")]
+
+
+def _logging() -> None:
+    logging.basicConfig(level=os.environ.get("EAGLE_INDEX_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def _run(role: str, data_dir, weights_dir, models, device, **options) -> None:
+    from eagle_index.ingest.daemon import OwnerOptions, run_owner
+
+    _logging()
+    settings = settings_from(data_dir, weights_dir, models=models, device=device)
+    options["token"] = os.environ.get("EAGLE_INDEX_TOKEN") or None
+    raise typer.Exit(run_owner(settings, OwnerOptions(role=role, **options)))
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("daemon")
+    def daemon(
+        watch: WatchOpt = [],  # noqa: B006 - typer needs a literal default
+        slide_table: SlideTableOpt = None,
+        patient_regex: RegexOpt = None,
+        models: ModelsOpt = "default",
+        device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or auto.")] = None,
+        settle_seconds: SettleOpt = 5.0,
+        poll_seconds: PollOpt = 2.0,
+        max_attempts: AttemptsOpt = 3,
+        retry_backoff: BackoffOpt = 5.0,
+        quarantine: QuarantineOpt = None,
+        port: Annotated[int, typer.Option("--port", help="Loopback API port (0: any free port).")] = 0,
+        data_dir: DataDirOpt = None,
+        weights_dir: WeightsDirOpt = None,
+    ) -> None:
+        """Watch folders and ingest every complete slide (worker + loopback API, no UI)."""
+        _run("daemon", data_dir, weights_dir, models, device, watch=watch, slide_table=slide_table,
+             patient_regex=patient_regex, settle_seconds=settle_seconds, poll_seconds=poll_seconds,
+             max_attempts=max_attempts, backoff_seconds=retry_backoff, quarantine=quarantine, host="127.0.0.1", port=port)
+
+    @app.command("serve")
+    def serve(
+        host: Annotated[str, typer.Option("--host", help="Address to bind; beyond loopback needs EAGLE_INDEX_TOKEN.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port")] = 8000,
+        watch: WatchOpt = [],  # noqa: B006
+        slide_table: SlideTableOpt = None,
+        patient_regex: RegexOpt = None,
+        models: ModelsOpt = "default",
+        device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or auto.")] = None,
+        settle_seconds: SettleOpt = 5.0,
+        poll_seconds: PollOpt = 2.0,
+        max_attempts: AttemptsOpt = 3,
+        retry_backoff: BackoffOpt = 5.0,
+        quarantine: QuarantineOpt = None,
+        data_dir: DataDirOpt = None,
+        weights_dir: WeightsDirOpt = None,
+    ) -> None:
+        """Run the web app (waitress) and the ingestion worker together."""
+        _run("serve", data_dir, weights_dir, models, device, watch=watch, slide_table=slide_table,
+             patient_regex=patient_regex, settle_seconds=settle_seconds, poll_seconds=poll_seconds,
+             max_attempts=max_attempts, backoff_seconds=retry_backoff, quarantine=quarantine, host=host, port=port)
+
+    @app.command("status")
+    def status(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+        """Ingestion queue, running job, recent failures, throughput and index size."""
+        from eagle_index.client import owner_client
+        from eagle_index.service import EagleService
+
+        settings = settings_from(data_dir)
+        client = owner_client(settings.data_dir)
+        if client is not None:
+            data = client.status()
+            data["owner"] = {"pid": client.owner.pid, "role": client.owner.role, "url": client.owner.url}
+        else:
+            with EagleService(settings) as service:
+                data = service.status()
+            data["owner"] = None
+        if as_json:
+            typer.echo(json.dumps(data, indent=1))
+            return
+        q = data["queue"]
+        owner = data["owner"]
+        typer.echo(f"owner: {owner['role']} pid {owner['pid']} {owner['url']}" if owner else "owner: none (no daemon or server running)")
+        typer.echo("queue: " + "  ".join(f"{k} {v}" for k, v in q.items()))
+        for job in data["running"]:
+            typer.echo(f"running: {job['file']} (patient {job['patient']}, attempt {job['attempt']}, progress {job['progress']})")
+        t = data["throughput"]
+        typer.echo(f"throughput: {t['slides_last_hour']} slides in the last hour; mean {t['mean_seconds_per_slide']} s/slide")
+        for entry in data["index"]:
+            typer.echo(f"index: {entry['kind']} {entry['vectors']} vectors (dim {entry['dim']})")
+        for failure in data["failures"]:
+            typer.echo(f"failed: {failure['file']}: {failure['error']}")

@@ -1,0 +1,142 @@
+"""Watch folders for complete slide files and enqueue them by content fingerprint.
+
+A file is complete when its size and mtime (and, for MRXS, those of its data folder) have
+not changed for `settle_seconds`. Temp and partial names are ignored. Filesystem events
+(watchdog) wake the scan early; a periodic scan is the fallback that also works on network
+mounts, where events are unreliable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from eagle_index.errors import EagleIndexError
+from eagle_index.fingerprint import companion_files, slide_fingerprint
+from eagle_index.ingest.patients import PatientResolver
+from eagle_index.ingest.steps import SLIDE_SUFFIXES
+from eagle_index.store.jobs import JobQueue
+
+log = logging.getLogger(__name__)
+
+PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".download", ".filepart", ".copying", ".lock", ".swp")
+
+
+def is_candidate(path: Path) -> bool:
+    name = path.name
+    if name.startswith((".", "~")) or name.lower().endswith(PARTIAL_SUFFIXES):
+        return False
+    return path.suffix.lower() in SLIDE_SUFFIXES
+
+
+def file_state(path: Path) -> tuple | None:
+    """(size, mtime) of the file and its companions; None if it vanished."""
+    try:
+        parts = [path, *companion_files(path)]
+        return tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in parts)
+    except OSError:
+        return None
+
+
+class Watcher:
+    def __init__(self, roots: list[Path], queue: JobQueue, resolver: PatientResolver,
+                 settle_seconds: float = 5.0, poll_seconds: float = 2.0):
+        self.roots = [Path(r) for r in roots]
+        self.queue = queue
+        self.resolver = resolver
+        self.settle_seconds = settle_seconds
+        self.poll_seconds = poll_seconds
+        self._seen: dict[Path, tuple[tuple, float]] = {}  # path -> (state, time it was first seen in that state)
+        self._handled: dict[Path, tuple] = {}  # path -> state when enqueued
+        self.wake = threading.Event()
+
+    def _files(self):
+        for root in self.roots:
+            if not root.is_dir():
+                continue
+            for path in root.rglob("*"):
+                if path.is_file() and is_candidate(path) and not _inside_mrxs_folder(path):
+                    yield path
+
+    def scan_once(self) -> list[dict]:
+        """One pass over the roots; enqueue files that have settled. Returns what was enqueued."""
+        now = time.monotonic()
+        enqueued = []
+        present = set()
+        for path in self._files():
+            present.add(path)
+            state = file_state(path)
+            if state is None or self._handled.get(path) == state:
+                continue
+            previous = self._seen.get(path)
+            if previous is None or previous[0] != state:
+                self._seen[path] = (state, now)
+                continue
+            if now - previous[1] < self.settle_seconds:
+                continue
+            outcome = self._enqueue(path)
+            self._handled[path] = state
+            self._seen.pop(path, None)
+            if outcome:
+                enqueued.append(outcome)
+        for gone in set(self._seen) - present:
+            self._seen.pop(gone, None)
+        return enqueued
+
+    def _enqueue(self, path: Path) -> dict | None:
+        known = self.queue.known_path(str(path))
+        if known is not None and known.created_at and path.stat().st_mtime < known.created_at.timestamp() - 1:
+            return None  # enqueued by an earlier run and unchanged since: no need to hash it again
+        try:
+            fingerprint = slide_fingerprint(path)
+            answer = self.resolver.resolve(path)
+        except EagleIndexError as exc:
+            log.warning("cannot enqueue %s: %s", path, exc)
+            return None
+        if answer.note:
+            log.warning("patient id: %s", answer.note)
+        state, job_id = self.queue.enqueue(fingerprint, str(path), answer.patient, answer.mpp, answer.note)
+        log.info("watch: %s -> %s (job %d, patient %s from %s)", path.name, state, job_id, answer.patient, answer.source)
+        return {"file": str(path), "state": state, "job": job_id, "patient": answer.patient}
+
+    def run(self, stop: threading.Event) -> None:
+        observer = self._start_observer()
+        try:
+            while not stop.is_set():
+                try:
+                    self.scan_once()
+                except Exception:  # never let one bad scan stop the daemon
+                    log.exception("watch scan failed")
+                self.wake.wait(self.poll_seconds)
+                self.wake.clear()
+        finally:
+            if observer is not None:
+                observer.stop()
+
+    def _start_observer(self):
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:
+            return None
+        wake = self.wake
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event):
+                wake.set()
+
+        observer = Observer()
+        for root in self.roots:
+            if root.is_dir():
+                observer.schedule(Handler(), str(root), recursive=True)
+        observer.daemon = True
+        observer.start()
+        return observer
+
+
+def _inside_mrxs_folder(path: Path) -> bool:
+    """Files in the data folder of an MRXS slide belong to it, not to the queue."""
+    parent = path.parent
+    return parent.with_suffix(".mrxs").exists() or any(parent.parent.glob(f"{parent.name}.mrxs"))

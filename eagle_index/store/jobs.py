@@ -1,0 +1,162 @@
+"""The ingestion job queue, kept in the catalog so it survives crashes with the data it guards.
+
+Every transition is one transaction. A job is claimed with a lease; the owner extends the
+lease while it works. Jobs found `running` when an owner starts belong to a dead process
+(only one process owns the catalog) and go back to the queue.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+
+from eagle_index.store.catalog import Catalog
+from eagle_index.store.models import Job, utcnow
+
+STATES = ("queued", "running", "done", "failed", "skipped")
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    fingerprint: str
+    path: str
+    patient: str | None
+    mpp: float | None
+    attempts: int
+
+
+class JobQueue:
+    def __init__(self, catalog: Catalog, worker_id: str, lease_seconds: float = 300.0):
+        self.catalog = catalog
+        self.worker_id = worker_id
+        self.lease = timedelta(seconds=lease_seconds)
+
+    # -- enqueue ------------------------------------------------------------------------
+    def known_path(self, path: str) -> Job | None:
+        with self.catalog.transaction() as session:
+            return session.scalar(select(Job).where(Job.path == path).order_by(Job.id.desc()).limit(1))
+
+    def enqueue(self, fingerprint: str, path: str, patient: str | None, mpp: float | None = None,
+                note: str | None = None) -> tuple[str, int]:
+        """('queued' | 'duplicate' | 'skipped', job id): one job per fingerprint, ever."""
+        from eagle_index.store.models import Slide
+
+        with self.catalog.transaction() as session:
+            existing = session.scalar(select(Job).where(Job.fingerprint == fingerprint))
+            if existing is not None:
+                return "duplicate", existing.id
+            done = session.scalar(select(Slide.id).where(Slide.fingerprint == fingerprint, Slide.status == "done"))
+            state = "skipped" if done is not None else "queued"
+            job = Job(fingerprint=fingerprint, path=path, patient=patient, mpp=mpp, state=state, attempts=0,
+                      progress=json.dumps({"note": note}) if note else None, slide_id=done,
+                      last_error="already ingested" if done is not None else None)
+            session.add(job)
+            session.flush()
+            return state, job.id
+
+    # -- claim / finish -------------------------------------------------------------------
+    def claim(self) -> ClaimedJob | None:
+        """The oldest queued job that is due, now running under our lease."""
+        now = utcnow()
+        with self.catalog.transaction() as session:
+            job = session.scalar(
+                select(Job).where(Job.state == "queued", (Job.next_attempt_at.is_(None)) | (Job.next_attempt_at <= now)).order_by(Job.id).limit(1)
+            )
+            if job is None:
+                return None
+            job.state, job.worker_id, job.lease_until = "running", self.worker_id, now + self.lease
+            job.attempts += 1
+            job.started_at = job.updated_at = now
+            return ClaimedJob(job.id, job.fingerprint, job.path, job.patient, job.mpp, job.attempts)
+
+    def heartbeat(self, job_id: int, progress: dict | None = None) -> None:
+        now = utcnow()
+        values = {"lease_until": now + self.lease, "updated_at": now}
+        if progress is not None:
+            values["progress"] = json.dumps(progress)
+        with self.catalog.transaction() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+    @staticmethod
+    def mark_done(session, job_id: int, slide_id: int | None, duration_s: float) -> None:
+        """Called inside the transaction that stores the slide, so both commit together."""
+        now = utcnow()
+        session.execute(update(Job).where(Job.id == job_id).values(
+            state="done", slide_id=slide_id, duration_s=duration_s, finished_at=now, updated_at=now,
+            lease_until=None, last_error=None))
+
+    def fail(self, job_id: int, error: str, max_attempts: int, backoff_s: float) -> str:
+        """Back to the queue with exponential backoff, or `failed` after max_attempts."""
+        now = utcnow()
+        with self.catalog.transaction() as session:
+            job = session.get(Job, job_id)
+            job.last_error, job.updated_at, job.lease_until = error, now, None
+            if job.attempts >= max_attempts:
+                job.state, job.finished_at = "failed", now
+            else:
+                job.state = "queued"
+                job.next_attempt_at = now + timedelta(seconds=backoff_s * 2 ** (job.attempts - 1))
+            return job.state
+
+    def requeue(self, job_id: int, reason: str) -> None:
+        """Give a job back untouched (shutdown): the attempt does not count."""
+        with self.catalog.transaction() as session:
+            job = session.get(Job, job_id)
+            if job is not None and job.state == "running":
+                job.state, job.attempts, job.lease_until, job.worker_id = "queued", max(0, job.attempts - 1), None, None
+                job.progress = json.dumps({"note": reason})
+
+    def retry(self, job_id: int) -> None:
+        """A failed job back to the queue (the UI's re-queue button)."""
+        with self.catalog.transaction() as session:
+            job = session.get(Job, job_id)
+            if job is not None and job.state == "failed":
+                job.state, job.attempts, job.next_attempt_at = "queued", 0, None
+
+    def recover(self) -> int:
+        """On start: every `running` job belongs to a dead owner; queue it again."""
+        with self.catalog.transaction() as session:
+            result = session.execute(
+                update(Job).where(Job.state == "running").values(state="queued", lease_until=None, worker_id=None, updated_at=utcnow())
+            )
+            return result.rowcount or 0
+
+    # -- observability ---------------------------------------------------------------------
+    def summary(self, failures: int = 20) -> dict:
+        with self.catalog.transaction() as session:
+            counts = dict(session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).all())
+            running = session.scalars(select(Job).where(Job.state == "running").order_by(Job.started_at)).all()
+            failed = session.scalars(select(Job).where(Job.state == "failed").order_by(Job.finished_at.desc()).limit(failures)).all()
+            hour_ago = utcnow() - timedelta(hours=1)
+            done_last_hour = session.scalar(select(func.count(Job.id)).where(Job.state == "done", Job.finished_at >= hour_ago))
+            mean_s = session.scalar(select(func.avg(Job.duration_s)).where(Job.state == "done"))
+            return {
+                "queue": {state: int(counts.get(state, 0)) for state in STATES},
+                "running": [
+                    {"id": j.id, "file": j.path, "patient": j.patient, "attempt": j.attempts, "worker": j.worker_id,
+                     "started_at": _iso(j.started_at), "progress": json.loads(j.progress) if j.progress else None}
+                    for j in running
+                ],
+                "failures": [{"file": j.path, "error": j.last_error, "attempts": j.attempts, "id": j.id,
+                              "at": _iso(j.finished_at)} for j in failed],
+                "throughput": {"slides_last_hour": int(done_last_hour or 0),
+                               "slides_per_hour": round(3600.0 / mean_s, 1) if mean_s else None,
+                               "mean_seconds_per_slide": round(float(mean_s), 3) if mean_s else None},
+            }
+
+    def jobs(self, state: str | None = None, limit: int = 100) -> list[dict]:
+        with self.catalog.transaction() as session:
+            query = select(Job).order_by(Job.id.desc()).limit(limit)
+            if state:
+                query = query.where(Job.state == state)
+            return [{"id": j.id, "file": j.path, "patient": j.patient, "state": j.state, "attempts": j.attempts,
+                     "error": j.last_error, "created_at": _iso(j.created_at), "finished_at": _iso(j.finished_at)}
+                    for j in session.scalars(query)]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") + "Z" if value else None
