@@ -1,0 +1,196 @@
+"""SQL for search filters and cohorts: label lookups, probe scores, cohorts and their members.
+
+Functions take a `Catalog` (or a session from `Catalog.transaction()`) and return plain
+values (ids, dicts, tuples), like the catalog itself, so no ORM object outlives its session.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from eagle_index.errors import InputError, NotFoundError
+from eagle_index.store.catalog import Catalog
+from eagle_index.store.models import Cohort, CohortMember, Label, Patient, Probe, ProbeScore, Slide, utcnow
+
+
+@dataclass(frozen=True)
+class CohortRow:
+    id: int
+    name: str
+    definition: dict
+    member_count: int
+    materialized_at: datetime | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+def _row(cohort: Cohort) -> CohortRow:
+    return CohortRow(cohort.id, cohort.name, json.loads(cohort.definition), int(cohort.member_count or 0),
+                     cohort.materialized_at, cohort.created_at, cohort.updated_at)
+
+
+# -- patients and labels --------------------------------------------------------------------
+def all_patient_ids(catalog: Catalog) -> set[int]:
+    with catalog.transaction() as session:
+        return set(session.scalars(select(Patient.id)).all())
+
+
+def external_id_map(catalog: Catalog) -> dict[int, str]:
+    """{patient id: external id} of every patient."""
+    with catalog.transaction() as session:
+        return {int(pid): ext for pid, ext in session.execute(select(Patient.id, Patient.external_id))}
+
+
+def patients_with_labels(catalog: Catalog, labels: dict[str, list[str]]) -> set[int]:
+    """Patients whose label NAME has one of the given values, for every NAME (AND over names, OR over values).
+
+    The value "*" matches any (non-empty) value of that label: "has this label".
+    """
+    result: set[int] | None = None
+    with catalog.transaction() as session:
+        for name, values in labels.items():
+            query = select(Label.patient_id).where(Label.name == name)
+            if "*" in values:
+                query = query.where(Label.value.is_not(None))
+            else:
+                query = query.where(Label.value.in_(list(values)))
+            ids = set(session.scalars(query).all())
+            result = ids if result is None else result & ids
+            if not result:
+                return set()
+    return result if result is not None else set()
+
+
+def label_values(catalog: Catalog, name: str, patient_ids=None) -> dict[int, str]:
+    """{patient id: value} of one label (patients without it, or with an empty value, left out)."""
+    with catalog.transaction() as session:
+        query = select(Label.patient_id, Label.value).where(Label.name == name, Label.value.is_not(None))
+        if patient_ids is not None:
+            query = query.where(Label.patient_id.in_([int(i) for i in patient_ids]))
+        return {int(pid): str(value) for pid, value in session.execute(query) if str(value).strip()}
+
+
+def label_names(catalog: Catalog) -> list[str]:
+    with catalog.transaction() as session:
+        return sorted(session.scalars(select(Label.name).distinct()).all())
+
+
+# -- slides ---------------------------------------------------------------------------------
+def slide_files(catalog: Catalog, patient_ids) -> dict[int, list[tuple[str, str | None]]]:
+    """{patient id: [(slide name, slide path or None)]} in slide-name order."""
+    ids = [int(i) for i in patient_ids]
+    out: dict[int, list[tuple[str, str | None]]] = {i: [] for i in ids}
+    with catalog.transaction() as session:
+        rows = session.execute(select(Slide.patient_id, Slide.name, Slide.path).where(Slide.patient_id.in_(ids)).order_by(Slide.name, Slide.id))
+        for pid, name, path in rows:
+            out[int(pid)].append((name, path))
+    return out
+
+
+def artifact_paths(catalog: Catalog, patient_id: int) -> list[str]:
+    """Artifact files of a patient's embedded slides (empty for imported vectors)."""
+    with catalog.transaction() as session:
+        return catalog.done_artifacts(session, int(patient_id))
+
+
+# -- probes ---------------------------------------------------------------------------------
+def probe_probabilities(catalog: Catalog, probe_name: str) -> dict[int, float]:
+    """{patient id: probability} of a probe applied to the archive; NotFoundError if no such probe."""
+    with catalog.transaction() as session:
+        probe_id = session.scalar(select(Probe.id).where(Probe.name == probe_name))
+        if probe_id is None:
+            known = session.scalars(select(Probe.name).order_by(Probe.name)).all()
+            raise NotFoundError(f"unknown probe {probe_name!r} (known: {', '.join(known) or 'none'})")
+        rows = session.execute(select(ProbeScore.patient_id, ProbeScore.probability).where(ProbeScore.probe_id == probe_id))
+        scores = {int(pid): float(p) for pid, p in rows}
+    if not scores:
+        raise NotFoundError(f"probe {probe_name!r} has not been applied to the archive yet (no scores)")
+    return scores
+
+
+# -- cohorts --------------------------------------------------------------------------------
+def _cohort(session: Session, name: str) -> Cohort:
+    cohort = session.scalar(select(Cohort).where(Cohort.name == name))
+    if cohort is None:
+        known = session.scalars(select(Cohort.name).order_by(Cohort.name)).all()
+        raise NotFoundError(f"unknown cohort {name!r} (known: {', '.join(known) or 'none'})")
+    return cohort
+
+
+def get_cohort(catalog: Catalog, name: str) -> CohortRow:
+    with catalog.transaction() as session:
+        return _row(_cohort(session, name))
+
+
+def list_cohorts(catalog: Catalog) -> list[CohortRow]:
+    with catalog.transaction() as session:
+        return [_row(c) for c in session.scalars(select(Cohort).order_by(Cohort.name))]
+
+
+def cohort_exists(catalog: Catalog, name: str) -> bool:
+    with catalog.transaction() as session:
+        return session.scalar(select(func.count(Cohort.id)).where(Cohort.name == name)) > 0
+
+
+def save_cohort(catalog: Catalog, name: str, definition: dict, members: list[tuple[int, float | None]],
+                create: bool, replace: bool = False) -> CohortRow:
+    """Store a definition and its materialised members together (one transaction).
+
+    create=True adds a new cohort (InputError if the name is taken unless replace=True);
+    create=False updates an existing one (NotFoundError if absent).
+    """
+    now = utcnow()
+    with catalog.transaction() as session:
+        cohort = session.scalar(select(Cohort).where(Cohort.name == name))
+        if create and cohort is not None and not replace:
+            raise InputError(f"cohort {name!r} already exists (use `cohort refresh` or --replace)")
+        if not create and cohort is None:
+            _cohort(session, name)  # raises NotFoundError listing the known cohorts
+        if cohort is None:
+            cohort = Cohort(name=name, definition=json.dumps(definition, sort_keys=True), member_count=0, created_at=now)
+            session.add(cohort)
+            session.flush()
+        else:
+            session.execute(delete(CohortMember).where(CohortMember.cohort_id == cohort.id))
+            cohort.definition = json.dumps(definition, sort_keys=True)
+        session.add_all(CohortMember(cohort_id=cohort.id, patient_id=int(pid), score=None if score is None else float(score))
+                        for pid, score in members)
+        cohort.member_count = len(members)
+        cohort.materialized_at = now
+        cohort.updated_at = now
+        session.flush()
+        return _row(cohort)
+
+
+def delete_cohort(catalog: Catalog, name: str) -> None:
+    with catalog.transaction() as session:
+        cohort = _cohort(session, name)
+        session.execute(delete(CohortMember).where(CohortMember.cohort_id == cohort.id))
+        session.delete(cohort)
+
+
+def cohort_members(catalog: Catalog, name: str) -> list[tuple[int, str, float | None]]:
+    """(patient id, external id, score) of a cohort's materialised members, best score first, then by id."""
+    with catalog.transaction() as session:
+        cohort = _cohort(session, name)
+        rows = session.execute(
+            select(CohortMember.patient_id, Patient.external_id, CohortMember.score)
+            .join(Patient, Patient.id == CohortMember.patient_id)
+            .where(CohortMember.cohort_id == cohort.id)
+        ).all()
+    rows = [(int(pid), ext, None if score is None else float(score)) for pid, ext, score in rows]
+    return sorted(rows, key=lambda r: (r[2] is None, -(r[2] or 0.0), r[1]))
+
+
+def cohort_member_ids(catalog: Catalog, names: list[str]) -> set[int]:
+    """Patients that are members of every named cohort."""
+    result: set[int] | None = None
+    for name in names:
+        ids = {pid for pid, _, _ in cohort_members(catalog, name)}
+        result = ids if result is None else result & ids
+    return result if result is not None else set()
