@@ -48,8 +48,14 @@ class IndexSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["auto", "flat", "hnsw"] = "auto"
-    approximate_above: int = Field(200_000, ge=1, description="'auto' switches from exact to HNSW above this many vectors")
+    kind: Literal["auto", "flat", "ivf", "hnsw"] = Field(
+        "auto", description="flat: exact; ivf: IVF + 4-bit PQ + exact re-ranking; hnsw; auto: flat, ivf above approximate_above")
+    approximate_above: int = Field(50_000, ge=1, description="'auto' switches from exact to IVF above this many vectors")
+    ivf_nlist: int | None = Field(None, ge=1, description="IVF k-means lists; None = about sqrt(N), at least 16")
+    ivf_nprobe: int = Field(16, ge=1, description="IVF lists searched per query")
+    ivf_refine_k_factor: int = Field(128, ge=1, description="IVF candidates re-ranked exactly per query: this times k")
+    ivf_pq_dims_per_code: int = Field(4, ge=1, description="vector dimensions per 4-bit PQ code (1280-d: 320 codes, 160 bytes)")
+    ivf_train_per_list: int = Field(50, ge=39, description="IVF training sample: this many vectors per list (a sample of the set)")
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_construction: int = Field(80, ge=8)
     hnsw_ef_search: int = Field(64, ge=8)

@@ -192,11 +192,11 @@ class PatientTiles:
 def patient_tiles(artifact_paths: list[str | Path], top_k: int) -> PatientTiles | None:
     """The patient's selection (same tie rule as its vector) from its slide artifacts; None without any."""
     from eagle_index import aggregation
-    from eagle_index.store.artifacts import read_slide_artifact
+    from eagle_index.store.artifacts import read_slide_candidates
 
     if not artifact_paths:
         return None
-    candidates = [read_slide_artifact(Path(p)).candidates for p in artifact_paths]
+    candidates = [read_slide_candidates(Path(p)) for p in artifact_paths]
     candidates = [c for c in candidates if c.class_tokens is not None and len(c)]
     if not candidates:
         return None

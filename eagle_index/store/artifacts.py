@@ -56,18 +56,29 @@ def write_slide_artifact(path: Path, result: SlideResult, provenance: dict | Non
     return Path(path)
 
 
+def _candidates(handle, path: Path) -> SlideCandidates:
+    if "eagle_index_artifact" not in handle.attrs:
+        raise InputError(f"{path}: not an eagle-index slide artifact")
+    group = handle["candidates"]
+    return SlideCandidates(
+        slide_name=text_attr(handle.attrs["slide_name"]),
+        tile_index=group["tile_index"][()], x_um=group["x_um"][()], y_um=group["y_um"][()],
+        scores=group["scores"][()], class_tokens=group["class_tokens"][()],
+    )
+
+
+def read_slide_candidates(path: Path) -> SlideCandidates:
+    """Only the slide's top-k candidates (cheap: no tile features are read)."""
+    path = Path(path)
+    with open_h5(path) as handle:
+        return _candidates(handle, path)
+
+
 def read_slide_artifact(path: Path) -> SlideResult:
     path = Path(path)
     with open_h5(path) as handle:
-        if "eagle_index_artifact" not in handle.attrs:
-            raise InputError(f"{path}: not an eagle-index slide artifact")
+        cand = _candidates(handle, path)
         coords = read_dataset(handle, "coords", path)
-        group = handle["candidates"]
-        cand = SlideCandidates(
-            slide_name=text_attr(handle.attrs["slide_name"]),
-            tile_index=group["tile_index"][()], x_um=group["x_um"][()], y_um=group["y_um"][()],
-            scores=group["scores"][()], class_tokens=group["class_tokens"][()],
-        )
         attrs = {k: handle.attrs[k] for k in handle.attrs}
         return SlideResult(
             name=cand.slide_name, x_um=coords[:, 0].astype(np.float64), y_um=coords[:, 1].astype(np.float64),

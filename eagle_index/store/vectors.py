@@ -38,16 +38,65 @@ def index_basename(kind: str, signature: str) -> str:
     return f"{safe_kind}--{hashlib.sha256(signature.encode()).hexdigest()[:16]}"
 
 
+INDEX_TYPES = ("flat", "ivf", "hnsw")
+IVF_MIN_TRAIN_PER_LIST = 39  # below this k-means is unreliable (FAISS warns); such sets stay exact
+IVF_MIN_LISTS, IVF_MAX_LISTS = 16, 65_536
+
+
 def choose_index_type(settings: IndexSettings, count: int) -> str:
     if settings.kind != "auto":
         return settings.kind
-    return "hnsw" if count > settings.approximate_above else "flat"
+    return "ivf" if count > settings.approximate_above else "flat"
 
 
-def build_faiss_index(index_type: str, dim: int, settings: IndexSettings, train: np.ndarray | None = None):
-    """An empty FAISS index with id mapping, for normalized vectors and inner product."""
+def ivf_list_count(settings: IndexSettings, count: int) -> int:
+    """Coarse (k-means) lists of an IVF index over `count` vectors: `ivf_nlist`, or about sqrt(count)."""
+    return settings.ivf_nlist or int(np.clip(round(np.sqrt(max(count, 1))), IVF_MIN_LISTS, IVF_MAX_LISTS))
+
+
+def pq_subquantizers(dim: int, dims_per_code: int) -> int:
+    """The largest divisor of `dim` not above dim / dims_per_code (PQ needs equal sub-vectors)."""
+    target = max(1, dim // dims_per_code)
+    return max(m for m in range(1, target + 1) if dim % m == 0)
+
+
+def index_type_of(index) -> str:
+    """'flat', 'ivf' or 'hnsw': what a FAISS index (IndexIDMap2-wrapped or not) actually is."""
     import faiss
 
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexRefine):
+        inner = faiss.downcast_index(inner.base_index)
+    if isinstance(inner, faiss.IndexIVF):
+        return "ivf"
+    if isinstance(inner, faiss.IndexHNSW):
+        return "hnsw"
+    if isinstance(inner, faiss.IndexFlat):
+        return "flat"
+    raise ValueError(f"unexpected FAISS index {type(inner).__name__}")
+
+
+def build_faiss_index(index_type: str, dim: int, settings: IndexSettings, train: np.ndarray | None = None, count: int | None = None):
+    """An empty (but trained) FAISS index with id mapping, for normalized vectors and inner product.
+
+    "ivf" is an inverted file over about sqrt(N) k-means lists whose vectors are coded by
+    4-bit fast-scan product quantization of the residuals, searched in `ivf_nprobe` lists,
+    the best `ivf_refine_k_factor * k` candidates re-ranked with the exact float vectors (so
+    scores are exact cosines). It is trained here on (a sample of) `train`, the normalized
+    vectors about to be added; `count` is how many will be added (default len(train)).
+    With too few vectors to train (or none given) an exact flat index is built instead:
+    use `index_type_of` to record what was built.
+    """
+    import faiss
+
+    if index_type not in INDEX_TYPES:
+        raise ValueError(f"unknown index type {index_type!r} (one of {', '.join(INDEX_TYPES)})")
+    if index_type == "ivf":
+        n_train = 0 if train is None else len(train)
+        nlist = ivf_list_count(settings, n_train if count is None else count)
+        if n_train < IVF_MIN_TRAIN_PER_LIST * nlist:
+            log.info("%d vectors are too few to train %d IVF lists: using an exact flat index", n_train, nlist)
+            index_type = "flat"
     if index_type == "flat":
         inner = faiss.IndexFlatIP(dim)
     elif index_type == "hnsw":
@@ -55,15 +104,31 @@ def build_faiss_index(index_type: str, dim: int, settings: IndexSettings, train:
         inner.hnsw.efConstruction = settings.hnsw_ef_construction
         inner.hnsw.efSearch = settings.hnsw_ef_search
     else:
-        raise ValueError(f"unknown index type {index_type!r} (flat or hnsw)")
-    return faiss.IndexIDMap2(inner)
+        m = pq_subquantizers(dim, settings.ivf_pq_dims_per_code)
+        inner = faiss.index_factory(dim, f"IVF{nlist},PQ{m}x4fsr,RFlat", faiss.METRIC_INNER_PRODUCT)
+        sample_size = min(len(train), settings.ivf_train_per_list * nlist)
+        if sample_size < len(train):
+            rows = np.sort(np.random.default_rng(0).choice(len(train), sample_size, replace=False))
+            sample = np.ascontiguousarray(train[rows], dtype=np.float32)
+        else:
+            sample = np.ascontiguousarray(train, dtype=np.float32)
+        inner.train(sample)
+    index = faiss.IndexIDMap2(inner)
+    configure_search(index, settings)
+    return index
 
 
 def configure_search(index, settings: IndexSettings) -> None:
+    """Apply the search-time settings (efSearch, nprobe, re-ranking depth) to a built or loaded index."""
     import faiss
 
     inner = faiss.downcast_index(index.index)
-    if isinstance(inner, faiss.IndexHNSW):
+    if isinstance(inner, faiss.IndexRefine):
+        inner.k_factor = float(settings.ivf_refine_k_factor)
+        inner = faiss.downcast_index(inner.base_index)
+    if isinstance(inner, faiss.IndexIVF):
+        inner.nprobe = min(settings.ivf_nprobe, inner.nlist)
+    elif isinstance(inner, faiss.IndexHNSW):
         inner.hnsw.efSearch = settings.hnsw_ef_search
 
 
@@ -149,10 +214,11 @@ class VectorStore:
     def rebuild(self, info: VectorSetInfo, index_type: str | None = None) -> LoadedIndex:
         ids, raw = self.catalog.load_vectors(info.kind, info.signature)
         info = VectorSetInfo(info.kind, info.signature, info.dim, info.generation, len(ids))
-        index_type = index_type or choose_index_type(self.settings, len(ids))
-        index = build_faiss_index(index_type, info.dim, self.settings)
+        vectors = l2_normalized(as_vector_matrix(raw, info.dim, f"catalog vectors {info.kind}")) if len(ids) else None
+        index = build_faiss_index(index_type or choose_index_type(self.settings, len(ids)), info.dim, self.settings, train=vectors)
+        index_type = index_type_of(index)  # "ivf" over too few vectors is built flat
         if len(ids):
-            index.add_with_ids(l2_normalized(as_vector_matrix(raw, info.dim, f"catalog vectors {info.kind}")), ids)
+            index.add_with_ids(vectors, ids)
         loaded = LoadedIndex(info, index_type, index)
         self._save(loaded, ids)
         log.info("built %s index %s: %d vectors", index_type, self.paths(info.kind, info.signature)[0].name, len(ids))
