@@ -90,6 +90,8 @@ class EagleService:
         self.close()
 
     def close(self) -> None:
+        if "vectors" in self.__dict__:
+            self.vectors.flush()
         if "catalog" in self.__dict__:
             self.catalog.close()
 

@@ -114,3 +114,23 @@ def test_replacing_a_vector_keeps_one_per_patient(service):
     _put(service, n=6, seed=9)
     assert service.stats()["vectors"] == {"eagle": 6}
     assert service.vectors.get("eagle", "sig").ntotal == 6
+
+
+def test_committed_writes_update_a_loaded_index_in_place(service):
+    names, _ = _put(service, n=12)
+    before = service.vectors.get("eagle", "sig")
+    index_object = before.index
+    _put(service, n=4, seed=5, names=names[:2] + ["N1", "N2"])  # two replaced, two new
+    after = service.vectors.get("eagle", "sig")
+    assert after.index is index_object and after.ntotal == 14  # updated, not rebuilt
+    ids, raw = service.catalog.load_vectors("eagle", "sig")
+    normed = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    q = list(ids).index(service.catalog.patient_ids(["N1"])["N1"])
+    scores = normed @ normed[q]
+    scores[q] = -np.inf
+    expected = [service.catalog.external_ids([ids[i]])[int(ids[i])] for i in np.argsort(-scores)[:5]]
+    assert [h["patient"] for h in service.search_patient("N1", k=5, kind="eagle")] == expected
+    _, meta_path = service.vectors.paths("eagle", "sig")
+    assert json.loads(meta_path.read_text())["generation"] == after.info.generation == 2
+    service.vectors._loaded.clear()
+    assert service.vectors._read_valid(service.catalog.vector_set("eagle", "sig")) is not None  # saved file is current

@@ -32,6 +32,17 @@ class VectorSetInfo:
     count: int
 
 
+@dataclass(frozen=True)
+class VectorChange:
+    """Vectors of these patients were written, moving the set from one generation to the next."""
+
+    kind: str
+    signature: str
+    old_generation: int
+    new_generation: int
+    patient_ids: tuple[int, ...]
+
+
 class Catalog:
     """Access to one catalog database; the only module that writes SQL."""
 
@@ -43,6 +54,7 @@ class Catalog:
         self.engine = schema.make_engine(url)
         schema.ensure_current(self.engine, path, create=create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._commit_listeners: list = []
 
     @classmethod
     def open(cls, catalog_path: Path, create: bool = True) -> "Catalog":
@@ -53,10 +65,20 @@ class Catalog:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A session whose work is committed together, or rolled back on any error."""
+        """A session whose work is committed together, or rolled back on any error.
+
+        After a successful commit, listeners (the vector store) learn which vector sets
+        changed, so derived indexes can follow without a rebuild.
+        """
         with self._sessions() as session:
             with session.begin():
                 yield session
+            changes = session.info.pop("vector_changes", [])
+        for listener in self._commit_listeners if changes else ():
+            listener(changes)
+
+    def add_commit_listener(self, listener) -> None:
+        self._commit_listeners.append(listener)
 
     # -- patients ---------------------------------------------------------------
     @staticmethod
@@ -168,6 +190,9 @@ class Catalog:
         vector_set.generation += 1
         vector_set.updated_at = utcnow()
         session.flush()
+        session.info.setdefault("vector_changes", []).append(
+            VectorChange(kind, signature, vector_set.generation - 1, vector_set.generation, tuple(int(i) for i in patient_ids))
+        )
         return vector_set.generation
 
     def vector_sets(self, kind: str | None = None) -> list[VectorSetInfo]:

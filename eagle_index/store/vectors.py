@@ -15,6 +15,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from eagle_index.store.validation import as_vector_matrix, l2_normalized
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT = 1
+SAVE_AT_ONCE_BELOW = 50_000  # vectors: below this an index file is rewritten after every change
+SAVE_INTERVAL_S = 60.0
 
 
 def ids_digest(ids: np.ndarray) -> str:
@@ -151,7 +154,9 @@ class VectorStore:
         self.catalog = catalog
         self.settings = settings or IndexSettings()
         self._loaded: dict[tuple[str, str], LoadedIndex] = {}
-        self._lock = threading.Lock()
+        self._dirty: dict[tuple[str, str], float] = {}  # unsaved in-memory updates -> time of last save
+        self._lock = threading.RLock()
+        catalog.add_commit_listener(self._follow_commit)
 
     # -- files ----------------------------------------------------------------------
     def paths(self, kind: str, signature: str) -> tuple[Path, Path]:
@@ -190,8 +195,11 @@ class VectorStore:
         configure_search(index, self.settings)
         return LoadedIndex(info, meta.get("index_type", "flat"), index)
 
-    def _save(self, loaded: LoadedIndex, ids: np.ndarray) -> None:
+    def _save(self, loaded: LoadedIndex, ids: np.ndarray | None = None) -> None:
         import faiss
+
+        if ids is None:
+            ids = faiss.vector_to_array(loaded.index.id_map)
 
         self.index_dir.mkdir(parents=True, exist_ok=True)
         index_path, meta_path = self.paths(loaded.info.kind, loaded.info.signature)
@@ -234,6 +242,51 @@ class VectorStore:
             loaded = self._read_valid(info) or self.rebuild(info)
             self._loaded[(kind, signature)] = loaded
             return loaded
+
+    # -- incremental updates -------------------------------------------------------------
+    def _follow_commit(self, changes) -> None:
+        """Apply committed vector writes to loaded indexes (remove + add); rebuild on any doubt.
+
+        Small indexes are saved at once; large ones at most every `SAVE_INTERVAL_S` and on
+        `flush()`, since a stale file on disk is detected by its generation and rebuilt anyway.
+        """
+        with self._lock:
+            for change in changes:
+                key = (change.kind, change.signature)
+                cached = self._loaded.get(key)
+                if cached is None:
+                    continue
+                if cached.info.generation != change.old_generation or not self._apply(cached, change):
+                    self._loaded.pop(key, None)  # out of step: the next get() rebuilds or reloads
+                    self._dirty.pop(key, None)
+                    continue
+                last_save = self._dirty.get(key, 0.0)
+                if cached.ntotal < SAVE_AT_ONCE_BELOW or time.monotonic() - last_save > SAVE_INTERVAL_S:
+                    self._save(cached)
+                    self._dirty.pop(key, None)
+                else:
+                    self._dirty.setdefault(key, last_save)
+
+    def _apply(self, loaded: LoadedIndex, change) -> bool:
+        ids, raw = self.catalog.load_vectors(change.kind, change.signature, change.patient_ids)
+        if len(ids) != len(change.patient_ids) or (len(ids) and raw.shape[1] != loaded.info.dim):
+            return False
+        try:
+            loaded.index.remove_ids(np.asarray(ids, dtype=np.int64))
+            loaded.index.add_with_ids(l2_normalized(raw), ids)
+        except RuntimeError as exc:  # e.g. HNSW cannot remove: rebuild instead
+            log.info("index %s cannot be updated in place (%s): rebuilding", loaded.info.kind, str(exc).splitlines()[0])
+            return False
+        loaded.info = VectorSetInfo(loaded.info.kind, loaded.info.signature, loaded.info.dim, change.new_generation, loaded.ntotal)
+        return True
+
+    def flush(self) -> None:
+        """Save indexes updated in memory since their last save."""
+        with self._lock:
+            for key in list(self._dirty):
+                if key in self._loaded:
+                    self._save(self._loaded[key])
+                self._dirty.pop(key, None)
 
     def sync_all(self) -> list[LoadedIndex]:
         """Reconcile every index with the catalog (used at start-up and after imports)."""
