@@ -237,6 +237,10 @@ class ProbeService:
     def delete(self, name: str) -> None:
         self.repo.delete(name)
 
+    def recover(self) -> int:
+        """At owner start-up, no training can be running: earlier unfinished ones failed."""
+        return self.repo.fail_unfinished("interrupted: the process training this probe stopped before it finished")
+
     def training_set(self, name: str) -> dict:
         """Patients, labels, fold of each and out-of-fold probabilities of a trained probe."""
         return self.repo.get(name).training_set or {}

@@ -310,3 +310,13 @@ def test_probe_help_does_not_import_torch_or_sklearn():
             "print('torch' in sys.modules, 'sklearn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.strip()
     assert out == "False False"
+
+
+def test_recover_marks_unfinished_training_failed(service):
+    from eagle_index.store.probes_repo import ProbeRepo
+
+    repo = ProbeRepo(service.catalog)
+    record = repo.create(None, "stuck", "MSI", "eagle", "sig", "logreg", {}, ["high", "low"])
+    assert service.probes.recover() == 1
+    got = service.probes.get(record.name)
+    assert got["status"] == "failed" and "interrupted" in got["error"]

@@ -69,6 +69,7 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
     try:
         service = EagleService(settings)
         recovered = service.jobs.recover()
+        service.probes.recover()
         service.vectors.sync_all()  # reconcile FAISS with the catalog after any crash
         if recovered:
             log.info("requeued %d job(s) left running by a previous process", recovered)

@@ -79,6 +79,12 @@ class ProbeRepo:
         with self.catalog.transaction() as session:
             session.execute(update(Probe).where(Probe.id == probe_id).values(status="failed", error=error))
 
+    def fail_unfinished(self, error: str) -> int:
+        """Probes left `training` by a process that died: mark them failed (owner start-up)."""
+        with self.catalog.transaction() as session:
+            result = session.execute(update(Probe).where(Probe.status == "training").values(status="failed", error=error))
+            return result.rowcount or 0
+
     def get(self, name: str, full: bool = True) -> ProbeRecord:
         with self.catalog.transaction() as session:
             probe = session.scalar(select(Probe).where(Probe.name == name))
