@@ -1,31 +1,60 @@
-"""The eagle-index web app: a Flask app factory with the JSON API (and, later, the UI).
+"""The eagle-index web app: a Flask app factory with the JSON API and the UI pages.
 
-`create_app(settings=None, service=None)` builds a fresh app; tests pass their own service.
-In `eagle-index serve` and `daemon`, the app shares the owner process's service, so the API
-is how other commands reach a catalog that this process holds.
+`create_app(settings=None, service=None, owner=None)` builds a fresh app; tests pass their own
+service. In `eagle-index serve` and `daemon` the app shares the owner process's service, so
+the API is how other commands reach a catalog that this process holds.
+
+Layout: `web/api/` (blueprints by topic under `/api/v1`), `web/ui.py` (pages), `web/security.py`
+(token, login session, CSRF, headers), `web/tasks.py` (background jobs owned by the app),
+`web/media.py` (thumbnails and tile images), `web/browse.py` (read-only listing queries),
+`web/openapi.py` (the OpenAPI document), `templates/` and `static/` (no CDN, no build step).
 """
 
 from __future__ import annotations
+
+import os
+import secrets
 
 from flask import Flask
 
 from eagle_index.config import Settings
 
+DEFAULT_MAX_UPLOAD_MB = 4096  # whole-slide images are large; JSON bodies have their own, small limit
 
-def create_app(settings: Settings | None = None, service=None, owner: dict | None = None) -> Flask:
+
+def create_app(settings: Settings | None = None, service=None, owner: dict | None = None,
+               config: dict | None = None) -> Flask:
+    """A fresh app. `owner` (from the owner process): role, roots (folders POST /jobs may name),
+    resolver, token. `config` overrides Flask/app settings (tests: small upload limits)."""
     from eagle_index.service import EagleService
     from web.api import api
     from web.errors import register_error_handlers
+    from web.security import install_security
+    from web.tasks import TaskRunner
+    from web.ui import ui
 
     app = Flask(__name__)
     settings = settings or (service.settings if service is not None else Settings.load())
+    owner = dict(owner or {})
+    max_mb = int(os.environ.get("EAGLE_INDEX_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB))
     app.config.update(
         EAGLE_SETTINGS=settings,
         EAGLE_SERVICE=service or EagleService(settings),
-        EAGLE_OWNER=owner or {},
-        MAX_CONTENT_LENGTH=64 << 20,
+        EAGLE_OWNER=owner,
+        EAGLE_TOKEN=owner.get("token") or None,
+        EAGLE_JSON_LIMIT=16 << 20,
+        MAX_CONTENT_LENGTH=max_mb << 20,
+        SECRET_KEY=secrets.token_bytes(32),  # sessions last as long as the process
+        SESSION_COOKIE_NAME="eagle_index_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=False,  # plain HTTP on loopback; set True behind a TLS proxy
     )
+    app.config.update(config or {})
+    app.extensions["eagle_tasks"] = TaskRunner()
     app.json.sort_keys = False  # keep the service's field order (queue states in lifecycle order)
     app.register_blueprint(api, url_prefix="/api/v1")
+    app.register_blueprint(ui)
+    install_security(app)
     register_error_handlers(app)
     return app

@@ -1,11 +1,15 @@
-"""One JSON error shape for every API failure: {"error": {"status", "message", "field"?}}."""
+"""One JSON error shape for every API failure: {"error": {"status", "message", "field"?}}.
+
+Pages get the same information as a small HTML page. Neither ever shows a stack trace: an
+unexpected exception is logged and answered with a generic 500.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from eagle_index.errors import EagleIndexError, InputError, NotFoundError
 
@@ -22,7 +26,16 @@ def error_response(status: int, message: str, field: str | None = None):
     body = {"status": status, "message": message}
     if field:
         body["field"] = field
-    return jsonify({"error": body}), status
+    if request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json":
+        response = jsonify({"error": body})
+    else:
+        response = render_template("error.html", status=status, message=message)
+    headers = {"WWW-Authenticate": 'Bearer realm="eagle-index"'} if status == 401 else {}
+    return response, status, headers
+
+
+def status_of(exc: EagleIndexError) -> int:
+    return 404 if isinstance(exc, NotFoundError) else 400 if isinstance(exc, InputError) else 409
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -32,8 +45,14 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(EagleIndexError)
     def _project(exc: EagleIndexError):
-        status = 404 if isinstance(exc, NotFoundError) else 400 if isinstance(exc, InputError) else 409
-        return error_response(status, str(exc))
+        return error_response(status_of(exc), str(exc))
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge):
+        limit = app.config.get("MAX_CONTENT_LENGTH") or 0
+        size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
+        field = "file" if request.mimetype == "multipart/form-data" else None
+        return error_response(413, f"request larger than the server's limit ({size})", field=field)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
@@ -41,5 +60,5 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
-        log.exception("unhandled error")
+        log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal error (details are in the server log)")

@@ -1,4 +1,4 @@
-"""`eagle-index demo`: what `make demo` runs."""
+"""`eagle-index demo`: what `make demo` runs (and, by default, the web UI on the demo archive)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,23 @@ def register(app: typer.Typer) -> None:
     def demo(
         data_dir: DataDirOpt = None,
         patients: Annotated[int, typer.Option("--patients", min=3, help="How many demo patients to generate.")] = 12,
+        serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Then run the server (web UI + API) on the demo archive until Ctrl-C.")] = True,
+        port: Annotated[int, typer.Option("--port", help="Port of the web UI (loopback only).")] = 8000,
     ) -> None:
-        """Generate demo slides, embed them with the tiny models, import labels and search."""
+        """Generate demo slides, embed them with the tiny models, import labels, search, then serve the web UI."""
+        import logging
+        import os
+
         from eagle_index.demo import run_demo
 
         settings = settings_from(data_dir, models="tiny", device="cpu")
         run_demo(settings, patients, echo=typer.echo)
-        typer.echo(f"\nnext: eagle-index search --patient DEMO-002 --data-dir {settings.data_dir}")
+        if not serve:
+            typer.echo(f"\nnext: eagle-index search --patient DEMO-002 --data-dir {settings.data_dir}")
+            return
+        from eagle_index.ingest.daemon import OwnerOptions, run_owner
+
+        logging.basicConfig(level=os.environ.get("EAGLE_INDEX_LOG", "WARNING"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        typer.echo(f"\nweb UI: http://127.0.0.1:{port}/search?patient=DEMO-001  (Ctrl-C stops the server)")
+        token = os.environ.get("EAGLE_INDEX_TOKEN") or None
+        raise typer.Exit(run_owner(settings, OwnerOptions(role="serve", host="127.0.0.1", port=port, token=token)))

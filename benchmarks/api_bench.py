@@ -1,0 +1,167 @@
+"""REST API latency: `GET /api/v1/search` (top-10) against a 100,000-patient catalog over loopback,
+compared with the same search called in-process on the same service, in the same run.
+
+    .venv/bin/python benchmarks/api_bench.py [--patients 100000] [--requests 500] [--dim 1280]
+
+Set-up (not timed): a temporary data dir; 100,000 patients with 1280-d synthetic `eagle`
+vectors (a mixture of 500 Gaussian clusters, L2-normalized) and two labels each, written in
+one transaction with the catalog API (`Catalog.put_vectors`; patients and labels as bulk
+inserts), checkpointed; the FAISS index built by `VectorStore.sync_all` (IVF above 50,000
+vectors with the product defaults). The app is `web.create_app` on that service, served by
+waitress (8 threads, as `eagle-index serve` runs it) on 127.0.0.1 in this process.
+
+Timed: `--requests` single requests, one at a time over a keep-alive HTTP/1.1 connection
+(`http.client`), each for a different random catalog patient, k=10; the response is read and
+parsed as JSON; the same query through `EagleService.search_patient` directly; and, as a
+floor, `GET /api/v1/health` (HTTP + Flask + security hooks, no work) - interleaved query by
+query, in alternating order, so load changes on a shared machine hit all three alike. After
+30 warm-up calls of each. Prints p50/p90/p99 (ms) and checks both searches return the
+same hits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FAISS's OpenMP threads must not spin on a small machine
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import insert, text  # noqa: E402
+
+from eagle_index.config import Settings  # noqa: E402
+from eagle_index.service import EagleService  # noqa: E402
+from eagle_index.store.models import Label, Patient  # noqa: E402
+
+SIGNATURE = "bench:eagle-v1"
+
+
+def synthetic(n: int, dim: int, seed: int = 0, clusters: int = 500, chunk: int = 20_000) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(clusters, dim)).astype(np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        x = centers[rng.integers(0, clusters, stop - start)] + 0.6 * rng.normal(size=(stop - start, dim)).astype(np.float32)
+        out[start:stop] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def fill(service: EagleService, n: int, dim: int) -> list[str]:
+    catalog = service.catalog
+    names = [f"API-{i:06d}" for i in range(n)]
+    vectors = synthetic(n, dim)
+    rng = np.random.default_rng(1)
+    with catalog.transaction() as session:
+        session.execute(insert(Patient), [{"external_id": e} for e in names])
+        ids = dict(session.execute(Patient.__table__.select().with_only_columns(Patient.external_id, Patient.id)).all())
+        pids = [ids[e] for e in names]
+        catalog.put_vectors(session, "eagle", SIGNATURE, pids, vectors, "api_bench")
+        organ = rng.choice(["colon", "lung", "breast", "liver"], n)
+        site = rng.choice(["AA", "BB", "CC"], n)
+        session.execute(insert(Label), [{"patient_id": p, "name": "organ", "value": str(o), "source": "bench"} for p, o in zip(pids, organ)]
+                        + [{"patient_id": p, "name": "site", "value": str(s), "source": "bench"} for p, s in zip(pids, site)])
+    with catalog.engine.connect() as connection:  # flush DuckDB's write-ahead log before timing
+        connection.execute(text("CHECKPOINT"))
+    return names
+
+
+def percentiles(ms: list[float]) -> dict:
+    a = np.asarray(ms)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)),
+            "mean": float(a.mean())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=1280)
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--k", type=int, default=10)
+    args = parser.parse_args()
+    from waitress.server import create_server
+
+    from web import create_app
+
+    with tempfile.TemporaryDirectory(prefix="eagle-api-bench-") as tmp:
+        settings = Settings(data_dir=Path(tmp))
+        with EagleService(settings) as service:
+            started = time.perf_counter()
+            names = fill(service, args.patients, args.dim)
+            filled = time.perf_counter() - started
+            started = time.perf_counter()
+            loaded = service.vectors.sync_all()
+            indexed = time.perf_counter() - started
+            print(f"set-up: {args.patients:,} patients x {args.dim}-d in {filled:.1f} s; index {loaded[0].index_type} in {indexed:.1f} s",
+                  flush=True)
+
+            app = create_app(service=service, owner={"role": "serve"})
+            server = create_server(app, host="127.0.0.1", port=0, threads=8, ident="eagle-index")
+            thread = threading.Thread(target=server.run, daemon=True)
+            thread.start()
+            port = server.effective_port
+            rng = np.random.default_rng(2)
+            warm = [names[i] for i in rng.integers(0, len(names), 30)]
+            queries = [names[i] for i in rng.integers(0, len(names), args.requests)]
+
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+            def over_http(patient: str) -> list[dict]:
+                connection.request("GET", f"/api/v1/search?patient={patient}&k={args.k}&kind=eagle")
+                response = connection.getresponse()
+                body = response.read()
+                if response.status != 200:
+                    raise SystemExit(f"HTTP {response.status}: {body[:200]!r}")
+                return json.loads(body)
+
+            def in_process(patient: str) -> list[dict]:
+                return service.search_patient(patient, k=args.k, kind="eagle")
+
+            def health(_patient: str) -> dict:
+                connection.request("GET", "/api/v1/health")
+                return json.loads(connection.getresponse().read())
+
+            calls = {"HTTP GET /api/v1/search (waitress, loopback)": over_http,
+                     "in-process EagleService.search_patient": in_process,
+                     "HTTP GET /api/v1/health (HTTP + Flask floor)": health}
+            for call in calls.values():
+                for patient in warm:
+                    call(patient)
+            times = {name: [] for name in calls}
+            hits = {name: [] for name in calls}
+            for i, patient in enumerate(queries):  # interleaved, alternating order: load drift hits both alike
+                order = list(calls) if i % 2 == 0 else list(reversed(calls))
+                for name in order:
+                    t0 = time.perf_counter()
+                    hits[name].append(calls[name](patient))
+                    times[name].append((time.perf_counter() - t0) * 1000)
+            results = {name: (percentiles(times[name]), hits[name]) for name in calls}
+            paired = np.asarray(times["HTTP GET /api/v1/search (waitress, loopback)"]) - np.asarray(times["in-process EagleService.search_patient"])
+            connection.close()
+            server.close()
+
+    (http_stats, http_hits), (local_stats, local_hits), _ = results.values()
+    same = sum(json.loads(json.dumps(a)) == json.loads(json.dumps(b)) for a, b in zip(http_hits, local_hits))
+    print(f"\n{args.requests} requests, top-{args.k}, {args.patients:,} patients, {args.dim}-d; "
+          f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}\n")
+    print("| path | p50 ms | p90 ms | p99 ms | mean ms |\n|---|---:|---:|---:|---:|")
+    for name, (stats, _) in results.items():
+        print(f"| {name} | {stats['p50']:.2f} | {stats['p90']:.2f} | {stats['p99']:.2f} | {stats['mean']:.2f} |")
+    print(f"\nHTTP overhead: median of paired differences {np.median(paired):.2f} ms; "
+          f"HTTP / in-process p50 = {http_stats['p50'] / local_stats['p50']:.2f}; identical hits: {same}/{len(queries)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""The real server (`eagle-index serve`) driven by headless Chromium through Playwright.
+
+Needs the Debian `chromium` binary and the `playwright` package (`make test` installs both);
+skipped cleanly without them. A screenshot of each page goes to test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from test_web_fixtures import archive_copy
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+HAVE_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
+
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed (make test installs it)"),
+    pytest.mark.skipif(not HAVE_PLAYWRIGHT, reason="playwright not installed (pip install -e .[dev])"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = archive_copy(tmp_path_factory, "web-browser")
+    inbox = tmp_path_factory.mktemp("browser-inbox")
+    (inbox / "TCGA-ZZ-0001-01Z-00-DX1.tiff").write_bytes(b"not a slide at all")  # fails: the ingestion page shows it
+    port = _free_port()
+    log = open(data.parent / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eagle_index", "serve", "--models", "tiny", "--device", "cpu", "--port", str(port),
+         "--data-dir", str(data), "--watch", str(inbox), "--max-attempts", "1", "--settle-seconds", "0.5", "--poll-seconds", "0.5"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "EAGLE_INDEX_LOG": "WARNING"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        assert proc.poll() is None, Path(log.name).read_text()
+        try:
+            if _get(f"{url}/api/v1/health")["ok"]:
+                break
+        except OSError:
+            pass
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.2)
+    yield {"url": url, "data": data, "slides": tmp_path_factory.getbasetemp() / "web-archive" / "slides"}
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    finally:
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), args=ARGS, headless=True,
+                                                   viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        ctx.set_default_timeout(30_000)
+        yield ctx
+        ctx.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def page(context, server):
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" and "Failed to load resource" not in msg.text else None)
+    page.base = server["url"]
+    yield page
+    page.close()
+    assert errors == []
+
+
+def goto(page, path: str) -> None:
+    """Open a page and wait until its script has loaded its data (it sets body[data-ready])."""
+    page.goto(f"{page.base}{path}")
+    page.wait_for_selector("body[data-ready]", state="attached")
+
+
+def shot(page, name: str) -> None:
+    page.evaluate("window.scrollTo(0, 0); document.getElementById('toast').hidden = true")
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_search_by_patient_shows_the_expected_top_hit(page, server):
+    expected = _get(f"{server['url']}/api/v1/search?patient=IMP-001&k=10")
+    assert expected[0]["patient"] == "IMP-002"
+    goto(page, "/search")
+    page.get_by_label("Predict this label from the neighbours").select_option("TISSUE")
+    box = page.get_by_role("combobox", name="Patient")
+    box.fill("IMP-00")
+    page.wait_for_selector("#patient-list li")
+    box.press("ArrowDown")  # keyboard: the first suggestion, IMP-001
+    box.press("Enter")
+    page.wait_for_selector("#hits article")
+    cards = page.locator("#hits article")
+    assert cards.count() == 10
+    assert cards.first.get_attribute("data-patient") == expected[0]["patient"]
+    assert [cards.nth(i).get_attribute("data-patient") for i in range(10)] == [h["patient"] for h in expected]
+    assert page.locator(".vote-pred").inner_text() in ("dense", "pale", "fatty")
+    # a patient with slides: thumbnails with tile boxes, and the matching tile pairs on demand
+    top = _get(f"{server['url']}/api/v1/search?patient=CASE-001&k=10")[0]["patient"]
+    goto(page, "/search?patient=CASE-001")
+    page.wait_for_selector("#hits article")
+    first = page.locator("#hits article").first
+    assert first.get_attribute("data-patient") == top
+    first.get_by_role("button", name="Matching tiles").click()
+    page.wait_for_function("() => { const imgs = [...document.querySelectorAll('#hits article .pair img')]; return imgs.length >= 2 && imgs.every(i => i.complete && i.naturalWidth > 0); }")
+    shot(page, "search")
+
+
+def test_search_by_an_uploaded_slide(page, server):
+    goto(page, "/search")
+    page.get_by_role("tab", name="Upload a slide").click()
+    page.get_by_label("Slide file").set_input_files(str(server["slides"] / "CASE-003-S1.tiff"))
+    page.get_by_label("Patient id (optional)").fill("CASE-003")
+    page.get_by_role("button", name="Embed and search").click()
+    page.wait_for_selector("#hits article", timeout=120_000)  # the server embeds it with the tiny models
+    assert "CASE-003-S1.tiff" in page.locator(".query-card").inner_text()
+    assert "CASE-003" not in [page.locator("#hits article").nth(i).get_attribute("data-patient")
+                              for i in range(page.locator("#hits article").count())]
+
+
+def test_patient_page_shows_slides_tiles_and_labels(page, server):
+    detail = _get(f"{server['url']}/api/v1/patients/CASE-001")
+    goto(page, "/patients/CASE-001")
+    page.wait_for_selector(".gallery button")
+    assert page.locator(".gallery button").count() == len(detail["tiles"])
+    assert page.locator(".slide-view rect.tile-box").count() == len(detail["tiles"])
+    page.locator(".gallery button").first.focus()
+    page.keyboard.press("Enter")  # keyboard opens the tile dialog
+    dialog = page.locator("#tile-dialog")
+    dialog.wait_for(state="visible")
+    page.wait_for_function("() => { const i = document.querySelector('#tile-dialog-img'); return i.complete && i.naturalWidth === 224; }")
+    assert "attention" in dialog.inner_text()
+    page.keyboard.press("Escape")
+    dialog.wait_for(state="hidden")
+    page.wait_for_selector("#neighbours li a")
+    page.get_by_label("Name").fill("reviewed")
+    page.get_by_label("Value").fill("yes")
+    page.get_by_role("button", name="Save label").click()
+    page.wait_for_selector("#label-rows th:text('reviewed')")
+    shot(page, "patient")
+    goto(page, "/patients/IMP-003")
+    page.wait_for_selector("#slides .empty img")
+
+
+def test_a_cohort_is_built_saved_and_exported(page, server, tmp_path):
+    goto(page, "/cohorts")
+    page.get_by_label("Name", exact=True).fill("browser dense")
+    page.get_by_role("button", name="Add a label rule").click()
+    page.locator(".label-rule select").select_option("TISSUE")
+    page.locator(".label-rule").get_by_label("dense").check()
+    page.wait_for_function("() => document.querySelector('#live-count b').textContent === '14'")
+    page.get_by_role("button", name="Save cohort").click()
+    page.wait_for_selector("#cohort-rows tr[data-cohort='browser dense']")
+    page.wait_for_selector("#map svg circle", timeout=120_000)  # UMAP compiles with numba on first use
+    assert page.locator("#map svg circle").count() == 14
+    assert page.locator("#member-rows tr").count() == 14
+    with page.expect_download() as info:
+        page.locator("#export-buttons a[data-format='stamp']").click()
+    target = tmp_path / "stamp.csv"
+    info.value.save_as(target)
+    lines = target.read_text().splitlines()
+    assert lines[0] == "PATIENT,FILENAME" and "CASE-001,CASE-001-S1.tiff" in lines
+    page.get_by_role("button", name="Find duplicates").click()
+    page.wait_for_selector("#dup-result table")
+    assert "IMP-001" in page.locator("#dup-result").inner_text() and "IMP-002" in page.locator("#dup-result").inner_text()
+    page.locator("#map svg circle").first.hover()
+    page.wait_for_selector(".plot-tip:not([hidden])")
+    shot(page, "cohorts")
+
+
+def test_a_probe_is_trained_and_its_roc_curve_appears(page, server):
+    goto(page, "/probes")
+    page.get_by_label("Label").select_option("MSI")
+    page.get_by_label("Folds").fill("3")
+    page.get_by_label("Name (optional)").fill("msi-browser")
+    page.get_by_role("button", name="Train").click()
+    page.wait_for_selector("#roc-svg path.curve:not(.fold)", timeout=90_000)
+    assert page.locator("#probe-title").inner_text() == "msi-browser"
+    assert "±" in page.locator("#metrics").inner_text()
+    assert page.locator("#roc-svg path.curve.fold").count() == 3
+    page.get_by_role("button", name="Compute").click()  # the few-shot curve, trained in the background
+    page.wait_for_selector("#fewshot-plot svg path.curve", timeout=90_000)
+    page.get_by_role("button", name="Apply to archive").click()
+    page.wait_for_selector("#candidate-rows tr[data-patient]")
+    rows = page.locator("#candidate-rows tr[data-patient]")
+    ranks = [int(rows.nth(i).locator("td").first.inner_text()) for i in range(rows.count())]
+    assert len(ranks) == 12 and ranks == sorted(ranks)  # the 12 patients without an MSI value, archive-wide ranks
+    assert "unknown" in rows.first.inner_text()
+    shot(page, "probes")
+
+
+def test_ingestion_page_shows_failures_and_requeues(page, server):
+    deadline = time.time() + 120
+    while not _get(f"{server['url']}/api/v1/status")["failures"]:
+        assert time.time() < deadline, "the broken slide never failed"
+        time.sleep(0.5)
+    goto(page, "/ingestion")
+    page.wait_for_selector("#failure-rows .error-text")
+    assert "TCGA-ZZ-0001" in page.locator("#failure-rows").inner_text()
+    shot(page, "ingestion")
+    page.get_by_role("button", name="re-queue TCGA-ZZ-0001-01Z-00-DX1.tiff").click()
+    page.wait_for_selector("#toast:not([hidden])")
+    assert "queued again" in page.locator("#toast").inner_text()

@@ -1,0 +1,16 @@
+"""JSON API, `/api/v1`: one parent blueprint with a child blueprint per topic.
+
+Handlers parse and validate input (`web.api.params`), call the service facade, and return
+JSON; errors use the one shape of `web.errors`. The OpenAPI document (`web.openapi`) lists
+every route registered here, and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from web.api import catalog, cohorts, core, jobs, media, probes, search
+
+api = Blueprint("api", __name__)
+for module in (core, catalog, search, cohorts, probes, jobs, media):
+    api.register_blueprint(module.bp)

@@ -1,0 +1,156 @@
+"""Patients, slides and labels: lists with filters and paging, details, label reads and writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from flask import Blueprint, jsonify, request
+
+from web import browse
+from web.api.params import choice, int_arg, json_body, label_args, page_args, service, str_field
+from web.errors import ApiError
+
+bp = Blueprint("catalog", __name__)
+
+LABEL_NAME_MAX = 100
+LABEL_VALUE_MAX = 500
+
+
+def _allowed_ids(svc) -> set[int] | None:
+    from eagle_index.search import SearchFilters, allowed_ids
+
+    labels = label_args("label")
+    cohorts = [c for c in request.args.getlist("cohort") if c]
+    if not labels and not cohorts:
+        return None
+    return allowed_ids(svc.catalog, SearchFilters.build(labels=labels, cohorts=cohorts))
+
+
+@bp.get("/patients")
+def patients():
+    """Patients whose id contains `q` (type-ahead: prefix matches first), filtered by label/cohort/kind."""
+    svc = service()
+    limit, offset = page_args(50, 1000)
+    q = request.args.get("q", "").strip()[:200] or None
+    kind = request.args.get("kind") or None
+    return jsonify(browse.list_patients(svc.catalog, q, _allowed_ids(svc), kind, limit, offset))
+
+
+@bp.get("/patients/<patient>")
+def patient(patient: str):
+    """A patient: labels, slides (with thumbnails), vectors, cohorts, and its selected tiles."""
+    from web.media import patient_tiles
+
+    svc = service()
+    pid = browse.patient_row(svc.catalog, patient)
+    slides = browse.slides_of_patient(svc.catalog, pid)
+    tiles = patient_tiles(svc, pid, slides)
+    counts: dict[int, int] = {}
+    for tile in tiles:
+        if tile.slide_id is not None:
+            counts[tile.slide_id] = counts.get(tile.slide_id, 0) + 1
+    slide_items = []
+    for row in slides:
+        item = browse.slide_dict(row, patient)
+        item["selected_tiles"] = counts.get(row.id, 0)
+        slide_items.append(item)
+    return jsonify({
+        "patient": patient,
+        "labels": svc.catalog.labels_of([pid])[pid],
+        "slides": slide_items,
+        "vectors": browse.vectors_of(svc.catalog, pid),
+        "cohorts": browse.cohorts_of(svc.catalog, pid),
+        "tiles": [t.as_dict() for t in tiles],
+        "thumbnail_url": f"/api/v1/patients/{patient}/thumbnail.png" if any(s["has_file"] for s in slide_items) else None,
+    })
+
+
+@bp.get("/patients/<patient>/labels")
+def patient_labels(patient: str):
+    svc = service()
+    pid = browse.patient_row(svc.catalog, patient)
+    return jsonify({"patient": patient, "labels": svc.catalog.labels_of([pid])[pid]})
+
+
+@bp.post("/patients/<patient>/labels")
+def add_label(patient: str):
+    """Add or replace one label of a patient: {"name": ..., "value": ...} (value null clears it)."""
+    from eagle_index.store.catalog import Catalog
+
+    body = json_body()
+    name = str_field(body, "name", required=True, max_len=LABEL_NAME_MAX)
+    value = body.get("value")
+    if isinstance(value, bool) or not (value is None or isinstance(value, (str, int, float))):
+        raise ApiError(400, "value must be a string, a number or null", field="value")
+    value = None if value is None else str(value).strip()[:LABEL_VALUE_MAX] or None
+    svc = service()
+    with svc.catalog.transaction() as session:
+        pid = Catalog.patient_id(session, patient)
+        Catalog.put_label(session, pid, name, value, "web")
+    return jsonify({"patient": patient, "labels": svc.catalog.labels_of([pid])[pid]})
+
+
+@bp.get("/slides")
+def slides():
+    svc = service()
+    limit, offset = page_args(50, 1000)
+    patient = request.args.get("patient") or None
+    pid = browse.patient_row(svc.catalog, patient) if patient else None
+    status = choice(request.args.get("status"), "status", browse.SLIDE_STATES)
+    q = request.args.get("q", "").strip()[:200] or None
+    return jsonify(browse.list_slides(svc.catalog, pid, status, q, limit, offset))
+
+
+@bp.get("/slides/<int:slide_id>")
+def slide(slide_id: int):
+    """A slide and its tiles: every tissue tile's coordinates and attention, and its top candidates."""
+    svc = service()
+    all_tiles = int_arg("all_tiles", 0, 0, 1)
+    row, external = browse.slide_by_id(svc.catalog, slide_id)
+    out = browse.slide_dict(row, external)
+    out["candidates"] = []
+    if row.artifact_path and Path(row.artifact_path).is_file():
+        from eagle_index.store.artifacts import read_slide_candidates
+        from web.media import artifact_tiles, tile_url
+
+        cand = read_slide_candidates(Path(row.artifact_path))
+        coords, attention, out["tile_um"] = artifact_tiles(row.artifact_path)
+        out["candidates"] = [
+            {"rank": i + 1, "x_um": float(x), "y_um": float(y), "attention": float(a),
+             "tile_url": tile_url(row.id, float(x), float(y)) if out["has_file"] else None}
+            for i, (x, y, a) in enumerate(zip(cand.x_um, cand.y_um, cand.scores))
+        ]
+        if all_tiles:
+            out["tiles"] = [{"x_um": float(x), "y_um": float(y), "attention": float(a)} for (x, y), a in zip(coords, attention)]
+    return jsonify(out)
+
+
+@bp.get("/labels")
+def labels():
+    """Every label name with its values and how many patients have each."""
+    return jsonify(browse.label_summary(service().catalog))
+
+
+@bp.post("/labels")
+def import_labels():
+    """Upload a clinical table (multipart field `file`); stored under the data dir with a generated name."""
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        raise ApiError(400, "a clinical table file is required", field="file")
+    suffix = ".xlsx" if upload.filename.lower().endswith((".xlsx", ".xls")) else ".csv"
+    svc = service()
+    folder = svc.settings.data_dir / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="labels-", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        upload.save(tmp)
+        create = request.form.get("create_missing", "false").lower() in ("1", "true", "yes", "on")
+        report = svc.import_labels(Path(tmp), create_missing=create)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    data = report.as_dict()
+    data["source"] = upload.filename
+    return jsonify(data)

@@ -1,0 +1,176 @@
+"""The OpenAPI 3.1 document of `/api/v1` (served at /api/v1/openapi.json).
+
+Written by hand, one entry per route; `tests/test_web_api.py` checks that every route the
+app registers is documented here with its methods, and nothing more.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+JSON = "application/json"
+
+
+def _param(spec: str) -> dict:
+    """'name:in:type[:required]' (type integer, number, string, boolean, array) -> parameter object."""
+    name, where, kind, *rest = spec.split(":")
+    schema = {"type": "array", "items": {"type": "string"}} if kind == "array" else {"type": kind}
+    param = {"name": name, "in": where, "schema": schema, "required": where == "path" or rest == ["required"]}
+    if kind == "array":
+        param.update(style="form", explode=True)
+    return param
+
+
+FILTER_PARAMS = ["label:query:array", "cohort:query:array", "min_score:query:number", "exclude_site:query:boolean",
+                 "site_label:query:string", "exclude_same:query:array", "exclude_patient:query:array"]
+PAGE = ["limit:query:integer", "offset:query:integer"]
+
+# (method, path, tag, summary, parameters, request body kind, success status, success media type)
+ROUTES = [
+    ("get", "/health", "server", "Liveness (no token needed)", [], None, 200, JSON),
+    ("get", "/stats", "server", "Counts of patients, slides, labels, vectors", [], None, 200, JSON),
+    ("get", "/status", "ingestion", "Queue counts, running jobs with progress, failures, throughput, index sizes", [], None, 200, JSON),
+    ("get", "/meta", "server", "Vector sets, labels, cohorts, probes, probe models, export formats", [], None, 200, JSON),
+    ("get", "/tasks/{task_id}", "server", "A background task: state, progress, result or error", ["task_id:path:string"], None, 200, JSON),
+    ("get", "/openapi.json", "server", "This document", [], None, 200, JSON),
+    ("get", "/patients", "catalog", "Patients (type-ahead q, label/cohort/kind filters, paging)",
+     ["q:query:string", "label:query:array", "cohort:query:array", "kind:query:string", *PAGE], None, 200, JSON),
+    ("get", "/patients/{patient}", "catalog", "A patient: labels, slides, vectors, cohorts, selected tiles", ["patient:path:string"], None, 200, JSON),
+    ("get", "/patients/{patient}/labels", "labels", "A patient's labels", ["patient:path:string"], None, 200, JSON),
+    ("post", "/patients/{patient}/labels", "labels", "Add or replace one label {name, value}", ["patient:path:string"], "label", 200, JSON),
+    ("get", "/patients/{patient}/thumbnail.png", "images", "Thumbnail of the patient's main slide with its selected tile boxes",
+     ["patient:path:string", "size:query:integer"], None, 200, "image/png"),
+    ("get", "/patients/{patient}/matches/{other}", "search", "Most similar tile pairs between two patients",
+     ["patient:path:string", "other:path:string", "pairs:query:integer"], None, 200, JSON),
+    ("get", "/slides", "catalog", "Slides (patient, status, name filters, paging)",
+     ["patient:query:string", "status:query:string", "q:query:string", *PAGE], None, 200, JSON),
+    ("get", "/slides/{slide_id}", "catalog", "A slide with its candidate tiles (all_tiles=1: every tissue tile)",
+     ["slide_id:path:integer", "all_tiles:query:integer"], None, 200, JSON),
+    ("get", "/slides/{slide_id}/thumbnail.png", "images", "Slide thumbnail (boxes=selected|none)",
+     ["slide_id:path:integer", "size:query:integer", "boxes:query:string"], None, 200, "image/png"),
+    ("get", "/slides/{slide_id}/tile.png", "images", "A tile the pipeline read, by top-left µm coordinates",
+     ["slide_id:path:integer", "x_um:query:number:required", "y_um:query:number:required"], None, 200, "image/png"),
+    ("get", "/labels", "labels", "Label names with their values and counts", [], None, 200, JSON),
+    ("post", "/labels", "labels", "Import a clinical table (multipart: file, create_missing)", [], "labels-upload", 200, JSON),
+    ("get", "/search", "search", "Top-k look-alikes of a stored patient (same JSON as the CLI's --json)",
+     ["patient:query:string:required", "k:query:integer", "kind:query:string", "signature:query:string", *FILTER_PARAMS,
+      "explain:query:boolean", "pairs:query:integer", "vote:query:string"], None, 200, JSON),
+    ("post", "/search", "search", "Search by patient or vector with filters; full result (hits, vote, notes)", [], "search", 200, JSON),
+    ("post", "/search/upload", "search", "Search by an uploaded slide (multipart); 202 with a task", [], "slide-upload", 202, JSON),
+    ("get", "/uploads/{upload_id}/thumbnail.png", "images", "Thumbnail of an uploaded query slide",
+     ["upload_id:path:string", "size:query:integer"], None, 200, "image/png"),
+    ("get", "/uploads/{upload_id}/tile.png", "images", "A tile of an uploaded query slide",
+     ["upload_id:path:string", "x_um:query:number:required", "y_um:query:number:required"], None, 200, "image/png"),
+    ("get", "/cohorts", "cohorts", "Saved cohorts", [], None, 200, JSON),
+    ("post", "/cohorts", "cohorts", "Create (materialise) a cohort {name, definition, replace}", [], "cohort", 201, JSON),
+    ("post", "/cohorts/preview", "cohorts", "Member count of a definition without saving it", [], "cohort-definition", 200, JSON),
+    ("get", "/cohorts/{name}", "cohorts", "A cohort's definition and members (paged)", ["name:path:string", *PAGE], None, 200, JSON),
+    ("delete", "/cohorts/{name}", "cohorts", "Delete a cohort", ["name:path:string"], None, 200, JSON),
+    ("post", "/cohorts/{name}/refresh", "cohorts", "Materialise the saved definition again", ["name:path:string"], None, 200, JSON),
+    ("get", "/cohorts/{name}/members", "cohorts", "Members (paged)", ["name:path:string", *PAGE], None, 200, JSON),
+    ("get", "/cohorts/{name}/export/{fmt}", "cohorts", "Download: stamp | clinical | eagle-h5 | parquet",
+     ["name:path:string", "fmt:path:string", "kind:query:string"], None, 200, "application/octet-stream"),
+    ("get", "/cohorts/{name}/map", "cohorts", "2-D map (UMAP, else PCA) of the members, with cohort membership",
+     ["name:path:string", "kind:query:string", "seed:query:integer"], None, 200, JSON),
+    ("get", "/quality/duplicates", "cohorts", "Near-duplicate patients with label conflicts",
+     ["threshold:query:number", "kind:query:string", "cohort:query:string"], None, 200, JSON),
+    ("get", "/quality/leakage", "cohorts", "Leakage between two cohorts",
+     ["a:query:string:required", "b:query:string:required", "threshold:query:number", "kind:query:string"], None, 200, JSON),
+    ("get", "/probes", "probes", "Probes with status and training progress", [], None, 200, JSON),
+    ("post", "/probes", "probes", "Train a probe in the background; 202 with a task", [], "probe", 202, JSON),
+    ("get", "/probes/{name}", "probes", "A probe: status, progress, metrics (mean ± sd), per fold", ["name:path:string"], None, 200, JSON),
+    ("delete", "/probes/{name}", "probes", "Delete a probe and its scores", ["name:path:string"], None, 200, JSON),
+    ("get", "/probes/{name}/roc", "probes", "ROC curves of the out-of-fold predictions (pooled and per fold)", ["name:path:string"], None, 200, JSON),
+    ("get", "/probes/{name}/training-set", "probes", "Training patients, labels, folds, out-of-fold probabilities",
+     ["name:path:string"], None, 200, JSON),
+    ("post", "/probes/{name}/apply", "probes", "Score the archive or a cohort; the top candidates", ["name:path:string"], "apply", 200, JSON),
+    ("get", "/probes/{name}/candidates", "probes", "Ranked candidates of the latest application (paged)",
+     ["name:path:string", *PAGE], None, 200, JSON),
+    ("get", "/probes/{name}/candidates.csv", "probes", "Ranked candidates as CSV", ["name:path:string"], None, 200, "text/csv"),
+    ("post", "/fewshot", "probes", "Few-shot curve (k labelled patients per class); 202 with a task", [], "fewshot", 202, JSON),
+    ("get", "/jobs", "ingestion", "Ingestion jobs", ["state:query:string", "limit:query:integer"], None, 200, JSON),
+    ("post", "/jobs", "ingestion", "Queue slide files inside the server's ingest folders", [], "jobs", 202, JSON),
+    ("post", "/jobs/{job_id}/retry", "ingestion", "Re-queue a failed job", ["job_id:path:integer"], None, 200, JSON),
+]
+
+BODIES = {
+    "label": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "value": {"type": ["string", "number", "null"]}}},
+    "search": {"type": "object", "properties": {
+        "patient": {"type": "string"}, "vector": {"type": "array", "items": {"type": "number"}}, "k": {"type": "integer"},
+        "kind": {"type": "string"}, "signature": {"type": "string"}, "filters": {"$ref": "#/components/schemas/Filters"},
+        "explain": {"type": "boolean"}, "pairs": {"type": "integer"}, "vote": {"type": "string"}}},
+    "cohort-definition": {"type": "object", "properties": {"definition": {"$ref": "#/components/schemas/CohortDefinition"}}},
+    "cohort": {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string"}, "definition": {"$ref": "#/components/schemas/CohortDefinition"}, "replace": {"type": "boolean"}}},
+    "probe": {"type": "object", "required": ["label"], "properties": {
+        "label": {"type": "string"}, "kind": {"type": "string"}, "model": {"type": "string", "enum": ["logreg", "mlp"]},
+        "folds": {"type": "integer"}, "seed": {"type": "integer"}, "name": {"type": "string"}, "positive": {"type": "string"},
+        "vs_rest": {"type": "boolean"}, "cohort": {"type": "string"}}},
+    "apply": {"type": "object", "properties": {"cohort": {"type": "string"}, "top": {"type": "integer"}, "exclude_training": {"type": "boolean"}}},
+    "fewshot": {"type": "object", "required": ["label"], "properties": {
+        "label": {"type": "string"}, "kind": {"type": "string"}, "ks": {"type": "array", "items": {"type": "integer"}},
+        "draws": {"type": "integer"}, "seed": {"type": "integer"}, "positive": {"type": "string"}, "vs_rest": {"type": "boolean"},
+        "cohort": {"type": "string"}}},
+    "jobs": {"type": "object", "required": ["paths"], "properties": {
+        "paths": {"type": "array", "items": {"type": "string"}}, "patient": {"type": "string"}}},
+}
+MULTIPART = {
+    "labels-upload": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "create_missing": {"type": "boolean"}}},
+    "slide-upload": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "k": {"type": "integer"}, "kind": {"type": "string"},
+        "patient": {"type": "string"}, "vote": {"type": "string"}, "explain": {"type": "boolean"}, "pairs": {"type": "integer"},
+        "filters": {"type": "string", "description": "JSON object, as in POST /search"}}},
+}
+SCHEMAS = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["status", "message"], "properties": {
+        "status": {"type": "integer"}, "message": {"type": "string"}, "field": {"type": "string"}}}}},
+    "Filters": {"type": "object", "properties": {
+        "labels": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+        "cohorts": {"type": "array", "items": {"type": "string"}}, "min_score": {"type": "number"},
+        "exclude_patients": {"type": "array", "items": {"type": "string"}}, "exclude_same_site": {"type": "boolean"},
+        "site_label": {"type": "string"}, "exclude_same": {"type": "array", "items": {"type": "string"}}}},
+    "CohortDefinition": {"type": "object", "properties": {
+        "labels": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+        "cohorts": {"type": "array", "items": {"type": "string"}}, "seeds": {"type": "array", "items": {"type": "string"}},
+        "min_similarity": {"type": "number"}, "probe": {"type": "string"}, "min_probability": {"type": "number"},
+        "kind": {"type": "string"}, "signature": {"type": "string"}}},
+}
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+@lru_cache(maxsize=1)
+def document() -> dict:
+    paths: dict[str, dict] = {}
+    for method, path, tag, summary, params, body, status, media in ROUTES:
+        operation = {
+            "tags": [tag], "summary": summary, "operationId": f"{method}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '').replace('.', '_').replace('-', '_')}",
+            "parameters": [_param(p) for p in params],
+            "responses": {str(status): {"description": "success", "content": {media: {}}}, "400": _error("bad input (the field and reason)"),
+                          "401": _error("access token required"), "404": _error("unknown id"), "500": _error("internal error")},
+        }
+        if path == "/health":
+            operation["security"] = []
+            del operation["responses"]["401"]
+        if body in BODIES:
+            operation["requestBody"] = {"required": True, "content": {JSON: {"schema": BODIES[body]}}}
+        elif body in MULTIPART:
+            operation["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": MULTIPART[body]}}}
+            operation["responses"]["413"] = _error("upload larger than the server's limit")
+        if method != "get":
+            operation["responses"]["403"] = _error("CSRF token missing (browser requests)")
+        paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "eagle-index API", "version": "1",
+                 "description": "Look-alike search, cohorts and probes over an EAGLE embedding catalog. "
+                                "Errors: {\"error\": {\"status\", \"message\", \"field\"?}}."},
+        "servers": [{"url": "/api/v1"}],
+        "security": [{"bearer": []}],
+        "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                                           "description": "only when the server has an access token"}}},
+        "paths": paths,
+    }

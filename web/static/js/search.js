@@ -1,0 +1,202 @@
+// Search page: query by patient (type-ahead) or uploaded slide; hits as evidence cards.
+import { $, api, chips, clear, el, fail, fillSelect, fmt, image, patientUrl, pollTask, progressBar, showTile, typeahead } from "./common.js";
+
+let meta = { labels: [], kinds: ["eagle"] };
+let mode = "patient";
+
+function options() {
+  const filters = {};
+  const labelName = $("#opt-label-name").value;
+  if (labelName) filters.labels = { [labelName]: [$("#opt-label-value").value || "*"] };
+  const same = $("#opt-exclude-same").value;
+  if (same) filters.exclude_same = [same];
+  if ($("#opt-exclude-site").checked) filters.exclude_same_site = true;
+  const minScore = $("#opt-min-score").value;
+  if (minScore !== "") filters.min_score = Number(minScore);
+  return { k: Number($("#opt-k").value), kind: $("#opt-kind").value, vote: $("#opt-vote").value || null, filters };
+}
+
+function setMode(next) {
+  mode = next;
+  for (const [tab, form] of [["#tab-patient", "#patient-form"], ["#tab-upload", "#upload-form"]]) {
+    const on = form === `#${next}-form`;
+    $(tab).setAttribute("aria-selected", String(on));
+    $(tab).tabIndex = on ? 0 : -1;
+    $(form).hidden = !on;
+  }
+  $("#run-search").textContent = next === "patient" ? "Search" : "Embed and search";
+}
+
+function voteView(vote, k) {
+  if (!vote) return null;
+  const total = Math.max(1, vote.neighbours);
+  const rows = Object.entries(vote.counts).flatMap(([value, count]) => {
+    const bar = el("div", { class: "bar" }, el("span"));
+    bar.firstChild.style.width = `${(100 * count) / total}%`;
+    return [el("span", { text: value }), bar, el("span", { class: "num", text: `${count} · Σ ${fmt(vote.weights[value], 2)}` })];
+  });
+  return el("div", { class: "vote" },
+    el("h3", { text: `kNN vote on ${vote.label}` }),
+    vote.majority === null
+      ? el("p", { class: "muted", text: `none of the ${k} neighbours has this label` })
+      : el("p", {}, el("span", { class: "vote-pred", text: vote.majority }),
+        el("span", { class: "muted", text: vote.weighted !== vote.majority ? `  (score-weighted: ${vote.weighted})` : "  (majority and score-weighted agree)" })),
+    el("div", { class: "bars" }, rows),
+    el("p", { class: "muted small", text: `${vote.neighbours} labelled neighbours, ${vote.unlabelled} without the label` }));
+}
+
+function pairsView(pairs) {
+  if (!pairs?.length) return el("p", { class: "muted small", text: "No tile pairs: one side has no slide artifacts (imported vectors)." });
+  return pairs.map((pair) => {
+    const tile = (url, slide, x, y, who) => {
+      const img = url ? image(url, `${who} tile, ${slide} at (${Math.round(x)}, ${Math.round(y)}) µm`, { lazy: false }) : el("div", { class: "tile-missing" });
+      const button = el("button", { type: "button", title: "show larger", onclick: () => url && showTile({
+        url, title: `${who} tile`, facts: { slide, "x (µm)": fmt(x, 0), "y (µm)": fmt(y, 0), "pair similarity": fmt(pair.similarity, 3) } }) }, img);
+      return el("figure", {}, button, el("figcaption", { text: `${who}: ${slide}` }));
+    };
+    return el("div", { class: "pair" },
+      tile(pair.query_tile_url, pair.query_slide, pair.query_x_um, pair.query_y_um, "query"),
+      el("div", { class: "pair-sim", title: "cosine similarity of the two tiles' Virchow2 class tokens" }, el("span", { "aria-hidden": "true", text: "⟷" }), fmt(pair.similarity, 3)),
+      tile(pair.hit_tile_url, pair.hit_slide, pair.hit_x_um, pair.hit_y_um, "match"));
+  });
+}
+
+function hitCard(hit, query) {
+  const media = hit.thumbnail_url
+    ? el("div", { class: "card-media" }, image(hit.thumbnail_url, `slide thumbnail of ${hit.patient} with its selected tiles outlined`, { size: 320 }),
+      el("span", { class: "rank", text: `#${hit.rank}` }))
+    : el("div", { class: "card-media no-image" }, el("span", { class: "rank", text: `#${hit.rank}` }),
+      el("span", { class: "muted small", text: "no slide image (imported vector)" }));
+  const bar = el("div", { class: "score-bar", title: "cosine similarity" }, el("span"));
+  bar.firstChild.style.width = `${Math.max(0, Math.min(1, hit.score)) * 100}%`;
+  const pairsBox = el("div", { class: "pairs", id: `pairs-${hit.rank}`, hidden: true });
+  const toggle = el("button", { type: "button", class: "btn btn-small", "aria-expanded": "false", "aria-controls": pairsBox.id }, "Matching tiles");
+  toggle.addEventListener("click", async () => {
+    const open = toggle.getAttribute("aria-expanded") === "true";
+    toggle.setAttribute("aria-expanded", String(!open));
+    pairsBox.hidden = open;
+    if (open || pairsBox.dataset.loaded) return;
+    pairsBox.dataset.loaded = "1";
+    if (hit.explanation || !query.patient || query.upload) {
+      clear(pairsBox, pairsView(hit.explanation));
+      return;
+    }
+    clear(pairsBox, el("p", { class: "muted small", text: "loading tile pairs…" }));
+    try {
+      const data = await api(`/patients/${encodeURIComponent(query.patient)}/matches/${encodeURIComponent(hit.patient)}?pairs=4`);
+      clear(pairsBox, pairsView(data.pairs));
+    } catch (error) { fail(error, pairsBox); }
+  });
+  return el("article", { class: "card", "data-patient": hit.patient },
+    media,
+    el("div", { class: "card-body" },
+      el("div", { class: "card-title" }, el("a", { href: patientUrl(hit.patient), text: hit.patient }),
+        el("span", { class: "score", title: "cosine similarity", text: fmt(hit.score, 4) })),
+      bar,
+      chips(hit.labels, query.labels || {}),
+      el("div", { class: "card-foot" }, el("span", { class: "muted small", text: hit.slides.length ? `${hit.slides.length} slide${hit.slides.length === 1 ? "" : "s"}` : "imported vector" }),
+        hit.thumbnail_url || hit.explanation ? toggle : null)),
+    pairsBox);
+}
+
+function render(result, query) {
+  const head = query.upload
+    ? el("div", {}, el("h2", { text: `Look-alikes of the uploaded slide` }), el("p", { class: "muted", text: query.upload.name }))
+    : el("div", {}, el("h2", {}, "Look-alikes of ", el("a", { href: patientUrl(query.patient), text: query.patient })),
+      chips(query.labels || {}));
+  const picture = image(query.upload ? query.upload.thumbnail_url : query.thumbnail_url, "query slide thumbnail", { size: 320 });
+  const summary = el("section", { class: "panel query-card", "aria-label": "query" }, picture, head,
+    voteView(result.vote, result.hits.length) || el("div", { class: "muted small", text: "Choose a label under “Predict this label” for a kNN vote." }));
+  const notes = (result.notes || []).map((n) => el("p", { class: "note", text: n }));
+  const cards = result.hits.length
+    ? el("div", { class: "results", id: "hits" }, result.hits.map((hit) => hitCard(hit, query)))
+    : el("div", { class: "empty", text: "No patient matches these filters." });
+  clear($("#results"), summary, notes, cards);
+}
+
+async function searchPatient() {
+  const patient = $("#patient").value.trim();
+  const error = $("#patient-error");
+  error.hidden = true;
+  if (!patient) { error.textContent = "Type a patient id."; error.hidden = false; $("#patient").focus(); return; }
+  const opts = options();
+  $("#search-status").textContent = "searching…";
+  try {
+    const [result, detail] = await Promise.all([
+      api("/search", { method: "POST", body: { patient, k: opts.k, kind: opts.kind, vote: opts.vote, filters: opts.filters } }),
+      api(`/patients/${encodeURIComponent(patient)}`)]);
+    history.replaceState(null, "", `/search?patient=${encodeURIComponent(patient)}`);
+    render(result, { patient, labels: detail.labels, thumbnail_url: detail.thumbnail_url });
+    $("#search-status").textContent = `${result.hits.length} hits`;
+  } catch (err) {
+    $("#search-status").textContent = "";
+    if (err.status === 404 || err.field === "patient") { error.textContent = err.message; error.hidden = false; }
+    else fail(err, $("#results"));
+  }
+}
+
+async function searchUpload() {
+  const file = $("#slide-file").files[0];
+  if (!file) { $("#slide-file").focus(); $("#search-status").textContent = "choose a slide file first"; return; }
+  const opts = options();
+  const form = new FormData();
+  form.append("file", file);
+  form.append("k", String(opts.k));
+  form.append("kind", opts.kind);
+  if (opts.vote) form.append("vote", opts.vote);
+  const patient = $("#upload-patient").value.trim();
+  if (patient) form.append("patient", patient);
+  form.append("filters", JSON.stringify(opts.filters));
+  const status = $("#search-status");
+  const button = $("#run-search");
+  button.disabled = true;
+  const progress = el("div", {}, el("p", { class: "muted", text: `uploading ${file.name}…` }), progressBar(null));
+  clear($("#results"), el("section", { class: "panel" }, progress));
+  try {
+    const started = await api("/search/upload", { method: "POST", form });
+    const result = await pollTask(started.task, (task) => {
+      clear(progress, el("p", { class: "muted", text: task.progress.message || task.state }), progressBar(task.progress.fraction));
+    });
+    render(result, { upload: result.upload, patient: null });
+    status.textContent = `${result.hits.length} hits`;
+  } catch (err) {
+    status.textContent = "";
+    fail(err, $("#results"));
+  } finally { button.disabled = false; }
+}
+
+async function init() {
+  typeahead($("#patient"), () => searchPatient());
+  $("#tab-patient").addEventListener("click", () => setMode("patient"));
+  $("#tab-upload").addEventListener("click", () => setMode("upload"));
+  for (const tab of ["#tab-patient", "#tab-upload"]) {
+    $(tab).addEventListener("keydown", (event) => {
+      if (event.key === "ArrowRight" || event.key === "ArrowLeft") {
+        const next = mode === "patient" ? "upload" : "patient";
+        setMode(next);
+        $(`#tab-${next}`).focus();
+      }
+    });
+  }
+  $("#patient-form").addEventListener("submit", (event) => { event.preventDefault(); searchPatient(); });
+  $("#upload-form").addEventListener("submit", (event) => { event.preventDefault(); searchUpload(); });
+  $("#run-search").addEventListener("click", () => (mode === "patient" ? searchPatient() : searchUpload()));
+  $("#opt-label-name").addEventListener("change", () => {
+    const label = meta.labels.find((l) => l.name === $("#opt-label-name").value);
+    const select = $("#opt-label-value");
+    select.disabled = !label;
+    fillSelect(select, [["*", "(has it)"], ...Object.keys(label?.values || {})]);
+  });
+  try {
+    meta = await api("/meta");
+    fillSelect($("#opt-kind"), meta.kinds.length ? meta.kinds : ["eagle"], { selected: meta.kinds.includes("eagle") ? "eagle" : meta.kinds[0] });
+    const names = meta.labels.map((l) => l.name);
+    fillSelect($("#opt-vote"), names, { placeholder: "(no vote)", selected: names[0] });
+    fillSelect($("#opt-label-name"), names, { placeholder: "(any)" });
+    fillSelect($("#opt-exclude-same"), names, { placeholder: "(nothing)" });
+  } catch (err) { fail(err); }
+  document.body.dataset.ready = "1";
+  if ($("#patient").value.trim()) searchPatient();
+}
+
+init();
