@@ -55,6 +55,9 @@ class Catalog:
         schema.ensure_current(self.engine, path, create=create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._commit_listeners: list = []
+        # Vector-set summaries and id lists, cached until a commit changes vectors. Only one
+        # process writes a catalog (see owner.py), so our own commits are the only changes.
+        self._cache: dict = {}
 
     @classmethod
     def open(cls, catalog_path: Path, create: bool = True) -> "Catalog":
@@ -74,6 +77,8 @@ class Catalog:
             with session.begin():
                 yield session
             changes = session.info.pop("vector_changes", [])
+        if changes:
+            self._cache.clear()
         for listener in self._commit_listeners if changes else ():
             listener(changes)
 
@@ -196,6 +201,12 @@ class Catalog:
         return vector_set.generation
 
     def vector_sets(self, kind: str | None = None) -> list[VectorSetInfo]:
+        key = ("sets", kind)
+        if key not in self._cache:
+            self._cache[key] = self._vector_sets(kind)
+        return list(self._cache[key])
+
+    def _vector_sets(self, kind: str | None) -> list[VectorSetInfo]:
         with self.transaction() as session:
             query = (
                 select(VectorSet.kind, VectorSet.signature, VectorSet.dim, VectorSet.generation, func.count(Vector.id))
@@ -227,11 +238,17 @@ class Catalog:
         return ids, matrix
 
     def vector_ids(self, kind: str, signature: str) -> np.ndarray:
-        with self.transaction() as session:
-            rows = session.scalars(
-                select(Vector.patient_id).where(Vector.kind == kind, Vector.signature == signature).order_by(Vector.patient_id)
-            ).all()
-        return np.asarray(rows, dtype=np.int64)
+        """Sorted patient ids of one vector set (read-only array, cached until vectors change)."""
+        key = ("ids", kind, signature)
+        if key not in self._cache:
+            with self.transaction() as session:
+                rows = session.scalars(
+                    select(Vector.patient_id).where(Vector.kind == kind, Vector.signature == signature).order_by(Vector.patient_id)
+                ).all()
+            ids = np.asarray(rows, dtype=np.int64)
+            ids.setflags(write=False)
+            self._cache[key] = ids
+        return self._cache[key]
 
     # -- labels -------------------------------------------------------------------
     @staticmethod
