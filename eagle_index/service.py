@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
+
+import numpy as np
 from pathlib import Path
 
 from eagle_index import importing
@@ -111,13 +113,18 @@ class EagleService:
             if not any(s.signature == signature for s in sets):
                 raise NotFoundError(f"no vectors of kind {kind!r} with signature {signature!r}")
             return signature
-        having = [s for s in sets if len(self.catalog.load_vectors(s.kind, s.signature, [patient_id])[0])]
+        having = [s for s in sets if self._has_vector(s, patient_id)]
         if not having:
-            kinds = sorted({s.kind for s in self.catalog.vector_sets() if len(self.catalog.load_vectors(s.kind, s.signature, [patient_id])[0])})
+            kinds = sorted({s.kind for s in self.catalog.vector_sets() if self._has_vector(s, patient_id)})
             raise NotFoundError(
                 f"patient {external_id!r} has no {kind!r} vector (it has: {', '.join(kinds) or 'none'}; choose one with --kind)"
             )
         return max(having, key=lambda s: s.count).signature
+
+    def _has_vector(self, vector_set, patient_id: int) -> bool:
+        ids = self.catalog.vector_ids(vector_set.kind, vector_set.signature)  # sorted, cached
+        position = int(np.searchsorted(ids, patient_id))
+        return position < len(ids) and int(ids[position]) == patient_id
 
     def search_patient(self, external_id: str, k: int = 10, kind: str = "eagle", signature: str | None = None,
                        filters=None, explain: bool = False, pairs: int = 5) -> list[dict]:
