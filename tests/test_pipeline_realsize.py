@@ -1,12 +1,14 @@
 """`embed` and `ingest` through the CLI with real-size architectures (random weights written in
 the official file layouts: CTransPath 27.5 M, CHIEF 1.2 M, Virchow2 631 M parameters).
 
-Slow (about two minutes on a 2-core CPU, ~4 GB of memory per CLI process): one generated
-slide with 10 tissue tiles, so Virchow2 runs on 10 tiles per command.
+Slow (about 1.5 minutes on a quiet 2-core CPU, up to 4 on a busy one; ~4 GB of memory per
+process, one at a time): one generated slide with 10 tissue tiles, so Virchow2 runs on 10
+tiles per command. The 2.5 GB of weights are deleted when the module is done.
 """
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -29,7 +31,8 @@ N_TILES = 10
 def weights_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("realsize-weights")
     write_official_layout_weights(folder, preset="manifest")  # Virchow2 alone is 2.5 GB
-    return folder
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)  # pytest keeps the last runs' tmp dirs; not 2.5 GB each
 
 
 @pytest.fixture(scope="module")
