@@ -8,9 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, JsonOpt, WeightsDirOpt, settings_from
+from eagle_index.cli.options import DataDirOpt, ModelsOpt, JsonOpt, WeightsDirOpt, settings_from
 
-ModelsOpt = Annotated[str, typer.Option("--models", help="Model preset: default (official weights) or tiny (random, for tests).")]
 
 
 def _service(data_dir: Path | None, weights_dir: Path | None = None, create: bool = True, **more):

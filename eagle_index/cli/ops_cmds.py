@@ -10,12 +10,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, JsonOpt, WeightsDirOpt, settings_from
+from eagle_index.cli.options import DataDirOpt, DeviceOpt, ModelsOpt, JsonOpt, WeightsDirOpt, settings_from
 
 WatchOpt = Annotated[list[Path], typer.Option("--watch", help="Folder to watch for new slides (repeatable).")]
 SlideTableOpt = Annotated[Optional[Path], typer.Option("--slide-table", help="PATIENT,FILENAME[,MPP] table (re-read when it changes).")]
 RegexOpt = Annotated[Optional[str], typer.Option("--patient-regex", help="Regex on the slide name; group 1 is the patient id (default: TCGA-XX-XXXX).")]
-ModelsOpt = Annotated[str, typer.Option("--models", help="Model preset: real (official weights) or tiny.")]
 SettleOpt = Annotated[float, typer.Option("--settle-seconds", help="A file is complete when unchanged this long.")]
 AttemptsOpt = Annotated[int, typer.Option("--max-attempts", min=1, help="Attempts per slide before it is marked failed.")]
 BackoffOpt = Annotated[float, typer.Option("--retry-backoff", help="Seconds before the first retry (doubles each time).")]
@@ -43,7 +42,7 @@ def register(app: typer.Typer) -> None:
         slide_table: SlideTableOpt = None,
         patient_regex: RegexOpt = None,
         models: ModelsOpt = "default",
-        device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or auto.")] = None,
+        device: DeviceOpt = None,
         settle_seconds: SettleOpt = 5.0,
         poll_seconds: PollOpt = 2.0,
         max_attempts: AttemptsOpt = 3,
@@ -66,7 +65,7 @@ def register(app: typer.Typer) -> None:
         slide_table: SlideTableOpt = None,
         patient_regex: RegexOpt = None,
         models: ModelsOpt = "default",
-        device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or auto.")] = None,
+        device: DeviceOpt = None,
         settle_seconds: SettleOpt = 5.0,
         poll_seconds: PollOpt = 2.0,
         max_attempts: AttemptsOpt = 3,

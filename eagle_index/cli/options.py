@@ -18,6 +18,10 @@ WeightsDirOpt = Annotated[
     typer.Option("--weights-dir", help="Folder with model weights. Env EAGLE_INDEX_WEIGHTS."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+ModelsOpt = Annotated[
+    str, typer.Option("--models", help="Model preset: real (official weights; alias default) or tiny (small random models, tests/demo).")
+]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, or auto (default; env EAGLE_INDEX_DEVICE).")]
 
 
 def settings_from(data_dir: Path | None = None, weights_dir: Path | None = None, **more) -> Settings:

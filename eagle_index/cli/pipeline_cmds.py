@@ -10,11 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, JsonOpt, WeightsDirOpt, settings_from
+from eagle_index.cli.options import DataDirOpt, DeviceOpt, ModelsOpt, JsonOpt, WeightsDirOpt, settings_from
 from eagle_index.errors import InputError
 
-ModelsOpt = Annotated[str, typer.Option("--models", help="Model preset: real (official weights, alias default) or tiny (random, for tests/demo).")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, or auto (default; env EAGLE_INDEX_DEVICE).")]
 MppOpt = Annotated[Optional[float], typer.Option("--mpp", help="Override the slides' µm per pixel (level 0).")]
 
 
