@@ -145,7 +145,7 @@ def test_json_bodies_are_limited(service):
 def test_the_server_refuses_other_addresses_without_a_token(tmp_path):
     from eagle_index.config import Settings
     from eagle_index.errors import InputError
-    from eagle_index.ingest.daemon import OwnerOptions, run_owner
+    from eagle_index.server import OwnerOptions, run_owner
 
     with pytest.raises(InputError, match="EAGLE_INDEX_TOKEN"):
         run_owner(Settings(data_dir=tmp_path), OwnerOptions(role="serve", host="0.0.0.0", port=0))

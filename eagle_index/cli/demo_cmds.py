@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         if not serve:
             typer.echo(f"\nnext: eagle-index search --patient DEMO-002 --data-dir {settings.data_dir}")
             return
-        from eagle_index.ingest.daemon import OwnerOptions, run_owner
+        from eagle_index.server import OwnerOptions, run_owner
 
         logging.basicConfig(level=os.environ.get("EAGLE_INDEX_LOG", "WARNING"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
         typer.echo(f"\nweb UI: http://127.0.0.1:{port}/search?patient=DEMO-001  (Ctrl-C stops the server)")

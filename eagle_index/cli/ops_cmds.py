@@ -27,7 +27,7 @@ def _logging() -> None:
 
 
 def _run(role: str, data_dir, weights_dir, models, device, **options) -> None:
-    from eagle_index.ingest.daemon import OwnerOptions, run_owner
+    from eagle_index.server import OwnerOptions, run_owner
 
     _logging()
     settings = settings_from(data_dir, weights_dir, models=models, device=device)

@@ -1,4 +1,4 @@
-"""The owner process: worker (+ watcher) and the HTTP API/UI in one process.
+"""Composition root: the owner process runs the service, the HTTP API/UI, the worker and the watcher.
 
 `eagle-index daemon` and `eagle-index serve` both run this; `serve` binds the web app to the
 given host/port, `daemon` serves the API on an ephemeral loopback port so that `status`,
