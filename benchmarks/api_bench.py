@@ -64,7 +64,7 @@ def fill(service: EagleService, n: int, dim: int) -> list[str]:
     names = [f"API-{i:06d}" for i in range(n)]
     vectors = synthetic(n, dim)
     rng = np.random.default_rng(1)
-    with catalog.transaction() as session:
+    def _tx(session):
         session.execute(insert(Patient), [{"external_id": e} for e in names])
         ids = dict(session.execute(Patient.__table__.select().with_only_columns(Patient.external_id, Patient.id)).all())
         pids = [ids[e] for e in names]
@@ -73,6 +73,9 @@ def fill(service: EagleService, n: int, dim: int) -> list[str]:
         site = rng.choice(["AA", "BB", "CC"], n)
         session.execute(insert(Label), [{"patient_id": p, "name": "organ", "value": str(o), "source": "bench"} for p, o in zip(pids, organ)]
                         + [{"patient_id": p, "name": "site", "value": str(s), "source": "bench"} for p, s in zip(pids, site)])
+        return pids
+
+    pids = catalog.write(_tx)
     with catalog.engine.connect() as connection:  # flush DuckDB's write-ahead log before timing
         connection.execute(text("CHECKPOINT"))
     return names

@@ -53,13 +53,17 @@ def synthetic(n: int, dim: int, seed: int = 0, clusters: int = 50, positives: fl
 def fill(service: EagleService, x: np.ndarray, y: np.ndarray) -> None:
     catalog = service.catalog
     names = [f"BENCH-{i:06d}" for i in range(len(x))]
-    with catalog.transaction() as session:
+    def _tx(session):
         session.execute(insert(Patient), [{"external_id": e} for e in names])
+
+    catalog.write(_tx)
     ids = catalog.patient_ids(names)
     pids = [ids[e] for e in names]
-    with catalog.transaction() as session:
+    def _tx(session):
         catalog.put_vectors(session, "eagle", "bench-signature", pids, x, "probe_bench")
         session.execute(insert(Label), [{"patient_id": p, "name": "BIOMARKER", "value": v, "source": "bench"} for p, v in zip(pids, y)])
+
+    catalog.write(_tx)
     with catalog.engine.connect() as connection:  # flush DuckDB's write-ahead log now, not in the first timed commit
         connection.execute(text("CHECKPOINT"))
 

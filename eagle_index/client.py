@@ -10,8 +10,11 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import numpy as np
+
 from eagle_index.errors import CatalogError, EagleIndexError, InputError, NotFoundError
 from eagle_index.owner import OwnerInfo
+from eagle_index.results import Hit, SearchResult
 
 
 class OwnerClient:
@@ -44,9 +47,6 @@ class OwnerClient:
             raise error(message) from None
         except (urllib.error.URLError, OSError) as exc:
             raise CatalogError(f"cannot reach {self.owner.describe()}: {exc}") from None
-
-    def search(self, patient: str, k: int, kind: str, signature: str | None) -> list[dict]:
-        return self._request("GET", "/search", {"patient": patient, "k": k, "kind": kind, "signature": signature})
 
     def stats(self) -> dict:
         return self._request("GET", "/stats")
@@ -83,13 +83,12 @@ class _Report(dict):
 
 
 class RemoteService:
-    """The subset of EagleService a running owner serves, with the same method names.
+    """The catalog service of a running owner, over its JSON API, with the local service's methods.
 
-    CLI commands get this instead of an EagleService while a daemon/server holds the
-    catalog; anything else fails with a message that names the running process.
+    CLI commands get this instead of an `EagleService` while a daemon/server holds the catalog
+    (see `eagle_index.interface.CatalogService` for the shared methods); anything else fails
+    with a message that names the running process.
     """
-
-    REMOTE = ("search_patient", "stats", "status", "import_labels")
 
     def __init__(self, client: OwnerClient):
         self.client = client
@@ -103,10 +102,26 @@ class RemoteService:
     def close(self) -> None:
         pass
 
-    def search_patient(self, external_id: str, k: int = 10, kind: str = "eagle", signature: str | None = None, **filters) -> list[dict]:
-        params = {"patient": external_id, "k": k, "kind": kind, "signature": signature}
-        params.update({key: value for key, value in filters.items() if value not in (None, [], ())})
-        return self.client._request("GET", "/search", params)
+    def search(self, patient: str | None = None, vector=None, slides=None, k: int = 10, kind: str | None = None,
+               signature: str | None = None, filters=None, explain: bool = False, vote: str | None = None,
+               pairs: int = 5, store: bool = False, mpp: float | None = None) -> SearchResult:
+        if slides:
+            raise CatalogError(f"a search by slide files embeds them with the models here, but {self.client.owner.describe()} "
+                               "holds the catalog; upload the slide in its web UI, or stop it first")
+        body: dict = {"k": k, "kind": kind, "signature": signature, "explain": explain, "pairs": pairs, "vote": vote}
+        if patient is not None:
+            body["patient"] = patient
+        if vector is not None:
+            body["vector"] = [float(v) for v in np.asarray(vector, dtype=np.float64).reshape(-1)]
+        if filters is not None:
+            body["filters"] = filters.as_dict()
+        data = self.client._request("POST", "/search", body=json.dumps({k: v for k, v in body.items() if v is not None}).encode(),
+                                    content_type="application/json")
+        return SearchResult.from_dict(data)
+
+    def search_patient(self, external_id: str, k: int = 10, kind: str | None = None, signature: str | None = None,
+                       filters=None, explain: bool = False, pairs: int = 5) -> tuple[Hit, ...]:
+        return self.search(external_id, k=k, kind=kind, signature=signature, filters=filters, explain=explain, pairs=pairs).hits
 
     def stats(self) -> dict:
         return self.client.stats()
@@ -116,6 +131,11 @@ class RemoteService:
 
     def import_labels(self, path: Path, create_missing: bool = False) -> _Report:
         return _Report(self.client.import_labels(path, create_missing))
+
+    def set_label(self, patient: str, name: str, value: str | None, source: str = "web") -> dict:
+        body = json.dumps({"name": name, "value": value}).encode()
+        return self.client._request("POST", f"/patients/{urllib.parse.quote(patient, safe='')}/labels", body=body,
+                                    content_type="application/json")["labels"]
 
     def __getattr__(self, name: str):
         raise CatalogError(

@@ -155,6 +155,8 @@ class CohortService:
         if not name:
             raise InputError("a cohort needs a name")
         if definition is None:
+            if fields.get("kind") is None:
+                fields["kind"] = self.catalog.default_kind()
             definition = CohortDefinition.build(**fields)
         elif isinstance(definition, dict):
             definition = CohortDefinition.from_dict(definition)
@@ -244,27 +246,23 @@ class CohortService:
         return resolved, scores
 
     def _signature_with(self, kind: str, patient_ids: list[int]) -> str:
-        """The largest vector set of `kind` holding all these patients (or the largest set if none given)."""
-        sets = self.catalog.vector_sets(kind)
-        if not sets:
-            raise NotFoundError(f"no vectors of kind {kind!r}")
-        fitting = [s for s in sets if len(self.catalog.load_vectors(s.kind, s.signature, patient_ids)[0]) == len(patient_ids)] if patient_ids else sets
-        if not fitting:
-            raise NotFoundError(f"no {kind!r} vector set holds all of these patients; choose --kind or --signature")
-        return max(fitting, key=lambda s: s.count).signature
+        """The vector set of `kind` holding all these patients (membership by id; see `Catalog.resolve_vector_set`)."""
+        return self.catalog.resolve_vector_set(kind, None, patients=tuple(patient_ids),
+                                               describe=f"the {len(patient_ids)} seed patient(s)").signature
 
-    def _member_vectors(self, name: str, kind: str, signature: str | None):
-        """(member rows, signature, ids with a vector, raw vectors) of a cohort."""
+    def _member_vectors(self, name: str, kind: str | None, signature: str | None):
+        """(member rows, kind, signature, ids with a vector, raw vectors) of a cohort (kind None: the cohort's own)."""
         members = repo.cohort_members(self.catalog, name)
+        saved = repo.get_cohort(self.catalog, name).definition
+        kind = kind or saved.get("kind") or self.catalog.default_kind()  # the cohort's own kind unless asked otherwise
         if signature is None:
-            saved = repo.get_cohort(self.catalog, name).definition
             signature = saved.get("signature") if saved.get("kind", "eagle") == kind else None
             signature = signature or self._signature_with(kind, [])
         ids, raw = self.catalog.load_vectors(kind, signature, [pid for pid, _, _ in members]) if members else (np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
-        return members, signature, ids, raw
+        return members, kind, signature, ids, raw
 
     # -- exports ---------------------------------------------------------------------------
-    def export(self, name: str, fmt: str, out: Path, kind: str = "eagle", signature: str | None = None) -> dict:
+    def export(self, name: str, fmt: str, out: Path, kind: str | None = None, signature: str | None = None) -> dict:
         """Write the cohort as a STAMP slide table, clinical table, EAGLE-layout .h5 or Parquet (atomically)."""
         if fmt not in EXPORT_FORMATS:
             raise InputError(f"unknown export format {fmt!r} (one of {', '.join(EXPORT_FORMATS)})")
@@ -286,7 +284,7 @@ class CohortService:
             _write_csv(out, ["PATIENT"] + columns, rows)
             report["rows"] = len(rows)
         else:
-            _, signature, ids, raw = self._member_vectors(name, kind, signature)
+            _, kind, signature, ids, raw = self._member_vectors(name, kind, signature)
             names = self.catalog.external_ids(ids)
             with_vector = set(ids.tolist())
             without = [ext for pid, ext, _ in members if pid not in with_vector]
@@ -330,14 +328,15 @@ class CohortService:
             pq.write_table(table, tmp)
 
     # -- quality checks ---------------------------------------------------------------------------
-    def duplicates(self, threshold: float = 0.95, kind: str = "eagle", signature: str | None = None,
+    def duplicates(self, threshold: float = 0.95, kind: str | None = None, signature: str | None = None,
                    cohort: str | None = None, max_pairs: int = 10_000) -> dict:
         """Near-duplicate patients (cosine >= threshold) in the whole catalog or one cohort, with
         the labels on which each pair disagrees (a rescanned slide filed with other labels)."""
         _check_threshold(threshold)
         if cohort:
-            _, signature, ids, raw = self._member_vectors(cohort, kind, signature)
+            _, kind, signature, ids, raw = self._member_vectors(cohort, kind, signature)
         else:
+            kind = kind or self.catalog.default_kind()
             signature = signature or self._signature_with(kind, [])
             ids = self.catalog.vector_ids(kind, signature)
         if not cohort and len(ids) > DUPLICATE_EXACT_LIMIT:
@@ -361,12 +360,12 @@ class CohortService:
             "groups": [[names[i] for i in g] for g in duplicate_groups(pairs)],
         }
 
-    def leakage(self, a: str, b: str, threshold: float = 0.95, kind: str = "eagle", signature: str | None = None) -> dict:
+    def leakage(self, a: str, b: str, threshold: float = 0.95, kind: str | None = None, signature: str | None = None) -> dict:
         """Train/test leakage between two cohorts: patients in both, and near-duplicate pairs
         (a member of A, another patient that is a member of B, cosine >= threshold)."""
         _check_threshold(threshold)
-        members_a, signature, ids_a, raw_a = self._member_vectors(a, kind, signature)
-        members_b, _, ids_b, raw_b = self._member_vectors(b, kind, signature)
+        members_a, kind, signature, ids_a, raw_a = self._member_vectors(a, kind, signature)
+        members_b, _, _, ids_b, raw_b = self._member_vectors(b, kind, signature)
         shared = sorted({ext for _, ext, _ in members_a} & {ext for _, ext, _ in members_b})
         pairs = []
         if len(ids_a) and len(ids_b):
@@ -409,11 +408,11 @@ class CohortService:
         return [(a, b, s) for (a, b), s in found.items()]
 
     # -- 2-D map -----------------------------------------------------------------------------
-    def umap(self, name: str, kind: str = "eagle", signature: str | None = None, seed: int = 0,
+    def umap(self, name: str, kind: str | None = None, signature: str | None = None, seed: int = 0,
              n_neighbors: int = UMAP_PARAMS["n_neighbors"], min_dist: float = UMAP_PARAMS["min_dist"]) -> dict:
         """2-D UMAP (cosine, n_neighbors 15, min_dist 0.1) of the members' vectors, cached under
         DATA/cache/umap/; PCA, with a note, when umap-learn is not installed."""
-        members, signature, ids, raw = self._member_vectors(name, kind, signature)
+        members, kind, signature, ids, raw = self._member_vectors(name, kind, signature)
         if len(ids) < 4:
             raise InputError(f"cohort {name!r} has {len(ids)} member(s) with a {kind!r} vector; a map needs at least 4")
         method = "umap" if _umap_available() else "pca"

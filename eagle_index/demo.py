@@ -77,5 +77,5 @@ def run_demo(settings: Settings, patients: int = 12, echo=print) -> dict:
         hits = service.search_patient("DEMO-001", k=5, kind="eagle")
         echo("look-alikes of DEMO-001 (tissue: dense):")
         for hit in hits:
-            echo(f"  {hit['rank']}. {hit['patient']}  cosine {hit['score']:.4f}  tissue={hit['labels'].get('TISSUE')}")
-    return {"ingest": report, "stats": stats, "hits": hits}
+            echo(f"  {hit.rank}. {hit.patient}  cosine {hit.score:.4f}  tissue={hit.labels.get('TISSUE')}")
+    return {"ingest": report, "stats": stats, "hits": [h.as_dict() for h in hits]}

@@ -77,7 +77,8 @@ def import_embeddings(
             vectors.append(vec)
             sources.append(emb.path)
     digest = _digest_of(sorted(file_sha256(p) for p in files) + [f"{k}|{s}" for k, s in sorted(groups)])
-    with catalog.transaction() as session:
+
+    def write(session) -> ImportReport:
         if catalog.already_imported(session, digest):
             report.already_imported = True
             return report
@@ -89,7 +90,9 @@ def import_embeddings(
             all_patients.update(patients)
         report.patients = len(all_patients)
         catalog.record_import(session, digest, files[0], "embeddings", sum(report.vectors.values()))
-    return report
+        return report
+
+    return catalog.write(write)
 
 
 # -- tile features --------------------------------------------------------------------------
@@ -166,10 +169,10 @@ def import_features(
         _add_chief_and_eagle(settings, chief, by_patient, kinds, extractor, report)
 
     digest = _digest_of(sorted(s.sha256 for s in slides) + [file_sha256(slide_table)] + [f"{k}|{sig}" for k, (sig, _) in sorted(kinds.items())])
-    with catalog.transaction() as session:
+    def write(session) -> bool:
         if catalog.already_imported(session, digest):
             report.already_imported = True
-            return report
+            return False
         patient_ids = [catalog.patient_id(session, p, create=True) for p in by_patient]
         for pid, group in zip(patient_ids, by_patient.values()):
             for s in group:
@@ -182,7 +185,10 @@ def import_features(
                 catalog.put_vectors(session, kind, signature, patient_ids, np.stack(vectors), source=str(slide_table))
                 report.vectors[kind] = len(vectors)
         catalog.record_import(session, digest, Path(slide_table), "features", len(slides))
-    report.patients, report.slides = len(by_patient), len(slides)
+        return True
+
+    if catalog.write(write):
+        report.patients, report.slides = len(by_patient), len(slides)
     return report
 
 
@@ -215,10 +221,11 @@ def import_labels(catalog: Catalog, path: Path, create_missing: bool = False, so
     table = read_clinical_table(path)
     report = ImportReport(source=str(path))
     digest = _digest_of([file_sha256(path), f"create={create_missing}"])
-    with catalog.transaction() as session:
+
+    def write(session) -> bool:
         if catalog.already_imported(session, digest):
             report.already_imported = True
-            return report
+            return False
         for patient, values in table.labels.items():
             try:
                 pid = catalog.patient_id(session, patient, create=create_missing)
@@ -230,6 +237,10 @@ def import_labels(catalog: Catalog, path: Path, create_missing: bool = False, so
                 catalog.put_label(session, pid, name, value, source or Path(path).name)
                 report.labels += 1
         catalog.record_import(session, digest, Path(path), "labels", report.labels)
+        return True
+
+    if not catalog.write(write):
+        return report
     if report.unknown_patients:
         report.notes.append(
             f"{len(report.unknown_patients)} patient(s) in {path} are not in the catalog and were not stored "

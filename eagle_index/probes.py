@@ -132,22 +132,13 @@ class ProbeService:
         return self.service.catalog
 
     # -- data ----------------------------------------------------------------------------
-    def _vector_set(self, kind: str, signature: str | None):
-        sets = self.catalog.vector_sets(kind)
-        if not sets:
-            kinds = sorted({s.kind for s in self.catalog.vector_sets()})
-            raise NotFoundError(f"no vectors of kind {kind!r} (kinds in the catalog: {', '.join(kinds) or 'none'})")
-        if signature is None:
-            return max(sets, key=lambda s: (s.count, s.signature))
-        for info in sets:
-            if info.signature == signature:
-                return info
-        raise NotFoundError(f"no vectors of kind {kind!r} with signature {signature!r} (signatures: {', '.join(s.signature for s in sets)})")
+    def _vector_set(self, kind: str | None, signature: str | None):
+        return self.catalog.resolve_vector_set(kind, signature)
 
     def _cohort_ids(self, cohort: str | None) -> np.ndarray | None:
         return None if cohort is None else np.asarray(self.repo.cohort_members(cohort), dtype=np.int64)
 
-    def dataset(self, label: str, kind: str = "eagle", signature: str | None = None, positive: str | None = None,
+    def dataset(self, label: str, kind: str | None = None, signature: str | None = None, positive: str | None = None,
                 vs_rest: bool = False, cohort: str | None = None, restrict_to=None) -> LabelledSet:
         """The labelled patients with a vector of (kind, signature), optionally within a cohort or id set."""
         values = self.repo.label_values(label)
@@ -189,21 +180,21 @@ class ProbeService:
         return LabelledSet(label, info.kind, info.signature, ids, [names[int(i)] for i in ids], vectors, y, classes, target, counts)
 
     # -- training ------------------------------------------------------------------------
-    def begin(self, label: str, kind: str = "eagle", model: str = "logreg", folds: int = 5, seed: int = 0,
+    def begin(self, label: str, kind: str | None = None, model: str = "logreg", folds: int = 5, seed: int = 0,
               name: str | None = None, signature: str | None = None, positive: str | None = None, vs_rest: bool = False,
               cohort: str | None = None, model_params: dict | None = None) -> TrainingJob:
         """Check the input, reserve the probe's name (status `training`); `.run()` trains it."""
         spec = model_spec(model, **(model_params or {}))
         data = self.dataset(label, kind, signature, positive, vs_rest, cohort)
-        cvlib.check_class_counts(data.y, data.classes, folds, f"label {label!r} ({kind} vectors)")
+        cvlib.check_class_counts(data.y, data.classes, folds, f"label {label!r} ({data.kind} vectors)")
         fold_of = cvlib.stratified_folds(data.y, folds, seed)
         params = {"model": spec.as_dict(), "folds": folds, "seed": seed, "positive": data.positive, "target": data.target,
                   "vs_rest": vs_rest, "cohort": cohort, "features": "L2-normalized" + (", standardized" if spec.standardize else ""),
                   "dim": int(data.vectors.shape[1])}
-        record = self.repo.create(name, default_probe_name(label, kind, model), label, data.kind, data.signature, model, params, data.classes)
+        record = self.repo.create(name, default_probe_name(label, data.kind, model), label, data.kind, data.signature, model, params, data.classes)
         return TrainingJob(self, record, data, spec, fold_of, params)
 
-    def train(self, label: str, kind: str = "eagle", model: str = "logreg", folds: int = 5, seed: int = 0,
+    def train(self, label: str, kind: str | None = None, model: str = "logreg", folds: int = 5, seed: int = 0,
               progress: Progress | None = None, **options) -> dict:
         """Cross-validate, fit on all patients, store; the summary of the stored probe.
 
@@ -336,7 +327,7 @@ class ProbeService:
         return self.repo.scores(self.repo.get(name, full=False).id, top)
 
     # -- few-shot and comparison -------------------------------------------------------------
-    def fewshot(self, label: str, kind: str = "eagle", ks=cvlib.FEW_SHOT_KS, draws: int = 10, seed: int = 0,
+    def fewshot(self, label: str, kind: str | None = None, ks=cvlib.FEW_SHOT_KS, draws: int = 10, seed: int = 0,
                 signature: str | None = None, positive: str | None = None, vs_rest: bool = False, cohort: str | None = None,
                 progress: Progress | None = None) -> dict:
         """Logistic regression trained on k patients per class (draws per k), evaluated on the rest."""
@@ -347,7 +338,7 @@ class ProbeService:
         return {"label": label, "kind": data.kind, "signature": data.signature, "model": "logreg", "classes": data.classes,
                 "positive": data.positive, "n": len(data.y), "draws": draws, "seed": seed, "counts": data.counts, "curve": curve}
 
-    def compare(self, labels: list[str], kind: str = "eagle", against: str = "chief", model: str = "logreg",
+    def compare(self, labels: list[str], kind: str | None = None, against: str = "chief", model: str = "logreg",
                 against_model: str | None = None, folds: int = 5, seed: int = 0, signature: str | None = None,
                 against_signature: str | None = None, positive: str | None = None, progress: Progress | None = None) -> dict:
         """Two probes per label (e.g. EAGLE vs CHIEF vectors) on the same patients and folds.

@@ -31,12 +31,13 @@ import re
 import tempfile
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from eagle_index.errors import EagleIndexError, InputError, NotFoundError
+from eagle_index.results import Hit, SearchResult, TilePair
 from eagle_index.store import cohorts_repo as repo
 from eagle_index.store.validation import as_vector_matrix, l2_normalized
 
@@ -212,7 +213,7 @@ def patient_tiles(artifact_paths: list[str | Path], top_k: int) -> PatientTiles 
     )
 
 
-def match_tiles(query: PatientTiles, hit: PatientTiles, pairs: int = 5) -> list[dict]:
+def match_tiles(query: PatientTiles, hit: PatientTiles, pairs: int = 5) -> list[TilePair]:
     """The most similar (query tile, hit tile) pairs by class-token cosine, chosen greedily one-to-one."""
     sims = query.tokens @ hit.tokens.T
     order = np.argsort(-sims, axis=None, kind="stable")
@@ -223,11 +224,11 @@ def match_tiles(query: PatientTiles, hit: PatientTiles, pairs: int = 5) -> list[
             continue
         used_q.add(qi)
         used_h.add(hi)
-        out.append({
-            "similarity": float(sims[qi, hi]),
-            "query_slide": query.slide[qi], "query_x_um": float(query.x_um[qi]), "query_y_um": float(query.y_um[qi]),
-            "hit_slide": hit.slide[hi], "hit_x_um": float(hit.x_um[hi]), "hit_y_um": float(hit.y_um[hi]),
-        })
+        out.append(TilePair(
+            similarity=float(sims[qi, hi]),
+            query_slide=query.slide[qi], query_x_um=float(query.x_um[qi]), query_y_um=float(query.y_um[qi]),
+            hit_slide=hit.slide[hi], hit_x_um=float(hit.x_um[hi]), hit_y_um=float(hit.y_um[hi]),
+        ))
         if len(out) >= pairs:
             break
     return out
@@ -360,18 +361,6 @@ def read_query_vector(path: Path) -> np.ndarray:
 
 
 # -- the service ----------------------------------------------------------------------------------
-@dataclass
-class SearchResult:
-    query: dict
-    hits: list[dict]
-    vote: dict | None = None
-    filters: dict | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
 class SearchService:
     """Search over the catalog's vector sets; front ends call it through `EagleService.searcher`."""
 
@@ -388,7 +377,7 @@ class SearchService:
         return self.service.catalog
 
     # -- entry points ------------------------------------------------------------------------------
-    def search_patient(self, external_id: str, k: int = 10, kind: str = "eagle", signature: str | None = None,
+    def search_patient(self, external_id: str, k: int = 10, kind: str | None = None, signature: str | None = None,
                        filters: SearchFilters | None = None, explain: bool = False, vote: str | None = None,
                        pairs: int = 5) -> SearchResult:
         """The k most similar other patients to a stored patient (it never returns itself)."""
@@ -396,28 +385,33 @@ class SearchService:
         if external_id not in ids:
             raise NotFoundError(f"unknown patient {external_id!r}")
         patient_id = ids[external_id]
-        signature = self.service._signature_for(patient_id, external_id, kind, signature)
+        info = self.catalog.resolve_vector_set(kind, signature, patients=(patient_id,), describe=f"patient {external_id!r}")
+        if not self.catalog.has_vector(info, patient_id):
+            raise NotFoundError(f"patient {external_id!r} has no {info.kind!r} vector of signature {info.signature!r}")
+        kind, signature = info.kind, info.signature
         _, query = self.catalog.load_vectors(kind, signature, [patient_id])
         query_tiles = self._stored_tiles(patient_id) if explain else None
         result = self._run(query[0], k, kind, signature, filters, patient_id, external_id,
                            {"patient": external_id, "kind": kind, "signature": signature})
-        return self._finish(result, query_tiles, explain, vote, pairs)
+        return self._finish(result, query_tiles, explain, vote, pairs, patient_id)
 
-    def search_vector(self, vector, k: int = 10, kind: str = "eagle", signature: str | None = None,
+    def search_vector(self, vector, k: int = 10, kind: str | None = None, signature: str | None = None,
                       filters: SearchFilters | None = None, vote: str | None = None) -> SearchResult:
         """The k most similar patients to a given vector (raw or normalized; cosine)."""
         vector = np.asarray(vector, dtype=np.float32).reshape(-1)
-        signature = signature or self._largest_set(kind, len(vector))
+        info = self.catalog.resolve_vector_set(kind, signature, dim=None if signature else len(vector))
+        kind, signature = info.kind, info.signature
         result = self._run(vector, k, kind, signature, filters, None, None, {"vector": True, "kind": kind, "signature": signature})
         return self._finish(result, None, False, vote, 0)
 
-    def search_slides(self, paths: list[Path], k: int = 10, kind: str = "eagle", patient: str | None = None,
+    def search_slides(self, paths: list[Path], k: int = 10, kind: str | None = None, patient: str | None = None,
                       filters: SearchFilters | None = None, explain: bool = False, vote: str | None = None,
                       pairs: int = 5, store: bool = False, mpp: float | None = None) -> SearchResult:
         """Embed slide files on the fly (stored only with store=True) and search with them as one patient.
 
         If the query patient (--patient, else the name rule) is in the catalog, it is not returned.
         """
+        kind = kind or self.catalog.default_kind()
         if store:
             report = self.service.ingest(list(paths), patient=patient, mpp=mpp)
             if report["failed"]:
@@ -458,12 +452,6 @@ class SearchService:
         return sorted(self.catalog.external_ids(owners).values())
 
     # -- core -----------------------------------------------------------------------------------
-    def _largest_set(self, kind: str, dim: int) -> str:
-        sets = [s for s in self.catalog.vector_sets(kind) if s.dim == dim]
-        if not sets:
-            raise NotFoundError(f"no stored {kind!r} vectors of dimension {dim}")
-        return max(sets, key=lambda s: s.count).signature
-
     def excluded_ids(self, filters: SearchFilters, query_id: int | None, query_name: str | None) -> set[int]:
         """Ids a query must not return: named patients, and patients sharing its site or label values."""
         excluded: set[int] = set()
@@ -548,22 +536,33 @@ class SearchService:
 
     def _run(self, query, k, kind, signature, filters, query_id: int | None, query_name, query_info) -> SearchResult:
         filters = filters or SearchFilters()
-        ids, scores = self.top_k(kind, signature, query, k, filters, query_id, query_name)
-        return SearchResult(query=query_info, hits=self.hits(ids, scores, kind, signature), filters=filters.as_dict())
+        with self.catalog.reading():  # no commit between finding ids and naming their patients
+            ids, scores = self.top_k(kind, signature, query, k, filters, query_id, query_name)
+            hits = self.hits(ids, scores, kind, signature)
+        return SearchResult(query=query_info, hits=tuple(hits), filters=filters.as_dict())
 
-    def _finish(self, result: SearchResult, query_tiles, explain, vote, pairs) -> SearchResult:
+    def _finish(self, result: SearchResult, query_tiles, explain, vote, pairs, query_id: int | None = None) -> SearchResult:
+        hits, notes, result_vote = result.hits, list(result.notes), None
         if explain:
             if query_tiles is None:
-                result.notes.append("no explanation: the query has no slide artifacts (imported vectors)")
+                notes.append("no explanation: the query has no slide artifacts (imported vectors)")
             else:
-                ids = self.catalog.patient_ids([h["patient"] for h in result.hits])
-                for hit in result.hits:
-                    tiles = self._stored_tiles(ids[hit["patient"]])
+                ids = self.catalog.patient_ids([h.patient for h in hits])
+                query_slides = repo.done_slide_ids(self.catalog, query_id) if query_id is not None else {}
+                explained = []
+                for hit in hits:
+                    tiles = self._stored_tiles(ids[hit.patient])
                     if tiles is not None:
-                        hit["explanation"] = match_tiles(query_tiles, tiles, pairs)
+                        hit_slides = repo.done_slide_ids(self.catalog, ids[hit.patient])
+                        pairs_found = tuple(replace(p, query_slide_id=query_slides.get(p.query_slide),
+                                                    hit_slide_id=hit_slides.get(p.hit_slide))
+                                            for p in match_tiles(query_tiles, tiles, pairs))
+                        hit = replace(hit, explanation=pairs_found)
+                    explained.append(hit)
+                hits = tuple(explained)
         if vote:
-            result.vote = {"label": vote, **knn_vote([h["labels"].get(vote) for h in result.hits], [h["score"] for h in result.hits])}
-        return result
+            result_vote = {"label": vote, **knn_vote([h.labels.get(vote) for h in hits], [h.score for h in hits])}
+        return replace(result, hits=hits, notes=tuple(notes), vote=result_vote)
 
     def _stored_tiles(self, patient_id: int) -> PatientTiles | None:
         """A stored patient's top tiles from its artifacts (LRU-cached by artifact set), or None."""
@@ -585,19 +584,38 @@ class SearchService:
                 self._tiles_cache.popitem(last=False)
         return tiles
 
-    def hits(self, hit_ids, scores, kind: str, signature: str) -> list[dict]:
+    def hits(self, hit_ids, scores, kind: str, signature: str) -> list[Hit]:
         """Hit records: patient, score, rank, kind, signature, slides, labels."""
         names = self.catalog.external_ids(hit_ids)
         slides = self.catalog.slides_of(hit_ids)
         labels = self.catalog.labels_of(hit_ids)
         return [
-            {"patient": names[int(pid)], "score": float(score), "rank": rank, "kind": kind, "signature": signature,
-             "slides": slides[int(pid)], "labels": labels[int(pid)]}
+            Hit(patient=names[int(pid)], score=float(score), rank=rank, kind=kind, signature=signature,
+                slides=tuple(slides[int(pid)]), labels=labels[int(pid)])
             for rank, (pid, score) in enumerate(zip(hit_ids, scores), start=1)
         ]
 
+    def allowed_ids(self, filters: SearchFilters) -> set[int] | None:
+        """Patients the label and cohort filters allow (None: no such filter)."""
+        return allowed_ids(self.catalog, filters)
+
+    def match_patients(self, patient: str, other: str, pairs: int = 5) -> tuple[TilePair, ...]:
+        """The most similar tile pairs between two stored patients' selected tiles (with slide ids)."""
+        ids = self.catalog.patient_ids([patient, other])
+        tiles, slide_ids = [], []
+        for name in (patient, other):
+            if name not in ids:
+                raise NotFoundError(f"unknown patient {name!r}")
+            selected = self._stored_tiles(ids[name])
+            if selected is None:
+                raise NotFoundError(f"patient {name!r} has no slide artifacts (imported vectors): no tiles to match")
+            tiles.append(selected)
+            slide_ids.append(repo.done_slide_ids(self.catalog, ids[name]))
+        return tuple(replace(p, query_slide_id=slide_ids[0].get(p.query_slide), hit_slide_id=slide_ids[1].get(p.hit_slide))
+                     for p in match_tiles(tiles[0], tiles[1], pairs))
+
     # -- evaluation -----------------------------------------------------------------------------
-    def evaluate_retrieval(self, label: str, ks=(1, 3, 5), kind: str = "eagle", signature: str | None = None,
+    def evaluate_retrieval(self, label: str, ks=(1, 3, 5), kind: str | None = None, signature: str | None = None,
                            cohort: str | None = None, exclude_same_site: bool = False, site_label: str = "site") -> dict:
         """Leave-one-patient-out retrieval over every patient with `label` (and a vector): each one
         queries all the others (optionally not those of its site); Acc@k, MV@k, mAP@k per class."""
@@ -607,11 +625,8 @@ class SearchService:
         values = repo.label_values(self.catalog, label)
         if not values:
             raise NotFoundError(f"no patient has label {label!r} (labels: {', '.join(repo.label_names(self.catalog)) or 'none'})")
-        if signature is None:
-            sets = self.catalog.vector_sets(kind)
-            if not sets:
-                raise NotFoundError(f"no vectors of kind {kind!r}")
-            signature = max(sets, key=lambda s: s.count).signature
+        info = self.catalog.resolve_vector_set(kind, signature)
+        kind, signature = info.kind, info.signature
         pool = set(values)
         if cohort:
             pool &= repo.cohort_member_ids(self.catalog, [cohort])

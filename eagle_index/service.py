@@ -14,7 +14,8 @@ from pathlib import Path
 
 from eagle_index import importing
 from eagle_index.config import Settings
-from eagle_index.errors import ModelError, NotFoundError
+from eagle_index.errors import ModelError
+from eagle_index.results import Hit, SearchResult
 from eagle_index.store.catalog import Catalog
 from eagle_index.store.vectors import VectorStore
 
@@ -80,6 +81,13 @@ class EagleService:
         return CohortService(self)
 
     @cached_property
+    def browse(self):
+        """Read-only listings for pages and the API (patients, slides, labels, files)."""
+        from eagle_index.store.listing import Listing
+
+        return Listing(self.catalog)
+
+    @cached_property
     def probes(self):
         from eagle_index.probes import ProbeService
 
@@ -107,36 +115,36 @@ class EagleService:
         return stats
 
     # -- search -------------------------------------------------------------------------
-    def _signature_for(self, patient_id: int, external_id: str, kind: str, signature: str | None) -> str:
-        sets = self.catalog.vector_sets(kind)
-        if signature is not None:
-            if not any(s.signature == signature for s in sets):
-                raise NotFoundError(f"no vectors of kind {kind!r} with signature {signature!r}")
-            return signature
-        having = [s for s in sets if self._has_vector(s, patient_id)]
-        if not having:
-            kinds = sorted({s.kind for s in self.catalog.vector_sets() if self._has_vector(s, patient_id)})
-            raise NotFoundError(
-                f"patient {external_id!r} has no {kind!r} vector (it has: {', '.join(kinds) or 'none'}; choose one with --kind)"
-            )
-        return max(having, key=lambda s: s.count).signature
-
-    def _has_vector(self, vector_set, patient_id: int) -> bool:
-        ids = self.catalog.vector_ids(vector_set.kind, vector_set.signature)  # sorted, cached
-        position = int(np.searchsorted(ids, patient_id))
-        return position < len(ids) and int(ids[position]) == patient_id
-
-    def search_patient(self, external_id: str, k: int = 10, kind: str = "eagle", signature: str | None = None,
-                       filters=None, explain: bool = False, pairs: int = 5) -> list[dict]:
-        """The k most similar other patients to a stored patient, by cosine similarity.
-
-        `filters` is an `eagle_index.search.SearchFilters`; the full search (vector and slide
-        queries, kNN vote, notes) is `self.searcher`.
-        """
+    def search_patient(self, external_id: str, k: int = 10, kind: str | None = None, signature: str | None = None,
+                       filters=None, explain: bool = False, pairs: int = 5) -> tuple[Hit, ...]:
+        """The k most similar other patients to a stored patient, by cosine similarity (the hits only)."""
         return self.searcher.search_patient(external_id, k, kind, signature, filters, explain=explain, pairs=pairs).hits
 
-    def _hits(self, hit_ids, scores, kind: str, signature: str) -> list[dict]:
-        return self.searcher.hits(hit_ids, scores, kind, signature)
+    def search(self, patient: str | None = None, vector=None, slides: list[Path] | None = None, k: int = 10,
+               kind: str | None = None, signature: str | None = None, filters=None, explain: bool = False,
+               vote: str | None = None, pairs: int = 5, store: bool = False, mpp: float | None = None) -> SearchResult:
+        """One search entry for every front end: by stored patient, by vector, or by slide files.
+
+        `filters` is an `eagle_index.search.SearchFilters` (None: no filter). Slides are embedded
+        on the fly (stored first with store=True); `patient` then names the slides' patient.
+        """
+        from eagle_index.errors import InputError
+
+        if sum(q is not None and q != [] for q in (vector, slides)) + (patient is not None and not slides) != 1:
+            raise InputError("give exactly one query: a patient, a vector or slide files")
+        if store and not slides:
+            raise InputError("storing only applies to slide queries")
+        if slides:
+            return self.searcher.search_slides(list(slides), k, kind, patient, filters, explain, vote, pairs, store, mpp)
+        if vector is not None:
+            return self.searcher.search_vector(vector, k, kind, signature, filters, vote)
+        return self.searcher.search_patient(patient, k, kind, signature, filters, explain, vote, pairs)
+
+    def slide_candidates(self, artifact_path: str | Path):
+        """A stored slide's top candidates (coords, attention, class tokens) from its artifact."""
+        from eagle_index.store.artifacts import read_slide_candidates
+
+        return read_slide_candidates(Path(artifact_path))
 
     # -- imports ------------------------------------------------------------------------
     def import_embeddings(self, paths: list[Path], kind: str | None = None, signature: str | None = None,
@@ -155,6 +163,18 @@ class EagleService:
 
     def import_labels(self, path: Path, create_missing: bool = False) -> importing.ImportReport:
         return importing.import_labels(self.catalog, path, create_missing)
+
+    def set_label(self, patient: str, name: str, value: str | None, source: str = "web") -> dict[str, str | None]:
+        """Add or replace one label of a stored patient (None clears its value); the patient's labels after."""
+        catalog = self.catalog
+
+        def write(session) -> int:
+            pid = catalog.patient_id(session, patient)
+            catalog.put_label(session, pid, name, value, source)
+            return pid
+
+        pid = catalog.write(write)
+        return catalog.labels_of([pid])[pid]
 
     def _try_load_chief(self):
         """CHIEF when its weights are available; imports still store mean-ctranspath without it."""
@@ -183,6 +203,29 @@ class EagleService:
         return report
 
     # -- maintenance ----------------------------------------------------------------------
+    def schema_revision(self) -> tuple[str | None, str]:
+        """(the catalog's Alembic revision or None when empty, the newest revision); opens no service catalog."""
+        from eagle_index.store import schema
+
+        engine = schema.make_engine(self.settings.catalog_url)
+        try:
+            return schema.current_revision(engine), schema.head_revision()
+        finally:
+            engine.dispose()
+
+    def upgrade_schema(self, revision: str = "head") -> tuple[str | None, str | None]:
+        """Migrate the catalog in place (creating it if missing): (revision before, revision after)."""
+        from eagle_index.store import schema
+
+        self.settings.catalog_path.parent.mkdir(parents=True, exist_ok=True)
+        engine = schema.make_engine(self.settings.catalog_url)
+        try:
+            before = schema.current_revision(engine)
+            schema.upgrade(engine, revision)
+            return before, schema.current_revision(engine)
+        finally:
+            engine.dispose()
+
     def reindex(self, force: bool = False) -> list[dict]:
         out = []
         for info in self.catalog.vector_sets():

@@ -13,7 +13,7 @@ from eagle_index.errors import InputError, NotFoundError
 
 
 def _patients(service, names, vectors=None, labels=None, slides=None, kind="eagle", signature="sig"):
-    with service.catalog.transaction() as session:
+    def _tx(session):
         ids = [service.catalog.patient_id(session, p, create=True) for p in names]
         if vectors is not None:
             service.catalog.put_vectors(session, kind, signature, ids, np.asarray(vectors, np.float32), source="test")
@@ -22,6 +22,9 @@ def _patients(service, names, vectors=None, labels=None, slides=None, kind="eagl
                 service.catalog.put_label(session, pid, label, value, "test")
             for n, slide in enumerate((slides or {}).get(name, [])):
                 service.catalog.add_slide(session, pid, slide, f"test:{name}:{n}", path=f"/archive/{slide}.svs", status="imported")
+        return ids
+
+    ids = service.catalog.write(_tx)
     return dict(zip(names, ids))
 
 
@@ -98,12 +101,14 @@ def test_probe_threshold(service, archive):
     with pytest.raises(NotFoundError, match="unknown probe 'msi'"):
         service.cohorts.create("msi-high", probe="msi", min_probability=0.8)
     ids = service.catalog.patient_ids(archive["names"])
-    with service.catalog.transaction() as session:
+    def _tx(session):
         probe = Probe(name="msi", label="msi", kind="eagle", signature="sig", model="logreg", status="done")
         session.add(probe)
         session.flush()
         for rank, name in enumerate(archive["names"], start=1):
             session.add(ProbeScore(probe_id=probe.id, patient_id=ids[name], probability=rank / 40, rank=rank))
+
+    service.catalog.write(_tx)
     made = service.cohorts.create("msi-high", probe="msi", min_probability=0.8, labels=["organ=lung"])
     shown = service.cohorts.show("msi-high")
     expected = {n: (i + 1) / 40 for i, n in enumerate(archive["names"]) if (i + 1) / 40 >= 0.8 and i % 2 == 0}
@@ -194,9 +199,11 @@ def test_leakage_finds_planted_duplicates_and_nothing_else(service, archive):
     _patients(service, list(planted), vectors, labels={n: {"split": "test"} for n in planted})
     # and an evaluation set that shares one training patient (P07) and holds one rescan
     ids = service.catalog.patient_ids(["P07", "P31", "P33", "RESCAN-A"])
-    with service.catalog.transaction() as session:
+    def _tx(session):
         for pid in ids.values():
             service.catalog.put_label(session, pid, "eval", "yes", "test")
+
+    service.catalog.write(_tx)
     service.cohorts.create("train", labels=["split=train"])
     service.cohorts.create("test", labels=["split=test"])
     service.cohorts.create("eval", labels=["eval=yes"])

@@ -27,8 +27,8 @@ def test_real_tcga_features_import_and_search_matches_numpy(service):
         scores = matrix @ matrix[names.index(query)]
         expected = [(names[i], scores[i]) for i in np.argsort(-scores) if names[i] != query][:4]
         hits = service.search_patient(query, k=4, kind="mean-ctranspath")
-        assert [h["patient"] for h in hits] == [e[0] for e in expected]
-        np.testing.assert_allclose([h["score"] for h in hits], [e[1] for e in expected], atol=1e-5)
+        assert [h.patient for h in hits] == [e[0] for e in expected]
+        np.testing.assert_allclose([h.score for h in hits], [e[1] for e in expected], atol=1e-5)
 
 
 @needs_shared(DEMO_FEATURES)
@@ -96,7 +96,7 @@ def test_eagle_output_file_import_and_search(service, tmp_path):
     report = service.import_embeddings([tmp_path / "cohort.h5"])
     assert report.vectors == {"eagle": 12}
     hits = service.search_patient(ids[0], k=3, kind="eagle")
-    assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"]
+    assert len(hits) == 3 and hits[0].score >= hits[-1].score
     again = service.import_embeddings([tmp_path / "cohort.h5"])
     assert again.already_imported and service.stats()["vectors"] == {"eagle": 12}
 
@@ -145,7 +145,7 @@ def test_stamp_v2_patient_embeddings_folder(service, tmp_path):
             handle.attrs.update({"encoder": "chief", "feat_type": "patient", "stamp_version": "2.5.0"})
     report = service.import_embeddings([tmp_path])
     assert report.vectors == {"chief": 3}
-    assert [h["patient"] for h in service.search_patient("P1", k=5, kind="chief")] != []
+    assert [h.patient for h in service.search_patient("P1", k=5, kind="chief")] != []
 
 
 def test_clinical_table_labels_and_unknown_patients_reported(service, tmp_path):

@@ -47,10 +47,12 @@ def test_upgrade_keeps_every_row_and_backfills_vector_sets(settings):
         np.testing.assert_array_equal(matrix[1], np.arange(1, 5, dtype=np.float32) * 2)
         assert service.catalog.labels_of([1]) == {1: {"MSI": "high"}}
         hits = service.search_patient("P1", k=5, kind="eagle")
-        assert [h["patient"] for h in hits] == ["P2"]
+        assert [h.patient for h in hits] == ["P2"]
         # new rows after the upgrade get fresh ids from the sequences
-        with service.catalog.transaction() as session:
+        def _tx(session):
             assert service.catalog.patient_id(session, "P3", create=True) == 3
+
+        service.catalog.write(_tx)
 
 
 def test_cli_db_upgrade_in_place(settings, capsys):

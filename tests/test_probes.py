@@ -19,17 +19,21 @@ def fill_catalog(service, n: int, vectors: dict[str, tuple[str, np.ndarray]], la
     """Patients P0000.., vectors {kind: (signature, matrix)}, labels {name: values (None = missing)} in bulk."""
     catalog = service.catalog
     names = [f"P{i:04d}" for i in range(n)]
-    with catalog.transaction() as session:
+    def _tx(session):
         session.execute(insert(Patient), [{"external_id": e} for e in names])
+
+    catalog.write(_tx)
     ids = catalog.patient_ids(names)
     pids = [ids[e] for e in names]
-    with catalog.transaction() as session:
+    def _tx(session):
         for kind, (signature, matrix) in vectors.items():
             rows = [i for i in range(n) if i not in (skip_vectors or {}).get(kind, ())]
             catalog.put_vectors(session, kind, signature, [pids[i] for i in rows], matrix[rows], "test")
         label_rows = [{"patient_id": pids[i], "name": name, "value": v, "source": "test"}
                       for name, values in labels.items() for i, v in enumerate(values) if v is not None]
         session.execute(insert(Label), label_rows)
+
+    catalog.write(_tx)
     return pids
 
 
@@ -141,9 +145,11 @@ def test_skipped_patients_are_counted(service):
 
 def test_refusals_are_clear(archive):
     ids = archive.catalog.patient_ids([f"P{i:04d}" for i in range(50)])
-    with archive.catalog.transaction() as session:
+    def _tx(session):
         session.execute(insert(Label), [{"patient_id": pid, "name": "RARE", "value": "yes" if e == "P0000" else "no", "source": "t"}
                                         for e, pid in ids.items()])
+
+    archive.catalog.write(_tx)
     with pytest.raises(InputError, match=r"label 'RARE' \(eagle vectors\): class 'yes' \(1\) has fewer patients than the 5 folds"):
         archive.probes.train("RARE")
     with pytest.raises(NotFoundError, match="no patient has a value of label 'NOPE'"):
@@ -175,8 +181,10 @@ def test_apply_ranks_stores_and_refuses_another_signature(archive):
     assert archive.probes.score_vectors(name, raw[:3], signature="sigA").shape == (3, 2)
     with pytest.raises(InputError, match="refused"):
         archive.probes.apply(name, signature="sigB")
-    with archive.catalog.transaction() as session:  # as if the probe came from vectors since replaced
+    def _tx(session):  # as if the probe came from vectors since replaced
         session.execute(update(Probe).where(Probe.name == name).values(signature="sigOld"))
+
+    archive.catalog.write(_tx)
     with pytest.raises(InputError, match="no longer holds"):
         archive.probes.apply(name)
 
@@ -191,10 +199,12 @@ def test_apply_to_a_cohort_and_leave_out_training_patients(service):
     hidden = {f"P{i:04d}" for i in range(80, 120) if y[i] == "MUT"}
     top = {c["patient"] for c in fresh["candidates"][: len(hidden)]}
     assert len(top & hidden) >= 0.8 * len(hidden)
-    with service.catalog.transaction() as session:
+    def _tx(session):
         session.execute(insert(Cohort), [{"name": "late", "definition": "{}", "member_count": 30}])
         cohort_id = session.query(Cohort.id).filter(Cohort.name == "late").scalar()
         session.execute(insert(CohortMember), [{"cohort_id": cohort_id, "patient_id": p} for p in pids[90:120]])
+
+    service.catalog.write(_tx)
     result = service.probes.apply(name, cohort="late", top=5)
     assert result["scored"] == 30 and result["cohort_without_vector"] == 0
     assert {c["patient"] for c in result["candidates"]} <= {f"P{i:04d}" for i in range(90, 120)}

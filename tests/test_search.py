@@ -30,7 +30,7 @@ def make_catalog(service, n=120, dim=24, seed=0, kind="eagle", signature="sig", 
     names = [f"TCGA-{SITES[i % len(SITES)]}-{i:04d}" for i in range(n)]
     organ = [ORGANS[int(rng.integers(0, 3))] for _ in range(n)]
     grade = [None if rng.random() < 0.2 else str(int(rng.integers(1, 4))) for _ in range(n)]
-    with service.catalog.transaction() as session:
+    def _tx(session):
         ids = [service.catalog.patient_id(session, p, create=True) for p in names]
         keep = [i for i in range(n) if names[i] not in without_vector]
         service.catalog.put_vectors(session, kind, signature, [ids[i] for i in keep], vectors[keep], source="test")
@@ -38,6 +38,9 @@ def make_catalog(service, n=120, dim=24, seed=0, kind="eagle", signature="sig", 
             service.catalog.put_label(session, pid, "organ", o, "test")
             if g is not None:
                 service.catalog.put_label(session, pid, "grade", g, "test")
+        return ids
+
+    ids = service.catalog.write(_tx)
     return {"names": names, "ids": ids, "vectors": vectors, "organ": organ, "grade": grade}
 
 
@@ -80,9 +83,9 @@ def test_filtered_search_equals_brute_force(service, case, exact_limit):
             allow = predicate(cat, q)
             want_names, want_scores = brute_force(cat, q, k, allow, filters.min_score)
             hits = service.search_patient(cat["names"][q], k=k, filters=filters)
-            assert [h["patient"] for h in hits] == want_names, (q, k)
-            np.testing.assert_allclose([h["score"] for h in hits], want_scores, rtol=1e-5, atol=1e-6)
-            assert cat["names"][q] not in [h["patient"] for h in hits]
+            assert [h.patient for h in hits] == want_names, (q, k)
+            np.testing.assert_allclose([h.score for h in hits], want_scores, rtol=1e-5, atol=1e-6)
+            assert cat["names"][q] not in [h.patient for h in hits]
             available = sum(1 for i in range(len(cat["names"])) if i != q and allow(i))
             if filters.min_score is None:
                 assert len(hits) == min(k, available)
@@ -102,14 +105,14 @@ def test_filtered_search_random_catalogs(service, seed):
         for limit in (20_000, 0):
             service.searcher.exact_limit = limit
             hits = service.search_patient(cat["names"][q], k=10, filters=SearchFilters.build(cohorts=["nonbreast"]))
-            assert [h["patient"] for h in hits] == want
+            assert [h.patient for h in hits] == want
 
 
 def test_vector_query_and_self_exclusion(service):
     cat = make_catalog(service, n=30)
     result = service.searcher.search_vector(cat["vectors"][3], k=3)
-    assert result.hits[0]["patient"] == cat["names"][3]  # a vector query may return the patient it came from
-    assert result.hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert result.hits[0].patient == cat["names"][3]  # a vector query may return the patient it came from
+    assert result.hits[0].score == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(NotFoundError, match="dimension 5"):
         service.searcher.search_vector(np.ones(5), k=3)
 
@@ -156,7 +159,7 @@ def test_knn_vote_majority_and_weighted():
 def test_search_vote_through_service(service):
     cat = make_catalog(service, n=40)
     result = service.searcher.search_patient(cat["names"][0], k=7, vote="organ")
-    labels = [h["labels"]["organ"] for h in result.hits]
+    labels = [h.labels["organ"] for h in result.hits]
     assert result.vote["label"] == "organ"
     assert result.vote["counts"] == {v: labels.count(v) for v in sorted(set(labels), key=lambda v: (-labels.count(v), v))}
     assert sum(result.vote["counts"].values()) == 7
@@ -198,7 +201,7 @@ def test_evaluate_retrieval_equals_per_patient_search(service):
     hit1 = []
     for q, name in enumerate(cat["names"]):
         hits = service.search_patient(name, k=1)
-        hit1.append(hits[0]["labels"]["organ"] == cat["organ"][q])
+        hit1.append(hits[0].labels["organ"] == cat["organ"][q])
     assert report["overall"]["Acc@1"] == pytest.approx(np.mean(hit1))
     site = service.searcher.evaluate_retrieval("organ", ks=[1], exclude_same_site=True)
     assert site["exclude_same_site"] is True and 0 <= site["overall"]["Acc@1"] <= 1
@@ -241,13 +244,13 @@ def test_approximate_index_that_runs_dry_falls_back_to_exact(service, monkeypatc
     cat = make_catalog(service, n=150)
     real = service.vectors.search
 
-    def approximate(kind, signature, queries, k, exclude=None):
-        ids, scores = real(kind, signature, queries, k, exclude)
+    def approximate(kind, signature, queries, k):
+        ids, scores = real(kind, signature, queries, k)
         return [i[:20] for i in ids], [s[:20] for s in scores]
 
     monkeypatch.setattr(service.vectors, "search", approximate)
     service.searcher.exact_limit = 0
     filters = SearchFilters.build(labels=["organ=breast", "grade=1"])
     want, _ = brute_force(cat, 5, 10, lambda i: cat["organ"][i] == "breast" and cat["grade"][i] == "1")
-    assert [h["patient"] for h in service.search_patient(cat["names"][5], k=10, filters=filters)] == want
+    assert [h.patient for h in service.search_patient(cat["names"][5], k=10, filters=filters)] == want
     assert len(want) == min(10, sum(1 for i in range(150) if i != 5 and cat["organ"][i] == "breast" and cat["grade"][i] == "1"))

@@ -28,11 +28,13 @@ def _artifact(path, name, tokens, x_um, scores):
 
 
 def _store(service, patient, vector, slides=()):
-    with service.catalog.transaction() as session:
+    def _tx(session):
         pid = service.catalog.patient_id(session, patient, create=True)
         service.catalog.put_vectors(session, "eagle", "sig", [pid], np.asarray(vector, np.float32)[None, :], source="test")
         for name, path in slides:
             service.catalog.add_slide(session, pid, name, f"test:{name}", status="done", artifact_path=str(path))
+
+    service.catalog.write(_tx)
 
 
 def test_match_tiles_greedy_one_to_one():
@@ -40,10 +42,10 @@ def test_match_tiles_greedy_one_to_one():
     q = PatientTiles(["a"] * 3, np.array([0.0, 1, 2]), np.zeros(3), np.zeros(3), eye)
     h = PatientTiles(["b"] * 3, np.array([10.0, 11, 12]), np.zeros(3), np.zeros(3), eye[[2, 0, 1]])
     pairs = match_tiles(q, h, pairs=5)
-    assert len(pairs) == 3 and all(p["similarity"] == pytest.approx(1.0) for p in pairs)
-    assert {(p["query_x_um"], p["hit_x_um"]) for p in pairs} == {(0.0, 11.0), (1.0, 12.0), (2.0, 10.0)}
+    assert len(pairs) == 3 and all(p.similarity == pytest.approx(1.0) for p in pairs)
+    assert {(p.query_x_um, p.hit_x_um) for p in pairs} == {(0.0, 11.0), (1.0, 12.0), (2.0, 10.0)}
     one = match_tiles(q, PatientTiles(["b"], np.array([5.0]), np.zeros(1), np.zeros(1), eye[:1]), pairs=5)
-    assert len(one) == 1 and one[0]["query_x_um"] == 0.0  # each hit tile used once
+    assert len(one) == 1 and one[0].query_x_um == 0.0  # each hit tile used once
 
 
 def test_explanations_from_artifacts(service, tmp_path):
@@ -58,9 +60,9 @@ def test_explanations_from_artifacts(service, tmp_path):
     _store(service, "H", tokens.mean(0) + 0.01, [("H-DX1", h1)])
     _store(service, "OTHER", tokens.mean(0) + 0.5 * rng.normal(size=16))
     hits = service.search_patient("Q", k=2, explain=True, pairs=3)
-    assert [h["patient"] for h in hits] == ["H", "OTHER"]
-    assert "explanation" not in hits[1]  # imported: no artifacts
-    pairs = hits[0]["explanation"]
+    assert [h.patient for h in hits] == ["H", "OTHER"]
+    assert hits[1].explanation is None  # imported: no artifacts
+    pairs = [p.as_dict() for p in hits[0].explanation]
     assert len(pairs) == 3 and [p["similarity"] for p in pairs] == sorted((p["similarity"] for p in pairs), reverse=True)
     query_pos = {("Q-DX1", 0.0): 0, ("Q-DX1", 448.0): 1, ("Q-DX1", 896.0): 2, ("Q-DX1", 1344.0): 3, ("Q-DX2", 0.0): 4, ("Q-DX2", 448.0): 5}
     for p in pairs:
@@ -94,16 +96,16 @@ def test_query_by_slide_is_not_stored_and_never_returns_itself(slide_archive):
         stored = service.search_patient("TCGA-AA-0001", k=5)
         # the same slide as a query: same vector, its own patient excluded
         again = service.searcher.search_slides([paths["TCGA-AA-0001-01Z-00-DX1"]], k=5, explain=True)
-        assert [h["patient"] for h in again.hits] == [h["patient"] for h in stored]
-        np.testing.assert_allclose([h["score"] for h in again.hits], [h["score"] for h in stored], rtol=1e-5)
-        assert "TCGA-AA-0001" not in [h["patient"] for h in again.hits]
+        assert [h.patient for h in again.hits] == [h.patient for h in stored]
+        np.testing.assert_allclose([h.score for h in again.hits], [h.score for h in stored], rtol=1e-5)
+        assert "TCGA-AA-0001" not in [h.patient for h in again.hits]
         assert again.query["stored"] is False and len(again.query["selection"]) > 0
-        assert again.hits[0]["explanation"] and {"query_slide", "hit_slide", "similarity"} <= set(again.hits[0]["explanation"][0])
+        assert again.hits[0].explanation and {"query_slide", "hit_slide", "similarity"} <= set(again.hits[0].explanation[0].as_dict())
         new = service.searcher.search_slides([paths["TCGA-CC-0003-01Z-00-DX1"]], k=5, vote="none")
-        assert {h["patient"] for h in new.hits} == {"TCGA-AA-0001", "TCGA-BB-0002"}
+        assert {h.patient for h in new.hits} == {"TCGA-AA-0001", "TCGA-BB-0002"}
         assert service.stats() == before  # nothing stored
         explained = service.search_patient("TCGA-BB-0002", k=1, explain=True, pairs=2)
-        assert len(explained[0]["explanation"]) == 2
+        assert len(explained[0].explanation) == 2
 
 
 def test_query_by_slide_cli_with_store(slide_archive, tmp_path):

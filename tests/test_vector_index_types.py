@@ -107,9 +107,12 @@ def test_auto_switches_to_ivf_above_the_threshold():
 
 def _store_vectors(service, vectors, kind="eagle", signature="sig"):
     names = [f"P{i:05d}" for i in range(len(vectors))]
-    with service.catalog.transaction() as session:
+    def _tx(session):
         ids = [service.catalog.patient_id(session, p, create=True) for p in names]
         service.catalog.put_vectors(session, kind, signature, ids, vectors, source="test")
+        return ids
+
+    ids = service.catalog.write(_tx)
     return names, np.asarray(ids, dtype=np.int64)
 
 

@@ -12,9 +12,12 @@ from eagle_index.errors import InputError
 def _put(service, n=20, dim=16, kind="eagle", signature="sig", seed=0, names=None):
     vectors = clustered_vectors(n, dim, seed)
     names = names or [f"P{i:03d}" for i in range(n)]
-    with service.catalog.transaction() as session:
+    def _tx(session):
         ids = [service.catalog.patient_id(session, p, create=True) for p in names]
         service.catalog.put_vectors(session, kind, signature, ids, vectors, source="test")
+        return ids
+
+    ids = service.catalog.write(_tx)
     return names, vectors
 
 
@@ -30,9 +33,9 @@ def test_search_matches_brute_force_and_never_returns_self(service):
     names, vectors = _put(service)
     hits = service.search_patient("P005", k=5, kind="eagle")
     order, scores = _brute_force(vectors, 5, 5)
-    assert [h["patient"] for h in hits] == [names[i] for i in order]
-    np.testing.assert_allclose([h["score"] for h in hits], scores, rtol=1e-5)
-    assert "P005" not in [h["patient"] for h in hits]
+    assert [h.patient for h in hits] == [names[i] for i in order]
+    np.testing.assert_allclose([h.score for h in hits], scores, rtol=1e-5)
+    assert "P005" not in [h.patient for h in hits]
 
 
 @pytest.mark.parametrize(
@@ -48,9 +51,11 @@ def test_bad_vectors_are_refused_and_nothing_is_stored(service, bad, message):
     _put(service)
     before = service.stats()
     with pytest.raises(InputError, match=message):
-        with service.catalog.transaction() as session:
+        def _tx(session):
             ids = [service.catalog.patient_id(session, p, create=True) for p in ("NEW1", "NEW2")]
             service.catalog.put_vectors(session, "eagle", "sig", ids, bad, source="bad.h5")
+
+        service.catalog.write(_tx)
     assert service.stats() == before
 
 
@@ -78,7 +83,7 @@ def test_index_from_an_older_generation_is_rebuilt(service):
     loaded = service.vectors.get("eagle", "sig")
     assert loaded.ntotal == 15
     assert json.loads(meta_path.read_text())["generation"] == 2
-    assert {h["patient"] for h in service.search_patient("Q0", k=14, kind="eagle")} >= set(names[1:])
+    assert {h.patient for h in service.search_patient("Q0", k=14, kind="eagle")} >= set(names[1:])
 
 
 def test_sidecar_that_lies_about_ids_is_caught(service):
@@ -129,7 +134,7 @@ def test_committed_writes_update_a_loaded_index_in_place(service):
     scores = normed @ normed[q]
     scores[q] = -np.inf
     expected = [service.catalog.external_ids([ids[i]])[int(ids[i])] for i in np.argsort(-scores)[:5]]
-    assert [h["patient"] for h in service.search_patient("N1", k=5, kind="eagle")] == expected
+    assert [h.patient for h in service.search_patient("N1", k=5, kind="eagle")] == expected
     _, meta_path = service.vectors.paths("eagle", "sig")
     assert json.loads(meta_path.read_text())["generation"] == after.info.generation == 2
     service.vectors._loaded.clear()

@@ -71,8 +71,9 @@ def test_search_matches_the_cli_json_exactly(tmp_path_factory):
         client = create_app(service=service).test_client()
         response = client.get("/api/v1/search?patient=CASE-001&k=5&kind=eagle")
         assert response.status_code == 200
-        assert response.get_json() == json.loads(cli.stdout)
-        assert [h["rank"] for h in response.get_json()] == [1, 2, 3, 4, 5]
+        # one shape, always: {"hits", "vote"}; each hit is exactly what the CLI prints
+        assert response.get_json() == {"hits": json.loads(cli.stdout), "vote": None}
+        assert [h["rank"] for h in response.get_json()["hits"]] == [1, 2, 3, 4, 5]
         error_of(client.get("/api/v1/search?patient=CASE-001&k=five"), 400, "k")
 
 
@@ -84,14 +85,15 @@ def test_search_get_errors_and_filters(client):
     error_of(client.get("/api/v1/search?patient=CASE-001&label=TISSUE"), 400, "label")
     error_of(client.get("/api/v1/search?patient=CASE-001&min_score=high"), 400, "min_score")
     error_of(client.get("/api/v1/search?patient=CASE-001&exclude_site=maybe"), 400, "exclude_site")
-    hits = client.get("/api/v1/search?patient=IMP-001&k=5&label=TISSUE=dense").get_json()
+    hits = client.get("/api/v1/search?patient=IMP-001&k=5&label=TISSUE=dense").get_json()["hits"]
     assert len(hits) == 5 and all(h["labels"]["TISSUE"] == "dense" for h in hits)
-    assert client.get("/api/v1/search?patient=IMP-001&k=1").get_json()[0]["patient"] == "IMP-002"
+    assert client.get("/api/v1/search?patient=IMP-001&k=1").get_json()["hits"][0]["patient"] == "IMP-002"
     voted = client.get("/api/v1/search?patient=IMP-001&k=5&vote=TISSUE&exclude_same=SITE").get_json()
     assert set(voted) == {"hits", "vote"} and voted["vote"]["label"] == "TISSUE"
     assert all(h["labels"]["SITE"] != "site-A" for h in voted["hits"])  # IMP-001 is site-A
     explained = client.get("/api/v1/search?patient=CASE-001&k=2&explain=1").get_json()
-    assert all("explanation" in h for h in explained)
+    assert set(explained) == {"hits", "vote"} and explained["vote"] is None
+    assert all("explanation" in h for h in explained["hits"])
 
 
 def test_search_post_by_patient_and_vector(client, env):
@@ -278,10 +280,13 @@ def test_a_moved_slide_file_gives_404_not_500(client, env, tmp_path):
     svc = env["service"]
     from eagle_index.store.models import Slide
 
-    with svc.catalog.transaction() as session:
+    def _tx(session):
         row = session.query(Slide).filter(Slide.name == "CASE-004-S1").one()
         original, row.path = row.path, str(tmp_path / "gone.tiff")
         slide_id = row.id
+        return original, slide_id
+
+    original, slide_id = svc.catalog.write(_tx)
     try:
         error_of(client.get(f"/api/v1/slides/{slide_id}/thumbnail.png?size=160"), 404)
         detail = client.get("/api/v1/patients/CASE-004").get_json()

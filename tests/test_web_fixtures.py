@@ -75,9 +75,11 @@ def build_archive(root: Path) -> Path:
         assert not report["failed"], report["failed"]
         eagle = next(s for s in service.catalog.vector_sets("eagle"))
         names, tissues, matrix = imported_vectors(eagle.dim)
-        with service.catalog.transaction() as session:
+        def _tx(session):
             ids = [service.catalog.patient_id(session, n, create=True) for n in names]
             service.catalog.put_vectors(session, "eagle", eagle.signature, ids, matrix, source="test-import")
+
+        service.catalog.write(_tx)
         service.vectors.sync_all()
         lines = ["PATIENT,TISSUE,SITE,MSI"]
         for i, (patient, tissue, _) in enumerate(SLIDED):
@@ -168,7 +170,7 @@ def test_archive_has_slides_imports_and_labels(tmp_path_factory):
         stats = service.stats()
         assert stats["patients"] == len(SLIDED) + IMPORTED and stats["slides"] == 5
         assert stats["vectors"]["eagle"] == len(SLIDED) + IMPORTED
-        assert service.search_patient("IMP-001", k=1)[0]["patient"] == "IMP-002"
+        assert service.search_patient("IMP-001", k=1)[0].patient == "IMP-002"
 
 
 if __name__ == "__main__":

@@ -73,9 +73,8 @@ def _save_png(image, path: Path) -> Path:
 def patient_tiles(service, patient_id: int, slides) -> list[SelectedTile]:
     """The patient's selected tiles (same selection and tie rule as its vector), best first."""
     from eagle_index.search import patient_tiles as select_tiles
-    from eagle_index.store import cohorts_repo
 
-    paths = cohorts_repo.artifact_paths(service.catalog, patient_id)
+    paths = service.browse.artifact_paths(patient_id)
     tiles = select_tiles(paths, service.settings.eagle.top_k) if paths else None
     if tiles is None:
         return []

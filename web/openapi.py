@@ -52,7 +52,7 @@ ROUTES = [
      ["slide_id:path:integer", "x_um:query:number:required", "y_um:query:number:required"], None, 200, "image/png"),
     ("get", "/labels", "labels", "Label names with their values and counts", [], None, 200, JSON),
     ("post", "/labels", "labels", "Import a clinical table (multipart: file, create_missing)", [], "labels-upload", 200, JSON),
-    ("get", "/search", "search", "Top-k look-alikes of a stored patient (same JSON as the CLI's --json)",
+    ("get", "/search", "search", "Top-k look-alikes of a stored patient: always {hits, vote}; each hit as the CLI's --json prints it",
      ["patient:query:string:required", "k:query:integer", "kind:query:string", "signature:query:string", *FILTER_PARAMS,
       "explain:query:boolean", "pairs:query:integer", "vote:query:string"], None, 200, JSON),
     ("post", "/search", "search", "Search by patient or vector with filters; full result (hits, vote, notes)", [], "search", 200, JSON),

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, ModelsOpt, JsonOpt, WeightsDirOpt, settings_from
+from eagle_index.cli.options import DataDirOpt, ModelsOpt, JsonOpt, WeightsDirOpt, settings_from, KindOpt
 
 
 
@@ -42,26 +42,19 @@ def register(app: typer.Typer) -> None:
     @db.command("upgrade")
     def db_upgrade(data_dir: DataDirOpt = None, revision: str = typer.Option("head", help="Target revision.")) -> None:
         """Migrate the catalog in place to the newest schema (creates it if missing)."""
-        from eagle_index.store import schema
+        from eagle_index.service import EagleService
 
         settings = settings_from(data_dir)
-        settings.catalog_path.parent.mkdir(parents=True, exist_ok=True)
-        engine = schema.make_engine(settings.catalog_url)
-        before = schema.current_revision(engine)
-        schema.upgrade(engine, revision)
-        after = schema.current_revision(engine)
-        engine.dispose()
+        before, after = EagleService(settings).upgrade_schema(revision)
         typer.echo(f"catalog {settings.catalog_path}: {before or 'empty'} -> {after}")
 
     @db.command("current")
     def db_current(data_dir: DataDirOpt = None) -> None:
         """Show the catalog's schema revision and the newest one."""
-        from eagle_index.store import schema
+        from eagle_index.service import EagleService
 
-        settings = settings_from(data_dir)
-        engine = schema.make_engine(settings.catalog_url)
-        typer.echo(f"current: {schema.current_revision(engine) or 'empty'}  head: {schema.head_revision()}")
-        engine.dispose()
+        current, head = EagleService(settings_from(data_dir)).schema_revision()
+        typer.echo(f"current: {current or 'empty'}  head: {head}")
 
     @app.command("import-embeddings")
     def import_embeddings(
@@ -107,7 +100,7 @@ def register(app: typer.Typer) -> None:
         slide: Annotated[Optional[list[Path]], typer.Option("--slide", help="Query by slide file(s), embedded on the fly (not stored unless --store). Repeatable.")] = None,
         vector: Annotated[Optional[Path], typer.Option("--vector", help="Query by a vector: .npy (D,) or an embedding .h5 holding one vector.")] = None,
         k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of neighbours.")] = 10,
-        kind: Annotated[str, typer.Option("--kind", help="Vector kind: eagle, chief, mean-ctranspath…")] = "eagle",
+        kind: KindOpt = None,
         signature: Annotated[Optional[str], typer.Option("--signature", help="Vector signature (default: the patient's largest set).")] = None,
         label: Annotated[Optional[list[str]], typer.Option("--label", help="Only hits with label NAME=VALUE (repeatable: OR within a name, AND across names; VALUE * = has the label).")] = None,
         cohort: Annotated[Optional[list[str]], typer.Option("--cohort", help="Only members of this saved cohort (repeatable).")] = None,
@@ -128,46 +121,36 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The k most similar other patients (cosine similarity), with filters, explanations and a label vote."""
         from eagle_index.errors import InputError
+        from eagle_index.search import SearchFilters, read_query_vector
 
         if sum(x is not None and x != [] for x in (slide, vector)) + (patient is not None and not slide) != 1:
             raise InputError("give exactly one query: --patient ID, --slide FILE (repeatable) or --vector FILE")
         if store and not slide:
             raise InputError("--store only applies to --slide queries")
-        advanced = bool(slide or vector is not None or label or cohort or min_score is not None or exclude_site
-                        or exclude_same or exclude_patient or explain or vote)
+        filters = SearchFilters.build(labels=label or (), cohorts=cohort or (), min_score=min_score,
+                                      exclude_patients=exclude_patient or (), exclude_same_site=exclude_site,
+                                      site_label=site_label, exclude_same=exclude_same or ())
+        query_vector = read_query_vector(vector) if vector is not None else None
         extra = {"models": models} if slide else {}
         with _service(data_dir, weights_dir if slide else None, create=False, **extra) as service:
-            if not advanced:  # the plain query also works through a running server's API
-                hits = service.search_patient(patient, k, kind, signature)
-                result = None
-            else:
-                from eagle_index.search import SearchFilters, read_query_vector
-
-                filters = SearchFilters.build(labels=label or (), cohorts=cohort or (), min_score=min_score,
-                                              exclude_patients=exclude_patient or (), exclude_same_site=exclude_site,
-                                              site_label=site_label, exclude_same=exclude_same or ())
-                searcher = service.searcher
-                if slide:
-                    result = searcher.search_slides(slide, k, kind, patient, filters, explain, vote, pairs, store, mpp)
-                elif vector is not None:
-                    result = searcher.search_vector(read_query_vector(vector), k, kind, signature, filters, vote)
-                else:
-                    result = searcher.search_patient(patient, k, kind, signature, filters, explain, vote, pairs)
-                hits = result.hits
+            result = service.search(patient=patient, vector=query_vector, slides=slide or None, k=k, kind=kind,
+                                    signature=signature, filters=filters, explain=explain, vote=vote, pairs=pairs,
+                                    store=store, mpp=mpp)
+        hits = [h.as_dict() for h in result.hits]
         if as_json:
             typer.echo(json.dumps({"hits": hits, "vote": result.vote} if vote else hits, indent=1))
             return
-        for note in result.notes if result else []:
+        for note in result.notes:
             typer.echo(f"note: {note}")
-        if not hits:
+        if not result.hits:
             typer.echo("no matching patients with this vector kind")
-        for hit in hits:
-            label_text = ", ".join(f"{n}={v}" for n, v in sorted(hit["labels"].items()))
-            typer.echo(f"{hit['rank']:>3}  {hit['score']:.4f}  {hit['patient']}  {label_text}")
-            for pair in hit.get("explanation", []):
-                typer.echo(f"       {pair['similarity']:.3f}  {pair['query_slide']} ({pair['query_x_um']:.0f}, {pair['query_y_um']:.0f}) µm"
-                           f"  <->  {pair['hit_slide']} ({pair['hit_x_um']:.0f}, {pair['hit_y_um']:.0f}) µm")
-        if vote and result is not None:
+        for hit in result.hits:
+            label_text = ", ".join(f"{n}={v}" for n, v in sorted(hit.labels.items()))
+            typer.echo(f"{hit.rank:>3}  {hit.score:.4f}  {hit.patient}  {label_text}")
+            for pair in hit.explanation or ():
+                typer.echo(f"       {pair.similarity:.3f}  {pair.query_slide} ({pair.query_x_um:.0f}, {pair.query_y_um:.0f}) µm"
+                           f"  <->  {pair.hit_slide} ({pair.hit_x_um:.0f}, {pair.hit_y_um:.0f}) µm")
+        if vote:
             v = result.vote
             counts = ", ".join(f"{value} {n}" for value, n in v["counts"].items()) or "none labelled"
             typer.echo(f"vote {vote}: majority {v['majority']}, score-weighted {v['weighted']} ({counts}; {v['unlabelled']} unlabelled)")

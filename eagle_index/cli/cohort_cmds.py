@@ -8,9 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, JsonOpt
+from eagle_index.cli.options import DataDirOpt, JsonOpt, KindOpt
 
-KindOpt = Annotated[str, typer.Option("--kind", help="Vector kind: eagle, chief, mean-ctranspath…")]
 SignatureOpt = Annotated[Optional[str], typer.Option("--signature", help="Vector signature (default: the cohort's, else the largest set).")]
 ThresholdOpt = Annotated[float, typer.Option("--threshold", min=-1.0, max=1.0, help="Cosine similarity at or above which two patients count as near-duplicates.")]
 
@@ -53,7 +52,7 @@ def register(app: typer.Typer) -> None:
         min_similarity: Annotated[Optional[float], typer.Option("--min-similarity", help="Cosine similarity to the nearest seed, at least.")] = None,
         probe: Annotated[Optional[str], typer.Option("--probe", help="Keep patients this probe scores highly.")] = None,
         min_probability: Annotated[Optional[float], typer.Option("--min-probability", help="Probe probability, at least (default 0.5).")] = None,
-        kind: KindOpt = "eagle",
+        kind: KindOpt = None,
         signature: SignatureOpt = None,
         replace: Annotated[bool, typer.Option("--replace", help="Overwrite a cohort of this name.")] = False,
         data_dir: DataDirOpt = None,
@@ -118,7 +117,7 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="Cohort name.")],
         fmt: Annotated[str, typer.Option("--format", help="stamp (PATIENT,FILENAME slide table), clinical (PATIENT + labels), eagle-h5 (EAGLE output layout), parquet.")],
         out: Annotated[Path, typer.Option("--out", help="File to write (replaced atomically).")],
-        kind: KindOpt = "eagle",
+        kind: KindOpt = None,
         signature: SignatureOpt = None,
         data_dir: DataDirOpt = None,
         as_json: JsonOpt = False,
@@ -137,7 +136,7 @@ def register(app: typer.Typer) -> None:
     def duplicates(
         threshold: ThresholdOpt = 0.95,
         within: Annotated[Optional[str], typer.Option("--cohort", help="Check only this cohort's members (default: the whole catalog).")] = None,
-        kind: KindOpt = "eagle",
+        kind: KindOpt = None,
         signature: SignatureOpt = None,
         data_dir: DataDirOpt = None,
         as_json: JsonOpt = False,
@@ -158,7 +157,7 @@ def register(app: typer.Typer) -> None:
         a: Annotated[str, typer.Argument(help="First cohort (e.g. training set).")],
         b: Annotated[str, typer.Argument(help="Second cohort (e.g. test set).")],
         threshold: ThresholdOpt = 0.95,
-        kind: KindOpt = "eagle",
+        kind: KindOpt = None,
         signature: SignatureOpt = None,
         fail_on_leak: Annotated[bool, typer.Option("--fail-on-leak", help="Exit with status 1 when anything leaks (for scripts and CI).")] = False,
         data_dir: DataDirOpt = None,
@@ -184,7 +183,7 @@ def register(app: typer.Typer) -> None:
     @cohort.command("umap")
     def umap_(
         name: Annotated[str, typer.Argument(help="Cohort name.")],
-        kind: KindOpt = "eagle",
+        kind: KindOpt = None,
         signature: SignatureOpt = None,
         seed: Annotated[int, typer.Option("--seed", help="Random seed of the layout.")] = 0,
         data_dir: DataDirOpt = None,

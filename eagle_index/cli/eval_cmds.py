@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, JsonOpt
+from eagle_index.cli.options import DataDirOpt, JsonOpt, KindOpt
 
 
 def _parse_ks(text: str) -> list[int]:
@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
     def retrieval(
         label: Annotated[str, typer.Option("--label", help="Label whose values are the classes.")],
         ks: Annotated[str, typer.Option("-k", "--k", help="Comma-separated k values.")] = "1,3,5",
-        kind: Annotated[str, typer.Option("--kind", help="Vector kind: eagle, chief, mean-ctranspath…")] = "eagle",
+        kind: KindOpt = None,
         signature: Annotated[Optional[str], typer.Option("--signature", help="Vector signature (default: the largest set).")] = None,
         cohort: Annotated[Optional[str], typer.Option("--cohort", help="Evaluate within this cohort only.")] = None,
         exclude_site: Annotated[bool, typer.Option("--exclude-site", help="Neighbours never come from the query's site (site bias check).")] = False,

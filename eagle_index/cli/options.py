@@ -21,6 +21,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 ModelsOpt = Annotated[
     str, typer.Option("--models", help="Model preset: real (official weights; alias default) or tiny (small random models, tests/demo).")
 ]
+KindOpt = Annotated[
+    Optional[str],
+    typer.Option("--kind", help="Vector kind: eagle, chief, mean-ctranspath… (default: eagle if stored, else the only kind; "
+                 "a cohort's own kind for its reports)."),
+]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, or auto (default; env EAGLE_INDEX_DEVICE).")]
 
 

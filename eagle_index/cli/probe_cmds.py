@@ -10,9 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, JsonOpt, settings_from
+from eagle_index.cli.options import DataDirOpt, JsonOpt, settings_from, KindOpt
 
-KindOpt = Annotated[str, typer.Option("--kind", help="Vector kind: eagle, chief, mean-ctranspath…")]
 SignatureOpt = Annotated[Optional[str], typer.Option("--signature", help="Vector signature (default: the kind's largest set).")]
 ModelOpt = Annotated[str, typer.Option("--model", help="logreg (logistic regression) or mlp (the paper's MLP).")]
 FoldsOpt = Annotated[int, typer.Option("--folds", min=2, help="Stratified cross-validation folds.")]
@@ -69,7 +68,7 @@ def register(app: typer.Typer) -> None:
     @probe.command("train")
     def train(
         label: Annotated[str, typer.Argument(help="Label name (imported with `labels import`).")],
-        kind: KindOpt = "eagle",
+        kind: KindOpt = None,
         model: ModelOpt = "logreg",
         folds: FoldsOpt = 5,
         seed: SeedOpt = 0,
@@ -96,7 +95,7 @@ def register(app: typer.Typer) -> None:
     @probe.command("fewshot")
     def fewshot(
         label: Annotated[str, typer.Argument(help="Label name.")],
-        kind: KindOpt = "eagle",
+        kind: KindOpt = None,
         ks: Annotated[str, typer.Option("--ks", help="Patients per class to train on, comma-separated.")] = "1,2,4,8,16,32",
         draws: Annotated[int, typer.Option("--draws", min=1, help="Random training sets per k.")] = 10,
         seed: SeedOpt = 0,
@@ -180,7 +179,7 @@ def register(app: typer.Typer) -> None:
     @probe.command("compare")
     def compare(
         labels: Annotated[list[str], typer.Argument(help="One or more label names.")],
-        kind: KindOpt = "eagle",
+        kind: KindOpt = None,
         against: Annotated[str, typer.Option("--against", help="The other vector kind.")] = "chief",
         model: ModelOpt = "logreg",
         against_model: Annotated[Optional[str], typer.Option("--against-model", help="Model of the other probe (default: --model).")] = None,

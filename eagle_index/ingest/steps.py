@@ -100,12 +100,10 @@ def ingest_files(service, paths, patient, slide_table, mpp, progress=None) -> di
             result, target = embed_to_artifact(service, job, fingerprint, progress)
         except EagleIndexError as exc:
             log.warning("slide failed: %s", exc)
-            with catalog.transaction() as session:
-                record_failed_slide(service, session, job, fingerprint, str(exc))
+            catalog.write(lambda session: record_failed_slide(service, session, job, fingerprint, str(exc)))
             report["failed"].append({"file": str(job.path), "error": str(exc)})
             continue
-        with catalog.transaction() as session:
-            store_slide(service, session, job, fingerprint, result, target)
+        catalog.write(lambda session: store_slide(service, session, job, fingerprint, result, target))
         touched.add(job.patient)
         report["ingested"].append({"file": str(job.path), "patient": job.patient, "slide": result.name, "tiles": result.n_tiles,
                                    "mpp": result.mpp, "mpp_source": result.mpp_source,

@@ -73,9 +73,11 @@ class Worker:
             result, target = embed_to_artifact(self.service, slide_job, job.fingerprint, progress)
             if self.stop.is_set():
                 raise Interrupted()
-            with self.service.catalog.transaction() as session:
+            def store(session) -> None:
                 slide_id = store_slide(self.service, session, slide_job, job.fingerprint, result, target)
                 JobQueue.mark_done(session, job.id, slide_id, time.perf_counter() - started)
+
+            self.service.catalog.write(store)
             self.service.vectors.sync_all()
         except Interrupted:
             self.queue.requeue(job.id, "interrupted by shutdown")
@@ -101,8 +103,7 @@ class Worker:
 
     def _record_failure(self, slide_job: SlideJob, job: ClaimedJob, message: str) -> None:
         try:
-            with self.service.catalog.transaction() as session:
-                record_failed_slide(self.service, session, slide_job, job.fingerprint, message)
+            self.service.catalog.write(lambda session: record_failed_slide(self.service, session, slide_job, job.fingerprint, message))
         except Exception:  # noqa: BLE001
             log.exception("could not record failed slide %s", slide_job.path)
         if self.quarantine is not None and slide_job.path.exists():

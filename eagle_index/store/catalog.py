@@ -1,26 +1,34 @@
 """The catalog: patients, slides, vectors, labels in one SQL database (DuckDB by default).
 
-Every write happens inside `Catalog.transaction()`: one import, one commit, or nothing.
-Callers get plain values back (ids, numpy arrays), not live ORM objects, so sessions never
-leak across threads or front ends.
+Reads run in `Catalog.transaction()` on the caller's thread. Every write is a function handed
+to `Catalog.write(fn)`: it runs on the one writer thread (see `store/writer.py`), in one
+transaction that commits together or not at all, under the exclusive side of `Catalog.lock`;
+a write attempted on any other thread raises. The catalog's own methods return plain values
+(ids, numpy arrays, dataclasses); the static helpers that take a session work on ORM rows
+inside a transaction and are for the store and service layers only.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import delete, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from eagle_index.errors import InputError, NotFoundError
 from eagle_index.store import schema
 from eagle_index.store.models import ImportRecord, Label, Patient, Slide, Vector, VectorSet, utcnow
 from eagle_index.store.validation import as_vector_matrix
+from eagle_index.store.writer import ReadWriteLock, SingleWriter
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,12 @@ class VectorChange:
     patient_ids: tuple[int, ...]
 
 
+class WriteOutsideWriter(RuntimeError):
+    """A catalog write was attempted on a thread other than the writer (a programming error)."""
+
+
 class Catalog:
-    """Access to one catalog database; the only module that writes SQL."""
+    """Access to one catalog database: reads on any thread, writes through `write()`."""
 
     def __init__(self, url: str, path: Path | None = None, create: bool = True):
         self.url = url
@@ -55,16 +67,54 @@ class Catalog:
         schema.ensure_current(self.engine, path, create=create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._commit_listeners: list = []
+        self.lock = ReadWriteLock()
+        self.writer = SingleWriter()
+        event.listen(self._sessions, "before_flush", self._check_flush)
+        event.listen(self._sessions, "do_orm_execute", self._check_execute)
         # Vector-set summaries and id lists, cached until a commit changes vectors. Only one
         # process writes a catalog (see owner.py), so our own commits are the only changes.
+        # `_epoch` moves on at every invalidation: a reader that computed a value before a
+        # commit cannot store it after the commit cleared the cache.
         self._cache: dict = {}
+        self._cache_lock = threading.Lock()
+        self._epoch = 0
 
     @classmethod
     def open(cls, catalog_path: Path, create: bool = True) -> "Catalog":
         return cls(f"duckdb:///{catalog_path.resolve()}", catalog_path, create=create)
 
     def close(self) -> None:
+        self.writer.close()
         self.engine.dispose()
+
+    # -- the one writer ---------------------------------------------------------------
+    def write(self, fn: Callable[[Session], T]) -> T:
+        """Run `fn(session)` on the writer thread in one transaction; its result, or its exception.
+
+        Derived indexes follow the commit before the exclusive lock is released, so readers
+        never see a catalog and an index that disagree.
+        """
+        if not self.writer.on_writer_thread() and self.lock.holds_read():
+            raise WriteOutsideWriter("a catalog write was requested while holding the read lock")
+
+        def run() -> T:
+            with self.lock.write():
+                with self.transaction() as session:
+                    return fn(session)
+
+        return self.writer.run(run)
+
+    def reading(self):
+        """The shared side of the lock: hold it across an index search and the reads that follow."""
+        return self.lock.read()
+
+    def _check_flush(self, session, _context, _instances) -> None:
+        if (session.new or session.dirty or session.deleted) and not self.writer.on_writer_thread():
+            raise WriteOutsideWriter("catalog rows changed outside Catalog.write()")
+
+    def _check_execute(self, state) -> None:
+        if (state.is_insert or state.is_update or state.is_delete) and not self.writer.on_writer_thread():
+            raise WriteOutsideWriter("catalog write statement outside Catalog.write()")
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -78,7 +128,9 @@ class Catalog:
                 yield session
             changes = session.info.pop("vector_changes", [])
         if changes:
-            self._cache.clear()
+            with self._cache_lock:
+                self._epoch += 1
+                self._cache.clear()
         for listener in self._commit_listeners if changes else ():
             listener(changes)
 
@@ -200,11 +252,34 @@ class Catalog:
         )
         return vector_set.generation
 
+    def _cached(self, key, compute):
+        with self._cache_lock:
+            if key in self._cache:
+                return self._cache[key]
+            epoch = self._epoch
+        value = compute()
+        with self._cache_lock:
+            if self._epoch == epoch:
+                self._cache[key] = value
+        return value
+
+    @staticmethod
+    def delete_vectors(session: Session, kind: str, signature: str, patient_ids: list[int]) -> int:
+        """Remove these patients' vectors from one set; bump its generation once (no-op if none)."""
+        vector_set = session.scalar(select(VectorSet).where(VectorSet.kind == kind, VectorSet.signature == signature))
+        if vector_set is None or not patient_ids:
+            return vector_set.generation if vector_set is not None else 0
+        ids = [int(i) for i in patient_ids]
+        session.execute(delete(Vector).where(Vector.kind == kind, Vector.signature == signature, Vector.patient_id.in_(ids)))
+        vector_set.generation += 1
+        vector_set.updated_at = utcnow()
+        session.flush()
+        session.info.setdefault("vector_changes", []).append(
+            VectorChange(kind, signature, vector_set.generation - 1, vector_set.generation, tuple(ids)))
+        return vector_set.generation
+
     def vector_sets(self, kind: str | None = None) -> list[VectorSetInfo]:
-        key = ("sets", kind)
-        if key not in self._cache:
-            self._cache[key] = self._vector_sets(kind)
-        return list(self._cache[key])
+        return list(self._cached(("sets", kind), lambda: tuple(self._vector_sets(kind))))
 
     def _vector_sets(self, kind: str | None) -> list[VectorSetInfo]:
         with self.transaction() as session:
@@ -217,6 +292,57 @@ class Catalog:
             if kind is not None:
                 query = query.where(VectorSet.kind == kind)
             return [VectorSetInfo(*row) for row in session.execute(query)]
+
+    # -- the one vector-set resolver ---------------------------------------------------------
+    DEFAULT_KIND = "eagle"
+
+    def default_kind(self) -> str:
+        """`eagle` when the catalog has it, else the only kind it has; several others → an error listing them."""
+        kinds = sorted({s.kind for s in self.vector_sets()})
+        if self.DEFAULT_KIND in kinds or not kinds:
+            return self.DEFAULT_KIND
+        if len(kinds) == 1:
+            return kinds[0]
+        raise InputError(f"the catalog holds several vector kinds ({', '.join(kinds)}) and no {self.DEFAULT_KIND!r}: choose one")
+
+    def has_vector(self, info: VectorSetInfo, patient_id: int) -> bool:
+        """Membership by id (a binary search in the cached sorted ids), without loading vectors."""
+        ids = self.vector_ids(info.kind, info.signature)
+        position = int(np.searchsorted(ids, int(patient_id)))
+        return position < len(ids) and int(ids[position]) == int(patient_id)
+
+    def resolve_vector_set(self, kind: str | None = None, signature: str | None = None, *,
+                           patients: tuple[int, ...] | list[int] = (), dim: int | None = None,
+                           describe: str | None = None) -> VectorSetInfo:
+        """Which vector set `(kind, signature)` means: the one rule every search, probe, cohort and page uses.
+
+        kind None → `default_kind()`. A named signature must exist. Otherwise, among the sets of
+        that kind (of dimension `dim`, holding every patient in `patients`), the largest wins;
+        ties go to the smallest signature, so the answer never depends on row order.
+        `describe` names the patients in messages (e.g. "patient 'P1'").
+        """
+        kind = kind or self.default_kind()
+        sets = self.vector_sets(kind)
+        if not sets:
+            kinds = sorted({s.kind for s in self.vector_sets()})
+            raise NotFoundError(f"no vectors of kind {kind!r} (kinds in the catalog: {', '.join(kinds) or 'none'})")
+        if signature is not None:
+            for info in sets:
+                if info.signature == signature:
+                    return info
+            raise NotFoundError(f"no vectors of kind {kind!r} with signature {signature!r} "
+                                f"(signatures: {', '.join(s.signature for s in sets)})")
+        if dim is not None:
+            sets = [s for s in sets if s.dim == dim]
+            if not sets:
+                raise NotFoundError(f"no stored {kind!r} vectors of dimension {dim}")
+        if patients:
+            sets = [s for s in sets if all(self.has_vector(s, p) for p in patients)]
+            if not sets:
+                who = describe or f"{len(patients)} patient(s)"
+                held = sorted({s.kind for s in self.vector_sets() if all(self.has_vector(s, p) for p in patients)})
+                raise NotFoundError(f"{who} has no {kind!r} vector (vector kinds it has: {', '.join(held) or 'none'})")
+        return min(sets, key=lambda s: (-s.count, s.signature))
 
     def vector_set(self, kind: str, signature: str) -> VectorSetInfo:
         for info in self.vector_sets(kind):
@@ -239,16 +365,16 @@ class Catalog:
 
     def vector_ids(self, kind: str, signature: str) -> np.ndarray:
         """Sorted patient ids of one vector set (read-only array, cached until vectors change)."""
-        key = ("ids", kind, signature)
-        if key not in self._cache:
+        def compute() -> np.ndarray:
             with self.transaction() as session:
                 rows = session.scalars(
                     select(Vector.patient_id).where(Vector.kind == kind, Vector.signature == signature).order_by(Vector.patient_id)
                 ).all()
             ids = np.asarray(rows, dtype=np.int64)
             ids.setflags(write=False)
-            self._cache[key] = ids
-        return self._cache[key]
+            return ids
+
+        return self._cached(("ids", kind, signature), compute)
 
     # -- labels -------------------------------------------------------------------
     @staticmethod

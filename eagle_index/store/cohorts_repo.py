@@ -99,6 +99,17 @@ def artifact_paths(catalog: Catalog, patient_id: int) -> list[str]:
 
 
 # -- probes ---------------------------------------------------------------------------------
+def done_slide_ids(catalog: Catalog, patient_id: int) -> dict[str, int]:
+    """{slide name: slide id} of a patient's embedded slides (first id per name)."""
+    with catalog.transaction() as session:
+        rows = session.execute(select(Slide.name, Slide.id).where(Slide.patient_id == int(patient_id), Slide.status == "done")
+                               .order_by(Slide.name, Slide.id)).all()
+    out: dict[str, int] = {}
+    for name, sid in rows:
+        out.setdefault(name, int(sid))
+    return out
+
+
 def probe_probabilities(catalog: Catalog, probe_name: str) -> dict[int, float]:
     """{patient id: probability} of a probe applied to the archive; NotFoundError if no such probe."""
     with catalog.transaction() as session:
@@ -145,7 +156,8 @@ def save_cohort(catalog: Catalog, name: str, definition: dict, members: list[tup
     create=False updates an existing one (NotFoundError if absent).
     """
     now = utcnow()
-    with catalog.transaction() as session:
+
+    def write(session: Session) -> CohortRow:
         cohort = session.scalar(select(Cohort).where(Cohort.name == name))
         if create and cohort is not None and not replace:
             raise InputError(f"cohort {name!r} already exists (use `cohort refresh` or --replace)")
@@ -166,12 +178,16 @@ def save_cohort(catalog: Catalog, name: str, definition: dict, members: list[tup
         session.flush()
         return _row(cohort)
 
+    return catalog.write(write)
+
 
 def delete_cohort(catalog: Catalog, name: str) -> None:
-    with catalog.transaction() as session:
+    def write(session: Session) -> None:
         cohort = _cohort(session, name)
         session.execute(delete(CohortMember).where(CohortMember.cohort_id == cohort.id))
         session.delete(cohort)
+
+    catalog.write(write)
 
 
 def cohort_members(catalog: Catalog, name: str) -> list[tuple[int, str, float | None]]:

@@ -45,7 +45,7 @@ class JobQueue:
         """('queued' | 'duplicate' | 'skipped', job id): one job per fingerprint, ever."""
         from eagle_index.store.models import Slide
 
-        with self.catalog.transaction() as session:
+        def write(session) -> tuple[str, int]:
             existing = session.scalar(select(Job).where(Job.fingerprint == fingerprint))
             if existing is not None:
                 return "duplicate", existing.id
@@ -58,11 +58,14 @@ class JobQueue:
             session.flush()
             return state, job.id
 
+        return self.catalog.write(write)
+
     # -- claim / finish -------------------------------------------------------------------
     def claim(self) -> ClaimedJob | None:
         """The oldest queued job that is due, now running under our lease."""
         now = utcnow()
-        with self.catalog.transaction() as session:
+
+        def write(session) -> ClaimedJob | None:
             job = session.scalar(
                 select(Job).where(Job.state == "queued", (Job.next_attempt_at.is_(None)) | (Job.next_attempt_at <= now)).order_by(Job.id).limit(1)
             )
@@ -73,13 +76,14 @@ class JobQueue:
             job.started_at = job.updated_at = now
             return ClaimedJob(job.id, job.fingerprint, job.path, job.patient, job.mpp, job.attempts)
 
+        return self.catalog.write(write)
+
     def heartbeat(self, job_id: int, progress: dict | None = None) -> None:
         now = utcnow()
         values = {"lease_until": now + self.lease, "updated_at": now}
         if progress is not None:
             values["progress"] = json.dumps(progress)
-        with self.catalog.transaction() as session:
-            session.execute(update(Job).where(Job.id == job_id).values(**values))
+        self.catalog.write(lambda session: session.execute(update(Job).where(Job.id == job_id).values(**values)))
 
     @staticmethod
     def mark_done(session, job_id: int, slide_id: int | None, duration_s: float) -> None:
@@ -92,7 +96,8 @@ class JobQueue:
     def fail(self, job_id: int, error: str, max_attempts: int, backoff_s: float) -> str:
         """Back to the queue with exponential backoff, or `failed` after max_attempts."""
         now = utcnow()
-        with self.catalog.transaction() as session:
+
+        def write(session) -> str:
             job = session.get(Job, job_id)
             job.last_error, job.updated_at, job.lease_until = error, now, None
             if job.attempts >= max_attempts:
@@ -102,28 +107,32 @@ class JobQueue:
                 job.next_attempt_at = now + timedelta(seconds=backoff_s * 2 ** (job.attempts - 1))
             return job.state
 
+        return self.catalog.write(write)
+
     def requeue(self, job_id: int, reason: str) -> None:
         """Give a job back untouched (shutdown): the attempt does not count."""
-        with self.catalog.transaction() as session:
+        def write(session) -> None:
             job = session.get(Job, job_id)
             if job is not None and job.state == "running":
                 job.state, job.attempts, job.lease_until, job.worker_id = "queued", max(0, job.attempts - 1), None, None
                 job.progress = json.dumps({"note": reason})
 
+        self.catalog.write(write)
+
     def retry(self, job_id: int) -> None:
         """A failed job back to the queue (the UI's re-queue button)."""
-        with self.catalog.transaction() as session:
+        def write(session) -> None:
             job = session.get(Job, job_id)
             if job is not None and job.state == "failed":
                 job.state, job.attempts, job.next_attempt_at = "queued", 0, None
 
+        self.catalog.write(write)
+
     def recover(self) -> int:
         """On start: every `running` job belongs to a dead owner; queue it again."""
-        with self.catalog.transaction() as session:
-            result = session.execute(
-                update(Job).where(Job.state == "running").values(state="queued", lease_until=None, worker_id=None, updated_at=utcnow())
-            )
-            return result.rowcount or 0
+        return self.catalog.write(lambda session: session.execute(
+            update(Job).where(Job.state == "running").values(state="queued", lease_until=None, worker_id=None, updated_at=utcnow())
+        ).rowcount or 0)
 
     # -- observability ---------------------------------------------------------------------
     def summary(self, failures: int = 20) -> dict:

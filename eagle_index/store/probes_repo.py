@@ -49,7 +49,8 @@ class ProbeRepo:
     def create(self, name: str | None, default_name: str, label: str, kind: str, signature: str, model: str,
                params: dict, classes: list[str]) -> ProbeRecord:
         """Insert a probe in state `training` under `name`, or a free `default_name[-N]`."""
-        with self.catalog.transaction() as session:
+
+        def write(session, name=name) -> ProbeRecord:
             if name is not None:
                 if not name.strip():
                     raise InputError("empty probe name")
@@ -67,23 +68,22 @@ class ProbeRepo:
             session.flush()
             return self._record(probe, full=False)
 
+        return self.catalog.write(write)
+
     def finish(self, probe_id: int, training_set: dict, metrics: dict, model_blob: bytes, params: dict | None = None) -> None:
         values = {"status": "done", "error": None, "training_set": json.dumps(training_set), "metrics": json.dumps(metrics),
                   "model_blob": model_blob}
         if params is not None:
             values["params"] = json.dumps(params)
-        with self.catalog.transaction() as session:
-            session.execute(update(Probe).where(Probe.id == probe_id).values(**values))
+        self.catalog.write(lambda session: session.execute(update(Probe).where(Probe.id == probe_id).values(**values)))
 
     def fail(self, probe_id: int, error: str) -> None:
-        with self.catalog.transaction() as session:
-            session.execute(update(Probe).where(Probe.id == probe_id).values(status="failed", error=error))
+        self.catalog.write(lambda session: session.execute(update(Probe).where(Probe.id == probe_id).values(status="failed", error=error)))
 
     def fail_unfinished(self, error: str) -> int:
         """Probes left `training` by a process that died: mark them failed (owner start-up)."""
-        with self.catalog.transaction() as session:
-            result = session.execute(update(Probe).where(Probe.status == "training").values(status="failed", error=error))
-            return result.rowcount or 0
+        return self.catalog.write(
+            lambda session: session.execute(update(Probe).where(Probe.status == "training").values(status="failed", error=error)).rowcount or 0)
 
     def get(self, name: str, full: bool = True) -> ProbeRecord:
         with self.catalog.transaction() as session:
@@ -103,9 +103,12 @@ class ProbeRepo:
 
     def delete(self, name: str) -> None:
         record = self.get(name, full=False)
-        with self.catalog.transaction() as session:
+
+        def write(session) -> None:
             session.execute(delete(ProbeScore).where(ProbeScore.probe_id == record.id))
             session.execute(delete(Probe).where(Probe.id == record.id))
+
+        self.catalog.write(write)
 
     @staticmethod
     def _record(probe: Probe, full: bool) -> ProbeRecord:
@@ -123,10 +126,12 @@ class ProbeRepo:
             {"probe_id": probe_id, "patient_id": int(pid), "probability": float(p), "predicted": pred, "rank": int(r), "created_at": now}
             for pid, p, pred, r in zip(patient_ids, probabilities, predicted, ranks)
         ]
-        with self.catalog.transaction() as session:
+        def write(session) -> None:
             session.execute(delete(ProbeScore).where(ProbeScore.probe_id == probe_id))
             if rows:
                 session.execute(insert(ProbeScore), rows)
+
+        self.catalog.write(write)
 
     def scores(self, probe_id: int, limit: int | None = None) -> list[dict]:
         query = (

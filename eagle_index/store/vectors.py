@@ -147,7 +147,12 @@ class LoadedIndex:
 
 
 class VectorStore:
-    """Opens, validates, rebuilds and queries the FAISS indexes under `DATA/index/`."""
+    """Opens, validates, rebuilds and queries the FAISS indexes under `DATA/index/`.
+
+    In-place updates (`remove_ids`/`add_with_ids`) happen only in `_follow_commit`, which the
+    catalog calls on its writer thread while it holds the exclusive lock; searches hold the
+    shared lock. A rebuild makes a new index object and swaps it in under `_lock`.
+    """
 
     def __init__(self, index_dir: Path, catalog: Catalog, settings: IndexSettings | None = None):
         self.index_dir = index_dir
@@ -268,12 +273,14 @@ class VectorStore:
                     self._dirty.setdefault(key, last_save)
 
     def _apply(self, loaded: LoadedIndex, change) -> bool:
+        """Remove the changed patients' ids, then add back the vectors they still have (deletions drop out)."""
         ids, raw = self.catalog.load_vectors(change.kind, change.signature, change.patient_ids)
-        if len(ids) != len(change.patient_ids) or (len(ids) and raw.shape[1] != loaded.info.dim):
+        if len(ids) and raw.shape[1] != loaded.info.dim:
             return False
         try:
-            loaded.index.remove_ids(np.asarray(ids, dtype=np.int64))
-            loaded.index.add_with_ids(l2_normalized(raw), ids)
+            loaded.index.remove_ids(np.asarray(change.patient_ids, dtype=np.int64))
+            if len(ids):
+                loaded.index.add_with_ids(l2_normalized(raw), ids)
         except RuntimeError as exc:  # e.g. HNSW cannot remove: rebuild instead
             log.info("index %s cannot be updated in place (%s): rebuilding", loaded.info.kind, str(exc).splitlines()[0])
             return False
@@ -293,20 +300,24 @@ class VectorStore:
         return [self.get(info.kind, info.signature) for info in self.catalog.vector_sets()]
 
     # -- query ----------------------------------------------------------------------
-    def search(self, kind: str, signature: str, queries: np.ndarray, k: int, exclude: set[int] | None = None):
-        """Top-k (ids, cosine scores) per query row, skipping ids in `exclude`."""
-        loaded = self.get(kind, signature)
-        queries = l2_normalized(as_vector_matrix(queries, loaded.info.dim, "query vector"))
-        exclude = exclude or set()
-        want = min(loaded.ntotal, k + len(exclude))
-        if want == 0:
-            return [np.zeros(0, np.int64)] * len(queries), [np.zeros(0, np.float32)] * len(queries)
-        scores, ids = loaded.index.search(queries, want)
+    def search(self, kind: str, signature: str, queries: np.ndarray, k: int):
+        """Top-k (ids, cosine scores) per query row, under the catalog's read lock.
+
+        Callers that turn the ids into patients hold `catalog.reading()` around both steps, so
+        no commit lands in between.
+        """
+        with self.catalog.reading():
+            loaded = self.get(kind, signature)
+            queries = l2_normalized(as_vector_matrix(queries, loaded.info.dim, "query vector"))
+            want = min(loaded.ntotal, k)
+            if want == 0:
+                return [np.zeros(0, np.int64)] * len(queries), [np.zeros(0, np.float32)] * len(queries)
+            scores, ids = loaded.index.search(queries, want)
         out_ids, out_scores = [], []
         for row_ids, row_scores in zip(ids, scores):
-            keep = [(i, s) for i, s in zip(row_ids, row_scores) if i >= 0 and int(i) not in exclude][:k]
-            out_ids.append(np.asarray([i for i, _ in keep], dtype=np.int64))
-            out_scores.append(np.asarray([s for _, s in keep], dtype=np.float32))
+            keep = row_ids >= 0
+            out_ids.append(row_ids[keep].astype(np.int64))
+            out_scores.append(row_scores[keep].astype(np.float32))
         return out_ids, out_scores
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, request
 
-from web import browse
 from web.api.params import choice, int_arg, json_body, label_args, page_args, service, str_field
 from web.errors import ApiError
 
@@ -19,13 +18,13 @@ LABEL_VALUE_MAX = 500
 
 
 def _allowed_ids(svc) -> set[int] | None:
-    from eagle_index.search import SearchFilters, allowed_ids
+    from eagle_index.search import SearchFilters
 
     labels = label_args("label")
     cohorts = [c for c in request.args.getlist("cohort") if c]
     if not labels and not cohorts:
         return None
-    return allowed_ids(svc.catalog, SearchFilters.build(labels=labels, cohorts=cohorts))
+    return svc.searcher.allowed_ids(SearchFilters.build(labels=labels, cohorts=cohorts))
 
 
 @bp.get("/patients")
@@ -35,7 +34,7 @@ def patients():
     limit, offset = page_args(50, 1000)
     q = request.args.get("q", "").strip()[:200] or None
     kind = request.args.get("kind") or None
-    return jsonify(browse.list_patients(svc.catalog, q, _allowed_ids(svc), kind, limit, offset))
+    return jsonify(svc.browse.list_patients(q, _allowed_ids(svc), kind, limit, offset))
 
 
 @bp.get("/patients/<patient>")
@@ -44,8 +43,8 @@ def patient(patient: str):
     from web.media import patient_tiles
 
     svc = service()
-    pid = browse.patient_row(svc.catalog, patient)
-    slides = browse.slides_of_patient(svc.catalog, pid)
+    pid = svc.browse.patient_id(patient)
+    slides = svc.browse.slides_of_patient(pid)
     tiles = patient_tiles(svc, pid, slides)
     counts: dict[int, int] = {}
     for tile in tiles:
@@ -53,15 +52,15 @@ def patient(patient: str):
             counts[tile.slide_id] = counts.get(tile.slide_id, 0) + 1
     slide_items = []
     for row in slides:
-        item = browse.slide_dict(row, patient)
+        item = svc.browse.slide_dict(row, patient)
         item["selected_tiles"] = counts.get(row.id, 0)
         slide_items.append(item)
     return jsonify({
         "patient": patient,
-        "labels": svc.catalog.labels_of([pid])[pid],
+        "labels": svc.browse.labels_of([pid])[pid],
         "slides": slide_items,
-        "vectors": browse.vectors_of(svc.catalog, pid),
-        "cohorts": browse.cohorts_of(svc.catalog, pid),
+        "vectors": svc.browse.vectors_of(pid),
+        "cohorts": svc.browse.cohorts_of(pid),
         "tiles": [t.as_dict() for t in tiles],
         "thumbnail_url": f"/api/v1/patients/{patient}/thumbnail.png" if any(s["has_file"] for s in slide_items) else None,
     })
@@ -70,26 +69,20 @@ def patient(patient: str):
 @bp.get("/patients/<patient>/labels")
 def patient_labels(patient: str):
     svc = service()
-    pid = browse.patient_row(svc.catalog, patient)
-    return jsonify({"patient": patient, "labels": svc.catalog.labels_of([pid])[pid]})
+    pid = svc.browse.patient_id(patient)
+    return jsonify({"patient": patient, "labels": svc.browse.labels_of([pid])[pid]})
 
 
 @bp.post("/patients/<patient>/labels")
 def add_label(patient: str):
     """Add or replace one label of a patient: {"name": ..., "value": ...} (value null clears it)."""
-    from eagle_index.store.catalog import Catalog
-
     body = json_body()
     name = str_field(body, "name", required=True, max_len=LABEL_NAME_MAX)
     value = body.get("value")
     if isinstance(value, bool) or not (value is None or isinstance(value, (str, int, float))):
         raise ApiError(400, "value must be a string, a number or null", field="value")
     value = None if value is None else str(value).strip()[:LABEL_VALUE_MAX] or None
-    svc = service()
-    with svc.catalog.transaction() as session:
-        pid = Catalog.patient_id(session, patient)
-        Catalog.put_label(session, pid, name, value, "web")
-    return jsonify({"patient": patient, "labels": svc.catalog.labels_of([pid])[pid]})
+    return jsonify({"patient": patient, "labels": service().set_label(patient, name, value, source="web")})
 
 
 @bp.get("/slides")
@@ -97,10 +90,10 @@ def slides():
     svc = service()
     limit, offset = page_args(50, 1000)
     patient = request.args.get("patient") or None
-    pid = browse.patient_row(svc.catalog, patient) if patient else None
-    status = choice(request.args.get("status"), "status", browse.SLIDE_STATES)
+    pid = svc.browse.patient_id(patient) if patient else None
+    status = choice(request.args.get("status"), "status", service().browse.SLIDE_STATES)
     q = request.args.get("q", "").strip()[:200] or None
-    return jsonify(browse.list_slides(svc.catalog, pid, status, q, limit, offset))
+    return jsonify(svc.browse.list_slides(pid, status, q, limit, offset))
 
 
 @bp.get("/slides/<int:slide_id>")
@@ -108,14 +101,13 @@ def slide(slide_id: int):
     """A slide and its tiles: every tissue tile's coordinates and attention, and its top candidates."""
     svc = service()
     all_tiles = int_arg("all_tiles", 0, 0, 1)
-    row, external = browse.slide_by_id(svc.catalog, slide_id)
-    out = browse.slide_dict(row, external)
+    row, external = svc.browse.slide(slide_id)
+    out = svc.browse.slide_dict(row, external)
     out["candidates"] = []
     if row.artifact_path and Path(row.artifact_path).is_file():
-        from eagle_index.store.artifacts import read_slide_candidates
         from web.media import artifact_tiles, tile_url
 
-        cand = read_slide_candidates(Path(row.artifact_path))
+        cand = svc.slide_candidates(row.artifact_path)
         coords, attention, out["tile_um"] = artifact_tiles(row.artifact_path)
         out["candidates"] = [
             {"rank": i + 1, "x_um": float(x), "y_um": float(y), "attention": float(a),
@@ -130,7 +122,7 @@ def slide(slide_id: int):
 @bp.get("/labels")
 def labels():
     """Every label name with its values and how many patients have each."""
-    return jsonify(browse.label_summary(service().catalog))
+    return jsonify(service().browse.label_summary())
 
 
 @bp.post("/labels")

@@ -65,7 +65,7 @@ def preview():
         return jsonify(svc.cohorts.preview(definition))
     resolved, members = svc.cohorts._materialise(definition)  # noqa: SLF001 - no public preview yet
     first = members[:20]
-    names = svc.catalog.external_ids([pid for pid, _ in first])
+    names = svc.browse.external_ids([pid for pid, _ in first])
     return jsonify({"count": len(members), "definition": resolved.as_dict(),
                     "members": [{"patient": names[pid], "score": score} for pid, score in first]})
 

@@ -33,7 +33,6 @@ def meta():
     """Vector sets, label names and values, cohorts, probe models and export formats (for forms)."""
     from eagle_index.cohorts import EXPORT_FORMATS
     from eagle_index.probing.models import MODELS
-    from web.browse import label_summary
 
     svc = service()
     stats = svc.stats()
@@ -41,7 +40,7 @@ def meta():
         "patients": stats["patients"],
         "vector_sets": stats["vector_sets"],
         "kinds": sorted({s["kind"] for s in stats["vector_sets"]}),
-        "labels": label_summary(svc.catalog),
+        "labels": svc.browse.label_summary(),
         "cohorts": [c["name"] for c in svc.cohorts.list()],
         "probes": [p["name"] for p in svc.probes.list()],
         "probe_models": list(MODELS),

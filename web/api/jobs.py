@@ -78,13 +78,8 @@ def enqueue():
 @bp.post("/jobs/<int:job_id>/retry")
 def retry(job_id: int):
     """A failed job back to the queue."""
-    from sqlalchemy import select
-
-    from eagle_index.store.models import Job
-
     svc = service()
-    with svc.catalog.transaction() as session:
-        state = session.scalar(select(Job.state).where(Job.id == job_id))
+    state = svc.browse.job_state(job_id)
     if state is None:
         raise ApiError(404, f"unknown job {job_id}")
     if state != "failed":

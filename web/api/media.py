@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, request, send_file
 
-from web import browse, media
+from web import media
 from web.api.params import choice, float_arg, service
 from web.errors import ApiError
 
@@ -33,10 +33,10 @@ def slide_thumbnail(slide_id: int):
     svc = service()
     size = _size()
     boxes = choice(request.args.get("boxes"), "boxes", ("selected", "none"), "selected")
-    row, _ = browse.slide_by_id(svc.catalog, slide_id)
+    row, _ = svc.browse.slide(slide_id)
     tiles = None
     if boxes == "selected":
-        tiles = media.patient_tiles(svc, row.patient_id, browse.slides_of_patient(svc.catalog, row.patient_id))
+        tiles = media.patient_tiles(svc, row.patient_id, svc.browse.slides_of_patient(row.patient_id))
     return _png(media.slide_thumbnail(svc, row, size, tiles))
 
 
@@ -49,8 +49,8 @@ def patient_thumbnail(patient: str):
 
     svc = service()
     size = _size()
-    pid = browse.patient_row(svc.catalog, patient)
-    slides = [s for s in browse.slides_of_patient(svc.catalog, pid) if s.path and Path(s.path).is_file()]
+    pid = svc.browse.patient_id(patient)
+    slides = [s for s in svc.browse.slides_of_patient(pid) if s.path and Path(s.path).is_file()]
     if not slides:
         raise NotFoundError(f"patient {patient!r} has no slide file on this server")
     tiles = media.patient_tiles(svc, pid, slides)
@@ -66,7 +66,7 @@ def slide_tile(slide_id: int):
     y_um = float_arg("y_um", None, 0.0, 1e7)
     if x_um is None or y_um is None:
         raise ApiError(400, "x_um and y_um are required", field="x_um" if x_um is None else "y_um")
-    row, _ = browse.slide_by_id(svc.catalog, slide_id)
+    row, _ = svc.browse.slide(slide_id)
     return _png(media.slide_tile(svc, row, x_um, y_um))
 
 

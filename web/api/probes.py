@@ -24,14 +24,9 @@ def _with_task(summary: dict) -> dict:
 
 
 def _thumbnails(svc, rows: list[dict]) -> list[dict]:
-    from eagle_index.store import cohorts_repo
-
-    ids = svc.catalog.patient_ids([r["patient"] for r in rows])
-    files = cohorts_repo.slide_files(svc.catalog, list(ids.values()))
+    with_files = svc.browse.with_slide_files([r["patient"] for r in rows])
     for row in rows:
-        pid = ids.get(row["patient"])
-        has_file = pid is not None and any(p and Path(p).is_file() for _, p in files.get(pid, []))
-        row["thumbnail_url"] = f"/api/v1/patients/{row['patient']}/thumbnail.png" if has_file else None
+        row["thumbnail_url"] = f"/api/v1/patients/{row['patient']}/thumbnail.png" if row["patient"] in with_files else None
     return rows
 
 
@@ -160,7 +155,7 @@ def _stored_candidates(svc, name: str) -> list[dict]:
     summary = svc.probes.get(name)
     rows = svc.probes.scores(name)
     training = set(svc.probes.training_set(name).get("patient_ids", []))
-    labels = svc.catalog.labels_of([r["patient_id"] for r in rows])
+    labels = svc.browse.labels_of([r["patient_id"] for r in rows])
     return [{"rank": r["rank"], "patient": r["patient"], "probability": r["probability"], "predicted": r["predicted"],
              "label_value": labels[r["patient_id"]].get(summary["label"]), "in_training": r["patient_id"] in training}
             for r in rows]

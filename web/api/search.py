@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 from flask import Blueprint, jsonify, request
 
-from web import browse
 from web.api.params import (bool_arg, bool_value, check_object, float_arg, int_arg, int_field, json_body, label_args, service,
                             str_field, tasks)
 from web.errors import ApiError
@@ -40,23 +39,21 @@ def _filters_from_args():
 
 @bp.get("/search")
 def search():
-    """Hits for a stored patient: the same JSON as `eagle-index search --patient ID --json`
-    (a list of hits; {hits, vote} with `vote`)."""
+    """Hits for a stored patient: always {"hits": [...], "vote": {...} | null}; each hit is the JSON
+    `eagle-index search --patient ID --json` prints."""
     patient = request.args.get("patient")
     if not patient:
         raise ApiError(400, "patient is required", field="patient")
     k = int_arg("k", 10, 1, MAX_K)
-    kind = request.args.get("kind") or "eagle"
+    kind = request.args.get("kind") or None
     signature = request.args.get("signature") or None
     filters = _filters_from_args()
     explain = bool_arg("explain")
     pairs = int_arg("pairs", 5, 1, 25)
     vote = request.args.get("vote") or None
-    svc = service()
-    if filters is None and not explain and not vote:
-        return jsonify(svc.search_patient(patient, k=k, kind=kind, signature=signature))
-    result = svc.searcher.search_patient(patient, k, kind, signature, filters, explain=explain, vote=vote, pairs=pairs)
-    return jsonify({"hits": result.hits, "vote": result.vote} if vote else result.hits)
+    result = service().search(patient=patient, k=k, kind=kind, signature=signature, filters=filters, explain=explain,
+                              vote=vote, pairs=pairs)
+    return jsonify({"hits": [h.as_dict() for h in result.hits], "vote": result.vote})
 
 
 def _filters_from_body(body: dict):
@@ -76,18 +73,15 @@ def _filters_from_body(body: dict):
         raise ApiError(400, f"filters: {exc}", field="filters") from None
 
 
-def decorate(svc, result: dict) -> dict:
-    """Add what pages need to render hits: each hit patient's thumbnail URL (None without a slide file)."""
-    from eagle_index.store import cohorts_repo
-
-    names = [h["patient"] for h in result["hits"]]
-    ids = svc.catalog.patient_ids(names)
-    files = cohorts_repo.slide_files(svc.catalog, list(ids.values()))
-    for hit in result["hits"]:
-        pid = ids.get(hit["patient"])
-        has_file = pid is not None and any(p and Path(p).is_file() for _, p in files.get(pid, []))
-        hit["thumbnail_url"] = f"/api/v1/patients/{hit['patient']}/thumbnail.png" if has_file else None
-    return result
+def render(svc, result, upload_id: str | None = None) -> dict:
+    """The page/API JSON of a search result: its dict, plus image URLs (thumbnails, matching tiles)."""
+    out = result.as_dict()
+    with_files = svc.browse.with_slide_files([h.patient for h in result.hits])
+    for hit in out["hits"]:
+        hit["thumbnail_url"] = f"/api/v1/patients/{hit['patient']}/thumbnail.png" if hit["patient"] in with_files else None
+        for pair in hit.get("explanation") or ():
+            _pair_urls(pair, upload_id)
+    return out
 
 
 @bp.post("/search")
@@ -99,7 +93,7 @@ def search_full():
     if (patient is None) == (vector is None):
         raise ApiError(400, "give exactly one query: patient or vector", field="patient")
     k = int_field(body, "k", 10, 1, MAX_K)
-    kind = str_field(body, "kind", default="eagle")
+    kind = str_field(body, "kind")
     signature = str_field(body, "signature")
     explain = bool_value(body.get("explain"), "explain")
     pairs = int_field(body, "pairs", 5, 1, 25)
@@ -107,11 +101,8 @@ def search_full():
     filters = _filters_from_body(body)
     svc = service()
     if patient is not None:
-        result = svc.searcher.search_patient(patient, k, kind, signature, filters, explain=explain, vote=vote, pairs=pairs)
-        out = decorate(svc, result.as_dict())
-        if explain:
-            _tile_urls(svc, out["hits"], query=patient)
-        return jsonify(out)
+        result = svc.search(patient=patient, k=k, kind=kind, signature=signature, filters=filters, explain=explain,
+                            vote=vote, pairs=pairs)
     else:
         if not isinstance(vector, list) or not vector or len(vector) > 65536 or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in vector):
@@ -119,8 +110,8 @@ def search_full():
         array = np.asarray(vector, dtype=np.float32)
         if not np.all(np.isfinite(array)) or not np.any(array):
             raise ApiError(400, "vector must be finite and not all zeros", field="vector")
-        result = svc.searcher.search_vector(array, k, kind, signature, filters, vote=vote)
-    return jsonify(decorate(svc, result.as_dict()))
+        result = svc.search(vector=array, k=k, kind=kind, signature=signature, filters=filters, vote=vote)
+    return jsonify(render(svc, result))
 
 
 def _store_upload(svc, upload) -> tuple[str, Path]:
@@ -147,7 +138,7 @@ def search_upload():
         raise ApiError(400, "a slide file is required", field="file")
     form = request.form
     k = int_field(form, "k", 10, 1, MAX_K)
-    kind = form.get("kind") or "eagle"
+    kind = form.get("kind") or None
     patient = (form.get("patient") or "").strip()[:200] or None
     vote = (form.get("vote") or "").strip() or None
     explain = bool_value(form.get("explain"), "explain", True)
@@ -162,13 +153,12 @@ def search_upload():
 
     def work(progress):
         progress(0, 2, "embedding the uploaded slide")
-        result = svc.searcher.search_slides([path], k, kind, patient or f"upload-{upload_id[:8]}", filters,
-                                            explain=explain, vote=vote, pairs=pairs)
+        result = svc.search(slides=[path], k=k, kind=kind, patient=patient or f"upload-{upload_id[:8]}", filters=filters,
+                            explain=explain, vote=vote, pairs=pairs)
         progress(1, 2, "searching")
-        out = decorate(svc, result.as_dict())
+        out = render(svc, result, upload_id)
         out["query"]["slides"] = [original]
         out["upload"] = {"id": upload_id, "name": original, "thumbnail_url": f"/api/v1/uploads/{upload_id}/thumbnail.png"}
-        _tile_urls(svc, out["hits"], upload_id)
         progress(2, 2, "done")
         return out
 
@@ -176,49 +166,22 @@ def search_upload():
     return jsonify({"task": task.id, "upload": upload_id, "status_url": f"/api/v1/tasks/{task.id}"}), 202
 
 
-def _slide_ids(svc, external_id: str) -> dict[str, int]:
-    pid = browse.patient_row(svc.catalog, external_id)
-    out: dict[str, int] = {}
-    for row in browse.slides_of_patient(svc.catalog, pid):
-        if row.status == "done":
-            out.setdefault(row.name, row.id)
-    return out
-
-
-def _tile_urls(svc, hits: list[dict], upload_id: str | None = None, query: str | None = None) -> None:
+def _pair_urls(pair: dict, upload_id: str | None = None) -> dict:
+    """Tile image URLs of a matching pair (a query tile of an uploaded slide comes from the upload)."""
     from web.media import tile_url
 
-    query_slides = _slide_ids(svc, query) if query else {}
-    for hit in hits:
-        if not hit.get("explanation"):
-            continue
-        hit_slides = _slide_ids(svc, hit["patient"])
-        for pair in hit["explanation"]:
-            sid = hit_slides.get(pair["hit_slide"])
-            pair["hit_tile_url"] = tile_url(sid, pair["hit_x_um"], pair["hit_y_um"]) if sid else None
-            if upload_id:
-                pair["query_tile_url"] = f"/api/v1/uploads/{upload_id}/tile.png?x_um={pair['query_x_um']:.3f}&y_um={pair['query_y_um']:.3f}"
-            else:
-                qid = query_slides.get(pair["query_slide"])
-                pair["query_tile_url"] = tile_url(qid, pair["query_x_um"], pair["query_y_um"]) if qid else None
+    sid = pair.get("hit_slide_id")
+    pair["hit_tile_url"] = tile_url(sid, pair["hit_x_um"], pair["hit_y_um"]) if sid else None
+    if upload_id:
+        pair["query_tile_url"] = f"/api/v1/uploads/{upload_id}/tile.png?x_um={pair['query_x_um']:.3f}&y_um={pair['query_y_um']:.3f}"
+    else:
+        qid = pair.get("query_slide_id")
+        pair["query_tile_url"] = tile_url(qid, pair["query_x_um"], pair["query_y_um"]) if qid else None
+    return pair
 
 
 @bp.get("/patients/<patient>/matches/<other>")
 def matches(patient: str, other: str):
     """The most similar tile pairs between two patients' selected tiles (greedy one-to-one by cosine)."""
-    from eagle_index.search import match_tiles, patient_tiles
-    from eagle_index.store import cohorts_repo
-
-    svc = service()
-    pairs = int_arg("pairs", 5, 1, 25)
-    top_k = svc.settings.eagle.top_k
-    tiles = []
-    for name in (patient, other):
-        pid = browse.patient_row(svc.catalog, name)
-        selected = patient_tiles(cohorts_repo.artifact_paths(svc.catalog, pid), top_k)
-        if selected is None:
-            raise ApiError(404, f"patient {name!r} has no slide artifacts (imported vectors): no tiles to match")
-        tiles.append(selected)
-    hit = {"patient": other, "explanation": match_tiles(tiles[0], tiles[1], pairs)}
-    _tile_urls(svc, [hit], query=patient)
-    return jsonify({"patient": patient, "other": other, "pairs": hit["explanation"]})
+    pairs = service().searcher.match_patients(patient, other, int_arg("pairs", 5, 1, 25))
+    return jsonify({"patient": patient, "other": other, "pairs": [_pair_urls(p.as_dict()) for p in pairs]})

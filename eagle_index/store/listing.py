@@ -1,17 +1,47 @@
-"""Read-only listing queries the web pages need: patients and slides with filters and paging.
+"""Read-only listings for the pages and the API: patients, slides, labels, files, with filters and paging.
 
-They use the catalog's session and ORM models (no writes) and return plain dicts. Candidates
-to move into `eagle_index/store/` once another front end needs them.
+Reached as `service.browse` (a `Listing`): front ends never see a session or an ORM row, only
+plain dicts and frozen `SlideRecord`s.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path
+
 from sqlalchemy import func, select
 
 from eagle_index.errors import NotFoundError
-from eagle_index.store.models import Cohort, CohortMember, Label, Patient, Slide, Vector
+from eagle_index.store import cohorts_repo
+from eagle_index.store.models import Cohort, CohortMember, Job, Label, Patient, Slide, Vector
 
 SLIDE_STATES = ("registered", "done", "failed")
+
+
+@dataclass(frozen=True)
+class SlideRecord:
+    """A slide row as plain values (what the pages, thumbnails and tile images need)."""
+
+    id: int
+    patient_id: int
+    name: str
+    path: str | None
+    format: str | None
+    size_bytes: int | None
+    width_px: int | None
+    height_px: int | None
+    mpp: float | None
+    mpp_source: str | None
+    n_tiles: int | None
+    status: str
+    error: str | None
+    artifact_path: str | None
+    created_at: datetime | None
+
+    @classmethod
+    def of(cls, row: Slide) -> "SlideRecord":
+        return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
 
 
 def _like(text: str) -> str:
@@ -57,9 +87,7 @@ def patient_row(catalog, external_id: str) -> int:
     return ids[external_id]
 
 
-def slide_dict(row: Slide, external_id: str | None = None) -> dict:
-    from pathlib import Path
-
+def slide_dict(row: SlideRecord, external_id: str | None = None) -> dict:
     has_file = bool(row.path) and Path(row.path).is_file()
     out = {
         "id": row.id, "name": row.name, "patient": external_id, "status": row.status, "error": row.error,
@@ -74,18 +102,18 @@ def slide_dict(row: Slide, external_id: str | None = None) -> dict:
     return out
 
 
-def slides_of_patient(catalog, patient_id: int) -> list[Slide]:
+def slides_of_patient(catalog, patient_id: int) -> list[SlideRecord]:
     with catalog.transaction() as session:
-        return list(session.scalars(select(Slide).where(Slide.patient_id == patient_id).order_by(Slide.name, Slide.id)))
+        return [SlideRecord.of(r) for r in session.scalars(select(Slide).where(Slide.patient_id == patient_id).order_by(Slide.name, Slide.id))]
 
 
-def slide_by_id(catalog, slide_id: int) -> tuple[Slide, str]:
+def slide_by_id(catalog, slide_id: int) -> tuple[SlideRecord, str]:
     with catalog.transaction() as session:
         row = session.get(Slide, int(slide_id))
         if row is None:
             raise NotFoundError(f"unknown slide id {slide_id}")
         external = session.scalar(select(Patient.external_id).where(Patient.id == row.patient_id))
-        return row, external
+        return SlideRecord.of(row), external
 
 
 def list_slides(catalog, patient_id: int | None = None, status: str | None = None, q: str | None = None,
@@ -100,7 +128,7 @@ def list_slides(catalog, patient_id: int | None = None, status: str | None = Non
     with catalog.transaction() as session:
         total = session.scalar(select(func.count()).select_from(query.with_only_columns(Slide.id).subquery()))
         rows = session.execute(query.order_by(Slide.name, Slide.id).limit(limit).offset(offset)).all()
-        items = [slide_dict(slide, ext) for slide, ext in rows]
+        items = [slide_dict(SlideRecord.of(slide), ext) for slide, ext in rows]
     return {"total": int(total or 0), "limit": limit, "offset": offset, "items": items}
 
 
@@ -129,3 +157,67 @@ def label_summary(catalog) -> list[dict]:
         if value is not None:
             entry["values"][str(value)] = int(count)
     return list(out.values())
+
+
+def job_state(catalog, job_id: int) -> str | None:
+    with catalog.transaction() as session:
+        return session.scalar(select(Job.state).where(Job.id == int(job_id)))
+
+
+class Listing:
+    """The listings bound to one catalog: what `service.browse` answers."""
+
+    SLIDE_STATES = SLIDE_STATES
+
+    def __init__(self, catalog):
+        self.catalog = catalog
+
+    def list_patients(self, q=None, allowed=None, kind=None, limit=50, offset=0) -> dict:
+        return list_patients(self.catalog, q, allowed, kind, limit, offset)
+
+    def patient_id(self, external_id: str) -> int:
+        return patient_row(self.catalog, external_id)
+
+    def slides_of_patient(self, patient_id: int) -> list[SlideRecord]:
+        return slides_of_patient(self.catalog, patient_id)
+
+    def slide(self, slide_id: int) -> tuple[SlideRecord, str]:
+        return slide_by_id(self.catalog, slide_id)
+
+    def list_slides(self, patient_id=None, status=None, q=None, limit=50, offset=0) -> dict:
+        return list_slides(self.catalog, patient_id, status, q, limit, offset)
+
+    slide_dict = staticmethod(slide_dict)
+
+    def vectors_of(self, patient_id: int) -> list[dict]:
+        return vectors_of(self.catalog, patient_id)
+
+    def cohorts_of(self, patient_id: int) -> list[str]:
+        return cohorts_of(self.catalog, patient_id)
+
+    def label_summary(self) -> list[dict]:
+        return label_summary(self.catalog)
+
+    def labels_of(self, patient_ids) -> dict[int, dict]:
+        return self.catalog.labels_of(patient_ids)
+
+    def patient_ids(self, external_ids) -> dict[str, int]:
+        return self.catalog.patient_ids(list(external_ids))
+
+    def external_ids(self, ids) -> dict[int, str]:
+        return self.catalog.external_ids(ids)
+
+    def artifact_paths(self, patient_id: int) -> list[str]:
+        return cohorts_repo.artifact_paths(self.catalog, patient_id)
+
+    def done_slide_ids(self, patient_id: int) -> dict[str, int]:
+        return cohorts_repo.done_slide_ids(self.catalog, patient_id)
+
+    def with_slide_files(self, external_ids) -> set[str]:
+        """Which of these patients have at least one slide file readable on this machine."""
+        ids = self.catalog.patient_ids(list(external_ids))
+        files = cohorts_repo.slide_files(self.catalog, list(ids.values()))
+        return {ext for ext, pid in ids.items() if any(p and Path(p).is_file() for _, p in files.get(pid, []))}
+
+    def job_state(self, job_id: int) -> str | None:
+        return job_state(self.catalog, job_id)

@@ -1,0 +1,32 @@
+"""The methods every front end may call, whoever holds the catalog.
+
+`EagleService` (in-process) and `client.RemoteService` (a running owner's API) both
+implement `CatalogService`; `tests/test_service_interface.py` runs the same cases on both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from eagle_index.results import Hit, SearchResult
+
+
+@runtime_checkable
+class CatalogService(Protocol):
+    def search(self, patient: str | None = None, vector=None, slides: list[Path] | None = None, k: int = 10,
+               kind: str | None = None, signature: str | None = None, filters=None, explain: bool = False,
+               vote: str | None = None, pairs: int = 5, store: bool = False, mpp: float | None = None) -> SearchResult: ...
+
+    def search_patient(self, external_id: str, k: int = 10, kind: str | None = None, signature: str | None = None,
+                       filters=None, explain: bool = False, pairs: int = 5) -> tuple[Hit, ...]: ...
+
+    def stats(self) -> dict: ...
+
+    def status(self) -> dict: ...
+
+    def import_labels(self, path: Path, create_missing: bool = False): ...
+
+    def set_label(self, patient: str, name: str, value: str | None, source: str = "web") -> dict: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,85 @@
+"""Typed results the service hands to its front ends.
+
+Why: front ends render these and never add to them, so every field a page or a `--json`
+output shows is decided here once. `as_dict()` gives the JSON shape (the CLI's and the
+API's contract); frozen dataclasses make "the web layer adds a key" impossible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class TilePair:
+    """A query tile and a hit tile whose Virchow2 class tokens are close (cosine `similarity`).
+
+    `*_slide_id` is the catalog id of the slide the tile lies in (None for a slide embedded on
+    the fly), so a front end can show the tile image.
+    """
+
+    similarity: float
+    query_slide: str
+    query_x_um: float
+    query_y_um: float
+    hit_slide: str
+    hit_x_um: float
+    hit_y_um: float
+    query_slide_id: int | None = None
+    hit_slide_id: int | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TilePair":
+        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One look-alike patient: rank, cosine score, the vector set it came from, slides and labels."""
+
+    patient: str
+    score: float
+    rank: int
+    kind: str
+    signature: str
+    slides: tuple[str, ...] = ()
+    labels: dict = field(default_factory=dict)
+    explanation: tuple[TilePair, ...] | None = None
+
+    def as_dict(self) -> dict:
+        out = {"patient": self.patient, "score": self.score, "rank": self.rank, "kind": self.kind,
+               "signature": self.signature, "slides": list(self.slides), "labels": dict(self.labels)}
+        if self.explanation is not None:
+            out["explanation"] = [p.as_dict() for p in self.explanation]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Hit":
+        """A hit from its JSON (as a running server answers)."""
+        explanation = data.get("explanation")
+        return cls(patient=data["patient"], score=float(data["score"]), rank=int(data["rank"]), kind=data["kind"],
+                   signature=data["signature"], slides=tuple(data.get("slides") or ()), labels=dict(data.get("labels") or {}),
+                   explanation=None if explanation is None else tuple(TilePair.from_dict(p) for p in explanation))
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A search: what was asked (`query`), the hits best first, the kNN vote if asked, notes."""
+
+    query: dict
+    hits: tuple[Hit, ...]
+    vote: dict | None = None
+    filters: dict | None = None
+    notes: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"query": dict(self.query), "hits": [h.as_dict() for h in self.hits], "vote": self.vote,
+                "filters": self.filters, "notes": list(self.notes)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchResult":
+        return cls(query=dict(data.get("query") or {}), hits=tuple(Hit.from_dict(h) for h in data.get("hits") or ()),
+                   vote=data.get("vote"), filters=data.get("filters"), notes=tuple(data.get("notes") or ()))

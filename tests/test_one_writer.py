@@ -1,0 +1,164 @@
+"""One writer: catalog writes run on the writer thread; searches never see a half-applied commit.
+
+The stress test searches from 8 threads while another thread adds, replaces and removes
+vectors for `EAGLE_STRESS_SECONDS` (default 20 s); every answer is checked against the
+catalog inside the same read lock, and the final in-memory index must equal a rebuild.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import clustered_vectors
+from eagle_index.store.catalog import WriteOutsideWriter
+from eagle_index.store.writer import ReadWriteLock, SingleWriter
+
+DIM = 32
+
+
+def _store(service, names, vectors):
+    catalog = service.catalog
+
+    def write(session):
+        ids = [catalog.patient_id(session, n, create=True) for n in names]
+        catalog.put_vectors(session, "eagle", "sig", ids, vectors, source="test")
+        return ids
+
+    return catalog.write(write)
+
+
+def test_a_write_outside_the_writer_is_refused(service):
+    _store(service, ["P0", "P1"], clustered_vectors(2, DIM))
+    with pytest.raises(WriteOutsideWriter):
+        with service.catalog.transaction() as session:
+            service.catalog.patient_id(session, "SNEAKY", create=True)
+    assert "SNEAKY" not in service.catalog.patient_ids(["SNEAKY"])
+
+
+def test_writes_run_on_one_thread_in_order_and_errors_reach_the_caller():
+    writer = SingleWriter()
+    seen: list[tuple[str, int]] = []
+
+    def job(n):
+        seen.append((threading.current_thread().name, n))
+        return n * n
+
+    results = []
+    threads = [threading.Thread(target=lambda n=n: results.append(writer.run(lambda: job(n)))) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [n * n for n in range(20)]
+    assert {name for name, _ in seen} == {"catalog-writer"}
+    with pytest.raises(ZeroDivisionError):
+        writer.run(lambda: 1 / 0)
+    writer.close()
+
+
+def test_read_write_lock_excludes_and_allows_nested_reads():
+    lock = ReadWriteLock()
+    state = {"writing": False, "overlap": False}
+
+    def reader():
+        for _ in range(200):
+            with lock.read():
+                with lock.read():  # nested read while a writer may be waiting: no deadlock
+                    if state["writing"]:
+                        state["overlap"] = True
+
+    def writer():
+        for _ in range(200):
+            with lock.write():
+                state["writing"] = True
+                time.sleep(0.0001)
+                state["writing"] = False
+
+    threads = [threading.Thread(target=reader) for _ in range(4)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert not state["overlap"]
+    with lock.read():
+        with pytest.raises(RuntimeError, match="read lock"):
+            with lock.write():
+                pass
+
+
+def test_searches_during_commits_and_removals(service):
+    """8 searching threads vs one mutating thread: no exception, every hit in the catalog, index == rebuild."""
+    import faiss
+
+    seconds = float(os.environ.get("EAGLE_STRESS_SECONDS", "20"))
+    n = 400
+    names = [f"P{i:04d}" for i in range(n)]
+    vectors = clustered_vectors(n, DIM, seed=1)
+    ids = dict(zip(names, _store(service, names, vectors)))
+    catalog = service.catalog
+    searcher = service.searcher
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    answers = [0]
+    commits = [0]
+
+    def search_loop(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            while not stop.is_set():
+                query = rng.normal(size=DIM).astype(np.float32)
+                with catalog.reading():  # the check sees the catalog the answer was given from
+                    result = searcher.search_vector(query, k=10, kind="eagle", signature="sig")
+                    present = set(catalog.vector_ids("eagle", "sig").tolist())
+                got = [ids[h.patient] for h in result.hits]
+                missing = [h.patient for h, pid in zip(result.hits, got) if pid not in present]
+                assert not missing, f"hits not in the catalog: {missing}"
+                scores = [h.score for h in result.hits]
+                assert scores == sorted(scores, reverse=True)
+                answers[0] += 1
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            stop.set()
+
+    def mutate_loop() -> None:
+        rng = np.random.default_rng(99)
+        try:
+            while not stop.is_set():
+                chosen = [int(ids[names[i]]) for i in rng.choice(n, size=int(rng.integers(1, 12)), replace=False)]
+                if rng.random() < 0.5:
+                    catalog.write(lambda s, c=chosen: catalog.delete_vectors(s, "eagle", "sig", c))
+                else:
+                    new = rng.normal(size=(len(chosen), DIM)).astype(np.float32)
+                    catalog.write(lambda s, c=chosen, v=new: catalog.put_vectors(s, "eagle", "sig", c, v, source="stress"))
+                commits[0] += 1
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=search_loop, args=(i,)) for i in range(8)] + [threading.Thread(target=mutate_loop)]
+    for t in threads:
+        t.start()
+    stop.wait(seconds)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert not errors, repr(errors[0])
+    assert answers[0] > 50 and commits[0] > 20, (answers[0], commits[0])
+
+    info = catalog.vector_set("eagle", "sig")
+    live = service.vectors.get("eagle", "sig")
+    assert live.info.generation == info.generation
+    live_ids = np.sort(faiss.vector_to_array(live.index.id_map))
+    cat_ids, raw = catalog.load_vectors("eagle", "sig")
+    np.testing.assert_array_equal(live_ids, cat_ids)
+    rebuilt = service.vectors.rebuild(info)
+    for pid, row in zip(cat_ids, raw):
+        expected = row / np.linalg.norm(row)
+        np.testing.assert_allclose(live.index.reconstruct(int(pid)), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(rebuilt.index.reconstruct(int(pid)), expected, rtol=1e-5, atol=1e-6)
