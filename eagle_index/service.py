@@ -130,7 +130,7 @@ class EagleService:
         """
         from eagle_index.errors import InputError
 
-        if sum(q is not None and q != [] for q in (vector, slides)) + (patient is not None and not slides) != 1:
+        if (vector is not None) + bool(slides) + (patient is not None and not slides) != 1:
             raise InputError("give exactly one query: a patient, a vector or slide files")
         if store and not slides:
             raise InputError("storing only applies to slide queries")

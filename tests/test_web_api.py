@@ -292,8 +292,10 @@ def test_a_moved_slide_file_gives_404_not_500(client, env, tmp_path):
         detail = client.get("/api/v1/patients/CASE-004").get_json()
         assert detail["slides"][0]["has_file"] is False and detail["slides"][0]["thumbnail_url"] is None
     finally:
-        with svc.catalog.transaction() as session:
+        def _restore(session):
             session.query(Slide).filter(Slide.id == slide_id).one().path = original
+
+        svc.catalog.write(_restore)
 
 
 # -- jobs: server-side paths only inside the roots ------------------------------------------------------

@@ -26,6 +26,7 @@ class SlideRecord:
     id: int
     patient_id: int
     name: str
+    fingerprint: str
     path: str | None
     format: str | None
     size_bytes: int | None
