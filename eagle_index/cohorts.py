@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from eagle_index.errors import InputError, NotFoundError
-from eagle_index.formats.h5util import atomic_path
+from eagle_index.atomic import atomic_path
 from eagle_index.search import LOAD_CHUNK, SearchFilters, allowed_ids, parse_label_filters
 from eagle_index.store import cohorts_repo as repo
 from eagle_index.store.validation import l2_normalized

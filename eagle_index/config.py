@@ -77,8 +77,13 @@ class Settings(BaseModel):
     @field_validator("models")
     @classmethod
     def _preset_alias(cls, value: str) -> str:
-        """'real' is accepted as another name for the official-weights preset."""
-        return "default" if value == "real" else value
+        """'real' is accepted as another name for the official-weights preset; others must be registered."""
+        from eagle_index.models.registry import PRESETS
+
+        value = "default" if value == "real" else value
+        if value not in PRESETS:
+            raise ValueError(f"unknown model preset {value!r} (one of: real, {', '.join(PRESETS)})")
+        return value
 
     @classmethod
     def load(cls, **overrides: Any) -> "Settings":

@@ -86,11 +86,11 @@ class Ownership:
     def publish(self, url: str | None) -> None:
         from datetime import datetime, timezone
 
+        from eagle_index.atomic import atomic_write_text
+
         _, info_path = _paths(self.data_dir)
-        tmp = info_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "role": self.role, "url": url,
-                                   "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
-        os.replace(tmp, info_path)
+        atomic_write_text(info_path, json.dumps({"pid": os.getpid(), "role": self.role, "url": url,
+                                                 "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
 
     def release(self) -> None:
         if self._handle is None:

@@ -61,10 +61,6 @@ class PatientVectors:
         return {"eagle": self.eagle, "chief": self.chief, "mean-ctranspath": self.mean_ctranspath}
 
 
-def l2_normalize(vector: np.ndarray) -> np.ndarray:
-    return (vector / np.linalg.norm(vector)).astype(np.float32)
-
-
 def embed_slide(path: Path, models, settings: Settings, mpp_override: float | None = None,
                 name: str | None = None, batch_size: int = 32, progress=None) -> SlideResult:
     """Run CTransPath on every tissue tile, CHIEF on the features, Virchow2 on the top-k tiles."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from functools import cached_property
 
-import numpy as np
 from pathlib import Path
 
 from eagle_index import importing

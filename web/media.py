@@ -10,9 +10,7 @@ requests for the same image are harmless.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,14 +57,10 @@ def _cache_dir(service, what: str) -> Path:
 
 
 def _save_png(image, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    from eagle_index.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", optimize=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -23,16 +23,11 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from eagle_index.cli import catalog_cmds
+    """Every topic, named once: a missing module is an error, not a silently absent command."""
+    from eagle_index.cli import (catalog_cmds, cohort_cmds, demo_cmds, eval_cmds, models_cmds, ops_cmds, pipeline_cmds,
+                                 probe_cmds, slides_cmds)
 
-    catalog_cmds.register(app)
-    for name in ("pipeline_cmds", "ops_cmds", "slides_cmds", "models_cmds", "demo_cmds", "cohort_cmds", "eval_cmds", "probe_cmds"):
-        try:
-            module = __import__(f"eagle_index.cli.{name}", fromlist=["register"])
-        except ModuleNotFoundError as exc:  # a topic not built yet
-            if exc.name != f"eagle_index.cli.{name}":
-                raise
-            continue
+    for module in (catalog_cmds, pipeline_cmds, ops_cmds, slides_cmds, models_cmds, demo_cmds, cohort_cmds, eval_cmds, probe_cmds):
         module.register(app)
 
 

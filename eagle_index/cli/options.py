@@ -30,5 +30,18 @@ DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, o
 
 
 def settings_from(data_dir: Path | None = None, weights_dir: Path | None = None, **more) -> Settings:
-    """Settings for one CLI call: env vars, then the options given on the command line."""
-    return Settings.load(data_dir=data_dir, weights_dir=weights_dir, **more)
+    """Settings for one CLI call: env vars, then the options given on the command line.
+
+    An invalid value becomes one line naming the option and the problem (never a pydantic dump).
+    """
+    from pydantic import ValidationError
+
+    from eagle_index.errors import InputError
+
+    try:
+        return Settings.load(data_dir=data_dir, weights_dir=weights_dir, **more)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        raise InputError(f"{where}: {message}") from None

@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
         data_dir: DataDirOpt = None,
     ) -> None:
         """Write a thumbnail with the tissue mask outlined (green) and optionally the tiles (blue)."""
-        from eagle_index.formats.h5util import atomic_path
+        from eagle_index.atomic import atomic_path
         from eagle_index.slides import make_thumbnail, open_slide, tissue_grid
 
         settings = settings_from(data_dir).tiling

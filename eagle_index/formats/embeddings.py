@@ -88,7 +88,7 @@ def write_eagle_file(path: Path, ids: list[str], vectors, extractor: str | None 
     """Write the EAGLE output layout (one float32 dataset per patient id), atomically."""
     import h5py
 
-    from eagle_index.formats.h5util import atomic_path
+    from eagle_index.atomic import atomic_path
 
     for pid in ids:
         if "/" in pid:

@@ -24,7 +24,6 @@ from eagle_index.store.artifacts import read_slide_artifact, write_slide_artifac
 log = logging.getLogger(__name__)
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".dcm", ".bif", ".vms", ".vmu", ".svslide", ".png", ".jpg", ".jpeg")
-VECTOR_KINDS = ("eagle", "chief", "mean-ctranspath")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ can list and document models without importing torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal, Mapping
 
@@ -16,7 +16,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 MODEL_IDS = ("ctranspath", "chief", "virchow2")
-PRESETS = ("default", "tiny")
 
 
 @dataclass(frozen=True)
@@ -189,14 +188,64 @@ REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
 """Specs of the official models, by id."""
 
 
+# -- the tiny preset: the same architectures, small dimensions, seeded random weights --------------
+_TINY_SOURCE = "generated in process from a fixed seed (random weights: tests and demos only)"
+_TINY_LICENCE = "n/a (random weights)"
+
+TINY_CTRANSPATH = replace(
+    CTRANSPATH,
+    preset="tiny",
+    dim=192,
+    digest=None,
+    source=_TINY_SOURCE,
+    source_url=None,
+    licence=_TINY_LICENCE,
+    arch={**CTRANSPATH.arch, "embed_dim": 24, "depths": (2, 2, 2, 2), "num_heads": (1, 2, 4, 8)},
+    seed=1001,
+)
+
+TINY_CHIEF = replace(
+    CHIEF,
+    preset="tiny",
+    dim=192,
+    input_dim=192,
+    digest=None,
+    source=_TINY_SOURCE,
+    source_url=None,
+    licence=_TINY_LICENCE,
+    arch={"size": (192, 32, 16), "n_classes": 2, "text_dim": 32},
+    seed=1002,
+)
+
+TINY_VIRCHOW2 = replace(
+    VIRCHOW2,
+    preset="tiny",
+    dim=96,
+    digest=None,
+    source=_TINY_SOURCE,
+    source_url=None,
+    hub_repo=None,
+    gated=False,
+    licence=_TINY_LICENCE,
+    # 96 * 5.3375 = 512 hidden units: even, as the packed SwiGLU needs.
+    arch={**VIRCHOW2.arch, "embed_dim": 96, "depth": 2, "num_heads": 3},
+    seed=1003,
+)
+
+TINY_REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
+    {spec.id: spec for spec in (TINY_CTRANSPATH, TINY_CHIEF, TINY_VIRCHOW2)}
+)
+
+PRESET_SPECS: Mapping[str, Mapping[str, ModelSpec]] = MappingProxyType({"default": REGISTRY, "tiny": TINY_REGISTRY})
+"""Every preset, by name: CLI choices and `Settings.models` are checked against these keys."""
+
+PRESETS = tuple(PRESET_SPECS)
+
+
 def specs_for(preset: str) -> Mapping[str, ModelSpec]:
     """The specs of one preset ('default' or 'tiny'), by id."""
-    if preset == "default":
-        return REGISTRY
-    if preset == "tiny":
-        from eagle_index.models.tiny import TINY_REGISTRY
-
-        return TINY_REGISTRY
+    if preset in PRESET_SPECS:
+        return PRESET_SPECS[preset]
     from eagle_index.errors import ModelError
 
     raise ModelError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")

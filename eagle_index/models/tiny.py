@@ -1,70 +1,19 @@
-"""The `tiny` preset: the same architectures with small dimensions and seeded random weights.
+"""Seeded random weights for the `tiny` preset (its specs live in `registry.py` with the others).
 
-It exists so tests and the demo run the real code paths (loaders, transforms, inference) fast
-on a CPU with no weight files. Vectors it produces carry signatures starting with `tiny:` and
-can never be mistaken for real ones.
+The preset exists so tests and the demo run the real code paths (loaders, transforms,
+inference) fast on a CPU with no weight files. Vectors it produces carry signatures starting
+with `tiny:` and can never be mistaken for real ones.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import replace
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
-
-from eagle_index.models.registry import CHIEF, CTRANSPATH, VIRCHOW2, ModelSpec
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-_TINY_SOURCE = "generated in process from a fixed seed (random weights: tests and demos only)"
-_TINY_LICENCE = "n/a (random weights)"
-
-TINY_CTRANSPATH = replace(
-    CTRANSPATH,
-    preset="tiny",
-    dim=192,
-    digest=None,
-    source=_TINY_SOURCE,
-    source_url=None,
-    licence=_TINY_LICENCE,
-    arch={**CTRANSPATH.arch, "embed_dim": 24, "depths": (2, 2, 2, 2), "num_heads": (1, 2, 4, 8)},
-    seed=1001,
-)
-
-TINY_CHIEF = replace(
-    CHIEF,
-    preset="tiny",
-    dim=192,
-    input_dim=192,
-    digest=None,
-    source=_TINY_SOURCE,
-    source_url=None,
-    licence=_TINY_LICENCE,
-    arch={"size": (192, 32, 16), "n_classes": 2, "text_dim": 32},
-    seed=1002,
-)
-
-TINY_VIRCHOW2 = replace(
-    VIRCHOW2,
-    preset="tiny",
-    dim=96,
-    digest=None,
-    source=_TINY_SOURCE,
-    source_url=None,
-    hub_repo=None,
-    gated=False,
-    licence=_TINY_LICENCE,
-    # 96 * 5.3375 = 512 hidden units: even, as the packed SwiGLU needs.
-    arch={**VIRCHOW2.arch, "embed_dim": 96, "depth": 2, "num_heads": 3},
-    seed=1003,
-)
-
-TINY_REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
-    {spec.id: spec for spec in (TINY_CTRANSPATH, TINY_CHIEF, TINY_VIRCHOW2)}
-)
 
 # Tensors whose values are structural rather than learned: keep what the module computed.
 _STRUCTURAL = ("relative_position_index", "attn_mask", "num_batches_tracked", "running_mean", "running_var")

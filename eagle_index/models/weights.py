@@ -172,11 +172,9 @@ def _write_digest_cache(data: dict) -> None:
     """Best effort (a read-only cache only costs a re-hash); atomic via temp + replace."""
     target = _digest_cache_path()
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".digests-", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, target)
+        from eagle_index.atomic import atomic_write_text
+
+        atomic_write_text(target, json.dumps(data, indent=1, sort_keys=True))
     except OSError:
         pass
 

@@ -44,7 +44,7 @@ def write_tiles_h5(out: str | Path, slide: Slide, settings: TilingSettings | Non
     """Tile the slide (one pass) and write the HDF5 file atomically; returns the grid written."""
     import h5py
 
-    from eagle_index.formats.h5util import atomic_path
+    from eagle_index.atomic import atomic_path
 
     s = settings or slide.settings
     out = Path(out)

@@ -20,7 +20,8 @@ import numpy as np
 
 from eagle_index.aggregation import SlideCandidates
 from eagle_index.errors import InputError
-from eagle_index.formats.h5util import atomic_path, open_h5, read_dataset, text_attr
+from eagle_index.atomic import atomic_path
+from eagle_index.formats.h5util import open_h5, read_dataset, text_attr
 from eagle_index.pipeline import SlideResult
 
 ARTIFACT_FORMAT = 1

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from eagle_index.atomic import atomic_path, atomic_write_text
 from eagle_index.config import IndexSettings
 from eagle_index.store.catalog import Catalog, VectorSetInfo
 from eagle_index.store.validation import as_vector_matrix, l2_normalized
@@ -220,8 +219,9 @@ class VectorStore:
         }
         # Index first, sidecar second: a crash in between leaves a sidecar that no longer
         # matches, which the next open detects and repairs by rebuilding.
-        _atomic_write(index_path, lambda tmp: faiss.write_index(loaded.index, tmp))
-        _atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+        with atomic_path(index_path) as tmp:
+            faiss.write_index(loaded.index, str(tmp))
+        atomic_write_text(meta_path, json.dumps(meta, indent=1))
 
     # -- build / open -------------------------------------------------------------------
     def rebuild(self, info: VectorSetInfo, index_type: str | None = None) -> LoadedIndex:
@@ -319,16 +319,3 @@ class VectorStore:
             out_ids.append(row_ids[keep].astype(np.int64))
             out_scores.append(row_scores[keep].astype(np.float32))
         return out_ids, out_scores
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

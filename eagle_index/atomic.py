@@ -1,0 +1,51 @@
+"""The one way eagle-index writes a file atomically: a temp file beside the target, then a rename.
+
+Why: a reader (or a crash) must see the old file or the new one, never half of one. The temp
+file is fsynced before the rename and gets the permissions an ordinary new file would get
+(the process umask), since mkstemp's 0600 would make exports unreadable to colleagues.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: str | Path, mkdir: bool = True) -> Iterator[Path]:
+    """Yield a temp path in the target's folder; it replaces `path` only if the block succeeds.
+
+    mkdir=False: a missing folder is the caller's error (FileNotFoundError), not created.
+    """
+    path = Path(path)
+    if mkdir:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, mkdir: bool = True) -> Path:
+    with atomic_path(path, mkdir) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str, mkdir: bool = True) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), mkdir)
