@@ -27,6 +27,11 @@ class OwnerClient:
 
     def _request(self, method: str, path: str, params: dict | None = None, body: bytes | None = None,
                  content_type: str | None = None):
+        return json.loads(self._request_raw(method, path, params, body, content_type)[0])
+
+    def _request_raw(self, method: str, path: str, params: dict | None = None, body: bytes | None = None,
+                     content_type: str | None = None) -> tuple[bytes, dict]:
+        """(body bytes, response headers) of one API call; API errors become project errors."""
         url = f"{self.owner.url}/api/v1{path}"
         if params:
             url += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
@@ -37,7 +42,7 @@ class OwnerClient:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read())
+                return response.read(), dict(response.headers)
         except urllib.error.HTTPError as exc:
             try:
                 message = json.loads(exc.read())["error"]["message"]
@@ -129,6 +134,14 @@ class RemoteService:
     def status(self) -> dict:
         return self.client.status()
 
+    @property
+    def cohorts(self) -> "RemoteCohorts":
+        return RemoteCohorts(self.client)
+
+    @property
+    def probes(self) -> "RemoteProbes":
+        return RemoteProbes(self.client)
+
     def import_labels(self, path: Path, create_missing: bool = False) -> _Report:
         return _Report(self.client.import_labels(path, create_missing))
 
@@ -142,6 +155,107 @@ class RemoteService:
             f"{name.replace('_', ' ')} needs the catalog, which {self.client.owner.describe()} holds; "
             "stop it first, or use its API"
         )
+
+
+def _quoted(name: str) -> str:
+    return urllib.parse.quote(str(name), safe="")
+
+
+def _json_body(data: dict) -> bytes:
+    return json.dumps({k: v for k, v in data.items() if v is not None}).encode()
+
+
+class _RemoteTopic:
+    def __init__(self, client: OwnerClient):
+        self.client = client
+
+    def __getattr__(self, name: str):
+        raise CatalogError(f"{name.replace('_', ' ')} is not served by {self.client.owner.describe()}'s API; stop it first")
+
+
+class RemoteCohorts(_RemoteTopic):
+    """`service.cohorts` of a running owner (same methods and results as `CohortService`)."""
+
+    def list(self) -> list[dict]:
+        return self.client._request("GET", "/cohorts")
+
+    def show(self, name: str, limit: int | None = None) -> dict:
+        return self.client._request("GET", f"/cohorts/{_quoted(name)}", {"limit": min(limit or 10000, 10000)})
+
+    def create(self, name: str, definition=None, replace: bool = False, **fields) -> dict:
+        definition = definition if definition is not None else {k: v for k, v in fields.items() if v not in (None, (), [])}
+        if hasattr(definition, "as_dict"):
+            definition = definition.as_dict()
+        for key in ("labels",):  # the API takes label filters as {name: [values]} or NAME=VALUE strings
+            if isinstance(definition.get(key), tuple):
+                definition[key] = list(definition[key])
+        body = {"name": name, "definition": definition, "replace": replace}
+        return self.client._request("POST", "/cohorts", body=_json_body(body), content_type="application/json")
+
+    def refresh(self, name: str) -> dict:
+        return self.client._request("POST", f"/cohorts/{_quoted(name)}/refresh", body=b"{}", content_type="application/json")
+
+    def delete(self, name: str) -> None:
+        self.client._request("DELETE", f"/cohorts/{_quoted(name)}")
+
+    def export(self, name: str, fmt: str, out: Path, kind: str | None = None, signature: str | None = None) -> dict:
+        from eagle_index.atomic import atomic_write_bytes
+
+        if signature is not None:
+            raise InputError("--signature is not available while a server holds the catalog (its export uses the cohort's)")
+        data, headers = self.client._request_raw("GET", f"/cohorts/{_quoted(name)}/export/{_quoted(fmt)}", {"kind": kind})
+        atomic_write_bytes(Path(out), data, mkdir=False)
+        return {"cohort": name, "format": fmt, "path": str(out), "members": int(headers.get("X-Export-Members", 0)),
+                "rows": int(headers.get("X-Export-Rows", 0)), "notes": json.loads(headers.get("X-Export-Notes") or "[]")}
+
+    def duplicates(self, threshold: float = 0.95, kind: str | None = None, signature: str | None = None,
+                   cohort: str | None = None, **_) -> dict:
+        return self.client._request("GET", "/quality/duplicates", {"threshold": threshold, "kind": kind, "cohort": cohort})
+
+    def leakage(self, a: str, b: str, threshold: float = 0.95, kind: str | None = None, signature: str | None = None) -> dict:
+        return self.client._request("GET", "/quality/leakage", {"a": a, "b": b, "threshold": threshold, "kind": kind})
+
+
+class RemoteProbes(_RemoteTopic):
+    """`service.probes` of a running owner (same methods and results as `ProbeService`)."""
+
+    def list(self) -> list[dict]:
+        return self.client._request("GET", "/probes")
+
+    def get(self, name: str) -> dict:
+        return self.client._request("GET", f"/probes/{_quoted(name)}")
+
+    def delete(self, name: str) -> None:
+        self.client._request("DELETE", f"/probes/{_quoted(name)}")
+
+    def apply(self, name: str, cohort: str | None = None, top: int | None = 50, exclude_training: bool = False,
+              signature: str | None = None, store: bool = True) -> dict:
+        if not store:
+            raise InputError("--no-store is not available while a server holds the catalog (its apply stores the scores)")
+        body = {"cohort": cohort, "top": top or 10000, "exclude_training": exclude_training}
+        return self.client._request("POST", f"/probes/{_quoted(name)}/apply", body=_json_body(body), content_type="application/json")
+
+    def scores(self, name: str, top: int | None = None) -> list[dict]:
+        page = self.client._request("GET", f"/probes/{_quoted(name)}/candidates", {"limit": min(top or 1000, 1000)})
+        return page["candidates"]
+
+    def train(self, label: str, kind: str | None = None, model: str = "logreg", folds: int = 5, seed: int = 0,
+              progress=None, **options) -> dict:
+        """Submitted as a server task (the server trains and stores it); polled until done, then its summary."""
+        import time
+
+        body = {"label": label, "kind": kind, "model": model, "folds": folds, "seed": seed,
+                **{k: v for k, v in options.items() if k in ("name", "signature", "positive", "vs_rest", "cohort")}}
+        started = self.client._request("POST", "/probes", body=_json_body(body), content_type="application/json")
+        while True:
+            task = self.client._request("GET", f"/tasks/{_quoted(started['task'])}")
+            if progress is not None and task["progress"]["total"]:
+                progress(task["progress"]["done"], task["progress"]["total"], task["progress"]["message"] or "")
+            if task["state"] == "failed":
+                raise EagleIndexError(f"training probe {started['probe']!r} failed on the server: {task['error']}")
+            if task["state"] == "done":
+                return self.get(started["probe"])
+            time.sleep(0.5)
 
 
 def service_for(settings, create: bool = True):

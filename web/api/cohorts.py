@@ -3,6 +3,8 @@ export downloads, the 2-D map, and the duplicate and leakage reports."""
 
 from __future__ import annotations
 
+import json
+
 import re
 import uuid
 
@@ -102,7 +104,7 @@ def export(name: str, fmt: str):
     """Download the cohort as a STAMP slide table, clinical table, EAGLE-layout .h5 or Parquet."""
     svc = service()
     fmt = choice(fmt, "format", tuple(EXPORT_SUFFIX))
-    kind = request.args.get("kind") or "eagle"
+    kind = request.args.get("kind") or None  # None: the cohort's own kind
     suffix = EXPORT_SUFFIX[fmt]
     folder = svc.settings.data_dir / "cache" / "exports"
     folder.mkdir(parents=True, exist_ok=True)
@@ -111,6 +113,8 @@ def export(name: str, fmt: str):
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:64] or "cohort"
     response = send_file(out, mimetype=EXPORT_MIME[suffix], as_attachment=True, download_name=f"{safe}-{fmt}{suffix}", max_age=0)
     response.headers["X-Export-Rows"] = str(report.get("rows", 0))
+    response.headers["X-Export-Members"] = str(report.get("members", 0))
+    response.headers["X-Export-Notes"] = json.dumps(report.get("notes", []), ensure_ascii=True)
     response.call_on_close(lambda: out.unlink(missing_ok=True))
     return response
 

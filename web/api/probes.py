@@ -42,7 +42,7 @@ def train():
     body = json_body()
     label = str_field(body, "label", required=True)
     options = {
-        "kind": str_field(body, "kind", default="eagle"),
+        "kind": str_field(body, "kind"),
         "model": str_field(body, "model", default="logreg"),
         "folds": int_field(body, "folds", 5, 2, FOLDS_MAX),
         "seed": int_field(body, "seed", 0, 0, 2**31 - 1),

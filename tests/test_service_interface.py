@@ -1,0 +1,125 @@
+"""The same cases against both implementations of `CatalogService`: the in-process `EagleService`
+and `RemoteService`, which reaches a real waitress server holding the catalog over HTTP.
+
+Expected answers come from brute force over the vectors written here, never from the other
+implementation, so each side is checked on its own.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import clustered_vectors
+from eagle_index.errors import EagleIndexError, NotFoundError
+from eagle_index.interface import CatalogService
+from eagle_index.search import SearchFilters
+
+N, DIM = 60, 24
+NAMES = [f"CASE-{i:03d}" for i in range(N)]
+VECTORS = clustered_vectors(N, DIM, seed=7, clusters=3)
+ORGAN = ["lung" if i % 3 == 0 else "colon" for i in range(N)]
+MSI = ["high" if i % 4 == 0 else "low" for i in range(N)]
+
+
+def _fill(service) -> None:
+    catalog = service.catalog
+
+    def write(session):
+        ids = [catalog.patient_id(session, n, create=True) for n in NAMES]
+        catalog.put_vectors(session, "eagle", "sig", ids, VECTORS, source="test")
+        for pid, organ, msi in zip(ids, ORGAN, MSI):
+            catalog.put_label(session, pid, "organ", organ, "test")
+            catalog.put_label(session, pid, "MSI", msi, "test")
+
+    catalog.write(write)
+
+
+def _brute(query: np.ndarray, k: int, keep=lambda i: True, skip: int | None = None) -> list[str]:
+    normed = VECTORS / np.linalg.norm(VECTORS, axis=1, keepdims=True)
+    scores = normed @ (query / np.linalg.norm(query))
+    order = sorted((i for i in range(N) if i != skip and keep(i)), key=lambda i: (-scores[i], i))
+    return [NAMES[i] for i in order[:k]]
+
+
+@pytest.fixture(scope="module", params=["local", "remote"])
+def svc(request, tmp_path_factory):
+    from eagle_index.config import Settings
+    from eagle_index.service import EagleService
+
+    settings = Settings(data_dir=tmp_path_factory.mktemp(f"iface-{request.param}") / "data")
+    local = EagleService(settings)
+    _fill(local)
+    if request.param == "local":
+        yield local
+        local.close()
+        return
+    from waitress.server import create_server
+
+    from eagle_index.client import OwnerClient, RemoteService
+    from eagle_index.owner import OwnerInfo
+    from web import create_app
+
+    server = create_server(create_app(service=local, owner={"role": "serve"}), host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield RemoteService(OwnerClient(OwnerInfo(pid=0, role="serve", url=f"http://127.0.0.1:{server.effective_port}")))
+    server.close()
+    local.close()
+
+
+def test_both_implement_the_protocol(svc):
+    assert isinstance(svc, CatalogService)
+
+
+def test_search_by_patient_with_filters_and_vote(svc):
+    result = svc.search(patient="CASE-005", k=6, filters=SearchFilters.build(labels=["organ=colon"]), vote="MSI")
+    assert [h.patient for h in result.hits] == _brute(VECTORS[5], 6, lambda i: ORGAN[i] == "colon", skip=5)
+    assert [h.rank for h in result.hits] == list(range(1, 7)) and all(h.kind == "eagle" for h in result.hits)
+    assert result.vote["label"] == "MSI" and sum(result.vote["counts"].values()) == 6
+    assert result.query["patient"] == "CASE-005" and result.query["kind"] == "eagle"
+
+
+def test_search_by_vector_and_plain_patient(svc):
+    query = VECTORS[10] + 0.01
+    assert [h.patient for h in svc.search(vector=query, k=5).hits] == _brute(query, 5)
+    assert [h.patient for h in svc.search_patient("CASE-010", k=4)] == _brute(VECTORS[10], 4, skip=10)
+
+
+def test_errors_are_the_same_kind(svc):
+    with pytest.raises(NotFoundError, match="CASE-999"):
+        svc.search(patient="CASE-999", k=3)
+    with pytest.raises(EagleIndexError):
+        svc.search(patient="CASE-001", vector=VECTORS[0], k=3)
+
+
+def test_labels_stats_and_cohorts(svc):
+    assert svc.set_label("CASE-001", "grade", "3")["grade"] == "3"
+    stats = svc.stats()
+    assert stats["patients"] == N and stats["vectors"] == {"eagle": N}
+    made = svc.cohorts.create("lungs", labels=["organ=lung"])
+    assert made["member_count"] == sum(o == "lung" for o in ORGAN)
+    assert "lungs" in [c["name"] for c in svc.cohorts.list()]
+    shown = svc.cohorts.show("lungs")
+    assert sorted(m["patient"] for m in shown["members"]) == sorted(n for n, o in zip(NAMES, ORGAN) if o == "lung")
+    svc.cohorts.delete("lungs")
+    assert "lungs" not in [c["name"] for c in svc.cohorts.list()]
+
+
+def test_cohort_export_writes_the_same_file(svc, tmp_path):
+    svc.cohorts.create("colons", labels=["organ=colon"], replace=True)
+    report = svc.cohorts.export("colons", "clinical", tmp_path / "colons.csv")
+    lines = (tmp_path / "colons.csv").read_text().splitlines()
+    assert lines[0].startswith("PATIENT") and len(lines) - 1 == report["rows"] == sum(o == "colon" for o in ORGAN)
+
+
+def test_probe_train_list_apply(svc):
+    out = svc.probes.train("MSI", folds=3, name="msi-probe")
+    assert out["name"] == "msi-probe" and out["kind"] == "eagle" and out["status"] == "done"
+    assert "msi-probe" in [p["name"] for p in svc.probes.list()]
+    applied = svc.probes.apply("msi-probe", top=5)
+    assert len(applied["candidates"]) == 5
+    probs = [c["probability"] for c in applied["candidates"]]
+    assert probs == sorted(probs, reverse=True)
