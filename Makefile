@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed-stamp
 DEMO_DATA ?= ./demo-data
 
-.PHONY: install test demo clean bench browser
+.PHONY: install test test-slow demo clean bench browser
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,12 @@ browser:
 	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
 		|| echo "warning: installing chromium failed: browser tests will be skipped"; fi
 
+# `make test`: everything but the real-size (2.5 GB of random weights) tests; CI also runs those (test-slow).
 test: install browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
 
 demo: install
 	$(VENV)/bin/eagle-index demo --data-dir $(DEMO_DATA)

@@ -13,6 +13,25 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEMO_FEATURES = SHARED_DATA / "eagle-demo-tcga-crc"
 
 
+def run_cli(*args, check: bool = True, timeout: float = 300, env: dict | None = None):
+    """`python -m eagle_index ARGS` as a user runs it (a real process); check=True fails on a non-zero exit."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "eagle_index", *map(str, args)], capture_output=True, text=True,
+                            timeout=timeout, check=False, env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"eagle-index {' '.join(map(str, args))} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+@pytest.fixture(name="run_cli")
+def run_cli_fixture():
+    """The shared CLI runner (see `run_cli`)."""
+    return run_cli
+
+
 def needs_shared(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} not present (../shared is absent on this machine)")
 

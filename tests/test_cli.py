@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_FEATURES, clustered_vectors, needs_shared, write_eagle_h5
+from conftest import run_cli as run
 
-
-def run(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "eagle_index", *map(str, args)], capture_output=True, text=True, timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(result.stderr)
-    return result
 
 
 @pytest.fixture
@@ -61,7 +56,9 @@ def test_import_features_cli_and_search_json(tmp_path):
     data = tmp_path / "data"
     run("import-features", "--slide-table", DEMO_FEATURES / "slide_table.csv", "--ctranspath", DEMO_FEATURES / "ctranspath", "--data-dir", data)
     hits = json.loads(run("search", "--patient", "TCGA-CK-5916", "--kind", "mean-ctranspath", "--json", "--data-dir", data).stdout)
-    assert len(hits) == 6 and all(-1.0 <= h["score"] <= 1.0 for h in hits)
+    assert len(hits) == 6 and "TCGA-CK-5916" not in [h["patient"] for h in hits]
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
 
 
 def test_help_does_not_import_torch():

@@ -2,11 +2,11 @@
 
 import csv
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+
+from conftest import run_cli
 
 from eagle_index.cohorts import CohortDefinition, duplicate_groups, pairs_above
 from eagle_index.errors import InputError, NotFoundError
@@ -260,12 +260,6 @@ def test_umap_map(service, archive):
     assert out["method"] == "umap" and out["note"] is None and out["params"]["n_neighbors"] == 15
     assert len(out["points"]) == 40 and all(np.isfinite([p["x"], p["y"]]).all() for p in out["points"])
 
-
-def run_cli(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "eagle_index", *map(str, args)], capture_output=True, text=True, timeout=180, check=False)
-    if check and result.returncode != 0:
-        raise AssertionError(result.stderr)
-    return result
 
 
 def test_cohort_cli(settings, tmp_path):

@@ -1,17 +1,21 @@
 """The EAGLE pipeline on generated slides with the tiny preset (same code, small dims)."""
 
+from functools import partial
 import json
 import shutil
-import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
 
+from conftest import run_cli as _run_cli
+
 from eagle_index.config import Settings
 from eagle_index.service import EagleService
 from slide_fixtures import write_pyramidal_tiff
+
+
+run_cli = partial(_run_cli, check=False)
 
 BOX = 448.0
 
@@ -103,9 +107,6 @@ def test_ingest_skips_a_renamed_copy_and_reports_a_corrupt_slide(tiny_service, s
     assert "TCGA-CC-0003-01Z-00-DX1.tiff" in second["failed"][0]["error"]
     assert tiny_service.stats()["vectors"]["eagle"] >= 1
 
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "eagle_index", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 def test_embed_and_ingest_cli_with_tiny_models(slides, tmp_path):

@@ -6,18 +6,21 @@ process, one at a time): one generated slide with 10 tissue tiles, so Virchow2 r
 tiles per command. The 2.5 GB of weights are deleted when the module is done.
 """
 
+from functools import partial
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
 
+from conftest import run_cli as _run_cli
+
 from model_fixtures import write_official_layout_weights
 from slide_fixtures import write_pyramidal_tiff
+
+
+run_cli = partial(_run_cli, check=False, timeout=600, env={"EAGLE_INDEX_ALLOW_DIGEST_MISMATCH": "1"})  # the weights are random
 
 pytestmark = pytest.mark.slow
 
@@ -42,11 +45,6 @@ def slide(tmp_path_factory):
                                 tissue_boxes_um=[(BOX, BOX, 5 * BOX, 2 * BOX)])
     return made.path
 
-
-def run_cli(*args):
-    env = {**os.environ, "EAGLE_INDEX_ALLOW_DIGEST_MISMATCH": "1"}  # the weights are random
-    return subprocess.run([sys.executable, "-m", "eagle_index", *map(str, args)], check=False,
-                          capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_embed_and_ingest_cli_with_real_size_random_weights(weights_dir, slide, tmp_path):

@@ -1,18 +1,22 @@
 """`eagle-index tiles` / `thumbnail`: the JSON contract, HDF5 output, one-line errors."""
 
+from functools import partial
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+
+from conftest import run_cli
 from PIL import Image
 
 from eagle_index.cli import main
 from eagle_index.slides import open_slide, read_tiles
 from slide_fixtures import tiles_inside, write_pyramidal_tiff
+
+
+_run = partial(run_cli, check=False, timeout=120)
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "openslide-fixtures"
 BOXES_UM = [(448.0, 448.0, 896.0, 448.0)]
@@ -79,10 +83,6 @@ def test_images_without_out_is_an_input_error(capsys, slide):
     code, _, err = cli(capsys, "tiles", slide.path, "--images")
     assert code == 2 and err.strip() == "error: --images needs --out FILE.h5"
 
-
-def _run(*args):
-    return subprocess.run([sys.executable, "-m", "eagle_index", *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
 
 
 @pytest.mark.skipif(not FIXTURES.is_dir(), reason="../shared/data/openslide-fixtures not present")

@@ -1,7 +1,7 @@
 """The real server (`eagle-index serve`) driven by headless Chromium through Playwright.
 
 Needs the Debian `chromium` binary and the `playwright` package (`make test` installs both);
-skipped cleanly without them. A screenshot of each page goes to test-artifacts/screenshots/.
+skipped cleanly without them. A screenshot of each page goes to a temporary folder (never into the repository).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ import pytest
 from test_web_fixtures import archive_copy
 
 CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
+SHOTS = Path(tempfile.gettempdir()) / "eagle-index-screenshots"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 
