@@ -585,6 +585,21 @@ class SearchService:
                 self._tiles_cache.popitem(last=False)
         return tiles
 
+    def stored_tiles(self, patient_id: int) -> PatientTiles | None:
+        """A stored patient's selected tiles (None for imported vectors); cached like the explanations."""
+        return self._stored_tiles(patient_id)
+
+    def tile_pairs(self, query: str, hit: str, pairs: int = 5) -> list[dict] | None:
+        """The explanation's matching tile pairs between two stored patients (None: one has no slide artifacts)."""
+        ids = self.catalog.patient_ids([query, hit])
+        for name in (query, hit):
+            if name not in ids:
+                raise NotFoundError(f"unknown patient {name!r}")
+        a, b = self._stored_tiles(ids[query]), self._stored_tiles(ids[hit])
+        if a is None or b is None:
+            return None
+        return match_tiles(a, b, pairs)
+
     def hits(self, hit_ids, scores, kind: str, signature: str) -> list[dict]:
         """Hit records: patient, score, rank, kind, signature, slides, labels."""
         names = self.catalog.external_ids(hit_ids)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def test_openapi_documents_every_route_and_nothing_else(client, env):
     documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert registered == documented
     for path, ops in doc["paths"].items():
-        names = {part[1:-1] for part in path.split("/") if part.startswith("{")}
+        names = set(re.findall(r"\{([a-z_]+)\}", path))
         for op in ops.values():
             assert names == {p["name"] for p in op["parameters"] if p["in"] == "path"}, path
             assert "400" in op["responses"] and "404" in op["responses"]
