@@ -334,3 +334,59 @@ def test_viewer_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("EAGLE_INDEX_TILE_QUALITY", "500")
     with pytest.raises(InputError, match="EAGLE_INDEX_TILE_QUALITY='500'"):
         Settings.load()
+
+
+# -- OpenSeadragon: from npm by make, not committed ---------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+VENDOR = ROOT / "web" / "static" / "vendor" / "openseadragon"
+
+
+def test_openseadragon_is_pinned_built_by_make_and_ignored_by_git():
+    import json
+    import re
+    import subprocess
+
+    package = json.loads((ROOT / "web" / "frontend" / "package.json").read_text())
+    lock = json.loads((ROOT / "web" / "frontend" / "package-lock.json").read_text())
+    version = package["dependencies"]["openseadragon"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), "pin an exact version"
+    locked = lock["packages"]["node_modules/openseadragon"]
+    assert locked["version"] == version and locked["integrity"].startswith("sha512-") and locked["license"] == "BSD-3-Clause"
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^install: .*\bfrontend\b", makefile, re.M) and "npm ci" in makefile
+    assert re.search(r"^test: install\b", makefile, re.M) and re.search(r"^demo: install\b", makefile, re.M)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert "static/vendor/openseadragon/*.js" in pyproject and "static/vendor/openseadragon/images/*.png" in pyproject
+    ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", "web/static/vendor/openseadragon/openseadragon.min.js"])
+    assert ignored.returncode == 0, "web/static/vendor must be git-ignored"
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "web/static/vendor", "web/frontend/node_modules"],
+                             capture_output=True, text=True).stdout
+    assert tracked == ""
+    readme = (ROOT / "README.md").read_text()
+    assert f"OpenSeadragon](https://openseadragon.github.io/) {version} (BSD-3-Clause" in readme
+
+
+@pytest.mark.skipif(not (VENDOR / "openseadragon.min.js").exists(), reason="OpenSeadragon not built (make install)")
+def test_the_built_openseadragon_matches_the_licence_and_the_csp_hash():
+    import base64
+    import hashlib
+    import re
+
+    from web.security import CSP, OSD_STYLE_SHA256
+
+    assert "Redistribution and use in source and binary forms" in (VENDOR / "LICENSE.txt").read_text()
+    assert (VENDOR / "images" / "zoomin_rest.png").exists()
+    code = (VENDOR / "openseadragon.min.js").read_text()
+    styles = re.findall(r'textContent="(@media[^"]*)"', code)
+    assert len(styles) == 1, "OpenSeadragon's injected <style> changed: update OSD_STYLE_SHA256 in web/security.py"
+    assert base64.b64encode(hashlib.sha256(styles[0].encode()).digest()).decode() == OSD_STYLE_SHA256
+    assert f"'sha256-{OSD_STYLE_SHA256}'" in CSP
+
+
+def test_pages_serve_the_vendored_viewer_and_the_compare_page(client):
+    compare = client.get("/compare?query=CASE-001&hit=CASE-002")
+    assert compare.status_code == 200 and b'data-query="CASE-001"' in compare.data and b"js/compare.js" in compare.data
+    assert b'id="viewer"' in client.get("/patients/CASE-001").data
+    if (VENDOR / "openseadragon.min.js").exists():
+        script = client.get("/static/vendor/openseadragon/openseadragon.min.js")
+        assert script.status_code == 200 and b"OpenSeadragon" in script.data

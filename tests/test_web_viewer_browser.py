@@ -146,6 +146,11 @@ def _pixels(page, selector: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(page.locator(selector).screenshot())).convert("RGB")).astype(np.float64)
 
 
+def _shot(page, path: Path) -> None:
+    page.evaluate("window.scrollTo(0, 0)")  # the sticky top bar would otherwise land mid-page
+    page.screenshot(path=str(path), full_page=True)
+
+
 def _changed(a: np.ndarray, b: np.ndarray) -> float:
     """The fraction of pixels that differ visibly."""
     return float((np.abs(a - b).sum(axis=2) > 30).mean())
@@ -168,7 +173,7 @@ def test_patient_viewer_zooms_toggles_overlays_and_follows_the_gallery(page, ser
     _loaded(page, "#viewer")
     home = _pixels(page, "#viewer")
     assert home.std() > 10, "the viewer canvas is blank"
-    page.screenshot(path=str(shots / "patient-viewer.png"), full_page=True)
+    _shot(page, shots / "patient-viewer.png")
     start = _state(page, "#viewer")
     assert start["slide"] == view["slides"][0]["id"]
     levels_home = max(_levels(page.tiles))
@@ -249,7 +254,7 @@ def test_compare_view_from_a_search_hit_pans_both_viewers_to_a_pair(page, server
     _loaded(page, "#hit-viewer")
     assert _pixels(page, "#query-viewer").std() > 10 and _pixels(page, "#hit-viewer").std() > 10
     assert page.locator("#pairs .pair-pick").count() == len(expected["pairs"]) > 1
-    page.screenshot(path=str(shots / "compare.png"), full_page=True)
+    _shot(page, shots / "compare.png")
 
     pair = expected["pairs"][1]
     page.locator("#pairs .pair-pick[data-pair='1']").click()
@@ -261,7 +266,7 @@ def test_compare_view_from_a_search_hit_pans_both_viewers_to_a_pair(page, server
         assert state["x"] == pytest.approx(box["x_px"] + box["size_px"] / 2, abs=box["size_px"] / 4), selector
         assert state["y"] == pytest.approx(box["y_px"] + box["size_px"] / 2, abs=box["size_px"] / 4), selector
     assert page.locator("#pairs .pair-pick[data-pair='1']").get_attribute("aria-pressed") == "true"
-    page.screenshot(path=str(shots / "compare-pair.png"), full_page=True)
+    _shot(page, shots / "compare-pair.png")
 
     # synchronised zoom: the same µm per screen pixel on both sides
     page.get_by_label("Synchronise zoom (same µm per screen pixel)").check()

@@ -4,7 +4,7 @@
 // CHIEF attention heatmap (colour scale, opacity). Image coordinates are level-0 pixels.
 // For tests and debugging the OpenSeadragon viewer is reachable as element.eagleViewer, and the
 // element's data-slide / data-center-x / data-center-y / data-zoom describe what it shows.
-import { api, clear, el, fmt } from "./common.js";
+import { api, ApiFailure, clear, el, fmt } from "./common.js";
 
 const OSD_URL = "/static/vendor/openseadragon/openseadragon.min.js";
 const OSD_IMAGES = "/static/vendor/openseadragon/images/";
@@ -25,7 +25,7 @@ export function loadOpenSeadragon() {
       script.addEventListener("load", () => resolve(window.OpenSeadragon));
       script.addEventListener("error", () => {
         loading = null;
-        reject(new Error("the slide viewer is not installed on this server (OpenSeadragon is missing: run `make install`)"));
+        reject(new ApiFailure(404, "the slide viewer is not installed on this server (OpenSeadragon is missing: run `make install`)"));
       });
       document.head.append(script);
     });
