@@ -50,6 +50,7 @@ demo: install
 bench: install
 	$(PY) benchmarks/search_bench.py --sizes 10000,100000
 	$(PY) benchmarks/tiling_bench.py
+	$(PY) benchmarks/viewer_bench.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DATA) .pytest_cache web/frontend/node_modules web/static/vendor
