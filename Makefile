@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed-stamp
 DEMO_DATA ?= ./demo-data
 
-.PHONY: install test test-slow demo clean bench browser
+.PHONY: install test test-slow demo clean bench browser frontend
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,7 +13,25 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $(INSTALLED)
 
-install: $(INSTALLED)
+install: $(INSTALLED) frontend
+
+# The slide viewer's OpenSeadragon comes from the npm registry (pinned in web/frontend/package-lock.json)
+# and is copied into web/static/vendor/ (git-ignored; served by the app, never from a CDN).
+OSD_SRC := web/frontend/node_modules/openseadragon/build/openseadragon
+OSD_DIR := web/static/vendor/openseadragon
+OSD_JS := $(OSD_DIR)/openseadragon.min.js
+
+$(OSD_JS): web/frontend/package.json web/frontend/package-lock.json
+	@if ! command -v npm >/dev/null 2>&1 && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null || true; fi
+	@if command -v npm >/dev/null 2>&1; then \
+		cd web/frontend && npm ci --no-audit --no-fund --loglevel=error && cd ../.. \
+		&& rm -rf $(OSD_DIR) && mkdir -p $(OSD_DIR)/images \
+		&& cp $(OSD_SRC)/openseadragon.min.js web/frontend/node_modules/openseadragon/LICENSE.txt $(OSD_DIR)/ \
+		&& cp $(OSD_SRC)/images/*.png $(OSD_DIR)/images/ && echo "OpenSeadragon installed in $(OSD_DIR)"; \
+	else echo "warning: npm is missing (apt-get install npm): the slide viewer and its browser test are unavailable"; fi
+
+frontend: $(OSD_JS)
 
 # The browser tests drive Debian's chromium (never a downloaded browser build); skipped without it.
 browser:
@@ -36,6 +54,7 @@ demo: install
 bench: install
 	$(PY) benchmarks/search_bench.py --sizes 10000,100000
 	$(PY) benchmarks/tiling_bench.py
+	$(PY) benchmarks/viewer_bench.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DATA) .pytest_cache
+	rm -rf $(VENV) $(DEMO_DATA) .pytest_cache web/frontend/node_modules web/static/vendor

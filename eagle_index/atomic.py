@@ -21,10 +21,11 @@ def _umask() -> int:
 
 
 @contextmanager
-def atomic_path(path: str | Path, mkdir: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | Path, mkdir: bool = True, durable: bool = True) -> Iterator[Path]:
     """Yield a temp path in the target's folder; it replaces `path` only if the block succeeds.
 
     mkdir=False: a missing folder is the caller's error (FileNotFoundError), not created.
+    durable=False skips the fsync (caches that can be rebuilt: a crash may lose the file, never tear it).
     """
     path = Path(path)
     if mkdir:
@@ -34,15 +35,16 @@ def atomic_path(path: str | Path, mkdir: bool = True) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, mkdir: bool = True) -> Path:
-    with atomic_path(path, mkdir) as tmp:
+def atomic_write_bytes(path: str | Path, data: bytes, mkdir: bool = True, durable: bool = True) -> Path:
+    with atomic_path(path, mkdir, durable) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 

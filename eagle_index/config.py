@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 ENV_DATA_DIR = "EAGLE_INDEX_DATA"
 ENV_WEIGHTS_DIR = "EAGLE_INDEX_WEIGHTS"
 ENV_DEVICE = "EAGLE_INDEX_DEVICE"
+ENV_TILE_QUALITY = "EAGLE_INDEX_TILE_QUALITY"
+ENV_TILE_CACHE_MB = "EAGLE_INDEX_TILE_CACHE_MB"
 
 
 class TilingSettings(BaseModel):
@@ -61,6 +63,38 @@ class IndexSettings(BaseModel):
     hnsw_ef_search: int = Field(64, ge=8)
 
 
+class ViewerSettings(BaseModel):
+    """The slide viewer's Deep Zoom tiles (env EAGLE_INDEX_TILE_QUALITY, EAGLE_INDEX_TILE_CACHE_MB)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    jpeg_quality: int = Field(80, ge=1, le=100, description="JPEG quality of viewer tiles")
+    tile_size: int = Field(254, ge=64, le=2048, description="Deep Zoom tile side in px (254 + 2 x 1 overlap = 256)")
+    overlap: int = Field(1, ge=0, le=16, description="Deep Zoom tile overlap in px")
+    cache_mb: int = Field(1024, ge=0, description="size cap of DATA/cache/dzi in MiB (least recently used tiles go first; 0: no disk cache)")
+    open_slides: int = Field(16, ge=1, description="slides kept open for the viewer (least recently used are dropped)")
+
+
+def _viewer_env() -> ViewerSettings | None:
+    """Viewer settings from EAGLE_INDEX_TILE_QUALITY / EAGLE_INDEX_TILE_CACHE_MB (a bad value: InputError naming it)."""
+    from pydantic import ValidationError
+
+    from eagle_index.errors import InputError
+
+    values = {}
+    for key, env in (("jpeg_quality", ENV_TILE_QUALITY), ("cache_mb", ENV_TILE_CACHE_MB)):
+        raw = os.environ.get(env, "").strip()
+        if not raw:
+            continue
+        try:
+            values[key] = int(raw)
+            ViewerSettings(**{key: values[key]})
+        except (ValueError, ValidationError):
+            limits = "1 to 100" if key == "jpeg_quality" else "0 or more"
+            raise InputError(f"{env}={raw!r}: expected an integer, {limits}") from None
+    return ViewerSettings(**values) if values else None
+
+
 class Settings(BaseModel):
     """Everything a run of eagle-index needs to know."""
 
@@ -73,6 +107,7 @@ class Settings(BaseModel):
     tiling: TilingSettings = TilingSettings()
     eagle: EagleSettings = EagleSettings()
     index: IndexSettings = IndexSettings()
+    viewer: ViewerSettings = ViewerSettings()
 
     @field_validator("models")
     @classmethod
@@ -95,6 +130,9 @@ class Settings(BaseModel):
             values["weights_dir"] = Path(os.environ[ENV_WEIGHTS_DIR])
         if os.environ.get(ENV_DEVICE):
             values["device"] = os.environ[ENV_DEVICE]
+        viewer = _viewer_env()
+        if viewer is not None:
+            values["viewer"] = viewer
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

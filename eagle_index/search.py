@@ -584,6 +584,19 @@ class SearchService:
                 self._tiles_cache.popitem(last=False)
         return tiles
 
+    def stored_tiles(self, patient_id: int) -> PatientTiles | None:
+        """A stored patient's selected tiles (None for imported vectors); cached like the explanations."""
+        return self._stored_tiles(patient_id)
+
+    def tile_pairs(self, query: str, hit: str, pairs: int = 5) -> tuple[TilePair, ...] | None:
+        """The explanation's matching tile pairs between two stored patients (None: one has no slide artifacts)."""
+        try:
+            return self.match_patients(query, hit, pairs)
+        except NotFoundError as exc:
+            if "no slide artifacts" in str(exc):
+                return None
+            raise
+
     def hits(self, hit_ids, scores, kind: str, signature: str) -> list[Hit]:
         """Hit records: patient, score, rank, kind, signature, slides, labels."""
         names = self.catalog.external_ids(hit_ids)

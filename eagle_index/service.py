@@ -92,6 +92,13 @@ class EagleService:
 
         return ProbeService(self)
 
+    @cached_property
+    def viewer(self):
+        """Deep Zoom tiles, overlays and the compare view of the slide viewer."""
+        from eagle_index.viewer import ViewerService
+
+        return ViewerService(self)
+
     def __enter__(self) -> "EagleService":
         return self
 

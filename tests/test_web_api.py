@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def test_openapi_documents_every_route_and_nothing_else(client, env):
     documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert registered == documented
     for path, ops in doc["paths"].items():
-        names = {part[1:-1] for part in path.split("/") if part.startswith("{")}
+        names = set(re.findall(r"\{([a-z_]+)\}", path))
         for op in ops.values():
             assert names == {p["name"] for p in op["parameters"] if p["in"] == "path"}, path
             assert "400" in op["responses"] and "404" in op["responses"]
@@ -355,3 +356,16 @@ def test_unexpected_errors_never_leak_a_traceback(env, monkeypatch):
     response = client.get("/api/v1/stats")
     message = error_of(response, 500)
     assert "secret" not in message and "RuntimeError" not in response.get_data(as_text=True)
+
+
+def test_slide_viewer_routes(client):
+    """The viewer's routes in one pass (their behaviour in depth: test_web_viewer.py)."""
+    slide = client.get("/api/v1/patients/CASE-002").get_json()["slides"][0]
+    assert b"<Image" in client.get(f"/api/v1/slides/{slide['id']}/dzi").data
+    overlays = client.get(f"/api/v1/slides/{slide['id']}/overlays").get_json()
+    assert len(overlays["tissue"]["x_um"]) == slide["n_tiles"]
+    top = overlays["dzi"]["levels"] - 1
+    assert client.get(f"/api/v1/slides/{slide['id']}/tiles/{top}/0_0.jpeg").mimetype == "image/jpeg"
+    error_of(client.get(f"/api/v1/slides/{slide['id']}/tiles/{top + 1}/0_0.jpeg"), 404)
+    assert client.get("/api/v1/patients/CASE-002/viewer").get_json()["slides"][0]["viewable"] is True
+    assert client.get("/api/v1/compare?query=CASE-002&hit=CASE-001&pairs=2").get_json()["pairs"][0]["rank"] == 1

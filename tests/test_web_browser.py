@@ -160,8 +160,8 @@ def test_patient_page_shows_slides_tiles_and_labels(page, server):
     page.wait_for_selector(".gallery button")
     assert page.locator(".gallery button").count() == len(detail["tiles"])
     assert page.locator(".slide-view rect.tile-box").count() == len(detail["tiles"])
-    page.locator(".gallery button").first.focus()
-    page.keyboard.press("Enter")  # keyboard opens the tile dialog
+    page.locator(".slide-view rect.tile-box").first.focus()
+    page.keyboard.press("Enter")  # keyboard opens the tile dialog (gallery tiles zoom the slide viewer: test_web_viewer_browser.py)
     dialog = page.locator("#tile-dialog")
     dialog.wait_for(state="visible")
     page.wait_for_function("() => { const i = document.querySelector('#tile-dialog-img'); return i.complete && i.naturalWidth === 224; }")

@@ -91,6 +91,16 @@ ROUTES = [
     ("get", "/jobs", "ingestion", "Ingestion jobs", ["state:query:string", "limit:query:integer"], None, 200, JSON),
     ("post", "/jobs", "ingestion", "Queue slide files inside the server's ingest folders", [], "jobs", 202, JSON),
     ("post", "/jobs/{job_id}/retry", "ingestion", "Re-queue a failed job", ["job_id:path:integer"], None, 200, JSON),
+    ("get", "/slides/{slide_id}/dzi", "viewer", "Deep Zoom descriptor of a slide (format=jpeg|png)",
+     ["slide_id:path:integer", "format:query:string"], None, 200, "application/xml"),
+    ("get", "/slides/{slide_id}/tiles/{level}/{col}_{row}.{fmt}", "viewer", "A Deep Zoom tile (ETag; out of range: 404)",
+     ["slide_id:path:integer", "level:path:integer", "col:path:integer", "row:path:integer", "fmt:path:string"], None, 200, "image/jpeg"),
+    ("get", "/slides/{slide_id}/overlays", "viewer", "Viewer overlays: tissue tiles with attention, selected tiles (µm and px)",
+     ["slide_id:path:integer"], None, 200, JSON),
+    ("get", "/patients/{patient}/viewer", "viewer", "A patient's slides for the viewer and its selected tiles",
+     ["patient:path:string"], None, 200, JSON),
+    ("get", "/compare", "viewer", "Two patients side by side with the matching tile pairs",
+     ["query:query:string:required", "hit:query:string:required", "pairs:query:integer"], None, 200, JSON),
 ]
 
 BODIES = {

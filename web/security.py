@@ -29,7 +29,9 @@ from web.errors import ApiError
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 PUBLIC_API = {"api.core.health"}
 PUBLIC_PAGES = {"ui.login", "static"}
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+# OpenSeadragon (the slide viewer) injects one fixed <style> rule; only that exact text is allowed, by hash.
+OSD_STYLE_SHA256 = "9xTiqzfwFaL2SGb1rmr8gysEwVVjIvqWAgmZgqFqpEE="
+CSP = ("default-src 'self'; script-src 'self'; " f"style-src 'self' 'sha256-{OSD_STYLE_SHA256}'; img-src 'self' data: blob:; "
        "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
        "form-action 'self'")
 

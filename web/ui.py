@@ -70,3 +70,10 @@ def login():
 def logout():
     session.clear()
     return redirect(url_for("ui.login") if token_required() else url_for("ui.search"))
+
+
+@ui.get("/compare")
+def compare():
+    """Two patients side by side (`?query=ID&hit=ID`): viewers with overlays and the matching tile pairs."""
+    query, hit = request.args.get("query", "")[:200], request.args.get("hit", "")[:200]
+    return render_template("compare.html", page="compare", title=f"Compare {query} and {hit}", query=query, hit=hit)

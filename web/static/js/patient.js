@@ -1,5 +1,6 @@
 // Patient page: slides with interactive tile boxes, the selected-tile gallery, labels, neighbours.
 import { $, api, chips, clear, el, fail, fmt, fmtInt, image, patientUrl, PLACEHOLDER, showTile } from "./common.js";
+import { patientViewer, slideButtons } from "./viewer.js";
 
 const NS = "http://www.w3.org/2000/svg";
 const patient = $("#patient-head").dataset.patient;
@@ -72,7 +73,7 @@ function gallery(tiles) {
   return tiles.map((tile) => {
     const picture = tile.tile_url ? image(tile.tile_url, `tile ${tile.rank}`) : el("div", { class: "tile-missing" });
     const button = el("button", { type: "button", "data-rank": tile.rank, "aria-label": `tile ${tile.rank} from ${tile.slide}, attention ${fmt(tile.attention, 3)}`,
-      onclick: () => openTile(tile), onmouseenter: () => highlight(tile.rank, true), onmouseleave: () => highlight(tile.rank, false),
+      onclick: () => focusTile(tile), onmouseenter: () => highlight(tile.rank, true), onmouseleave: () => highlight(tile.rank, false),
       onfocus: () => highlight(tile.rank, true), onblur: () => highlight(tile.rank, false) },
     picture, el("span", {}, el("b", { text: `#${tile.rank}` }), el("span", { class: "num", text: fmt(tile.attention, 3) })));
     return button;
@@ -113,10 +114,39 @@ async function load() {
       data.vectors.flatMap((v) => [el("dt", { text: v.kind }), el("dd", { class: "mono small", text: `${v.dim}-d · ${v.signature}` })]),
       el("dt", { text: "cohorts" }), el("dd", { text: data.cohorts.join(", ") || "none" }));
     neighbours(data.labels);
+    setupViewer();
     document.body.dataset.ready = "1";
   } catch (error) {
     fail(error, $("#patient-error"));
   }
+}
+
+// The zoomable viewer: overlays, boxes that open the tile dialog, gallery tiles that zoom to their box.
+let viewer = null;
+let viewerBoxes = [];
+
+async function setupViewer() {
+  const root = $("#viewer");
+  try {
+    const view = await api(`/patients/${encodeURIComponent(patient)}/viewer`);
+    viewerBoxes = view.selected;
+    viewer = await patientViewer(root, $("#viewer-note"), view, { onBox: (box) => openTile(box) });
+    if (!viewer) { $("#viewer-legend").hidden = true; return; }
+    viewer.legend($("#viewer-legend"));
+    slideButtons($("#viewer-slides"), view.slides, viewer, (error) => fail(error, $("#viewer-note")))();
+    root.dataset.ready = "1";
+  } catch (error) {
+    root.hidden = true;
+    $("#viewer-legend").hidden = true;
+    fail(error, $("#viewer-note"));
+  }
+}
+
+function focusTile(tile) {
+  const box = viewerBoxes.find((b) => b.rank === tile.rank);
+  if (!viewer || !box || box.x_px === null || box.slide_id === null) { openTile(tile); return; }
+  $("#viewer-panel").scrollIntoView({ block: "nearest" });
+  viewer.focus(box).catch((error) => fail(error, $("#viewer-note")));
 }
 
 $("#label-form").addEventListener("submit", async (event) => {

@@ -61,6 +61,8 @@ function pairsView(pairs) {
   });
 }
 
+const compareUrl = (query, hit) => `/compare?query=${encodeURIComponent(query)}&hit=${encodeURIComponent(hit)}`;
+
 function hitCard(hit, query) {
   const media = hit.thumbnail_url
     ? el("div", { class: "card-media" }, image(hit.thumbnail_url, `slide thumbnail of ${hit.patient} with its selected tiles outlined`, { size: 320 }),
@@ -95,7 +97,9 @@ function hitCard(hit, query) {
       bar,
       chips(hit.labels, query.labels || {}),
       el("div", { class: "card-foot" }, el("span", { class: "muted small", text: hit.slides.length ? `${hit.slides.length} slide${hit.slides.length === 1 ? "" : "s"}` : "imported vector" }),
-        hit.thumbnail_url || hit.explanation ? toggle : null)),
+        hit.thumbnail_url || hit.explanation ? toggle : null,
+        query.patient && !query.upload ? el("a", { class: "btn btn-small", href: compareUrl(query.patient, hit.patient),
+          title: "both patients side by side, with zoomable slides and the matching tile pairs" }, "Compare") : null)),
     pairsBox);
 }
 

@@ -1,0 +1,567 @@
+"""The slide viewer's data: Deep Zoom tiles from the stored slide files, overlays, the compare view.
+
+Reached as `service.viewer`; the web API only parses requests and renders these results.
+
+- Tiles come from `openslide.deepzoom.DeepZoomGenerator` over the file the catalog records for
+  a slide id (`slides.path`); nothing a request sends is ever used as a path. Plain PNG/JPEG
+  slides open as `openslide.ImageSlide` (its crops are serialised with a lock: PIL is not
+  thread-safe). Open generators are kept in a small thread-safe LRU, keyed by slide id and
+  re-opened when the file's size or modification time changes.
+- Encoded tiles are cached on disk under DATA/cache/dzi (written to a temp file and renamed);
+  the folder has a size cap, and the least recently used tiles are deleted when it is passed.
+  A cache that cannot be written (disk full) is skipped, never an error.
+- Every tile has a strong ETag derived from the slide's fingerprint, file size and mtime, the
+  tile's address and the encoding, so a client can revalidate without the tile being read.
+- Coordinates: overlays are given in level-0 pixels (what the viewer's image coordinates are,
+  `limit_bounds=False`) and in µm (what the artifacts store: µm = px × the slide's MPP).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from eagle_index.atomic import atomic_write_bytes
+from eagle_index.errors import EagleIndexError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"jpeg": "image/jpeg", "png": "image/png"}
+MAX_ID = 2**31 - 1
+RECORD_TTL_S = 5.0  # slide rows are re-read from the catalog at most this often per slide
+
+
+class SlideUnavailableError(EagleIndexError):
+    """A catalogued slide whose file exists but cannot be opened or read (the API answers 409)."""
+
+
+# -- results -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DziDescriptor:
+    slide_id: int
+    width: int
+    height: int
+    tile_size: int
+    overlap: int
+    format: str
+    levels: int
+    xml: str
+    etag: str
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        del out["xml"], out["etag"]
+        out["tiles_url"] = f"/api/v1/slides/{self.slide_id}/tiles/"
+        return out
+
+
+@dataclass(frozen=True)
+class TileImage:
+    data: bytes
+    mimetype: str
+    etag: str
+    cached: bool
+
+
+@dataclass(frozen=True)
+class TileBox:
+    """One tile drawn on the viewer: µm (the artifact's units) and level-0 px (the viewer's)."""
+
+    slide_id: int | None
+    slide: str
+    x_um: float
+    y_um: float
+    x_px: float | None
+    y_px: float | None
+    size_px: float | None
+    attention: float
+    rank: int | None = None
+    tile_url: str | None = None
+
+
+@dataclass(frozen=True)
+class ViewerSlide:
+    id: int
+    name: str
+    status: str
+    viewable: bool
+    reason: str | None
+    width_px: int | None
+    height_px: int | None
+    mpp: float | None
+    selected_tiles: int
+
+
+@dataclass(frozen=True)
+class PatientViewer:
+    """What the viewer can show of a patient; `note` explains when nothing can be shown."""
+
+    patient: str
+    slides: list[ViewerSlide]
+    selected: list[TileBox]
+    tile_um: float
+    note: str | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SlideOverlays:
+    """Everything drawn over one slide: its Deep Zoom geometry, every tissue tile with its CHIEF
+    attention (columns, same order as the artifact), and the patient's selected tiles on it."""
+
+    slide_id: int
+    slide: str
+    patient: str
+    dzi: dict
+    mpp: float | None
+    tile_um: float
+    tile_px: float | None
+    tissue: dict = field(default_factory=dict)  # columns x_um, y_um, x_px, y_px, attention
+    attention_min: float | None = None
+    attention_max: float | None = None
+    selected: list[TileBox] = field(default_factory=list)
+    note: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TilePair:
+    rank: int
+    similarity: float
+    query: TileBox
+    hit: TileBox
+
+
+@dataclass(frozen=True)
+class CompareView:
+    query: PatientViewer
+    hit: PatientViewer
+    pairs: list[TilePair]
+    note: str | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Record:
+    """The catalog's row of a slide, as the viewer needs it."""
+
+    id: int
+    patient_id: int
+    patient: str
+    name: str
+    path: str | None
+    fingerprint: str
+    status: str
+    mpp: float | None
+    width_px: int | None
+    height_px: int | None
+    artifact_path: str | None
+    read_at: float
+
+
+class _Open:
+    def __init__(self, signature: str, slide, generator, lock: threading.Lock | None):
+        self.signature, self.slide, self.generator, self.lock = signature, slide, generator, lock
+
+
+# -- the disk cache ------------------------------------------------------------------------------------
+class TileCache:
+    """Encoded tiles under `root`, at most about `cap_bytes` (LRU by modification time, which a hit
+    refreshes). Writes are atomic (temp file + rename); a failed write or eviction is logged, never raised."""
+
+    def __init__(self, root: Path, cap_bytes: int):
+        self.root = Path(root)
+        self.cap = int(cap_bytes)
+        self._lock = threading.Lock()
+        self._size: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cap > 0
+
+    def get(self, relative: str) -> bytes | None:
+        if not self.enabled:
+            return None
+        path = self.root / relative
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+        return data
+
+    def put(self, relative: str, data: bytes) -> bool:
+        if not self.enabled or len(data) > self.cap:
+            return False
+        path = self.root / relative
+        try:
+            atomic_write_bytes(path, data, durable=False)  # a cache: rebuilt if a crash loses it
+        except OSError as exc:
+            log.warning("tile cache: cannot write %s (%s); serving the tile uncached", path, exc)
+            self.evict(target=self.cap // 2)  # a full disk: make room for the next writes
+            return False
+        with self._lock:
+            if self._size is None:
+                self._size = self._scan_size()
+            else:
+                self._size += len(data)
+            over = self._size > self.cap
+        if over:
+            self.evict()
+        return True
+
+    def _files(self) -> list[tuple[float, int, Path]]:
+        out = []
+        for dirpath, _, names in os.walk(self.root):
+            for name in names:
+                path = Path(dirpath) / name
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                out.append((st.st_mtime, st.st_size, path))
+        return out
+
+    def _scan_size(self) -> int:
+        return sum(size for _, size, _ in self._files())
+
+    def size(self) -> int:
+        return self._scan_size()
+
+    def evict(self, target: int | None = None) -> int:
+        """Delete least recently used tiles until the cache holds at most `target` bytes (default 80 % of the cap)."""
+        target = int(self.cap * 0.8) if target is None else target
+        removed = 0
+        with self._lock:
+            files = sorted(self._files(), key=lambda f: f[0])
+            total = sum(size for _, size, _ in files)
+            for _, size, path in files:
+                if total <= target:
+                    break
+                try:
+                    path.unlink()
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("tile cache: cannot delete %s (%s)", path, exc)
+                    continue
+                total -= size
+            self._size = total
+        return removed
+
+
+# -- the service -----------------------------------------------------------------------------------------
+class ViewerService:
+    def __init__(self, service):
+        self.service = service
+        self.settings = service.settings.viewer
+        self.cache = TileCache(service.settings.data_dir / "cache" / "dzi", self.settings.cache_mb << 20)
+        self._open: OrderedDict[int, _Open] = OrderedDict()
+        self._open_lock = threading.Lock()
+        self._opening: dict[int, threading.Lock] = {}
+        self._records: dict[int, _Record] = {}
+        self._records_lock = threading.Lock()
+
+    @property
+    def catalog(self):
+        return self.service.catalog
+
+    # -- slide lookup ---------------------------------------------------------------------------
+    def _record(self, slide_id: int) -> _Record:
+        if not isinstance(slide_id, int) or not 0 < slide_id <= MAX_ID:
+            raise NotFoundError(f"unknown slide id {slide_id}")
+        now = time.monotonic()
+        with self._records_lock:
+            cached = self._records.get(slide_id)
+        if cached is not None and now - cached.read_at < RECORD_TTL_S:
+            return cached
+        from sqlalchemy import select
+
+        from eagle_index.store.models import Patient, Slide
+
+        with self.catalog.transaction() as session:
+            row = session.get(Slide, slide_id)
+            if row is None:
+                raise NotFoundError(f"unknown slide id {slide_id}")
+            patient = session.scalar(select(Patient.external_id).where(Patient.id == row.patient_id))
+            record = _Record(row.id, row.patient_id, patient, row.name, row.path, row.fingerprint, row.status, row.mpp,
+                             row.width_px, row.height_px, row.artifact_path, now)
+        with self._records_lock:
+            self._records[slide_id] = record
+        return record
+
+    @staticmethod
+    def _file_problem(record: _Record) -> str | None:
+        if not record.path:
+            return f"slide {record.name!r} has no slide file on this server (its features or vectors were imported)"
+        if not Path(record.path).is_file():
+            return (f"slide {record.name!r}: its file {Path(record.path).name!r} is no longer where it was ingested "
+                    f"(moved or deleted); put it back or ingest it again")
+        return None
+
+    def _signature(self, record: _Record) -> str:
+        problem = self._file_problem(record)
+        if problem:
+            raise NotFoundError(problem)
+        st = os.stat(record.path)
+        text = f"{record.fingerprint}|{st.st_size}|{st.st_mtime_ns}|{self.settings.tile_size}|{self.settings.overlap}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _generator(self, record: _Record) -> _Open:
+        signature = self._signature(record)
+        with self._open_lock:
+            entry = self._open.get(record.id)
+            if entry is not None and entry.signature == signature:
+                self._open.move_to_end(record.id)
+                return entry
+            opening = self._opening.setdefault(record.id, threading.Lock())
+        with opening:  # one thread opens a slide; the others wait for it
+            with self._open_lock:
+                entry = self._open.get(record.id)
+                if entry is not None and entry.signature == signature:
+                    return entry
+            entry = self._open_file(record, signature)
+            with self._open_lock:
+                self._open[record.id] = entry
+                self._open.move_to_end(record.id)
+                while len(self._open) > self.settings.open_slides:
+                    self._open.popitem(last=False)  # closed by the garbage collector once no request uses it
+        return entry
+
+    def _open_file(self, record: _Record, signature: str) -> _Open:
+        import openslide
+        from openslide.deepzoom import DeepZoomGenerator
+
+        try:
+            slide = openslide.open_slide(record.path)
+            generator = DeepZoomGenerator(slide, tile_size=self.settings.tile_size, overlap=self.settings.overlap,
+                                          limit_bounds=False)
+        except Exception as exc:  # OpenSlideError, UnidentifiedImageError, OSError, ...
+            raise SlideUnavailableError(f"slide {record.name!r}: its file cannot be opened: {_one_line(exc)}") from exc
+        lock = threading.Lock() if isinstance(slide, openslide.ImageSlide) else None
+        return _Open(signature, slide, generator, lock)
+
+    def _drop(self, slide_id: int) -> None:
+        with self._open_lock:
+            self._open.pop(slide_id, None)
+
+    # -- Deep Zoom ---------------------------------------------------------------------------------
+    def dzi(self, slide_id: int, fmt: str = "jpeg") -> DziDescriptor:
+        if fmt not in FORMATS:
+            raise NotFoundError(f"tile format must be one of {', '.join(FORMATS)}")
+        record = self._record(slide_id)
+        entry = self._generator(record)
+        gen = entry.generator
+        width, height = gen.level_dimensions[-1]
+        return DziDescriptor(record.id, int(width), int(height), self.settings.tile_size, self.settings.overlap, fmt,
+                             gen.level_count, gen.get_dzi(fmt), f'"dzi-{entry.signature}-{fmt}"')
+
+    def tile_etag(self, slide_id: int, level: int, col: int, row: int, fmt: str) -> str:
+        """The ETag a tile will have (cheap: no pixels read); NotFoundError for an address outside the slide."""
+        entry, _ = self._checked(slide_id, level, col, row, fmt)
+        return self._etag(entry.signature, level, col, row, fmt)
+
+    def _etag(self, signature: str, level: int, col: int, row: int, fmt: str) -> str:
+        quality = self.settings.jpeg_quality if fmt == "jpeg" else 0
+        return f'"{signature}-{level}-{col}-{row}-q{quality}.{fmt}"'
+
+    def _checked(self, slide_id: int, level: int, col: int, row: int, fmt: str) -> tuple[_Open, _Record]:
+        if fmt not in FORMATS:
+            raise NotFoundError(f"tile format must be one of {', '.join(FORMATS)}, got {str(fmt)[:20]!r}")
+        record = self._record(slide_id)
+        entry = self._generator(record)
+        gen = entry.generator
+        if not (isinstance(level, int) and 0 <= level < gen.level_count):
+            raise NotFoundError(f"slide {record.name!r} has Deep Zoom levels 0 to {gen.level_count - 1}, not {level}")
+        cols, rows = gen.level_tiles[level]
+        if not (isinstance(col, int) and isinstance(row, int) and 0 <= col < cols and 0 <= row < rows):
+            raise NotFoundError(f"slide {record.name!r} level {level} has {cols} × {rows} tiles; ({col}, {row}) is outside")
+        return entry, record
+
+    def tile(self, slide_id: int, level: int, col: int, row: int, fmt: str = "jpeg") -> TileImage:
+        entry, record = self._checked(slide_id, level, col, row, fmt)
+        etag = self._etag(entry.signature, level, col, row, fmt)
+        quality = self.settings.jpeg_quality if fmt == "jpeg" else 0
+        relative = f"{record.id}/{entry.signature}/{level}/{col}_{row}_q{quality}.{fmt}"
+        data = self.cache.get(relative)
+        if data is not None:
+            return TileImage(data, FORMATS[fmt], etag, True)
+        try:
+            if entry.lock is not None:
+                with entry.lock:
+                    image = entry.generator.get_tile(level, (col, row))
+            else:
+                image = entry.generator.get_tile(level, (col, row))
+        except Exception as exc:  # a tile that fails to decode: OpenSlide's handle is unusable afterwards
+            self._drop(record.id)
+            raise SlideUnavailableError(f"slide {record.name!r}: its file cannot be read at level {level} "
+                                        f"({col}, {row}): {_one_line(exc)}") from exc
+        buffer = io.BytesIO()
+        if fmt == "jpeg":
+            image.convert("RGB").save(buffer, format="JPEG", quality=self.settings.jpeg_quality)
+        else:
+            image.save(buffer, format="PNG", compress_level=3)
+        data = buffer.getvalue()
+        self.cache.put(relative, data)
+        return TileImage(data, FORMATS[fmt], etag, False)
+
+    # -- overlays ----------------------------------------------------------------------------------
+    def _selected(self, patient_id: int, slides: list[_Record]) -> list[TileBox]:
+        """The patient's selected tiles (rank order, same selection as its EAGLE vector)."""
+        tiles = self.service.searcher.stored_tiles(patient_id)
+        if tiles is None:
+            return []
+        by_name: dict[str, _Record] = {}
+        for rec in slides:
+            if rec.status == "done":
+                by_name.setdefault(rec.name, rec)
+        tile_um = self.service.settings.tiling.tile_um
+        out = []
+        for i, (name, x, y, a) in enumerate(zip(tiles.slide, tiles.x_um, tiles.y_um, tiles.attention)):
+            rec = by_name.get(name)
+            out.append(_box(rec, name, float(x), float(y), float(a), tile_um, rank=i + 1))
+        return out
+
+    def _patient_slides(self, patient_id: int) -> list[_Record]:
+        from sqlalchemy import select
+
+        from eagle_index.store.models import Patient, Slide
+
+        now = time.monotonic()
+        with self.catalog.transaction() as session:
+            patient = session.scalar(select(Patient.external_id).where(Patient.id == patient_id))
+            rows = session.scalars(select(Slide).where(Slide.patient_id == patient_id).order_by(Slide.name, Slide.id)).all()
+            return [_Record(r.id, r.patient_id, patient, r.name, r.path, r.fingerprint, r.status, r.mpp, r.width_px, r.height_px,
+                            r.artifact_path, now) for r in rows]
+
+    def _patient_id(self, external_id: str) -> int:
+        ids = self.catalog.patient_ids([external_id])
+        if external_id not in ids:
+            raise NotFoundError(f"unknown patient {external_id!r}")
+        return ids[external_id]
+
+    def patient(self, external_id: str) -> PatientViewer:
+        """The patient's slides as the viewer sees them, its selected tiles, and why nothing shows (if so)."""
+        pid = self._patient_id(external_id)
+        slides = self._patient_slides(pid)
+        selected = self._selected(pid, slides)
+        counts: dict[int, int] = {}
+        for box in selected:
+            if box.slide_id is not None:
+                counts[box.slide_id] = counts.get(box.slide_id, 0) + 1
+        items = []
+        for rec in slides:
+            problem = self._file_problem(rec)
+            items.append(ViewerSlide(rec.id, rec.name, rec.status, problem is None, problem, rec.width_px, rec.height_px,
+                                     rec.mpp, counts.get(rec.id, 0)))
+        note = None
+        if not slides:
+            note = (f"patient {external_id!r} has no slides here: its vectors were imported, so there is no tissue to "
+                    f"show (search and labels still work)")
+        elif not any(s.viewable for s in items):
+            note = f"none of patient {external_id!r}'s slide files is available to this server: " + items[0].reason
+        return PatientViewer(external_id, items, selected, self.service.settings.tiling.tile_um, note)
+
+    def overlays(self, slide_id: int) -> SlideOverlays:
+        """Deep Zoom geometry + tissue tiles with attention + the patient's selected tiles on this slide."""
+        from eagle_index.formats.h5util import open_h5
+
+        record = self._record(slide_id)
+        dzi = self.dzi(slide_id).as_dict()
+        tile_um = self.service.settings.tiling.tile_um
+        mpp = record.mpp
+        selected = [b for b in self._selected(record.patient_id, self._patient_slides(record.patient_id))
+                    if b.slide_id == record.id]
+        if not record.artifact_path or not Path(record.artifact_path).is_file():
+            return SlideOverlays(record.id, record.name, record.patient, dzi, mpp, tile_um, tile_um / mpp if mpp else None,
+                                 selected=selected, note="no tissue tiles: this slide was not embedded by this catalog")
+        try:
+            with open_h5(Path(record.artifact_path)) as handle:
+                coords = np.asarray(handle["coords"][()], dtype=np.float64).reshape(-1, 2)
+                attention = np.asarray(handle["attention"][()], dtype=np.float64)
+                tile_um = float(handle.attrs.get("tile_size_um", tile_um))
+        except (EagleIndexError, KeyError, OSError) as exc:
+            return SlideOverlays(record.id, record.name, record.patient, dzi, mpp, tile_um, tile_um / mpp if mpp else None,
+                                 selected=selected, note=f"no tissue tiles: the slide's artifact cannot be read ({_one_line(exc)})")
+        tissue = {"x_um": _round(coords[:, 0]), "y_um": _round(coords[:, 1]), "attention": [float(a) for a in attention]}
+        if mpp:
+            tissue["x_px"] = _round(coords[:, 0] / mpp)
+            tissue["y_px"] = _round(coords[:, 1] / mpp)
+        finite = attention[np.isfinite(attention)]
+        return SlideOverlays(
+            record.id, record.name, record.patient, dzi, mpp, tile_um, tile_um / mpp if mpp else None, tissue,
+            float(finite.min()) if len(finite) else None, float(finite.max()) if len(finite) else None, selected,
+            None if mpp else "no µm/px recorded for this slide: tiles cannot be placed on it")
+
+    # -- compare -----------------------------------------------------------------------------------
+    def compare(self, query: str, hit: str, pairs: int = 10) -> CompareView:
+        """Both patients' viewers and the explanation's matching tile pairs (the search service's)."""
+        left, right = self.patient(query), self.patient(hit)
+        matched = self.service.searcher.tile_pairs(query, hit, pairs)
+        note = None
+        out: list[TilePair] = []
+        if matched is None:
+            note = "no matching tile pairs: one of the two patients has no slide artifacts (imported vectors)"
+        else:
+            tile_um = self.service.settings.tiling.tile_um
+            q_by_name = {s.name: s for s in self._patient_slides(self._patient_id(query)) if s.status == "done"}
+            h_by_name = {s.name: s for s in self._patient_slides(self._patient_id(hit)) if s.status == "done"}
+            for i, pair in enumerate(matched):
+                q = _box(q_by_name.get(pair.query_slide), pair.query_slide, pair.query_x_um, pair.query_y_um,
+                         float("nan"), tile_um)
+                h = _box(h_by_name.get(pair.hit_slide), pair.hit_slide, pair.hit_x_um, pair.hit_y_um,
+                         float("nan"), tile_um)
+                out.append(TilePair(i + 1, float(pair.similarity), _with_attention(q, left.selected), _with_attention(h, right.selected)))
+        return CompareView(left, right, out, note)
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+def _round(values) -> list[float]:
+    return [round(float(v), 3) for v in values]
+
+
+def _box(record: _Record | None, name: str, x_um: float, y_um: float, attention: float, tile_um: float,
+         rank: int | None = None) -> TileBox:
+    mpp = record.mpp if record is not None else None
+    slide_id = record.id if record is not None else None
+    has_file = record is not None and bool(record.path) and Path(record.path).is_file()
+    return TileBox(
+        slide_id, name, float(x_um), float(y_um),
+        round(x_um / mpp, 3) if mpp else None, round(y_um / mpp, 3) if mpp else None, round(tile_um / mpp, 3) if mpp else None,
+        float(attention), rank,
+        f"/api/v1/slides/{slide_id}/tile.png?x_um={x_um:.3f}&y_um={y_um:.3f}" if has_file else None,
+    )
+
+
+def _with_attention(box: TileBox, selected: list[TileBox]) -> TileBox:
+    """The pair's tile with its rank and attention from the patient's selection (pairs come from it)."""
+    from dataclasses import replace
+
+    for s in selected:
+        if s.slide == box.slide and abs(s.x_um - box.x_um) < 0.5 and abs(s.y_um - box.y_um) < 0.5:
+            return replace(box, rank=s.rank, attention=s.attention)
+    return replace(box, attention=0.0)
