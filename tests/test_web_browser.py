@@ -116,7 +116,7 @@ def shot(page, name: str) -> None:
 
 
 def test_search_by_patient_shows_the_expected_top_hit(page, server):
-    expected = _get(f"{server['url']}/api/v1/search?patient=IMP-001&k=10")
+    expected = _get(f"{server['url']}/api/v1/search?patient=IMP-001&k=10")["hits"]
     assert expected[0]["patient"] == "IMP-002"
     goto(page, "/search")
     page.get_by_label("Predict this label from the neighbours").select_option("TISSUE")
@@ -132,7 +132,7 @@ def test_search_by_patient_shows_the_expected_top_hit(page, server):
     assert [cards.nth(i).get_attribute("data-patient") for i in range(10)] == [h["patient"] for h in expected]
     assert page.locator(".vote-pred").inner_text() in ("dense", "pale", "fatty")
     # a patient with slides: thumbnails with tile boxes, and the matching tile pairs on demand
-    top = _get(f"{server['url']}/api/v1/search?patient=CASE-001&k=10")[0]["patient"]
+    top = _get(f"{server['url']}/api/v1/search?patient=CASE-001&k=10")["hits"][0]["patient"]
     goto(page, "/search?patient=CASE-001")
     page.wait_for_selector("#hits article")
     first = page.locator("#hits article").first

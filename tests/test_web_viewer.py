@@ -36,10 +36,12 @@ def _slide_id(client, patient: str, index: int = 0) -> int:
 
 def _register(service, path: Path, name: str, patient: str = "VIEWER-EXTRA", mpp: float | None = 1.0) -> int:
     """A slide row pointing to `path` (what ingest records), without embedding it."""
-    with service.catalog.transaction() as session:
+    def write(session):
         pid = service.catalog.patient_id(session, patient, create=True)
         return service.catalog.add_slide(session, pid, name, f"test-{name}-{path.stat().st_size}", path=str(path),
                                          status="registered", mpp=mpp)
+
+    return service.catalog.write(write)
 
 
 def _image(data: bytes):

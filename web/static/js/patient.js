@@ -89,7 +89,7 @@ function labelRows(labels) {
 async function neighbours(labels) {
   const list = $("#neighbours");
   try {
-    const hits = await api(`/search?patient=${encodeURIComponent(patient)}&k=5`);
+    const { hits } = await api(`/search?patient=${encodeURIComponent(patient)}&k=5`);
     if (!hits.length) { clear(list, el("li", { class: "muted", text: "no other patient has a vector of this kind" })); return; }
     clear(list, hits.map((hit) => el("li", {}, el("span", {}, el("a", { href: patientUrl(hit.patient), text: hit.patient }), " ", chips(hit.labels, labels)),
       el("span", { class: "num score", text: fmt(hit.score, 4) }))));
