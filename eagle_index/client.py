@@ -142,6 +142,10 @@ class RemoteService:
     def probes(self) -> "RemoteProbes":
         return RemoteProbes(self.client)
 
+    @property
+    def searcher(self) -> "RemoteSearcher":
+        return RemoteSearcher(self.client)
+
     def import_labels(self, path: Path, create_missing: bool = False) -> _Report:
         return _Report(self.client.import_labels(path, create_missing))
 
@@ -171,6 +175,16 @@ class _RemoteTopic:
 
     def __getattr__(self, name: str):
         raise CatalogError(f"{name.replace('_', ' ')} is not served by {self.client.owner.describe()}'s API; stop it first")
+
+
+class RemoteSearcher(_RemoteTopic):
+    """`service.searcher` of a running owner: the read-only evaluations it serves."""
+
+    def evaluate_retrieval(self, label: str, ks=(1, 3, 5), kind: str | None = None, signature: str | None = None,
+                           cohort: str | None = None, exclude_same_site: bool = False, site_label: str = "site") -> dict:
+        return self.client._request("GET", "/eval/retrieval", {
+            "label": label, "k": ",".join(str(int(k)) for k in ks), "kind": kind, "signature": signature, "cohort": cohort,
+            "exclude_site": "1" if exclude_same_site else None, "site_label": site_label})
 
 
 class RemoteCohorts(_RemoteTopic):

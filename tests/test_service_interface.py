@@ -123,3 +123,13 @@ def test_probe_train_list_apply(svc):
     assert len(applied["candidates"]) == 5
     probs = [c["probability"] for c in applied["candidates"]]
     assert probs == sorted(probs, reverse=True)
+
+
+def test_retrieval_evaluation(svc):
+    report = svc.searcher.evaluate_retrieval("organ", ks=[1, 3])
+    assert report["patients"] == N and report["kind"] == "eagle" and set(report["classes"]) == {"lung", "colon"}
+    normed = VECTORS / np.linalg.norm(VECTORS, axis=1, keepdims=True)
+    sims = normed @ normed.T
+    np.fill_diagonal(sims, -np.inf)
+    nearest = [max(range(N), key=lambda j: (sims[i, j], -j)) for i in range(N)]
+    assert report["overall"]["Acc@1"] == pytest.approx(np.mean([ORGAN[i] == ORGAN[j] for i, j in enumerate(nearest)]))

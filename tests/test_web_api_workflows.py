@@ -153,6 +153,14 @@ def test_fewshot_curve_and_probe_delete(client):
     error_of(client.get("/api/v1/probes/tissue"), 404)
 
 
+def test_retrieval_evaluation_route(client, env):
+    report = client.get("/api/v1/eval/retrieval?label=TISSUE&k=1,3").get_json()
+    assert report == env["service"].searcher.evaluate_retrieval("TISSUE", [1, 3])
+    error_of(client.get("/api/v1/eval/retrieval"), 400, "label")
+    error_of(client.get("/api/v1/eval/retrieval?label=TISSUE&k=a"), 400, "k")
+    error_of(client.get("/api/v1/eval/retrieval?label=NOPE"), 404)
+
+
 def test_every_api_route_was_called(env, request):
     import test_web_api
 

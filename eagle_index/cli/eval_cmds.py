@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
             return
         metrics = list(report["overall"])
         width = max([len("overall (micro)")] + [len(c) for c in report["classes"]]) + 2
-        typer.echo(f"retrieval of {label!r} with {kind} vectors: {report['patients']} patients, leave-one-patient-out"
+        typer.echo(f"retrieval of {label!r} with {report['kind']} vectors: {report['patients']} patients, leave-one-patient-out"
                    + (", other sites only" if exclude_site else ""))
         typer.echo(" " * width + "     n" + "".join(f"{m:>9}" for m in metrics))
         rows = [(c, v["n"], v) for c, v in report["classes"].items()]

@@ -56,6 +56,24 @@ def search():
     return jsonify({"hits": [h.as_dict() for h in result.hits], "vote": result.vote})
 
 
+@bp.get("/eval/retrieval")
+def eval_retrieval():
+    """Leave-one-patient-out Acc@k, MV@k, mAP@k over the patients with `label` (k: comma-separated)."""
+    label = request.args.get("label")
+    if not label:
+        raise ApiError(400, "label is required", field="label")
+    try:
+        ks = [int(v) for v in (request.args.get("k") or "1,3,5").split(",") if v.strip()]
+    except ValueError:
+        raise ApiError(400, "k must be comma-separated whole numbers", field="k") from None
+    if not ks or any(k < 1 or k > MAX_K for k in ks):
+        raise ApiError(400, f"k values must be between 1 and {MAX_K}", field="k")
+    report = service().searcher.evaluate_retrieval(
+        label, ks, request.args.get("kind") or None, request.args.get("signature") or None,
+        request.args.get("cohort") or None, bool_arg("exclude_site"), request.args.get("site_label") or "site")
+    return jsonify(report)
+
+
 def _filters_from_body(body: dict):
     from eagle_index.errors import InputError
     from eagle_index.search import SearchFilters
