@@ -547,6 +547,9 @@ class SearchService:
             want = min(total, want * 4)
 
     def _run(self, query, k, kind, signature, filters, query_id: int | None, query_name, query_info) -> SearchResult:
+        from eagle_index.limits import check_k
+
+        check_k(k)
         filters = filters or SearchFilters()
         ids, scores = self.top_k(kind, signature, query, k, filters, query_id, query_name)
         return SearchResult(query=query_info, hits=self.hits(ids, scores, kind, signature), filters=filters.as_dict())
