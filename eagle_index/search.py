@@ -387,19 +387,33 @@ class SearchService:
     def catalog(self):
         return self.service.catalog
 
+    @property
+    def reads(self):
+        """Hit facts (ids, names, slides, labels, query vectors) cached until the catalog changes."""
+        reads = self.__dict__.get("_reads")
+        if reads is None:
+            from eagle_index.store.readcache import CachedReads
+
+            with self._tiles_lock:
+                reads = self.__dict__.get("_reads") or CachedReads(self.catalog)
+                self.__dict__["_reads"] = reads
+        return reads
+
     # -- entry points ------------------------------------------------------------------------------
     def search_patient(self, external_id: str, k: int = 10, kind: str = "eagle", signature: str | None = None,
                        filters: SearchFilters | None = None, explain: bool = False, vote: str | None = None,
                        pairs: int = 5) -> SearchResult:
         """The k most similar other patients to a stored patient (it never returns itself)."""
-        ids = self.catalog.patient_ids([external_id])
+        ids = self.reads.patient_ids([external_id])
         if external_id not in ids:
             raise NotFoundError(f"unknown patient {external_id!r}")
         patient_id = ids[external_id]
         signature = self.service._signature_for(patient_id, external_id, kind, signature)
-        _, query = self.catalog.load_vectors(kind, signature, [patient_id])
+        query = self.reads.vector(kind, signature, patient_id)
+        if query is None:
+            raise NotFoundError(f"patient {external_id!r} has no {kind!r} vector with signature {signature!r}")
         query_tiles = self._stored_tiles(patient_id) if explain else None
-        result = self._run(query[0], k, kind, signature, filters, patient_id, external_id,
+        result = self._run(query, k, kind, signature, filters, patient_id, external_id,
                            {"patient": external_id, "kind": kind, "signature": signature})
         return self._finish(result, query_tiles, explain, vote, pairs)
 
@@ -590,9 +604,9 @@ class SearchService:
 
     def hits(self, hit_ids, scores, kind: str, signature: str) -> list[dict]:
         """Hit records: patient, score, rank, kind, signature, slides, labels."""
-        names = self.catalog.external_ids(hit_ids)
-        slides = self.catalog.slides_of(hit_ids)
-        labels = self.catalog.labels_of(hit_ids)
+        names = self.reads.external_ids(hit_ids)
+        slides = self.reads.slides_of(hit_ids)
+        labels = self.reads.labels_of(hit_ids)
         return [
             {"patient": names[int(pid)], "score": float(score), "rank": rank, "kind": kind, "signature": signature,
              "slides": slides[int(pid)], "labels": labels[int(pid)]}
