@@ -121,8 +121,12 @@ def client_process(port: int, k: int, queries: list[str], start_at: float) -> li
 
 
 def concurrent(service: EagleService, names: list[str], args) -> None:
+    import logging
+
     from eagle_index.server import HTTP_THREADS, make_http_server
     from web import create_app
+
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is N": expected here
 
     app = create_app(service=service, owner={"role": "serve"})
     server = make_http_server(app, "127.0.0.1", 0)

@@ -144,6 +144,7 @@ def make_http_server(app, host: str, port: int):
     from web.security import security_headers
 
     limit = int(app.config.get("MAX_CONTENT_LENGTH") or 0) or (1 << 40)
+    wsgi = _one_compute_thread_per_request(app)
 
     class JsonErrorTask(ErrorTask):
         def execute(self):
@@ -160,11 +161,34 @@ def make_http_server(app, host: str, port: int):
     class Channel(HTTPChannel):
         error_task_class = JsonErrorTask
 
-    server = create_server(app, host=host, port=port, threads=HTTP_THREADS, ident="eagle-index",
+    server = create_server(wsgi, host=host, port=port, threads=HTTP_THREADS, ident="eagle-index",
                            max_request_body_size=limit + 1)  # waitress refuses Content-Length >= this
     for each in getattr(server, "map", {}).values() if not hasattr(server, "effective_port") else [server]:
         each.channel_class = Channel
     return server
+
+
+def _one_compute_thread_per_request(app):
+    """Requests run in parallel on the HTTP threads; inside one request FAISS uses one OpenMP
+    thread. A single query is far too small to split (its parallel regions cost more than they
+    save), and N request threads x the default OpenMP team would oversubscribe the cores, where
+    spinning OpenMP workers stall everything. OpenMP's thread count is per calling thread, so
+    this leaves the ingestion worker's index builds alone."""
+    local = threading.local()
+
+    def wsgi(environ, start_response):
+        if not getattr(local, "ready", False):
+            local.ready = True
+            try:
+                import faiss
+
+                faiss.omp_set_num_threads(1)
+            except ImportError:  # pragma: no cover - faiss is a dependency
+                pass
+        return app(environ, start_response)
+
+    wsgi.flask_app = app
+    return wsgi
 
 
 def remove_stale_temp_files(settings: Settings, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
