@@ -372,6 +372,14 @@ class SearchResult:
         return asdict(self)
 
 
+def _count_in_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> int:
+    """How many of `values` (distinct) are in `sorted_ids`: a binary search each, not a sort of the set."""
+    if not len(values) or not len(sorted_ids):
+        return 0
+    where = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
+    return int((sorted_ids[where] == values).sum())
+
+
 class SearchService:
     """Search over the catalog's vector sets; front ends call it through `EagleService.searcher`."""
 
@@ -521,7 +529,7 @@ class SearchService:
             def accept(ids):
                 return ~np.isin(ids, excluded_arr)
 
-            n_excluded = int(np.isin(excluded_arr, self.catalog.vector_ids(kind, signature)).sum()) if len(excluded_arr) else 0
+            n_excluded = _count_in_sorted(excluded_arr, self.catalog.vector_ids(kind, signature))
             n_accept = info.count - n_excluded
         found = self._over_fetch(kind, signature, query, k, accept, n_accept, info.count, filters.min_score)
         if found is not None:

