@@ -417,13 +417,21 @@ class SearchService:
             raise NotFoundError(f"unknown patient {external_id!r}")
         patient_id = ids[external_id]
         signature = self.service._signature_for(patient_id, external_id, kind, signature)
-        query = self.reads.vector(kind, signature, patient_id)
+        query = self._stored_query(kind, signature, patient_id)
         if query is None:
             raise NotFoundError(f"patient {external_id!r} has no {kind!r} vector with signature {signature!r}")
         query_tiles = self._stored_tiles(patient_id) if explain else None
         result = self._run(query, k, kind, signature, filters, patient_id, external_id,
                            {"patient": external_id, "kind": kind, "signature": signature})
         return self._finish(result, query_tiles, explain, vote, pairs)
+
+    def _stored_query(self, kind: str, signature: str, patient_id: int) -> np.ndarray | None:
+        """A stored patient's vector as a query: the unit vector its index holds (flat, HNSW and
+        IVF with exact re-ranking keep it; no SQL), else the catalog's raw vector (cached)."""
+        try:
+            return self.service.vectors.get(kind, signature).index.reconstruct(int(patient_id))
+        except (RuntimeError, KeyError, AttributeError):  # index kinds without stored vectors, or id absent
+            return self.reads.vector(kind, signature, patient_id)
 
     def search_vector(self, vector, k: int = 10, kind: str = "eagle", signature: str | None = None,
                       filters: SearchFilters | None = None, vote: str | None = None) -> SearchResult:
