@@ -139,14 +139,19 @@ def concurrent(service: EagleService, names: list[str], args) -> None:
     print(f"in-process answers for {len(pool)} pool patients: {time.perf_counter() - started:.1f} s", flush=True)
     per_client = [list(rng.choice(pool, args.requests // args.concurrency)) for _ in range(args.concurrency)]
     warm = [list(rng.choice(pool, 5)) for _ in range(args.concurrency)]
+    import resource
+
     load_before = os.getloadavg()
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.concurrency) as workers:
         workers.starmap(client_process, [(port, args.k, w, 0.0) for w in warm])  # connect, import, warm up
         start_at = time.time() + 1.0
         results = workers.starmap(client_process, [(port, args.k, [str(q) for q in c], start_at) for c in per_client])
         wall = time.time() - start_at
+        cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     load_after = os.getloadavg()
+    server_cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     server.close()
     flat = [r for client in results for r in client]
     errors = [r for r in flat if r[1] != 200]
@@ -157,6 +162,8 @@ def concurrent(service: EagleService, names: list[str], args) -> None:
           f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f}\n")
     print("| clients | requests/s | p50 ms | p90 ms | p99 ms | errors | wrong answers |\n|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {args.concurrency} | {len(flat) / wall:.1f} | {ms['p50']:.1f} | {ms['p90']:.1f} | {ms['p99']:.1f} | {len(errors)} | {wrong} |")
+    print(f"\nserver process CPU: {server_cpu * 1000 / len(flat):.1f} ms per request "
+          f"({server_cpu / wall:.2f} of the {os.cpu_count()} cores over the run)")
     if errors:
         print("first error:", errors[0][1], errors[0][3][:300])
 
