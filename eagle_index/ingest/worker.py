@@ -135,7 +135,7 @@ class Worker:
             return False
 
     def _superseded(self, job: ClaimedJob, path: Path, why: str) -> str:
-        reason = f"superseded: {path} {why}; its new content is queued as its own job once the file settles"
+        reason = f"superseded: {path} {why}; its new content needs a job of its own (a watcher queues it once the file settles)"
         self.queue.supersede(job.id, reason)
         log.info(json.dumps({"event": "job_superseded", "job": job.id, "file": str(path), "reason": reason}))
         return "skipped"
