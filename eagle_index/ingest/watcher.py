@@ -82,12 +82,13 @@ class Watcher:
 
     def scan_once(self) -> list[dict]:
         """One pass over the roots; enqueue files that have settled. Returns what was enqueued."""
-        now = time.monotonic()
         enqueued = []
         present = set()
-        for path in self._files():
+        for path in list(self._files()):  # one listing per scan: enqueueing (hashing) takes time, and files
+            # created meanwhile must not be seen in a sub-folder listed later but stamped with this scan's start
             present.add(path)
             state = file_state(path)
+            now = time.monotonic()  # when this state was seen (a scan that hashes files takes a while)
             if state is None or self._handled.get(path) == state:
                 continue
             previous = self._seen.get(path)
