@@ -17,6 +17,19 @@ floor, `GET /api/v1/health` (HTTP + Flask + security hooks, no work) - interleav
 query, in alternating order, so load changes on a shared machine hit all three alike. After
 30 warm-up calls of each. Prints p50/p90/p99 (ms) and checks both searches return the
 same hits.
+
+Concurrent mode (`--concurrency N`, e.g. 16): N client processes (spawned, one keep-alive
+connection each) send `GET /api/v1/search` for random patients of a pool of `--pool` patients,
+all starting together, `--requests` requests in all, to the server `eagle-index serve` runs
+(`eagle_index.server.make_http_server`: waitress with its thread pool) in this process. Prints
+requests/s over the whole run, p50/p90/p99 latency, errors (non-200 answers or failed
+connections) and wrong answers: every answer is compared with the in-process
+`EagleService.search_patient` result for its patient, computed before the run.
+
+    .venv/bin/python benchmarks/api_bench.py --concurrency 16 --requests 3000 [--data-dir DIR]
+
+`--data-dir DIR` keeps the filled catalog in DIR and reuses it in later runs (set-up is then
+skipped when DIR already holds `--patients` patients).
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import multiprocessing
 import os
 import platform
 import sys
@@ -87,28 +101,119 @@ def percentiles(ms: list[float]) -> dict:
             "mean": float(a.mean())}
 
 
+def client_process(port: int, k: int, queries: list[str], start_at: float) -> list[tuple[str, int, float, str]]:
+    """One client (its own process): (patient, HTTP status, latency ms, body) per request."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    out = []
+    while time.time() < start_at:
+        time.sleep(0.001)
+    for patient in queries:
+        t0 = time.perf_counter()
+        try:
+            connection.request("GET", f"/api/v1/search?patient={patient}&k={k}&kind=eagle")
+            response = connection.getresponse()
+            body = response.read()
+            status = response.status
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            body, status = repr(exc).encode(), 0
+        out.append((patient, status, (time.perf_counter() - t0) * 1000, body.decode("utf-8", "replace")))
+    connection.close()
+    return out
+
+
+def concurrent(service: EagleService, names: list[str], args) -> None:
+    import logging
+
+    from eagle_index.server import HTTP_THREADS, make_http_server
+    from web import create_app
+
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is N": expected here
+
+    app = create_app(service=service, owner={"role": "serve"})
+    server = make_http_server(app, "127.0.0.1", 0)
+    threading.Thread(target=server.run, daemon=True).start()
+    port = server.effective_port
+    rng = np.random.default_rng(3)
+    pool = [names[i] for i in rng.choice(len(names), min(args.pool, len(names)), replace=False)]
+    started = time.perf_counter()
+    expected = {p: json.loads(json.dumps(service.search_patient(p, k=args.k, kind="eagle"))) for p in pool}
+    print(f"in-process answers for {len(pool)} pool patients: {time.perf_counter() - started:.1f} s", flush=True)
+    per_client = [list(rng.choice(pool, args.requests // args.concurrency)) for _ in range(args.concurrency)]
+    warm = [list(rng.choice(pool, 5)) for _ in range(args.concurrency)]
+    import resource
+
+    load_before = os.getloadavg()
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(args.concurrency) as workers:
+        workers.starmap(client_process, [(port, args.k, w, 0.0) for w in warm])  # connect, import, warm up
+        start_at = time.time() + 1.0
+        results = workers.starmap(client_process, [(port, args.k, [str(q) for q in c], start_at) for c in per_client])
+        wall = time.time() - start_at
+        cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    load_after = os.getloadavg()
+    server_cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
+    server.close()
+    flat = [r for client in results for r in client]
+    errors = [r for r in flat if r[1] != 200]
+    wrong = sum(1 for p, status, _, body in flat if status == 200 and json.loads(body) != expected[p])
+    ms = percentiles([r[2] for r in flat])
+    print(f"\n{len(flat)} requests by {args.concurrency} client processes, top-{args.k}, {args.patients:,} patients, {args.dim}-d; "
+          f"server: waitress, {HTTP_THREADS} threads; {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+          f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f}\n")
+    print("| clients | requests/s | p50 ms | p90 ms | p99 ms | errors | wrong answers |\n|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {args.concurrency} | {len(flat) / wall:.1f} | {ms['p50']:.1f} | {ms['p90']:.1f} | {ms['p99']:.1f} | {len(errors)} | {wrong} |")
+    print(f"\nserver process CPU: {server_cpu * 1000 / len(flat):.1f} ms per request "
+          f"({server_cpu / wall:.2f} of the {os.cpu_count()} cores over the run)")
+    if errors:
+        print("first error:", errors[0][1], errors[0][3][:300])
+
+
+def prepared(data_dir: Path, args) -> tuple[EagleService, list[str]]:
+    settings = Settings(data_dir=data_dir)
+    service = EagleService(settings)
+    names = [f"API-{i:06d}" for i in range(args.patients)]
+    stats = service.stats()
+    if stats["patients"] == args.patients:
+        started = time.perf_counter()
+        service.vectors.sync_all()
+        print(f"set-up: reusing {data_dir} ({args.patients:,} patients); index opened in {time.perf_counter() - started:.1f} s", flush=True)
+        return service, names
+    if stats["patients"]:
+        raise SystemExit(f"{data_dir} holds {stats['patients']} patients, not {args.patients}: use another --data-dir")
+    started = time.perf_counter()
+    names = fill(service, args.patients, args.dim)
+    filled = time.perf_counter() - started
+    started = time.perf_counter()
+    loaded = service.vectors.sync_all()
+    indexed = time.perf_counter() - started
+    print(f"set-up: {args.patients:,} patients x {args.dim}-d in {filled:.1f} s; index {loaded[0].index_type} in {indexed:.1f} s",
+          flush=True)
+    return service, names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=1280)
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=0, help="client processes sending requests together (0: the sequential run)")
+    parser.add_argument("--pool", type=int, default=500, help="concurrent mode: distinct query patients")
+    parser.add_argument("--data-dir", type=Path, default=None, help="keep (and reuse) the filled catalog here")
     args = parser.parse_args()
     from waitress.server import create_server
 
     from web import create_app
 
     with tempfile.TemporaryDirectory(prefix="eagle-api-bench-") as tmp:
-        settings = Settings(data_dir=Path(tmp))
-        with EagleService(settings) as service:
-            started = time.perf_counter()
-            names = fill(service, args.patients, args.dim)
-            filled = time.perf_counter() - started
-            started = time.perf_counter()
-            loaded = service.vectors.sync_all()
-            indexed = time.perf_counter() - started
-            print(f"set-up: {args.patients:,} patients x {args.dim}-d in {filled:.1f} s; index {loaded[0].index_type} in {indexed:.1f} s",
-                  flush=True)
+        service, names = prepared(args.data_dir or Path(tmp), args)
+        with service:
+            if args.concurrency:
+                concurrent(service, names, args)
+                return
 
             app = create_app(service=service, owner={"role": "serve"})
             server = create_server(app, host="127.0.0.1", port=0, threads=8, ident="eagle-index")

@@ -1,7 +1,7 @@
 """One typed settings object, validated once and passed whole.
 
 Values come from (highest first): explicit arguments (CLI options), environment variables
-(`EAGLE_INDEX_DATA`, `EAGLE_INDEX_WEIGHTS`, `EAGLE_INDEX_DEVICE`), then defaults.
+(`EAGLE_INDEX_DATA`, `EAGLE_INDEX_WEIGHTS`, `EAGLE_INDEX_DEVICE`, `EAGLE_INDEX_ALLOWED_HOSTS`), then defaults.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ ENV_WEIGHTS_DIR = "EAGLE_INDEX_WEIGHTS"
 ENV_DEVICE = "EAGLE_INDEX_DEVICE"
 ENV_TILE_QUALITY = "EAGLE_INDEX_TILE_QUALITY"
 ENV_TILE_CACHE_MB = "EAGLE_INDEX_TILE_CACHE_MB"
+ENV_ALLOWED_HOSTS = "EAGLE_INDEX_ALLOWED_HOSTS"
 
 
 class TilingSettings(BaseModel):
@@ -108,6 +109,9 @@ class Settings(BaseModel):
     eagle: EagleSettings = EagleSettings()
     index: IndexSettings = IndexSettings()
     viewer: ViewerSettings = ViewerSettings()
+    allowed_hosts: tuple[str, ...] = Field(
+        (), description="host names a token-less server answers to besides 127.0.0.1, localhost, [::1] and its bound "
+                        "address (DNS-rebinding defence); env EAGLE_INDEX_ALLOWED_HOSTS, comma-separated")
 
     @field_validator("models")
     @classmethod
@@ -133,6 +137,8 @@ class Settings(BaseModel):
         viewer = _viewer_env()
         if viewer is not None:
             values["viewer"] = viewer
+        if os.environ.get(ENV_ALLOWED_HOSTS):
+            values["allowed_hosts"] = tuple(h.strip() for h in os.environ[ENV_ALLOWED_HOSTS].split(",") if h.strip())
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

@@ -77,8 +77,8 @@ class Ownership:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            other = current_owner(self.data_dir)
-            raise CatalogError(f"{self.data_dir} is already owned by {other.describe() if other else 'another process'}") from None
+            raise CatalogError(f"cannot start {self.role}: the data folder {self.data_dir} is already held by "
+                               f"{_holder(self.data_dir)}; only one process may own it (stop that one first)") from None
         self._handle = handle
         _HELD_HERE.add(self.data_dir.resolve())
         return self
@@ -101,6 +101,16 @@ class Ownership:
         self._handle.close()
         self._handle = None
         _HELD_HERE.discard(self.data_dir.resolve())
+
+
+def _holder(data_dir: Path) -> str:
+    if Path(data_dir).resolve() in _HELD_HERE:
+        return "this process"
+    other = current_owner(data_dir)
+    if other is None or other.pid < 0:
+        return (f"another eagle-index process that has not described itself yet (no readable "
+                f"{_paths(Path(data_dir))[1].name}; `fuser {_paths(Path(data_dir))[0]}` names it)")
+    return other.describe()
 
 
 def refuse_if_owned(data_dir: Path, action: str = "open the catalog") -> None:

@@ -361,6 +361,14 @@ def read_query_vector(path: Path) -> np.ndarray:
 
 
 # -- the service ----------------------------------------------------------------------------------
+def _count_in_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> int:
+    """How many of `values` (distinct) are in `sorted_ids`: a binary search each, not a sort of the set."""
+    if not len(values) or not len(sorted_ids):
+        return 0
+    where = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
+    return int((sorted_ids[where] == values).sum())
+
+
 class SearchService:
     """Search over the catalog's vector sets; front ends call it through `EagleService.searcher`."""
 
@@ -376,24 +384,45 @@ class SearchService:
     def catalog(self):
         return self.service.catalog
 
+    @property
+    def reads(self):
+        """Hit facts (ids, names, slides, labels, query vectors) cached until the catalog changes."""
+        reads = self.__dict__.get("_reads")
+        if reads is None:
+            from eagle_index.store.readcache import CachedReads
+
+            with self._tiles_lock:
+                reads = self.__dict__.get("_reads") or CachedReads(self.catalog)
+                self.__dict__["_reads"] = reads
+        return reads
+
     # -- entry points ------------------------------------------------------------------------------
     def search_patient(self, external_id: str, k: int = 10, kind: str | None = None, signature: str | None = None,
                        filters: SearchFilters | None = None, explain: bool = False, vote: str | None = None,
                        pairs: int = 5) -> SearchResult:
         """The k most similar other patients to a stored patient (it never returns itself)."""
-        ids = self.catalog.patient_ids([external_id])
+        ids = self.reads.patient_ids([external_id])
         if external_id not in ids:
             raise NotFoundError(f"unknown patient {external_id!r}")
         patient_id = ids[external_id]
         info = self.catalog.resolve_vector_set(kind, signature, patients=(patient_id,), describe=f"patient {external_id!r}")
-        if not self.catalog.has_vector(info, patient_id):
-            raise NotFoundError(f"patient {external_id!r} has no {info.kind!r} vector of signature {info.signature!r}")
         kind, signature = info.kind, info.signature
-        _, query = self.catalog.load_vectors(kind, signature, [patient_id])
+        query = self._stored_query(kind, signature, patient_id)
+        if query is None:
+            raise NotFoundError(f"patient {external_id!r} has no {kind!r} vector with signature {signature!r}")
         query_tiles = self._stored_tiles(patient_id) if explain else None
-        result = self._run(query[0], k, kind, signature, filters, patient_id, external_id,
+        result = self._run(query, k, kind, signature, filters, patient_id, external_id,
                            {"patient": external_id, "kind": kind, "signature": signature})
         return self._finish(result, query_tiles, explain, vote, pairs, patient_id)
+
+    def _stored_query(self, kind: str, signature: str, patient_id: int) -> np.ndarray | None:
+        """A stored patient's vector as a query: the unit vector its index holds (flat, HNSW and
+        IVF with exact re-ranking keep it; no SQL), else the catalog's raw vector (cached)."""
+        try:
+            with self.catalog.reading():  # never read an index while the writer changes it
+                return self.service.vectors.get(kind, signature).index.reconstruct(int(patient_id))
+        except (RuntimeError, KeyError, AttributeError):  # index kinds without stored vectors, or id absent
+            return self.reads.vector(kind, signature, patient_id)
 
     def search_vector(self, vector, k: int = 10, kind: str | None = None, signature: str | None = None,
                       filters: SearchFilters | None = None, vote: str | None = None) -> SearchResult:
@@ -495,7 +524,7 @@ class SearchService:
             def accept(ids):
                 return ~np.isin(ids, excluded_arr)
 
-            n_excluded = int(np.isin(excluded_arr, self.catalog.vector_ids(kind, signature)).sum()) if len(excluded_arr) else 0
+            n_excluded = _count_in_sorted(excluded_arr, self.catalog.vector_ids(kind, signature))
             n_accept = info.count - n_excluded
         found = self._over_fetch(kind, signature, query, k, accept, n_accept, info.count, filters.min_score)
         if found is not None:
@@ -535,6 +564,9 @@ class SearchService:
             want = min(total, want * 4)
 
     def _run(self, query, k, kind, signature, filters, query_id: int | None, query_name, query_info) -> SearchResult:
+        from eagle_index.limits import check_k
+
+        check_k(k)
         filters = filters or SearchFilters()
         with self.catalog.reading():  # no commit between finding ids and naming their patients
             ids, scores = self.top_k(kind, signature, query, k, filters, query_id, query_name)
@@ -599,9 +631,9 @@ class SearchService:
 
     def hits(self, hit_ids, scores, kind: str, signature: str) -> list[Hit]:
         """Hit records: patient, score, rank, kind, signature, slides, labels."""
-        names = self.catalog.external_ids(hit_ids)
-        slides = self.catalog.slides_of(hit_ids)
-        labels = self.catalog.labels_of(hit_ids)
+        names = self.reads.external_ids(hit_ids)
+        slides = self.reads.slides_of(hit_ids)
+        labels = self.reads.labels_of(hit_ids)
         return [
             Hit(patient=names[int(pid)], score=float(score), rank=rank, kind=kind, signature=signature,
                 slides=tuple(slides[int(pid)]), labels=labels[int(pid)])

@@ -11,8 +11,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,8 +52,6 @@ def is_loopback(host: str) -> bool:
 
 def run_owner(settings: Settings, options: OwnerOptions) -> int:
     """Run until a signal arrives; returns the exit code."""
-    from waitress.server import create_server
-
     from eagle_index.ingest.patients import PatientResolver
     from eagle_index.ingest.watcher import Watcher
     from eagle_index.ingest.worker import Worker
@@ -59,6 +59,12 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
     from eagle_index.service import EagleService
     from web import create_app
 
+    from web.security import check_token
+
+    try:
+        options.token = check_token(options.token)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     if not is_loopback(options.host) and not options.token:
         raise InputError(f"refusing to bind {options.host}: set EAGLE_INDEX_TOKEN (an access token) to serve beyond this machine")
     for folder in options.watch:
@@ -67,16 +73,21 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
     ownership = Ownership(settings.data_dir, options.role).acquire()
     stop = threading.Event()
     try:
+        removed = remove_stale_temp_files(settings)
+        if removed:
+            log.info("removed %d temp file(s) left by killed runs: %s", len(removed), ", ".join(map(str, removed[:5])))
         service = EagleService(settings)
-        recovered = service.jobs.recover()
+        recovered = recover_after_crash(service, options.max_attempts)
         service.probes.recover()
         service.vectors.sync_all()  # reconcile FAISS with the catalog after any crash
-        if recovered:
-            log.info("requeued %d job(s) left running by a previous process", recovered)
+        if recovered["requeued"] or recovered["failed"]:
+            log.info("jobs left running by a previous process: %d requeued, %d failed (attempts used up)",
+                     recovered["requeued"], recovered["failed"])
         resolver = PatientResolver(options.slide_table, options.patient_regex)
-        owner = {"role": options.role, "roots": list(options.watch), "resolver": resolver, "token": options.token}
+        owner = {"role": options.role, "roots": list(options.watch), "resolver": resolver, "token": options.token,
+                 "host": options.host}
         app = create_app(settings, service=service, owner=owner)
-        server = create_server(app, host=options.host, port=options.port, threads=8, ident="eagle-index")
+        server = make_http_server(app, options.host, options.port)
         url = f"http://{_url_host(options.host)}:{server.effective_port}"
         ownership.publish(url)
         worker = Worker(service, service.jobs, stop, options.max_attempts, options.backoff_seconds,
@@ -109,6 +120,114 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
         return 0
     finally:
         ownership.release()
+
+
+HTTP_THREADS = 8
+# Temp names this project writes (formats.h5util.atomic_path, store.vectors._atomic_write: mkstemp's
+# 8 random characters; owner.Ownership.publish): `.NAME.XXXXXXXX.tmp` and `owner.json.tmp`.
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+STALE_TEMP_SECONDS = 60.0
+
+
+def make_http_server(app, host: str, port: int):
+    """The waitress server `serve` and `daemon` run, with one upload limit: the app's
+    MAX_CONTENT_LENGTH. Waitress reads a whole body before the app sees it, so it must refuse
+    a too-large Content-Length itself (before reading a byte); it then answers like the app
+    does - the JSON error shape and the security headers - instead of its plain-text page."""
+    import json
+
+    from waitress.channel import HTTPChannel
+    from waitress.server import create_server
+    from waitress.task import ErrorTask
+
+    from web.errors import limit_text
+    from web.security import security_headers
+
+    limit = int(app.config.get("MAX_CONTENT_LENGTH") or 0) or (1 << 40)
+    wsgi = _one_compute_thread_per_request(app)
+
+    class JsonErrorTask(ErrorTask):
+        def execute(self):
+            error = self.request.error
+            message = (f"request larger than the server's limit ({limit_text(limit)})" if error.code == 413
+                       else f"{error.reason}: {error.body}")
+            body = json.dumps({"error": {"status": error.code, "message": message}}).encode()
+            self.status = f"{error.code} {error.reason}"
+            self.response_headers.extend([("Content-Type", "application/json"), *security_headers("application/json").items()])
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class Channel(HTTPChannel):
+        error_task_class = JsonErrorTask
+
+    server = create_server(wsgi, host=host, port=port, threads=HTTP_THREADS, ident="eagle-index",
+                           max_request_body_size=limit + 1)  # waitress refuses Content-Length >= this
+    for each in getattr(server, "map", {}).values() if not hasattr(server, "effective_port") else [server]:
+        each.channel_class = Channel
+    return server
+
+
+def _one_compute_thread_per_request(app):
+    """Requests run in parallel on the HTTP threads; inside one request FAISS uses one OpenMP
+    thread. A single query is far too small to split (its parallel regions cost more than they
+    save), and N request threads x the default OpenMP team would oversubscribe the cores, where
+    spinning OpenMP workers stall everything. OpenMP's thread count is per calling thread, so
+    this leaves the ingestion worker's index builds alone."""
+    local = threading.local()
+
+    def wsgi(environ, start_response):
+        if not getattr(local, "ready", False):
+            local.ready = True
+            try:
+                import faiss
+
+                faiss.omp_set_num_threads(1)
+            except ImportError:  # pragma: no cover - faiss is a dependency
+                pass
+        return app(environ, start_response)
+
+    wsgi.flask_app = app
+    return wsgi
+
+
+def remove_stale_temp_files(settings: Settings, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Delete temp files a killed run left in index/ and artifacts/ (and owner.json.tmp).
+
+    Only names this project writes, and only files untouched for `older_than` seconds; called by
+    the owner right after it takes the data folder, so no other eagle-index writer is alive.
+    """
+    cutoff = time.time() - older_than
+    candidates = [settings.data_dir / "owner.json.tmp"]
+    for folder in (settings.index_dir, settings.artifacts_dir):
+        if folder.is_dir():
+            candidates.extend(p for p in folder.rglob(".*.tmp") if _TEMP_NAME.match(p.name))
+    removed = []
+    for path in candidates:
+        try:
+            if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+        except OSError as exc:
+            log.warning("cannot remove temp file %s: %s", path, exc)
+    return removed
+
+
+def recover_after_crash(service, max_attempts: int) -> dict:
+    """Jobs found `running` belong to a dead process. Those that have used up their attempts
+    (the process died during each) are failed for good with that reason - a slide that kills the
+    process must not loop forever under a supervisor; the others go back to the queue."""
+    from eagle_index.ingest.steps import SlideJob, record_failed_slide
+
+    failed = service.jobs.fail_exhausted(max_attempts)
+    for job in failed:
+        try:
+            slide_job = SlideJob(Path(job.path), job.patient or Path(job.path).stem, job.mpp)
+            service.catalog.write(lambda session, j=job, sj=slide_job: record_failed_slide(service, session, sj, j.fingerprint, j.error))
+        except Exception:  # noqa: BLE001
+            log.exception("could not record failed slide %s", job.path)
+        log.warning("job %d (%s) failed for good: %s", job.id, job.path, job.error)
+    return {"requeued": service.jobs.recover(), "failed": len(failed)}
 
 
 def _guard(target, stop: threading.Event):

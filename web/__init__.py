@@ -26,11 +26,11 @@ DEFAULT_MAX_UPLOAD_MB = 4096  # whole-slide images are large; JSON bodies have t
 def create_app(settings: Settings | None = None, service=None, owner: dict | None = None,
                config: dict | None = None) -> Flask:
     """A fresh app. `owner` (from the owner process): role, roots (folders POST /jobs may name),
-    resolver, token. `config` overrides Flask/app settings (tests: small upload limits)."""
+    resolver, token, host (the bound address, accepted in Host headers). `config` overrides Flask/app settings (tests: small upload limits)."""
     from eagle_index.service import EagleService
     from web.api import api
     from web.errors import register_error_handlers
-    from web.security import install_security
+    from web.security import FailureThrottle, allowed_hosts, install_security
     from web.tasks import TaskRunner
     from web.ui import ui
 
@@ -43,6 +43,10 @@ def create_app(settings: Settings | None = None, service=None, owner: dict | Non
         EAGLE_SERVICE=service or EagleService(settings),
         EAGLE_OWNER=owner,
         EAGLE_TOKEN=owner.get("token") or None,
+        EAGLE_ALLOWED_HOSTS=allowed_hosts(owner.get("host"), settings.allowed_hosts),
+        EAGLE_THROTTLE=FailureThrottle(),
+        EAGLE_AUTH_FAILURES=10,  # failed logins / unauthenticated API calls per client ...
+        EAGLE_AUTH_WINDOW=60.0,  # ... within this many seconds, then 429
         EAGLE_JSON_LIMIT=16 << 20,
         MAX_CONTENT_LENGTH=max_mb << 20,
         SECRET_KEY=secrets.token_bytes(32),  # sessions last as long as the process

@@ -17,12 +17,23 @@ log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None):
+    def __init__(self, status: int, message: str, field: str | None = None, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message, self.field = status, message, field
+        self.status, self.message, self.field, self.headers = status, message, field, headers or {}
 
 
-def error_response(status: int, message: str, field: str | None = None):
+def user_named(message: str, stored, original: str) -> str:
+    """A message about a stored upload, naming the file the user sent instead of the server path."""
+    for text in (str(stored), str(stored.resolve()), stored.name, stored.stem):
+        message = message.replace(text, original)
+    return message
+
+
+def limit_text(limit: int) -> str:
+    return f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
+
+
+def error_response(status: int, message: str, field: str | None = None, extra_headers: dict | None = None):
     body = {"status": status, "message": message}
     if field:
         body["field"] = field
@@ -31,6 +42,7 @@ def error_response(status: int, message: str, field: str | None = None):
     else:
         response = render_template("error.html", status=status, message=message)
     headers = {"WWW-Authenticate": 'Bearer realm="eagle-index"'} if status == 401 else {}
+    headers.update(extra_headers or {})
     return response, status, headers
 
 
@@ -41,7 +53,7 @@ def status_of(exc: EagleIndexError) -> int:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api(exc: ApiError):
-        return error_response(exc.status, exc.message, exc.field)
+        return error_response(exc.status, exc.message, exc.field, exc.headers)
 
     @app.errorhandler(EagleIndexError)
     def _project(exc: EagleIndexError):
@@ -49,8 +61,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge):
-        limit = app.config.get("MAX_CONTENT_LENGTH") or 0
-        size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
+        size = limit_text(app.config.get("MAX_CONTENT_LENGTH") or 0)
         field = "file" if request.mimetype == "multipart/form-data" else None
         return error_response(413, f"request larger than the server's limit ({size})", field=field)
 

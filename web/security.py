@@ -11,7 +11,14 @@ Rules (tested in tests/test_web_security.py):
   the session's CSRF token (header `X-CSRF-Token`, or form field `csrf_token`). Requests with
   a valid Bearer token, and non-browser clients on an unauthenticated loopback server (the
   CLI), need none: browsers never add an Authorization header on their own.
-- JSON bodies are limited to `EAGLE_JSON_LIMIT` bytes; file uploads to MAX_CONTENT_LENGTH.
+- DNS rebinding: without a token, only requests whose `Host` names this server are served
+  (127.0.0.1, localhost, [::1], the bound host, and the names in EAGLE_INDEX_ALLOWED_HOSTS);
+  any other name is answered 421 on every route, before anything else runs.
+- Throttling (with a token): a client (remote address) with `EAGLE_AUTH_FAILURES` failed logins
+  or unauthenticated API calls within `EAGLE_AUTH_WINDOW` seconds gets 429 (with Retry-After)
+  for every credential it sends until the window has passed; a logged-in session is unaffected.
+- JSON bodies are limited to `EAGLE_JSON_LIMIT` bytes; every body (uploads) to
+  MAX_CONTENT_LENGTH, checked from Content-Length before anything is read.
 - Every response: CSP without inline scripts or styles, nosniff, frame denial, same-origin
   referrers.
 """
@@ -19,7 +26,11 @@ Rules (tested in tests/test_web_security.py):
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import secrets
+import threading
+import time
+from collections import deque
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, g, redirect, request, session, url_for
@@ -34,6 +45,119 @@ OSD_STYLE_SHA256 = "9xTiqzfwFaL2SGb1rmr8gysEwVVjIvqWAgmZgqFqpEE="
 CSP = ("default-src 'self'; script-src 'self'; " f"style-src 'self' 'sha256-{OSD_STYLE_SHA256}'; img-src 'self' data: blob:; "
        "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
        "form-action 'self'")
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+MIN_TOKEN_LENGTH = 16
+
+
+def check_token(token: str | None) -> str | None:
+    """The access token to use (None: none set), or a ValueError saying why it is refused."""
+    if token is None or token == "":
+        return None
+    if len(token.strip()) < MIN_TOKEN_LENGTH or token != token.strip():
+        raise ValueError(f"EAGLE_INDEX_TOKEN must be at least {MIN_TOKEN_LENGTH} characters without surrounding spaces "
+                         f"(got {len(token.strip())}); make one with: python -c 'import secrets; print(secrets.token_urlsafe(24))'")
+    return token
+
+
+def host_name(header: str | None) -> str | None:
+    """The host name of a Host header, lower case, without port or brackets; None if malformed."""
+    if not header or any(c.isspace() or c in "/\\@?#" for c in header):
+        return None
+    if header.startswith("["):
+        end = header.find("]")
+        rest = header[end + 1:] if end > 0 else None
+        if rest is None or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        name = header[1:end]
+    else:
+        name, sep, port = header.partition(":")
+        if sep and not port.isdigit():
+            return None
+    name = name.lower().rstrip(".")
+    return name or None
+
+
+def allowed_hosts(bound: str | None, extra) -> frozenset[str]:
+    names = set(LOOPBACK_NAMES)
+    if bound and bound not in ("0.0.0.0", "::", ""):
+        names.add(bound.lower().strip("[]"))
+    names.update(n.strip().lower().rstrip(".") for n in extra if n and n.strip())
+    return frozenset(names)
+
+
+def _check_host() -> None:
+    """DNS rebinding: a token-less server answers only to its own names."""
+    if token_required():
+        return
+    name = host_name(request.headers.get("Host"))
+    if name is None:
+        raise ApiError(400, "malformed Host header")
+    allowed = current_app.config["EAGLE_ALLOWED_HOSTS"]
+    if name in allowed:
+        return
+    try:
+        if ipaddress.ip_address(name).is_loopback and "127.0.0.1" in allowed:
+            return
+    except ValueError:
+        pass
+    raise ApiError(421, f"this server answers only to {', '.join(sorted(allowed))} (Host {name!r} refused; "
+                        "add it to EAGLE_INDEX_ALLOWED_HOSTS, or set EAGLE_INDEX_TOKEN)")
+
+
+class FailureThrottle:
+    """Failed authentications per client within a sliding window (in process, thread-safe)."""
+
+    def __init__(self, max_clients: int = 10_000):
+        self._lock = threading.Lock()
+        self._failures: dict[str, deque] = {}
+        self.max_clients = max_clients
+
+    def _recent(self, client: str, window: float, now: float) -> deque:
+        times = self._failures.get(client)
+        if times is None:
+            return deque()
+        while times and times[0] <= now - window:
+            times.popleft()
+        if not times:
+            self._failures.pop(client, None)
+        return times
+
+    def retry_after(self, client: str, limit: int, window: float) -> int | None:
+        """Seconds until this client may try again, or None if it may try now."""
+        now = time.monotonic()
+        with self._lock:
+            times = self._recent(client, window, now)
+            if len(times) < limit:
+                return None
+            return max(1, int(times[len(times) - limit] + window - now + 0.999))
+
+    def record(self, client: str, window: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._failures) >= self.max_clients and client not in self._failures:
+                for key in list(self._failures)[: self.max_clients // 10]:  # forget the oldest clients
+                    self._failures.pop(key, None)
+            self._recent(client, window, now)
+            self._failures.setdefault(client, deque(maxlen=1000)).append(now)
+
+
+def _client() -> str:
+    return request.remote_addr or "unknown"
+
+
+def throttle_check() -> None:
+    """429 while this client has too many recent failed authentications."""
+    config = current_app.config
+    wait = config["EAGLE_THROTTLE"].retry_after(_client(), config["EAGLE_AUTH_FAILURES"], config["EAGLE_AUTH_WINDOW"])
+    if wait is not None:
+        raise ApiError(429, f"too many failed attempts from this client: try again in {wait} s", field=None,
+                       headers={"Retry-After": str(wait)})
+
+
+def record_failure() -> None:
+    current_app.config["EAGLE_THROTTLE"].record(_client(), current_app.config["EAGLE_AUTH_WINDOW"])
 
 
 def csrf_token() -> str:
@@ -73,16 +197,19 @@ def _bearer() -> str | None:
 
 def _authenticate():
     g.auth = None
-    bearer = _bearer()
-    if bearer is not None and token_matches(bearer):
-        g.auth = "token"
-    elif token_required() and session.get("auth") is True:
+    endpoint = request.endpoint or ""
+    if token_required() and session.get("auth") is True:
         g.auth = "session"
+    elif token_required() and (endpoint not in PUBLIC_API | PUBLIC_PAGES or (endpoint == "ui.login" and request.method == "POST")):
+        throttle_check()  # before any token comparison: a throttled client learns nothing from its guesses
+    bearer = _bearer()
+    if g.auth is None and bearer is not None and token_matches(bearer):
+        g.auth = "token"
     if not token_required():
         return None
-    endpoint = request.endpoint or ""
     if is_api_request():
         if g.auth is None and endpoint not in PUBLIC_API:
+            record_failure()
             raise ApiError(401, "this server needs its access token: send 'Authorization: Bearer <token>' or log in")
         return None
     if g.auth is None and endpoint not in PUBLIC_PAGES:
@@ -120,11 +247,18 @@ def _check_json_size() -> None:
     limit = current_app.config["EAGLE_JSON_LIMIT"]
     if request.mimetype == "application/json" and (request.content_length or 0) > limit:
         raise ApiError(413, f"JSON body larger than {limit >> 20} MiB")
+    upload_limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if upload_limit and (request.content_length or 0) > upload_limit:
+        from web.errors import limit_text
+
+        raise ApiError(413, f"request larger than the server's limit ({limit_text(upload_limit)})",
+                       field="file" if request.mimetype == "multipart/form-data" else None)
 
 
 def install_security(app: Flask) -> None:
     @app.before_request
     def _guard():
+        _check_host()
         _check_json_size()
         response = _authenticate()
         if response is not None:
@@ -138,13 +272,21 @@ def install_security(app: Flask) -> None:
 
     @app.after_request
     def _headers(response):
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Referrer-Policy"] = "same-origin"
-        response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
-        response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
-        response.headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
-        if "Cache-Control" not in response.headers:
-            response.headers["Cache-Control"] = "no-store" if response.mimetype in ("application/json", "text/html") else "private, max-age=300"
+        for key, value in security_headers(response.mimetype).items():
+            if key != "Cache-Control" or "Cache-Control" not in response.headers:
+                response.headers[key] = value
         return response
+
+
+def security_headers(mimetype: str | None) -> dict[str, str]:
+    """The headers every response carries (also the HTTP server's own error answers)."""
+    return {
+        "Content-Security-Policy": CSP,
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "same-origin",
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Cross-Origin-Resource-Policy": "same-origin",
+        "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+        "Cache-Control": "no-store" if mimetype in ("application/json", "text/html") else "private, max-age=300",
+    }

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 
-from web.security import csrf_token, safe_next, token_matches, token_required
+from web.security import csrf_token, record_failure, safe_next, token_matches, token_required
 
 ui = Blueprint("ui", __name__, template_folder="templates", static_folder=None)
 
@@ -61,6 +61,7 @@ def login():
             session["auth"] = True
             csrf_token()
             return redirect(target)
+        record_failure()
         error = "That access token is not right."
     status = 401 if error else 200
     return render_template("login.html", page="login", title="Log in", next=target, error=error), status

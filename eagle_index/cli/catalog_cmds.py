@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from eagle_index.cli.options import DataDirOpt, ModelsOpt, JsonOpt, WeightsDirOpt, settings_from, KindOpt
-
+from eagle_index.limits import MAX_K
 
 
 def _service(data_dir: Path | None, weights_dir: Path | None = None, create: bool = True, **more):
@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
         patient: Annotated[Optional[str], typer.Option("--patient", help="Query patient id (with --slide: the patient the slides belong to).")] = None,
         slide: Annotated[Optional[list[Path]], typer.Option("--slide", help="Query by slide file(s), embedded on the fly (not stored unless --store). Repeatable.")] = None,
         vector: Annotated[Optional[Path], typer.Option("--vector", help="Query by a vector: .npy (D,) or an embedding .h5 holding one vector.")] = None,
-        k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of neighbours.")] = 10,
+        k: Annotated[int, typer.Option("-k", "--k", min=1, max=MAX_K, help="Number of neighbours.")] = 10,
         kind: KindOpt = None,
         signature: Annotated[Optional[str], typer.Option("--signature", help="Vector signature (default: the patient's largest set).")] = None,
         label: Annotated[Optional[list[str]], typer.Option("--label", help="Only hits with label NAME=VALUE (repeatable: OR within a name, AND across names; VALUE * = has the label).")] = None,

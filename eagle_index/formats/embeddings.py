@@ -44,7 +44,7 @@ def read_embedding_file(path: Path) -> EmbeddingFile:
 
 
 def _read_stamp_v2(path: Path, handle, attrs: dict) -> EmbeddingFile:
-    feats = np.asarray(read_dataset(handle, "feats", path))
+    feats = _numeric(np.asarray(read_dataset(handle, "feats", path)), "feats", path)
     if feats.ndim == 2 and feats.shape[0] == 1:
         feats = feats[0]
     if feats.ndim != 1:
@@ -72,7 +72,7 @@ def _read_eagle(path: Path, handle, attrs: dict) -> EmbeddingFile:
         raise InputError(f"{path}: no datasets found (expected one dataset per patient id)")
     rows = []
     for name in names:
-        data = np.asarray(read_dataset(handle, name, path))
+        data = _numeric(np.asarray(read_dataset(handle, name, path)), name, path)
         if data.ndim == 2 and data.shape[0] == 1:
             data = data[0]
         if data.ndim != 1:
@@ -82,6 +82,13 @@ def _read_eagle(path: Path, handle, attrs: dict) -> EmbeddingFile:
     if len(dims) != 1:
         raise InputError(f"{path}: datasets have different dimensions {sorted(dims)}")
     return EmbeddingFile(path, "eagle", "patient", names, np.stack(rows).astype(np.float32), attrs.get("extractor"), attrs)
+
+
+def _numeric(data: np.ndarray, name: str, path: Path) -> np.ndarray:
+    """Refuse datasets of strings, compounds or objects (a vector must be numbers)."""
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)) or data.dtype == bool:
+        raise InputError(f"{path}: dataset {name!r} holds {data.dtype} values, not numbers (expected one float vector per id)")
+    return data
 
 
 def write_eagle_file(path: Path, ids: list[str], vectors, extractor: str | None = None, attrs: dict | None = None) -> None:

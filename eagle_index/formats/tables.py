@@ -9,7 +9,10 @@ from eagle_index.errors import InputError
 
 
 def read_table(path: Path):
-    """CSV or Excel into a DataFrame of strings; errors name the file."""
+    """CSV or Excel into a DataFrame of strings; errors name the file.
+
+    Only empty cells are missing: "NA", "None", "null", "nan" are values like any other (a label
+    value or a patient may be called that), not pandas' default missing markers."""
     import pandas as pd
 
     path = Path(path)
@@ -17,13 +20,17 @@ def read_table(path: Path):
         raise InputError(f"{path}: file not found")
     try:
         if path.suffix.lower() in (".xlsx", ".xls"):
-            frame = pd.read_excel(path, dtype=str)
+            frame = pd.read_excel(path, dtype=str, keep_default_na=False, na_values=[""])
         else:
-            frame = pd.read_csv(path, dtype=str, sep=None, engine="python")
+            frame = pd.read_csv(path, dtype=str, sep=None, engine="python", keep_default_na=False, na_values=[""])
     except Exception as exc:  # pandas raises many parser types
         raise InputError(f"{path}: cannot read table ({str(exc).splitlines()[0]})") from None
     frame.columns = [str(c).strip() for c in frame.columns]
-    return frame
+    return frame.astype(object).where(frame.notna(), None)
+
+
+def _cell(value) -> str:
+    return "" if value is None else str(value).strip()
 
 
 def _require(frame, path: Path, *columns: str) -> None:
@@ -54,13 +61,13 @@ def read_slide_table(path: Path) -> list[SlideRow]:
     rows: list[SlideRow] = []
     seen: dict[str, str] = {}
     for number, record in enumerate(frame.to_dict("records"), start=2):
-        patient = str(record.get("PATIENT") or "").strip()
-        filename = str(record.get("FILENAME") or "").strip()
-        if not patient or patient == "nan" or not filename or filename == "nan":
+        patient = _cell(record.get("PATIENT"))
+        filename = _cell(record.get("FILENAME"))
+        if not patient or not filename:
             raise InputError(f"{path}: line {number}: empty PATIENT or FILENAME")
         mpp = None
-        raw_mpp = record.get("MPP")
-        if raw_mpp not in (None, "", "nan") and str(raw_mpp) != "nan":
+        raw_mpp = _cell(record.get("MPP"))
+        if raw_mpp:
             try:
                 mpp = float(raw_mpp)
             except ValueError:
@@ -92,10 +99,10 @@ def read_clinical_table(path: Path) -> ClinicalTable:
         raise InputError(f"{path}: no label columns besides PATIENT")
     labels: dict[str, dict[str, str]] = {}
     for number, record in enumerate(frame.to_dict("records"), start=2):
-        patient = str(record.get("PATIENT") or "").strip()
-        if not patient or patient == "nan":
+        patient = _cell(record.get("PATIENT"))
+        if not patient:
             raise InputError(f"{path}: line {number}: empty PATIENT")
-        values = {c: str(record[c]).strip() for c in columns if record.get(c) is not None and str(record[c]) != "nan" and str(record[c]).strip()}
+        values = {c: _cell(record.get(c)) for c in columns if _cell(record.get(c))}
         if patient in labels and labels[patient] != values:
             raise InputError(f"{path}: patient {patient!r} appears twice with different values (line {number})")
         labels[patient] = values

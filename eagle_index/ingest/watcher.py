@@ -1,7 +1,9 @@
 """Watch folders for complete slide files and enqueue them by content fingerprint.
 
 A file is complete when its size and mtime (and, for MRXS, those of its data folder) have
-not changed for `settle_seconds`. Temp and partial names are ignored. Filesystem events
+not changed for `settle_seconds`. Temp and partial names are ignored. A link is followed only
+when its target (resolved) lies inside a watched folder: nothing outside is ever hashed or
+opened. Times are compared as UTC instants (the catalog stores naive UTC), whatever `TZ` says. Filesystem events
 (watchdog) wake the scan early; a periodic scan is the fallback that also works on network
 mounts, where events are unreliable.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import timezone
 from pathlib import Path
 
 from eagle_index.errors import EagleIndexError
@@ -44,6 +47,8 @@ class Watcher:
     def __init__(self, roots: list[Path], queue: JobQueue, resolver: PatientResolver,
                  settle_seconds: float = 5.0, poll_seconds: float = 2.0):
         self.roots = [Path(r) for r in roots]
+        self._real_roots = [Path(r).resolve() for r in roots]
+        self._refused: set[Path] = set()
         self.queue = queue
         self.resolver = resolver
         self.settle_seconds = settle_seconds
@@ -57,17 +62,33 @@ class Watcher:
             if not root.is_dir():
                 continue
             for path in root.rglob("*"):
-                if path.is_file() and is_candidate(path) and not _inside_mrxs_folder(path):
+                if not is_candidate(path) or not self._inside_roots(path):
+                    continue
+                if path.is_file() and not _inside_mrxs_folder(path):
                     yield path
+
+    def _inside_roots(self, path: Path) -> bool:
+        """Resolve links, then check containment: a link out of the watched folders is never followed."""
+        try:
+            real = path.resolve()
+        except (OSError, RuntimeError):  # a link loop
+            real = None
+        if real is not None and any(real == root or root in real.parents for root in self._real_roots):
+            return True
+        if path not in self._refused:
+            self._refused.add(path)
+            log.warning("watch: %s links outside the watched folders (to %s); ignored", path, real)
+        return False
 
     def scan_once(self) -> list[dict]:
         """One pass over the roots; enqueue files that have settled. Returns what was enqueued."""
-        now = time.monotonic()
         enqueued = []
         present = set()
-        for path in self._files():
+        for path in list(self._files()):  # one listing per scan: enqueueing (hashing) takes time, and files
+            # created meanwhile must not be seen in a sub-folder listed later but stamped with this scan's start
             present.add(path)
             state = file_state(path)
+            now = time.monotonic()  # when this state was seen (a scan that hashes files takes a while)
             if state is None or self._handled.get(path) == state:
                 continue
             previous = self._seen.get(path)
@@ -86,8 +107,11 @@ class Watcher:
         return enqueued
 
     def _enqueue(self, path: Path) -> dict | None:
+        if not self._inside_roots(path):  # checked again just before the file is opened
+            return None
         known = self.queue.known_path(str(path))
-        if known is not None and known.created_at and path.stat().st_mtime < known.created_at.timestamp() - 1:
+        queued_at = known.created_at.replace(tzinfo=timezone.utc).timestamp() if known is not None and known.created_at else None
+        if queued_at is not None and path.stat().st_mtime < queued_at - 1:
             return None  # enqueued by an earlier run and unchanged since: no need to hash it again
         try:
             fingerprint = slide_fingerprint(path)

@@ -13,13 +13,23 @@ import logging
 import shutil
 import threading
 import time
+from datetime import timezone
 from pathlib import Path
 
 from eagle_index.errors import EagleIndexError
+from eagle_index.fingerprint import companion_files, slide_fingerprint
 from eagle_index.ingest.steps import SlideJob, embed_to_artifact, record_failed_slide, store_slide
 from eagle_index.store.jobs import ClaimedJob, JobQueue
 
 log = logging.getLogger(__name__)
+
+
+def file_state(path: Path) -> tuple | None:
+    """(size, mtime) of the file and its companions; None if it vanished."""
+    try:
+        return tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in [path, *companion_files(path)])
+    except OSError:
+        return None
 
 
 class Interrupted(Exception):
@@ -67,12 +77,19 @@ class Worker:
                 last_beat = time.monotonic()
 
         slide_job = SlideJob(path, job.patient or path.stem, job.mpp)
+        before = file_state(path)
+        if self._changed_since_enqueued(job, path):
+            return self._superseded(job, path, "changed after it was queued")
         try:
             if not path.exists():
                 raise EagleIndexError(f"{path}: file disappeared before it was embedded")
             result, target = embed_to_artifact(self.service, slide_job, job.fingerprint, progress)
             if self.stop.is_set():
                 raise Interrupted()
+            if file_state(path) != before:
+                Path(target).unlink(missing_ok=True)  # the artifact of content that is no longer there
+                return self._superseded(job, path, "changed while it was embedded")
+
             def store(session) -> None:
                 slide_id = store_slide(self.service, session, slide_job, job.fingerprint, result, target)
                 JobQueue.mark_done(session, job.id, slide_id, time.perf_counter() - started)
@@ -84,6 +101,8 @@ class Worker:
             log.info(json.dumps({"event": "job_requeued", "job": job.id, "file": str(path)}))
             return "queued"
         except Exception as exc:  # noqa: BLE001 - one bad slide must never stop the worker
+            if before is not None and file_state(path) != before:  # a writer still at work: not the slide's fault
+                return self._superseded(job, path, "changed while it was embedded")
             message = str(exc) if isinstance(exc, EagleIndexError) else f"{path}: {type(exc).__name__}: {exc}"
             if not isinstance(exc, EagleIndexError):
                 log.exception("unexpected error on %s", path)
@@ -100,6 +119,29 @@ class Worker:
             "total_seconds": round(time.perf_counter() - started, 3),
         }))
         return "done"
+
+    @staticmethod
+    def _changed_since_enqueued(job: ClaimedJob, path: Path) -> bool:
+        """True when the file was modified after its job was queued and no longer has the job's content
+        (hashed again only then: the common case costs one stat)."""
+        if job.created_at is None:
+            return False
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return False
+        if mtime <= job.created_at.replace(tzinfo=timezone.utc).timestamp():
+            return False
+        try:
+            return slide_fingerprint(path) != job.fingerprint
+        except EagleIndexError:
+            return False
+
+    def _superseded(self, job: ClaimedJob, path: Path, why: str) -> str:
+        reason = f"superseded: {path} {why}; its new content needs a job of its own (a watcher queues it once the file settles)"
+        self.queue.supersede(job.id, reason)
+        log.info(json.dumps({"event": "job_superseded", "job": job.id, "file": str(path), "reason": reason}))
+        return "skipped"
 
     def _record_failure(self, slide_job: SlideJob, job: ClaimedJob, message: str) -> None:
         try:

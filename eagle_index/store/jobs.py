@@ -27,6 +27,8 @@ class ClaimedJob:
     patient: str | None
     mpp: float | None
     attempts: int
+    created_at: datetime | None = None  # naive UTC, like every catalog time
+    error: str | None = None
 
 
 class JobQueue:
@@ -49,6 +51,7 @@ class JobQueue:
             existing = session.scalar(select(Job).where(Job.fingerprint == fingerprint))
             if existing is not None:
                 return "duplicate", existing.id
+            older = session.scalars(select(Job).where(Job.path == path, Job.state.in_(("queued", "failed")))).all()
             done = session.scalar(select(Slide.id).where(Slide.fingerprint == fingerprint, Slide.status == "done"))
             state = "skipped" if done is not None else "queued"
             job = Job(fingerprint=fingerprint, path=path, patient=patient, mpp=mpp, state=state, attempts=0,
@@ -56,9 +59,20 @@ class JobQueue:
                       last_error="already ingested" if done is not None else None)
             session.add(job)
             session.flush()
+            for old in older:  # e.g. a partial copy that settled while the writer paused: the new content replaces it
+                _supersede(session, old, f"superseded: {path} changed; job {job.id} has its new content")
             return state, job.id
 
         return self.catalog.write(write)
+
+    def supersede(self, job_id: int, reason: str) -> None:
+        """A job whose file changed under it: not a failure; the new content is (or will be) its own job."""
+        def write(session) -> None:
+            job = session.get(Job, job_id)
+            if job is not None:
+                _supersede(session, job, reason)
+
+        self.catalog.write(write)
 
     # -- claim / finish -------------------------------------------------------------------
     def claim(self) -> ClaimedJob | None:
@@ -74,7 +88,7 @@ class JobQueue:
             job.state, job.worker_id, job.lease_until = "running", self.worker_id, now + self.lease
             job.attempts += 1
             job.started_at = job.updated_at = now
-            return ClaimedJob(job.id, job.fingerprint, job.path, job.patient, job.mpp, job.attempts)
+            return ClaimedJob(job.id, job.fingerprint, job.path, job.patient, job.mpp, job.attempts, job.created_at)
 
         return self.catalog.write(write)
 
@@ -128,6 +142,23 @@ class JobQueue:
 
         self.catalog.write(write)
 
+    def fail_exhausted(self, max_attempts: int) -> list[ClaimedJob]:
+        """On start, before `recover`: `running` jobs of a dead owner that have had all their attempts
+        (each ended with the process dying) are failed with that reason; returns them."""
+        now = utcnow()
+
+        def write(session) -> list[ClaimedJob]:
+            out = []
+            for job in session.scalars(select(Job).where(Job.state == "running", Job.attempts >= max_attempts)):
+                reason = (f"the process died during each of {job.attempts} attempts to embed {job.path} "
+                          f"(--max-attempts {max_attempts}); not retried")
+                job.state, job.finished_at, job.updated_at, job.lease_until, job.worker_id = "failed", now, now, None, None
+                job.last_error = reason
+                out.append(ClaimedJob(job.id, job.fingerprint, job.path, job.patient, job.mpp, job.attempts, job.created_at, reason))
+            return out
+
+        return self.catalog.write(write)
+
     def recover(self) -> int:
         """On start: every `running` job belongs to a dead owner; queue it again."""
         return self.catalog.write(lambda session: session.execute(
@@ -165,6 +196,17 @@ class JobQueue:
             return [{"id": j.id, "file": j.path, "patient": j.patient, "state": j.state, "attempts": j.attempts,
                      "error": j.last_error, "created_at": _iso(j.created_at), "finished_at": _iso(j.finished_at)}
                     for j in session.scalars(query)]
+
+
+def _supersede(session, job: Job, reason: str) -> None:
+    """Mark a job skipped (not failed) and drop the failed-slide record of its old content."""
+    from sqlalchemy import delete
+
+    from eagle_index.store.models import Slide
+
+    now = utcnow()
+    job.state, job.last_error, job.finished_at, job.updated_at, job.lease_until = "skipped", reason, now, now, None
+    session.execute(delete(Slide).where(Slide.fingerprint == job.fingerprint, Slide.status == "failed"))
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -74,12 +74,26 @@ def make_engine(url: str) -> Engine:
     except Exception as exc:  # duckdb raises IOException for a held lock
         message = str(exc).splitlines()[0]
         if "lock" in message.lower():
-            raise CatalogError(
-                f"catalog {url.removeprefix('duckdb:///')} is in use by another eagle-index process "
-                f"(stop it, or run the command through it): {message}"
-            ) from None
+            raise CatalogError(_lock_message(Path(url.removeprefix("duckdb:///")), message)) from None
         raise CatalogError(f"cannot open catalog {url}: {message}") from None
     return engine
+
+
+def _lock_message(catalog: Path, message: str) -> str:
+    """Name who holds DuckDB's lock: this data folder's eagle-index owner, or another program."""
+    import re
+
+    from eagle_index.owner import current_owner
+
+    found = re.search(r"held in (.+?) \(PID (\d+)\)", message)
+    program, pid = (found.group(1), int(found.group(2))) if found else (None, None)
+    owner = current_owner(catalog.parent)
+    if owner is not None and (pid is None or owner.pid == pid):
+        return (f"catalog {catalog} is held by {owner.describe()}: stop it first "
+                "(search, stats, status, ingest and labels import go through it automatically)")
+    who = f"{Path(program).name} (PID {pid})" if pid is not None else "another process"
+    return (f"catalog {catalog} is locked by {who}, not an eagle-index server or daemon of this data folder: "
+            f"close that program and try again ({message})")
 
 
 def ensure_current(engine: Engine, catalog_path: Path | None = None, create: bool = True) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 from flask import Blueprint, jsonify, request
 
 from web.api.params import choice, int_arg, json_body, label_args, page_args, service, str_field
-from web.errors import ApiError
+from eagle_index.errors import EagleIndexError
+from web.errors import ApiError, user_named
 
 bp = Blueprint("catalog", __name__)
 
@@ -137,12 +138,17 @@ def import_labels():
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="labels-", suffix=suffix, dir=folder)
     os.close(fd)
+    original = Path(upload.filename).name[:200] or "upload"
     try:
         upload.save(tmp)
         create = request.form.get("create_missing", "false").lower() in ("1", "true", "yes", "on")
         report = svc.import_labels(Path(tmp), create_missing=create)
+    except EagleIndexError as exc:  # messages name the user's file, never the server's temp path
+        raise type(exc)(user_named(str(exc), Path(tmp), original)) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
     data = report.as_dict()
     data["source"] = upload.filename
+    data["notes"] = [user_named(note, Path(tmp), original).replace("--create-missing", "create_missing=true")
+                     for note in data.get("notes", [])]
     return jsonify(data)

@@ -119,7 +119,10 @@ def json_body() -> dict:
     """The request's JSON object (an empty body is {}); anything else is a 400."""
     if not request.get_data(cache=True):
         return {}
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nesting deeper than Python's parser goes
+        raise ApiError(400, "the request body is nested too deeply", field="body") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", field="body")
     return body

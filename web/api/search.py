@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 from flask import Blueprint, jsonify, request
 
+from eagle_index.limits import MAX_K  # one limit for the CLI, the API and the service
 from web.api.params import (bool_arg, bool_value, check_object, float_arg, int_arg, int_field, json_body, label_args, service,
                             str_field, tasks)
-from web.errors import ApiError
+from web.errors import ApiError, user_named
 
 bp = Blueprint("search", __name__)
 
 UPLOAD_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".scn", ".bif", ".svslide", ".png", ".jpg", ".jpeg")
 KEEP_UPLOADS = 50
-MAX_K = 1000
 
 
 def _filters_from_args():
@@ -140,7 +140,11 @@ def _store_upload(svc, upload) -> tuple[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     upload_id = uuid.uuid4().hex
     target = folder / f"{upload_id}{suffix}"
-    upload.save(target)
+    try:
+        upload.save(target)
+    except BaseException:  # client gone mid-upload, disk full: nothing half-written stays
+        target.unlink(missing_ok=True)
+        raise
     old = sorted((p for p in folder.iterdir() if len(p.stem) == 32 and p.is_file()), key=lambda p: p.stat().st_mtime)
     for stale in old[:-KEEP_UPLOADS]:
         stale.unlink(missing_ok=True)
@@ -170,9 +174,17 @@ def search_upload():
     original = Path(upload.filename).name[:200]
 
     def work(progress):
+        from eagle_index.errors import EagleIndexError
+
         progress(0, 2, "embedding the uploaded slide")
-        result = svc.search(slides=[path], k=k, kind=kind, patient=patient or f"upload-{upload_id[:8]}", filters=filters,
-                            explain=explain, vote=vote, pairs=pairs)
+        try:
+            result = svc.search(slides=[path], k=k, kind=kind, patient=patient or f"upload-{upload_id[:8]}", filters=filters,
+                                explain=explain, vote=vote, pairs=pairs)
+        except BaseException as exc:
+            path.unlink(missing_ok=True)  # a failed upload is not kept
+            if isinstance(exc, EagleIndexError):  # name the user's file, never the server's path
+                raise type(exc)(user_named(str(exc), path, original)) from None
+            raise
         progress(1, 2, "searching")
         out = render(svc, result, upload_id)
         out["query"]["slides"] = [original]

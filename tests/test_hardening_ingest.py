@@ -1,0 +1,348 @@
+"""Issue 15, ingestion and storage side: a hostile file system and hostile files.
+
+Watcher under two time zones, symlinks out of the watched folders, vectors whose norm
+overflows, crash loops past --max-attempts, temp files of killed runs, a writer that pauses
+longer than the settle time, string datasets, "NA" labels, lock messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import write_eagle_h5
+from slide_fixtures import write_pyramidal_tiff
+
+ROOT = Path(__file__).resolve().parents[1]
+BOX = 448.0
+
+
+def _service(data: Path):
+    from eagle_index.config import Settings
+    from eagle_index.service import EagleService
+
+    return EagleService(Settings(data_dir=data, models="tiny", device="cpu"))
+
+
+def _slide(path: Path, seed: int = 0) -> Path:
+    return write_pyramidal_tiff(path, mpp=1.0, size_um=(5 * BOX, 4 * BOX), tissue_boxes_um=[(BOX, BOX, 3 * BOX, 2 * BOX)],
+                                seed=seed).path
+
+
+def _jobs(service) -> list[dict]:
+    return sorted(service.jobs.jobs(limit=1000), key=lambda j: j["id"])
+
+
+# -- 2. re-written slides and the time zone ------------------------------------------------------
+TZ_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from eagle_index.config import Settings
+    from eagle_index.service import EagleService
+    from eagle_index.ingest.patients import PatientResolver
+    from eagle_index.ingest.watcher import Watcher
+
+    root = Path(sys.argv[1])
+    inbox = root / "inbox"
+    inbox.mkdir()
+    slide = inbox / "TCGA-AA-0001-01Z-00-DX1.svs"
+    slide.write_bytes(b"first version" * 1000)
+    with EagleService(Settings(data_dir=root / "data")) as service:
+        def scan():
+            watcher = Watcher([inbox], service.jobs, PatientResolver(), settle_seconds=0)  # a fresh watcher: a restart
+            watcher.scan_once()
+            return watcher.scan_once()
+        first = scan()
+        time.sleep(1.5)
+        slide.write_bytes(b"second version, new content" * 1000)  # overwritten in place, mtime now
+        second = scan()
+        print(len(first), len(second), len(service.jobs.jobs()))
+""")
+
+
+@pytest.mark.parametrize("tz", ["UTC", "America/New_York", "Asia/Tokyo"])
+def test_overwritten_slide_is_enqueued_again_in_any_time_zone(tmp_path, tz):
+    env = {**os.environ, "TZ": tz, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", TZ_SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "1", "2"], (tz, done.stdout)
+
+
+# -- 3. symlinks -------------------------------------------------------------------------------------
+@pytest.fixture
+def linked_inbox(tmp_path):
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    (inbox / "sub").mkdir(parents=True)
+    outside.mkdir()
+    inside = inbox / "TCGA-AA-0001-01Z-00-DX1.svs"
+    inside.write_bytes(b"inside slide" * 100)
+    far = outside / "TCGA-AA-0002-01Z-00-DX1.svs"
+    far.write_bytes(b"a slide elsewhere" * 100)
+    secret = outside / "secret.txt"
+    secret.write_text("root:x:0:0")
+    (inbox / "passwd.svs").symlink_to(secret)
+    (inbox / "TCGA-AA-0003-01Z-00-DX1.svs").symlink_to(far)
+    (inbox / "sub" / "TCGA-AA-0004-01Z-00-DX1.svs").symlink_to(inside)  # a link that stays inside: fine
+    (inbox / "linked-folder").symlink_to(outside, target_is_directory=True)
+    return inbox, outside
+
+
+def test_watcher_never_follows_a_link_out_of_its_folders(tmp_path, linked_inbox, monkeypatch):
+    from eagle_index.ingest import watcher as watcher_module
+    from eagle_index.ingest.patients import PatientResolver
+
+    inbox, outside = linked_inbox
+    hashed = []
+    real = watcher_module.slide_fingerprint
+    monkeypatch.setattr(watcher_module, "slide_fingerprint", lambda p: hashed.append(Path(p)) or real(p))
+    with _service(tmp_path / "data") as service:
+        watcher = watcher_module.Watcher([inbox], service.jobs, PatientResolver(), settle_seconds=0)
+        watcher.scan_once()
+        enqueued = watcher.scan_once()
+        files = sorted(Path(e["file"]).name for e in enqueued)
+        assert files == ["TCGA-AA-0001-01Z-00-DX1.svs", "TCGA-AA-0004-01Z-00-DX1.svs"]
+        assert all(outside not in p.resolve().parents for p in hashed), hashed
+        assert {e["state"] for e in enqueued} == {"queued", "duplicate"}  # the inside link is the same content
+
+
+def test_job_api_refuses_the_same_links(tmp_path, linked_inbox):
+    from web import create_app
+
+    inbox, outside = linked_inbox
+    with _service(tmp_path / "data") as service:
+        client = create_app(service=service, owner={"role": "serve", "roots": [inbox]}).test_client()
+        for name in ("passwd.svs", "TCGA-AA-0003-01Z-00-DX1.svs", "linked-folder"):
+            response = client.post("/api/v1/jobs", json={"paths": [str(inbox / name)]})
+            assert response.status_code == 400, (name, response.get_json())
+        whole = client.post("/api/v1/jobs", json={"paths": [str(inbox)]}).get_json()
+        assert sorted(Path(j["file"]).name for j in whole["jobs"]) == ["TCGA-AA-0001-01Z-00-DX1.svs", "TCGA-AA-0001-01Z-00-DX1.svs"]
+        assert all(outside not in Path(j["file"]).parents for j in whole["jobs"])
+
+
+# -- 4. vectors whose norm overflows ------------------------------------------------------------------
+def test_vector_norm_is_computed_in_float64(tmp_path):
+    from eagle_index.errors import InputError
+    from eagle_index.store.validation import as_vector_matrix, l2_normalized
+
+    big = np.full((1, 1280), 1e20, dtype=np.float32)  # finite; the float32 sum of squares is inf
+    normalized = l2_normalized(as_vector_matrix(big, 1280, "big.h5"))
+    assert np.allclose(normalized, 1 / np.sqrt(1280)) and np.isfinite(normalized).all()
+    tiny = np.full((1, 8), 1e-30, dtype=np.float32)  # the float32 sum of squares underflows to 0
+    assert np.allclose(l2_normalized(as_vector_matrix(tiny, 8, "tiny.h5")), 1 / np.sqrt(8))
+    with pytest.raises(InputError, match=r"huge.h5: row 0 .*float32"):
+        as_vector_matrix(np.full((1, 8), 1e300), 8, "huge.h5")  # finite in float64, inf once stored as float32
+    with pytest.raises(InputError, match="row 1 has zero norm"):
+        as_vector_matrix(np.asarray([[1.0, 0], [0.0, 0.0]]), 2, "zero.h5")
+    with pytest.raises(InputError, match="row 0 has zero norm"):
+        as_vector_matrix(np.full((1, 4), 1e-46, dtype=np.float64), 4, "subnormal.h5")  # 0 once stored as float32
+
+
+def test_imported_overflowing_vector_is_searchable_and_never_a_zero_hit(tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(20, 1280)).astype(np.float32)
+    vectors[3] = 1e20
+    ids = [f"P-{i:02d}" for i in range(20)]
+    path = write_eagle_h5(tmp_path / "cohort.h5", ids, vectors)
+    with _service(tmp_path / "data") as service:
+        service.import_embeddings([path], kind="eagle")
+        hits = service.search_patient("P-03", k=5)
+        assert len(hits) == 5 and all(np.isfinite(h["score"]) for h in hits)
+        for query in ("P-00", "P-07"):
+            scores = {h["patient"]: h["score"] for h in service.search_patient(query, k=19)}
+            assert "P-03" in scores and scores["P-03"] != 0.0
+            assert abs(scores["P-03"] - float(vectors[int(query[2:])].sum() / np.linalg.norm(vectors[int(query[2:])]) / np.sqrt(1280))) < 1e-4
+
+
+def test_import_refuses_vectors_that_overflow_float32(tmp_path):
+    from eagle_index.errors import InputError
+
+    path = tmp_path / "huge.h5"
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("P-1", data=np.full(16, 1e300))
+        handle.create_dataset("P-2", data=np.ones(16))
+    with _service(tmp_path / "data") as service:
+        with pytest.raises(InputError, match="huge.h5"):
+            service.import_embeddings([path], kind="eagle")
+        assert service.stats()["patients"] == 0
+
+
+# -- 7. attempts are final -----------------------------------------------------------------------------
+def test_a_job_that_killed_its_process_max_attempts_times_is_failed(tmp_path):
+    from eagle_index.server import recover_after_crash
+
+    slide = tmp_path / "inbox" / "TCGA-AA-0009-01Z-00-DX1.svs"
+    slide.parent.mkdir()
+    slide.write_bytes(b"crashes the process" * 100)
+    with _service(tmp_path / "data") as service:
+        state, job_id = service.jobs.enqueue("sha256:crash", str(slide), "TCGA-AA-0009")
+        assert state == "queued"
+        outcomes = []
+        for _ in range(3):
+            claimed = service.jobs.claim()  # the process then dies (SIGKILL): the job stays `running`
+            assert claimed is not None and claimed.attempts <= 3
+            outcomes.append(recover_after_crash(service, max_attempts=3))  # what the next owner does at start
+        assert [o["requeued"] for o in outcomes] == [1, 1, 0] and [o["failed"] for o in outcomes] == [0, 0, 1]
+        assert service.jobs.claim() is None
+        job = next(j for j in _jobs(service) if j["id"] == job_id)
+        assert job["state"] == "failed" and job["attempts"] == 3
+        assert "3 attempts" in job["error"] and "process" in job["error"]
+        failures = service.status()["failures"]
+        assert failures and failures[0]["file"] == str(slide)
+
+
+# -- 8. leftovers ------------------------------------------------------------------------------------------
+def test_temp_files_of_killed_runs_are_removed_at_owner_start(tmp_path):
+    data = tmp_path / "data"
+    (data / "index").mkdir(parents=True)
+    (data / "artifacts" / "ab").mkdir(parents=True)
+    old = time.time() - 3600
+    stale = [data / "index" / ".eagle-abc.faiss.k2j3h4g5.tmp", data / "index" / ".eagle-abc.json.q8w7e6r5.tmp",
+             data / "artifacts" / "ab" / ".ab12cd.h5.zx9_cv8b.tmp", data / "owner.json.tmp"]
+    kept = [data / "index" / "notes.tmp", data / "artifacts" / "ab" / "ab12cd.h5", data / "index" / ".eagle-new.faiss.a1b2c3d4.tmp",
+            data / "artifacts" / "ab" / ".mine.tmp"]
+    for path in stale + kept:
+        path.write_bytes(b"x" * 10)
+    for path in stale + kept[:2] + kept[3:]:
+        os.utime(path, (old, old))
+    log = open(tmp_path / "daemon.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "eagle_index", "daemon", "--models", "tiny", "--device", "cpu",
+                             "--data-dir", str(data)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not (data / "owner.json").exists():
+            assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
+            time.sleep(0.2)
+        assert (data / "owner.json").exists()
+    finally:
+        proc.kill()  # the clean-up ran before owner.json was published; a kill is what it must survive anyway
+        proc.wait(60)
+    assert [p for p in stale if p.exists()] == []
+    assert all(p.exists() for p in kept)
+    assert "removed 4 temp file(s)" in (tmp_path / "daemon.log").read_text()
+
+
+def test_writer_pausing_past_the_settle_time_leaves_no_failed_job(tmp_path):
+    from eagle_index.ingest.patients import PatientResolver
+    from eagle_index.ingest.watcher import Watcher
+    from eagle_index.ingest.worker import Worker
+    import threading
+
+    source = _slide(tmp_path / "source.tiff")
+    content = source.read_bytes()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    target = inbox / "TCGA-AA-0005-01Z-00-DX1.tiff"
+    with _service(tmp_path / "data") as service:
+        watcher = Watcher([inbox], service.jobs, PatientResolver(), settle_seconds=0)
+        worker = Worker(service, service.jobs, threading.Event(), max_attempts=1, backoff_seconds=0)
+        target.write_bytes(content[: len(content) // 3])  # the copy stalls longer than the settle time
+        watcher.scan_once()
+        assert len(watcher.scan_once()) == 1
+        partial = service.jobs.claim()
+        assert worker.process(partial) == "failed"  # a truncated TIFF fails, and with one attempt that is final
+        target.write_bytes(content)  # the writer resumes and finishes
+        os.utime(target, (time.time() + 2, time.time() + 2))
+        watcher.scan_once()
+        assert [e["state"] for e in watcher.scan_once()] == ["queued"]
+        assert worker.process(service.jobs.claim()) == "done"
+        jobs = _jobs(service)
+        assert [j["state"] for j in jobs] == ["skipped", "done"], jobs
+        assert "superseded" in jobs[0]["error"]
+        assert service.status()["failures"] == []
+        assert service.stats()["slides"] == 1
+
+
+def test_a_file_changing_under_a_running_job_is_superseded_not_failed(tmp_path):
+    from eagle_index.ingest.patients import PatientResolver
+    from eagle_index.ingest.watcher import Watcher
+    from eagle_index.ingest.worker import Worker
+    import threading
+
+    source = _slide(tmp_path / "source.tiff")
+    content = source.read_bytes()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    target = inbox / "TCGA-AA-0006-01Z-00-DX1.tiff"
+    with _service(tmp_path / "data") as service:
+        watcher = Watcher([inbox], service.jobs, PatientResolver(), settle_seconds=0)
+        worker = Worker(service, service.jobs, threading.Event(), max_attempts=1, backoff_seconds=0)
+        target.write_bytes(content[: len(content) // 3])
+        watcher.scan_once()
+        watcher.scan_once()
+        partial = service.jobs.claim()
+        target.write_bytes(content)  # finished while the partial copy was being embedded
+        assert worker.process(partial) == "skipped"
+        assert service.status()["failures"] == []
+
+
+# -- 9. small inconsistencies ----------------------------------------------------------------------
+def test_string_dataset_is_a_clear_error(tmp_path):
+    from eagle_index.errors import InputError
+
+    path = tmp_path / "strings.h5"
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("P-1", data=np.asarray([b"0.1", b"0.2", b"0.3"]))
+        handle.create_dataset("P-2", data=np.ones(3))
+    with _service(tmp_path / "data") as service:
+        with pytest.raises(InputError, match=r"strings.h5: dataset 'P-1' .*not numbers"):
+            service.import_embeddings([path], kind="eagle")
+    done = subprocess.run([sys.executable, "-m", "eagle_index", "import-embeddings", str(path), "--data-dir", str(tmp_path / "d2")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode != 0 and "Traceback" not in done.stderr and "strings.h5" in done.stderr
+
+
+def test_na_and_none_are_values_and_na_is_a_patient(tmp_path):
+    from eagle_index.formats.tables import read_clinical_table, read_slide_table
+
+    table = tmp_path / "clinical.csv"
+    table.write_text("PATIENT,MSI,grade\nNA,NA,None\nP-2,,null\nNone,high,2\n")
+    read = read_clinical_table(table)
+    assert read.labels == {"NA": {"MSI": "NA", "grade": "None"}, "P-2": {"grade": "null"}, "None": {"MSI": "high", "grade": "2"}}
+    slides = tmp_path / "slides.csv"
+    slides.write_text("PATIENT,FILENAME\nNA,a.svs\n")
+    assert read_slide_table(slides)[0].patient == "NA"
+
+
+def test_lock_messages_name_the_holder(tmp_path):
+    from eagle_index.errors import CatalogError
+    from eagle_index.owner import Ownership
+
+    data = tmp_path / "data"
+    with _service(data) as service:
+        _ = service.catalog
+    # a foreign program (not an eagle-index owner) holds DuckDB's lock on the catalog
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('ok', flush=True); time.sleep(120)",
+                               str(data / "catalog.duckdb")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        with pytest.raises(CatalogError) as caught, _service(data) as service:
+            _ = service.catalog
+        message = str(caught.value)
+        assert f"PID {holder.pid}" in message and "not an eagle-index" in message and "eagle-index process" not in message
+    finally:
+        holder.kill()
+        holder.wait()
+    # an owner that holds the lock but has not written owner.json yet
+    held = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import fcntl, sys, time
+        handle = open(sys.argv[1], "a+"); fcntl.flock(handle, fcntl.LOCK_EX); print("ok", flush=True); time.sleep(120)
+        """), str(data / "owner.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert held.stdout.readline().strip() == "ok"
+        with pytest.raises(CatalogError) as caught:
+            Ownership(data, "serve").acquire()
+        message = str(caught.value)
+        assert "pid -1" not in message and "cannot start serve" in message and str(data) in message
+    finally:
+        held.kill()
+        held.wait()
