@@ -155,9 +155,9 @@ def test_imported_overflowing_vector_is_searchable_and_never_a_zero_hit(tmp_path
     with _service(tmp_path / "data") as service:
         service.import_embeddings([path], kind="eagle")
         hits = service.search_patient("P-03", k=5)
-        assert len(hits) == 5 and all(np.isfinite(h["score"]) for h in hits)
+        assert len(hits) == 5 and all(np.isfinite(h.score) for h in hits)
         for query in ("P-00", "P-07"):
-            scores = {h["patient"]: h["score"] for h in service.search_patient(query, k=19)}
+            scores = {h.patient: h.score for h in service.search_patient(query, k=19)}
             assert "P-03" in scores and scores["P-03"] != 0.0
             assert abs(scores["P-03"] - float(vectors[int(query[2:])].sum() / np.linalg.norm(vectors[int(query[2:])]) / np.sqrt(1280))) < 1e-4
 
