@@ -71,6 +71,7 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
         recovered = service.jobs.recover()
         service.probes.recover()
         service.vectors.sync_all()  # reconcile FAISS with the catalog after any crash
+        service.regions.sync()  # tile indexes too (and tiles of slides embedded before revision 0005)
         if recovered:
             log.info("requeued %d job(s) left running by a previous process", recovered)
         resolver = PatientResolver(options.slide_table, options.patient_regex)

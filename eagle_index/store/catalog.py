@@ -55,6 +55,7 @@ class Catalog:
         schema.ensure_current(self.engine, path, create=create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._commit_listeners: list = []
+        self._tile_listeners: list = []
         # Vector-set summaries and id lists, cached until a commit changes vectors. Only one
         # process writes a catalog (see owner.py), so our own commits are the only changes.
         self._cache: dict = {}
@@ -77,13 +78,20 @@ class Catalog:
             with session.begin():
                 yield session
             changes = session.info.pop("vector_changes", [])
+            tile_changes = session.info.pop("tile_changes", [])
         if changes:
             self._cache.clear()
         for listener in self._commit_listeners if changes else ():
             listener(changes)
+        for listener in self._tile_listeners if tile_changes else ():
+            listener(tile_changes)
 
     def add_commit_listener(self, listener) -> None:
         self._commit_listeners.append(listener)
+
+    def add_tile_listener(self, listener) -> None:
+        """Called after a commit that changed tile tokens (the tile index follows; see store/tiles_repo.py)."""
+        self._tile_listeners.append(listener)
 
     # -- patients ---------------------------------------------------------------
     @staticmethod
