@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from web.api import catalog, cohorts, core, jobs, media, probes, search
+from web.api import catalog, cohorts, core, jobs, media, probes, regions, search
 
 api = Blueprint("api", __name__)
-for module in (core, catalog, search, cohorts, probes, jobs, media):
+for module in (core, catalog, search, cohorts, probes, jobs, media, regions):
     api.register_blueprint(module.bp)
