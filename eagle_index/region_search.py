@@ -259,19 +259,14 @@ class RegionSearchService:
             raise InputError(f"slide name {name!r} matches {len(done)} slides (patients {', '.join(s.patient for s in done)}): give slide_id")
         return done[0]
 
-    def _signature_for_slide(self, slide) -> str | None:
-        sigs = sorted({sig for _, sig in tiles_repo.slide_tiles(self.catalog, slide.id)})
-        if len(sigs) > 1:
-            preferred = self._models_signature(required=False)
-            return preferred if preferred in sigs else max(sigs, key=lambda s: tiles_repo.tile_set(self.catalog, s).count)
-        return sigs[0] if sigs else None
-
     def _point_query(self, slide, x_um: float, y_um: float):
         tile_um = self.service.settings.tiling.tile_um
         stored = tiles_repo.slide_tiles(self.catalog, slide.id)
         inside = [(r, sig) for r, sig in stored if r.x_um - 1 <= x_um < r.x_um + tile_um and r.y_um - 1 <= y_um < r.y_um + tile_um]
         if inside:
-            signature = self._signature_for_slide(slide)
+            sigs = sorted({sig for _, sig in inside})
+            preferred = self._models_signature(required=False) if len(sigs) > 1 else None
+            signature = preferred if preferred in sigs else max(sigs, key=lambda s: tiles_repo.tile_set(self.catalog, s).count)
             row = min((r for r, sig in inside if sig == signature), key=lambda r: abs(r.x_um - x_um) + abs(r.y_um - y_um))
             _, _, raw = tiles_repo.load_tokens_by_id(self.catalog, [row.id])
             return raw[0], signature, {"slide": slide.name, "slide_id": slide.id, "x_um": row.x_um, "y_um": row.y_um,
