@@ -246,6 +246,18 @@ def test_cli_search_tiles(world, tmp_path):
     assert small.returncode != 0 and "minimum is 448 × 448 µm" in small.stderr and "Traceback" not in small.stderr
     both = _cli(data, "search-tiles", "--patient", "PA", "--tile", "1", "--image", png)
     assert both.returncode != 0 and "exactly one query" in both.stderr
+    boxed = _cli(data, "search-tiles", "--slide", "PB-B1", "--box", f"0,0,{2 * TILE:.0f},{TILE:.0f}", "--models", "tiny", "--json")
+    assert boxed.returncode == 0, boxed.stderr
+    assert json.loads(boxed.stdout)["query"]["tiles"] == 2
+    from eagle_index.slides import open_slide, read_tiles
+
+    with open_slide(world["slides"]["C"], settings=world["settings"].tiling) as slide:
+        Image.fromarray(read_tiles(slide, [0.0], [0.0], world["settings"].tiling)[0]).save(png)
+    image = _cli(data, "search-tiles", "--image", png, "--mpp", "2.0", "--models", "tiny", "-k", "1", "--json")
+    assert image.returncode == 0, image.stderr
+    assert json.loads(image.stdout)["patients"][0]["patient"] == "PC"
+    filtered = _cli(data, "search-tiles", "--patient", "PA", "--tile", "1", "--label", "MSI=high", "--json")
+    assert filtered.returncode == 0 and json.loads(filtered.stdout)["patients"] == []  # nobody has that label
     reindex = _cli(data, "reindex", "--json")
     assert reindex.returncode == 0 and any(r["kind"] == "tiles" for r in json.loads(reindex.stdout)), reindex.stderr
 
