@@ -32,6 +32,7 @@ demo: install
 bench: install
 	$(PY) benchmarks/search_bench.py --sizes 10000,100000
 	$(PY) benchmarks/tiling_bench.py
+	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/tile_search_bench.py --patients 4000 --queries 100
 
 clean:
 	rm -rf $(VENV) $(DEMO_DATA) .pytest_cache

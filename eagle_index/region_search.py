@@ -147,6 +147,7 @@ def image_tiles(rgb: np.ndarray, mpp: float, target_mpp: float, tile_px: int, so
 class RegionSearchService:
     def __init__(self, service):
         self.service = service
+        self._backfilled = False  # slides from before revision 0005 are filled in once per process
 
     @property
     def catalog(self):
@@ -168,6 +169,7 @@ class RegionSearchService:
                 stored += tiles_repo.sync_patient_from_artifacts(session, pid, top_k)
         if stored:
             log.info("tile tokens backfilled from artifacts: %d tiles", stored)
+        self._backfilled = True
         return stored
 
     def follow(self) -> None:
@@ -205,7 +207,8 @@ class RegionSearchService:
         if int(per_patient) < 1:
             raise InputError(f"per-patient must be at least 1, got {per_patient}")
         filters = filters or SearchFilters()
-        self.backfill()
+        if not self._backfilled:  # later slides are stored with their tiles by re-aggregation
+            self.backfill()
         query = dict(query or {})
         if image is not None:
             if query:

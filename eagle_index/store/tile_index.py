@@ -59,6 +59,10 @@ def tile_index_settings(settings: IndexSettings) -> IndexSettings:
                                        "ivf_nprobe": max(settings.ivf_nprobe, TILE_NPROBE)})
 
 
+def tile_index_basename(signature: str) -> str:
+    return f"tiles--{hashlib.sha256(signature.encode()).hexdigest()[:16]}"
+
+
 @dataclass
 class LoadedTiles:
     info: TileSetInfo

@@ -22,7 +22,6 @@ updated in place. Any insert or delete bumps `tile_sets.generation` and records 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,11 +233,6 @@ def tile_rows(catalog, ids) -> dict[int, TileRow]:
         return {r.id: r for r in _rows(session, select(TileToken).where(TileToken.id.in_(ids)))}
 
 
-def token_of(catalog, tile_id: int) -> np.ndarray:
-    _, _, matrix = load_tokens_by_id(catalog, [tile_id])
-    return matrix[0]
-
-
 def load_tokens_by_id(catalog, ids) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(ids, signatures, raw tokens) of tiles given by id, in the order given."""
     ids = [int(i) for i in ids]
@@ -260,11 +254,6 @@ def patient_tiles(catalog, patient_id: int, signature: str | None = None) -> lis
             query = query.where(TileToken.signature == signature)
         rows = _rows(session, query)
     return sorted(rows, key=lambda r: (r.patient_rank is None, r.patient_rank or 0, r.slide, r.slide_rank))
-
-
-def tile_signatures_of_patient(catalog, patient_id: int) -> list[str]:
-    with catalog.transaction() as session:
-        return sorted(session.scalars(select(TileToken.signature).where(TileToken.patient_id == patient_id).distinct()))
 
 
 def slide_tiles(catalog, slide_id: int) -> list[tuple[TileRow, str]]:
@@ -302,12 +291,3 @@ def slide_info(catalog, slide_id: int) -> SlideInfo:
             raise NotFoundError(f"unknown slide id {slide_id}")
         s, ext = row
         return SlideInfo(s.id, s.name, s.patient_id, ext, s.path, s.mpp, s.status, s.artifact_path)
-
-
-def provenance_signature(path) -> str | None:
-    from eagle_index.store.artifacts import artifact_provenance
-
-    try:
-        return artifact_provenance(Path(path)).get("signature")
-    except (OSError, ValueError, json.JSONDecodeError):
-        return None
