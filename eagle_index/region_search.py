@@ -236,6 +236,8 @@ class RegionSearchService:
             row = self._preferred(rows)
             ids, sigs, raw = tiles_repo.load_tokens_by_id(self.catalog, [row.id])
             return raw[0], sigs[0], {"patient": patient, "tile": rank, **_row_facts(row)}, pid, []
+        if not keys & {"slide", "slide_id"}:
+            raise InputError("give one query: patient + tile, slide + x_um + y_um, slide + box, or an image")
         slide = self._slide(query.get("slide"), query.get("slide_id"))
         if keys <= {"slide", "slide_id", "x_um", "y_um"} and "x_um" in keys and "y_um" in keys:
             return self._point_query(slide, _float(query["x_um"], "x_um"), _float(query["y_um"], "y_um"))
