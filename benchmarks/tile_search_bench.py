@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/tile_search_bench.py [--patients 40000] [--tiles 25] [--queries 300] [--k 20] [--per-patient 3]
 
 What runs is the product's code: the index is made by `build_faiss_index` with the default
-`IndexSettings` as `tile_index_settings` adjusts them (re-ranking factor 8, 24 lists searched; the same call `TileIndex.rebuild` makes; IVF + 4-bit PQ + exact re-ranking
+`IndexSettings` as `tile_index_settings` adjusts them (re-ranking factor 11, 24 lists searched; the same call `TileIndex.rebuild` makes; IVF + 4-bit PQ + exact re-ranking
 above `approximate_above` vectors), searched one query per call with one FAISS thread, and
 the hits are grouped by patient with `eagle_index.store.tile_index.group_tiles` after asking
 the index for `4k + 8` tiles, as `RegionSearchService._top_tiles` does without filters.

@@ -46,10 +46,10 @@ log = logging.getLogger(__name__)
 TILE_INDEX_FORMAT = 1
 # Region queries ask the index for 4k + 8 tiles (grouping by patient needs more than k), so the
 # patient index's re-ranking factor (128) would re-rank 11,264 candidates per query; FAISS's
-# fast-scan search gets much slower once k x factor passes 1,024 (benchmarks/tile_search_bench.py
-# at 100,000 tiles: factor 8 -> 1.5 ms, 16 -> 19 ms p50, recall@20 0.947 vs 0.952). Tile indexes
-# re-rank 8 x and search 24 lists instead of 16 (recall@20 0.966 at 3.8 ms there).
-TILE_REFINE_K_FACTOR = 8
+# fast-scan search gets much slower once k x factor passes 1,024 (at 100,000 tiles: factor 8 ->
+# 1.5 ms, 16 -> 19 ms p50). Tile indexes re-rank 11 x (88 x 11 = 968 candidates for k = 20) and
+# search 24 lists: 8.3 ms p50, recall@20 0.966 at 1M tiles (docs/benchmarks.md, Tile search).
+TILE_REFINE_K_FACTOR = 11
 TILE_NPROBE = 24
 
 
