@@ -17,6 +17,10 @@ before relying on it: every planted tile must be closer to every other planted t
 any ordinary tile. Only then are the search claims meaningful: a planted-tile query must
 return the other 3 planted patients among the top 5 patients, and an ordinary-tile query
 must not put a planted patient first nor return a planted tile.
+
+Cost: writing and ingesting the 60 slides takes about 80 s of CPU (measured: 77 s user time;
+6 minutes of wall time on the 2-core machine shared at load average 12); the checks themselves
+take a few seconds.
 """
 
 from __future__ import annotations
