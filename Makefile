@@ -55,6 +55,7 @@ bench: install
 	$(PY) benchmarks/search_bench.py --sizes 10000,100000
 	$(PY) benchmarks/tiling_bench.py
 	$(PY) benchmarks/viewer_bench.py
+	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/tile_search_bench.py --patients 4000 --queries 100
 
 clean:
 	rm -rf $(VENV) $(DEMO_DATA) .pytest_cache web/frontend/node_modules web/static/vendor

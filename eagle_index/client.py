@@ -154,6 +154,10 @@ class RemoteService:
         return self.client._request("POST", f"/patients/{urllib.parse.quote(patient, safe='')}/labels", body=body,
                                     content_type="application/json")["labels"]
 
+    @property
+    def regions(self) -> "RemoteRegions":
+        return RemoteRegions(self.client)
+
     def __getattr__(self, name: str):
         raise CatalogError(
             f"{name.replace('_', ' ')} needs the catalog, which {self.client.owner.describe()} holds; "
@@ -270,6 +274,39 @@ class RemoteProbes(_RemoteTopic):
             if task["state"] == "done":
                 return self.get(started["probe"])
             time.sleep(0.5)
+
+
+class RemoteRegions:
+    """`service.regions` of a running owner: region search through POST /api/v1/search/tiles."""
+
+    def __init__(self, client: OwnerClient):
+        self.client = client
+
+    def search(self, query: dict, k: int = 20, per_patient: int = 3, filters=None, include_same_patient: bool = False,
+               image: Path | None = None, mpp: float | None = None):
+        from eagle_index.region_search import RegionSearchResult
+
+        filters_dict = filters.as_dict() if filters is not None else {}
+        if image is not None:
+            image = Path(image)
+            if not image.is_file():
+                raise InputError(f"{image}: file not found")
+            fields = {"k": k, "per_patient": per_patient, "include_same_patient": str(include_same_patient).lower(),
+                      "filters": json.dumps(filters_dict)}
+            if mpp is not None:
+                fields["mpp"] = mpp
+            boundary = uuid.uuid4().hex
+            parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+                     for name, value in fields.items()]
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{image.name}"\r\n'
+                         "Content-Type: application/octet-stream\r\n\r\n".encode() + image.read_bytes() + b"\r\n")
+            parts.append(f"--{boundary}--\r\n".encode())
+            data = self.client._request("POST", "/search/tiles", body=b"".join(parts),
+                                        content_type=f"multipart/form-data; boundary={boundary}")
+        else:
+            body = {**query, "k": k, "per_patient": per_patient, "include_same_patient": include_same_patient, "filters": filters_dict}
+            data = self.client._request("POST", "/search/tiles", body=json.dumps(body).encode(), content_type="application/json")
+        return RegionSearchResult.from_dict(data)
 
 
 def service_for(settings, create: bool = True):

@@ -80,6 +80,7 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
         recovered = recover_after_crash(service, options.max_attempts)
         service.probes.recover()
         service.vectors.sync_all()  # reconcile FAISS with the catalog after any crash
+        service.regions.sync()  # tile indexes too (and tiles of slides embedded before revision 0005)
         if recovered["requeued"] or recovered["failed"]:
             log.info("jobs left running by a previous process: %d requeued, %d failed (attempts used up)",
                      recovered["requeued"], recovered["failed"])

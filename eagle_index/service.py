@@ -99,6 +99,13 @@ class EagleService:
 
         return ViewerService(self)
 
+    @cached_property
+    def regions(self):
+        """Region search over stored tile tokens (eagle_index/region_search.py)."""
+        from eagle_index.region_search import RegionSearchService
+
+        return RegionSearchService(self)
+
     def __enter__(self) -> "EagleService":
         return self
 
@@ -108,6 +115,8 @@ class EagleService:
     def close(self) -> None:
         if "vectors" in self.__dict__:
             self.vectors.flush()
+        if "regions" in self.__dict__ and "index" in self.regions.__dict__:
+            self.regions.index.flush()
         if "catalog" in self.__dict__:
             self.catalog.close()
 
@@ -204,6 +213,7 @@ class EagleService:
         """Embed and store slides (skipping ones already ingested); re-aggregate touched patients."""
         from eagle_index.ingest import steps as ingestion
 
+        self.regions.follow()  # loaded tile indexes follow the ingest's commits in place
         report = ingestion.ingest_files(self, paths, patient, slide_table, mpp, progress)
         self.vectors.sync_all()
         return report
@@ -237,4 +247,5 @@ class EagleService:
         for info in self.catalog.vector_sets():
             loaded = self.vectors.rebuild(info) if force else self.vectors.get(info.kind, info.signature)
             out.append({"kind": info.kind, "signature": info.signature, "count": loaded.ntotal, "index_type": loaded.index_type})
+        out += self.regions.sync(force)  # tile indexes (region search), after backfilling pre-0005 slides
         return out

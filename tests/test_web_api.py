@@ -369,3 +369,44 @@ def test_slide_viewer_routes(client):
     error_of(client.get(f"/api/v1/slides/{slide['id']}/tiles/{top + 1}/0_0.jpeg"), 404)
     assert client.get("/api/v1/patients/CASE-002/viewer").get_json()["slides"][0]["viewable"] is True
     assert client.get("/api/v1/compare?query=CASE-002&hit=CASE-001&pairs=2").get_json()["pairs"][0]["rank"] == 1
+
+
+# -- region search ----------------------------------------------------------------------------------
+def test_region_search_json_and_image(client, env):
+    """POST /search/tiles: a stored tile (patient + rank, or slide id + point) in JSON, an image as multipart."""
+    detail = client.get("/api/v1/patients/CASE-001").get_json()
+    tile = detail["tiles"][0]
+    by_rank = client.post("/api/v1/search/tiles", json={"patient": "CASE-001", "tile": 1, "k": 6, "per_patient": 2})
+    assert by_rank.status_code == 200, by_rank.get_json()
+    data = by_rank.get_json()
+    assert set(data) >= {"query", "patients"} and data["query"]["patient"] == "CASE-001"
+    assert (data["query"]["x_um"], data["query"]["y_um"]) == (tile["x_um"], tile["y_um"])
+    assert "CASE-001" not in [p["patient"] for p in data["patients"]]
+    assert all(set(t) >= {"slide", "x_um", "y_um", "score", "slide_id"} for p in data["patients"] for t in p["tiles"])
+    assert sum(len(p["tiles"]) for p in data["patients"]) == 6 and all(len(p["tiles"]) <= 2 for p in data["patients"])
+    # the same tile by slide id and a point inside it: the same answer
+    by_point = client.post("/api/v1/search/tiles", json={"slide_id": tile["slide_id"], "x_um": tile["x_um"] + 5, "y_um": tile["y_um"] + 5,
+                                                          "k": 6, "per_patient": 2}).get_json()
+    assert by_point["patients"] == data["patients"]
+    # each returned tile's image is served
+    first = data["patients"][0]["tiles"][0]
+    image = client.get(f"/api/v1/slides/{first['slide_id']}/tile.png?x_um={first['x_um']}&y_um={first['y_um']}")
+    assert image.status_code == 200 and image.data.startswith(PNG)
+    # an image upload (the tile itself as a PNG at 2 µm/px) finds that tile's patient first
+    png = client.get(tile["tile_url"]).data
+    found = client.post("/api/v1/search/tiles", data={"file": (io.BytesIO(png), "region.png"), "mpp": "2.0", "k": "3"},
+                        content_type="multipart/form-data")
+    assert found.status_code == 200, found.get_json()
+    result = found.get_json()
+    assert result["query"]["image"] == "region.png" and result["patients"][0]["patient"] == "CASE-001"
+    assert result["patients"][0]["score"] > 0.99
+    # bad input: one error shape naming the field
+    assert "mpp" in error_of(client.post("/api/v1/search/tiles", data={"file": (io.BytesIO(png), "r.png")},
+                                         content_type="multipart/form-data"), 400)
+    assert "minimum is 448" in error_of(client.post("/api/v1/search/tiles", data={"file": (io.BytesIO(png), "r.png"), "mpp": "1.0"},
+                                                    content_type="multipart/form-data"), 400)
+    error_of(client.post("/api/v1/search/tiles", data={"file": (io.BytesIO(b"x"), "r.exe")}, content_type="multipart/form-data"), 400, "file")
+    error_of(client.post("/api/v1/search/tiles", json={"k": 5}), 400, "patient")
+    error_of(client.post("/api/v1/search/tiles", json={"patient": "CASE-001", "tile": 1, "k": 0}), 400, "k")
+    error_of(client.post("/api/v1/search/tiles", json={"slide_id": tile["slide_id"], "box": [0, 0, "x", 1]}), 400, "box")
+    assert "unknown patient" in error_of(client.post("/api/v1/search/tiles", json={"patient": "NOPE", "tile": 1}), 404)

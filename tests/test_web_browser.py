@@ -237,3 +237,47 @@ def test_ingestion_page_shows_failures_and_requeues(page, server):
     page.get_by_role("button", name="re-queue TCGA-ZZ-0001-01Z-00-DX1.tiff").click()
     page.wait_for_selector("#toast:not([hidden])")
     assert "queued again" in page.locator("#toast").inner_text()
+
+
+def test_find_similar_regions_from_a_tile_and_from_an_uploaded_image(page, server, tmp_path):
+    """Patient gallery -> "Find similar regions" -> tiles grouped by patient with their images; the tile
+    dialog and the search result tiles carry the same action; an image uploaded on the Search page."""
+    detail = _get(f"{server['url']}/api/v1/patients/CASE-001")
+    tile = detail["tiles"][0]
+    goto(page, "/patients/CASE-001")
+    page.wait_for_selector(".gallery .region-link")
+    assert page.locator(".gallery .region-link").count() == len(detail["tiles"])
+    page.locator(".gallery button").first.click()
+    dialog_link = page.locator("#tile-dialog-region")
+    dialog_link.wait_for(state="visible")
+    assert "region_slide=" in dialog_link.get_attribute("href")
+    page.keyboard.press("Escape")
+    page.locator(".gallery .region-link").first.click()
+    page.wait_for_selector("#region-hits article")
+    cards = page.locator("#region-hits article")
+    patients = [cards.nth(i).get_attribute("data-patient") for i in range(cards.count())]
+    assert patients and "CASE-001" not in patients
+    expected = json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"{server['url']}/api/v1/search/tiles", data=json.dumps({"slide_id": tile["slide_id"], "x_um": tile["x_um"], "y_um": tile["y_um"],
+                                                                 "k": 20, "per_patient": 3}).encode(),
+        headers={"Content-Type": "application/json"}), timeout=60).read())
+    assert patients == [p["patient"] for p in expected["patients"]]
+    page.wait_for_function("() => { const imgs = [...document.querySelectorAll('#region-hits img')]; return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth === 224); }")
+    assert page.locator("#region-hits .region-link").count() == sum(len(p["tiles"]) for p in expected["patients"])
+    shot(page, "regions")
+    # search results: the matching tile pairs carry the action too
+    goto(page, "/search?patient=CASE-001")
+    page.wait_for_selector("#hits article")
+    page.locator("#hits article").first.get_by_role("button", name="Matching tiles").click()
+    page.wait_for_selector("#hits article .pair .region-link")
+    # an uploaded image on the Search page (a tile as PNG at 2 µm/px)
+    png = tmp_path / "region.png"
+    png.write_bytes(urllib.request.urlopen(f"{server['url']}{tile['tile_url']}", timeout=30).read())
+    goto(page, "/search")
+    page.get_by_role("tab", name="Similar regions").click()
+    page.get_by_label("Image of a region").set_input_files(str(png))
+    page.get_by_label("µm per pixel").fill("2.0")
+    page.get_by_role("button", name="Find similar regions").click()
+    page.wait_for_selector("#region-hits article")
+    assert page.locator("#region-hits article").first.get_attribute("data-patient") == "CASE-001"
+    assert "region.png" in page.locator(".region-query").inner_text()

@@ -57,6 +57,8 @@ ROUTES = [
       "explain:query:boolean", "pairs:query:integer", "vote:query:string"], None, 200, JSON),
     ("post", "/search", "search", "Search by patient or vector with filters; full result (hits, vote, notes)", [], "search", 200, JSON),
     ("post", "/search/upload", "search", "Search by an uploaded slide (multipart); 202 with a task", [], "slide-upload", 202, JSON),
+    ("post", "/search/tiles", "search", "Region search: tiles like a stored tile or slide region (JSON) or an image (multipart), "
+     "grouped by patient", [], "tiles", 200, JSON),
     ("get", "/uploads/{upload_id}/thumbnail.png", "images", "Thumbnail of an uploaded query slide",
      ["upload_id:path:string", "size:query:integer"], None, 200, "image/png"),
     ("get", "/uploads/{upload_id}/tile.png", "images", "A tile of an uploaded query slide",
@@ -135,6 +137,22 @@ MULTIPART = {
         "patient": {"type": "string"}, "vote": {"type": "string"}, "explain": {"type": "boolean"}, "pairs": {"type": "integer"},
         "filters": {"type": "string", "description": "JSON object, as in POST /search"}}},
 }
+# POST /search/tiles takes either body (region search, eagle_index/region_search.py)
+TILES_BODIES = {
+    JSON: {"type": "object", "description": "one query: patient + tile, slide (name) or slide_id + x_um + y_um, or slide/slide_id + box",
+           "properties": {
+               "patient": {"type": "string"}, "tile": {"type": "integer", "description": "rank of the patient's selected tile"},
+               "slide": {"type": "string"}, "slide_id": {"type": "integer"}, "x_um": {"type": "number"}, "y_um": {"type": "number"},
+               "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4, "description": "[x_um, y_um, w_um, h_um]"},
+               "k": {"type": "integer", "description": "tiles returned (default 20)"},
+               "per_patient": {"type": "integer", "description": "at most this many tiles per patient (default 3)"},
+               "include_same_patient": {"type": "boolean"}, "filters": {"$ref": "#/components/schemas/Filters"}}},
+    "multipart/form-data": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "PNG/JPEG/TIFF image of a region"},
+        "mpp": {"type": "number", "description": "µm/px of the image (required unless the file records a resolution)"},
+        "k": {"type": "integer"}, "per_patient": {"type": "integer"}, "include_same_patient": {"type": "boolean"},
+        "filters": {"type": "string", "description": "JSON object, as in POST /search"}}},
+}
 SCHEMAS = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["status", "message"], "properties": {
         "status": {"type": "integer"}, "message": {"type": "string"}, "field": {"type": "string"}}}}},
@@ -170,6 +188,9 @@ def document() -> dict:
             del operation["responses"]["401"]
         if body in BODIES:
             operation["requestBody"] = {"required": True, "content": {JSON: {"schema": BODIES[body]}}}
+        elif body == "tiles":
+            operation["requestBody"] = {"required": True, "content": {m: {"schema": schema} for m, schema in TILES_BODIES.items()}}
+            operation["responses"]["413"] = _error("upload larger than the server's limit")
         elif body in MULTIPART:
             operation["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": MULTIPART[body]}}}
             operation["responses"]["413"] = _error("upload larger than the server's limit")

@@ -153,4 +153,8 @@ def reaggregate_patient(service, session, patient_id: int) -> pipeline.PatientVe
     for kind, vector in vectors.by_kind().items():
         catalog.put_vectors(session, kind, models.signature(kind), [patient_id], vector[None, :].astype(np.float32),
                             source="ingest", provenance=models.provenance(kind))
+    # the slides' candidate tiles and the patient's tile ranks, for region search (same transaction)
+    from eagle_index.store import tiles_repo
+
+    tiles_repo.sync_patient_from_artifacts(session, patient_id, settings.eagle.top_k, models.signature("eagle"))
     return vectors

@@ -106,8 +106,10 @@ def _texture(x_um: np.ndarray, y_um: np.ndarray, texture: str, palette: dict | N
 class _Renderer:
     """Renders file tiles of one level; caches tiles that repeat (pure tissue, pure glass)."""
 
-    def __init__(self, px_um: float, boxes: Sequence[Box], texture: str, seed: int, palette: dict | None = None):
+    def __init__(self, px_um: float, boxes: Sequence[Box], texture: str, seed: int, palette: dict | None = None,
+                 overlays: Sequence[tuple[Box, str, dict | None]] = ()):
         self.palette = palette
+        self.overlays = tuple(overlays)
         self.px_um = px_um
         self.boxes = boxes
         self.texture = texture
@@ -138,6 +140,25 @@ class _Renderer:
 
     def tile(self, x0: int, y0: int) -> tuple[np.ndarray, object]:
         """(RGB uint8 file tile at level pixel (x0, y0), key if it is a reused tile else None)."""
+        pixels, key = self._base_tile(x0, y0)
+        span = FILE_TILE_PX * self.px_um
+        ux, uy = x0 * self.px_um, y0 * self.px_um
+        hits = [o for o in self.overlays if not (ux >= o[0][0] + o[0][2] or ux + span <= o[0][0] or uy >= o[0][1] + o[0][3] or uy + span <= o[0][1])]
+        if not hits:
+            return pixels, key
+        out = pixels.astype(float)
+        xs, ys = self._coords(x0), self._coords(y0)
+        for (bx, by, bw, bh), texture, palette in hits:
+            rgb = _texture(xs, ys, texture, palette)
+            if self.ss > 1:
+                n = FILE_TILE_PX
+                rgb = rgb.reshape(n, self.ss, n, self.ss, 3).mean(axis=(1, 3))
+            cx, cy = (x0 + np.arange(FILE_TILE_PX) + 0.5) * self.px_um, (y0 + np.arange(FILE_TILE_PX) + 0.5) * self.px_um
+            inside = ((cy >= by) & (cy < by + bh))[:, None] & ((cx >= bx) & (cx < bx + bw))[None, :]
+            out = np.where(inside[..., None], rgb, out)
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8), None
+
+    def _base_tile(self, x0: int, y0: int) -> tuple[np.ndarray, object]:
         span = FILE_TILE_PX * self.px_um
         ux, uy = x0 * self.px_um, y0 * self.px_um
         full = any(bx <= ux and ux + span <= bx + bw and by <= uy and uy + span <= by + bh
@@ -190,12 +211,14 @@ def write_pyramidal_tiff(path: str | Path, mpp: float = 0.5, size: tuple[int, in
                          write_mpp: bool = True, *, size_um: tuple[float, float] | None = None,
                          vendor: str | None = None, texture: str = "cells", quality: int = 90,
                          seed: int = 0, min_level_px: int = 256, level_step: int = 2,
-                         palette: dict | None = None) -> FixtureSlide:
+                         palette: dict | None = None, overlays: Sequence[tuple[Box, str, dict | None]] = ()) -> FixtureSlide:
     """Write a JPEG-tiled pyramidal TIFF/SVS of `size` level-0 px (or `size_um`) and return its facts.
 
     Defaults: 2048 × 1536 px; one tissue box covering the interior whole 448 µm tiles (one
     tile margin of glass), or the whole slide when it is under 3 tiles wide. `level_step=4`
-    gives an Aperio-like pyramid (downsamples 1, 4, 16, ...).
+    gives an Aperio-like pyramid (downsamples 1, 4, 16, ...). `overlays`: (box µm, texture,
+    palette) regions painted over the slide with another texture/palette (e.g. a rare pattern
+    planted in a small region, for region-search tests).
     """
     import tifffile
 
@@ -226,7 +249,7 @@ def write_pyramidal_tiff(path: str | Path, mpp: float = 0.5, size: tuple[int, in
     with tifffile.TiffWriter(path, bigtiff=width * height > 2**31) as tif:
         for k, (w, h) in enumerate(level_sizes):
             px_um = mpp * (level_step ** k)
-            renderer = _Renderer(px_um, boxes, texture, seed + k, palette)
+            renderer = _Renderer(px_um, boxes, texture, seed + k, palette, overlays)
             extra = {}
             if write_mpp and vendor == "generic":
                 extra = {"resolution": (1e4 / px_um, 1e4 / px_um), "resolutionunit": "CENTIMETER"}

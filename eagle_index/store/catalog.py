@@ -71,6 +71,7 @@ class Catalog:
         self.writer = SingleWriter()
         event.listen(self._sessions, "before_flush", self._check_flush)
         event.listen(self._sessions, "do_orm_execute", self._check_execute)
+        self._tile_listeners: list = []
         # Vector-set summaries and id lists, cached until a commit changes vectors. Only one
         # process writes a catalog (see owner.py), so our own commits are the only changes.
         # `_epoch` moves on at every invalidation: a reader that computed a value before a
@@ -127,15 +128,22 @@ class Catalog:
             with session.begin():
                 yield session
             changes = session.info.pop("vector_changes", [])
+            tile_changes = session.info.pop("tile_changes", [])
         if changes:
             with self._cache_lock:
                 self._epoch += 1
                 self._cache.clear()
         for listener in self._commit_listeners if changes else ():
             listener(changes)
+        for listener in self._tile_listeners if tile_changes else ():
+            listener(tile_changes)
 
     def add_commit_listener(self, listener) -> None:
         self._commit_listeners.append(listener)
+
+    def add_tile_listener(self, listener) -> None:
+        """Called after a commit that changed tile tokens (the tile index follows; see store/tiles_repo.py)."""
+        self._tile_listeners.append(listener)
 
     # -- patients ---------------------------------------------------------------
     @staticmethod

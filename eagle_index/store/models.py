@@ -221,3 +221,44 @@ class ProbeScore(Base):
     predicted: Mapped[str | None] = mapped_column(String, nullable=True)
     rank: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+tile_set_id_seq = Sequence("tile_set_id_seq", metadata=Base.metadata)
+tile_token_id_seq = Sequence("tile_token_id_seq", metadata=Base.metadata)
+
+
+class TileSet(Base):
+    """All tile tokens of one signature: what one tile index holds (revision 0005).
+
+    `generation` grows with every change to the set's tokens, in the same transaction.
+    """
+
+    __tablename__ = "tile_sets"
+    __table_args__ = (UniqueConstraint("signature", name="uq_tile_sets_signature"),)
+    id: Mapped[int] = mapped_column(Integer, tile_set_id_seq, primary_key=True)
+    signature: Mapped[str] = mapped_column(String)
+    dim: Mapped[int] = mapped_column(Integer)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TileToken(Base):
+    """The Virchow2 class token of one stored candidate tile of a slide (revision 0005).
+
+    slide_rank: 1-based position in the slide's candidates (by CHIEF attention); patient_rank:
+    1-based rank among the patient's selected tiles (the ones its EAGLE vector averages), or
+    None when the tile is a candidate of its slide but not selected for the patient.
+    """
+
+    __tablename__ = "tile_tokens"
+    id: Mapped[int] = mapped_column(Integer, tile_token_id_seq, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(Integer, index=True)
+    slide_id: Mapped[int] = mapped_column(Integer, index=True)
+    signature: Mapped[str] = mapped_column(String)
+    x_um: Mapped[float] = mapped_column(Float)
+    y_um: Mapped[float] = mapped_column(Float)
+    slide_rank: Mapped[int] = mapped_column(Integer)
+    patient_rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    attention: Mapped[float] = mapped_column(Float)
+    dim: Mapped[int] = mapped_column(Integer)
+    token: Mapped[bytes] = mapped_column(LargeBinary)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from web.api import catalog, cohorts, core, jobs, media, probes, search, viewer
+from web.api import catalog, cohorts, core, jobs, media, probes, regions, search, viewer
 
 api = Blueprint("api", __name__)
-for module in (core, catalog, search, cohorts, probes, jobs, media, viewer):
+for module in (core, catalog, search, cohorts, probes, jobs, media, viewer, regions):
     api.register_blueprint(module.bp)

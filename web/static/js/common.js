@@ -113,7 +113,27 @@ export function progressBar(fraction) {
   return bar;
 }
 
-export function showTile({ url, title, facts }) {
+// "Find similar regions": the Search page's region search, for a stored tile (slide id + top-left µm).
+export function regionUrl(slideId, x, y) {
+  return `/search?region_slide=${encodeURIComponent(slideId)}&x_um=${Number(x).toFixed(3)}&y_um=${Number(y).toFixed(3)}`;
+}
+
+// The slide id of a tile image URL (/api/v1/slides/<id>/tile.png?x_um=..&y_um=..), or null.
+export function tileSlideId(url) {
+  const match = /\/slides\/(\d+)\/tile\.png/.exec(url || "");
+  return match ? Number(match[1]) : null;
+}
+
+export function regionLink(slideId, x, y, label = "Find similar regions") {
+  return el("a", { class: "region-link", href: regionUrl(slideId, x, y), title: "tiles across the archive that look like this one", text: label });
+}
+
+export function showTile({ url, title, facts, region = null }) {
+  const link = $("#tile-dialog-region");
+  if (link) {
+    link.hidden = !region;
+    if (region) link.href = regionUrl(region.slide_id, region.x_um, region.y_um);
+  }
   const dialog = $("#tile-dialog");
   $("#tile-dialog-title").textContent = title;
   const img = $("#tile-dialog-img");

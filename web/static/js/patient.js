@@ -1,5 +1,5 @@
 // Patient page: slides with interactive tile boxes, the selected-tile gallery, labels, neighbours.
-import { $, api, chips, clear, el, fail, fmt, fmtInt, image, patientUrl, PLACEHOLDER, showTile } from "./common.js";
+import { $, api, chips, clear, el, fail, fmt, fmtInt, image, patientUrl, PLACEHOLDER, regionLink, showTile } from "./common.js";
 import { patientViewer, slideButtons } from "./viewer.js";
 
 const NS = "http://www.w3.org/2000/svg";
@@ -14,7 +14,8 @@ function tileFacts(tile) {
   };
 }
 
-const openTile = (tile) => showTile({ url: tile.tile_url, title: `Tile #${tile.rank} · ${tile.slide}`, facts: tileFacts(tile) });
+const openTile = (tile) => showTile({ url: tile.tile_url, title: `Tile #${tile.rank} · ${tile.slide}`, facts: tileFacts(tile),
+  region: tile.slide_id !== null && tile.slide_id !== undefined ? tile : null });
 
 function highlight(rank, on) {
   document.querySelectorAll(`[data-rank="${rank}"]`).forEach((node) => node.classList.toggle("hl", on));
@@ -76,7 +77,8 @@ function gallery(tiles) {
       onclick: () => focusTile(tile), onmouseenter: () => highlight(tile.rank, true), onmouseleave: () => highlight(tile.rank, false),
       onfocus: () => highlight(tile.rank, true), onblur: () => highlight(tile.rank, false) },
     picture, el("span", {}, el("b", { text: `#${tile.rank}` }), el("span", { class: "num", text: fmt(tile.attention, 3) })));
-    return button;
+    const region = tile.slide_id !== null && tile.slide_id !== undefined ? regionLink(tile.slide_id, tile.x_um, tile.y_um) : null;
+    return el("div", { class: "gallery-item" }, button, region);
   });
 }
 

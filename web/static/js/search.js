@@ -1,8 +1,10 @@
 // Search page: query by patient (type-ahead) or uploaded slide; hits as evidence cards.
-import { $, api, chips, clear, el, fail, fillSelect, fmt, image, patientUrl, pollTask, progressBar, showTile, typeahead } from "./common.js";
+import { $, api, chips, clear, el, fail, fillSelect, fmt, image, patientUrl, pollTask, progressBar, regionLink, showTile, tileSlideId, typeahead } from "./common.js";
 
 let meta = { labels: [], kinds: ["eagle"] };
 let mode = "patient";
+const MODES = ["patient", "upload", "region"];
+let storedRegion = null; // {slide_id, x_um, y_um} from a "Find similar regions" link
 
 function options() {
   const filters = {};
@@ -18,13 +20,13 @@ function options() {
 
 function setMode(next) {
   mode = next;
-  for (const [tab, form] of [["#tab-patient", "#patient-form"], ["#tab-upload", "#upload-form"]]) {
-    const on = form === `#${next}-form`;
-    $(tab).setAttribute("aria-selected", String(on));
-    $(tab).tabIndex = on ? 0 : -1;
-    $(form).hidden = !on;
+  for (const name of MODES) {
+    const on = name === next;
+    $(`#tab-${name}`).setAttribute("aria-selected", String(on));
+    $(`#tab-${name}`).tabIndex = on ? 0 : -1;
+    $(`#${name}-form`).hidden = !on;
   }
-  $("#run-search").textContent = next === "patient" ? "Search" : "Embed and search";
+  $("#run-search").textContent = { patient: "Search", upload: "Embed and search", region: "Find similar regions" }[next];
 }
 
 function voteView(vote, k) {
@@ -50,9 +52,11 @@ function pairsView(pairs) {
   return pairs.map((pair) => {
     const tile = (url, slide, x, y, who) => {
       const img = url ? image(url, `${who} tile, ${slide} at (${Math.round(x)}, ${Math.round(y)}) µm`, { lazy: false }) : el("div", { class: "tile-missing" });
+      const slideId = tileSlideId(url);
+      const region = slideId !== null ? { slide_id: slideId, x_um: x, y_um: y } : null;
       const button = el("button", { type: "button", title: "show larger", onclick: () => url && showTile({
-        url, title: `${who} tile`, facts: { slide, "x (µm)": fmt(x, 0), "y (µm)": fmt(y, 0), "pair similarity": fmt(pair.similarity, 3) } }) }, img);
-      return el("figure", {}, button, el("figcaption", { text: `${who}: ${slide}` }));
+        url, title: `${who} tile`, facts: { slide, "x (µm)": fmt(x, 0), "y (µm)": fmt(y, 0), "pair similarity": fmt(pair.similarity, 3) }, region }) }, img);
+      return el("figure", {}, button, el("figcaption", { text: `${who}: ${slide}` }), region ? regionLink(slideId, x, y) : null);
     };
     return el("div", { class: "pair" },
       tile(pair.query_tile_url, pair.query_slide, pair.query_x_um, pair.query_y_um, "query"),
@@ -169,22 +173,96 @@ async function searchUpload() {
   } finally { button.disabled = false; }
 }
 
+// -- region search: tiles like a stored tile or an uploaded image, grouped by patient -------------
+const tileImage = (slideId, x, y) => `/api/v1/slides/${slideId}/tile.png?x_um=${Number(x).toFixed(3)}&y_um=${Number(y).toFixed(3)}`;
+
+function regionTile(tile, patient) {
+  const url = tileImage(tile.slide_id, tile.x_um, tile.y_um);
+  const facts = { patient, slide: tile.slide, "x, y (µm)": `${fmt(tile.x_um, 0)}, ${fmt(tile.y_um, 0)}`, similarity: fmt(tile.score, 4),
+    "selected tile": tile.patient_rank ? `#${tile.patient_rank}` : "no (a candidate of its slide)", "attention (raw CHIEF)": fmt(tile.attention, 4) };
+  const button = el("button", { type: "button", title: "show larger",
+    onclick: () => showTile({ url, title: `${patient} · ${tile.slide}`, facts, region: tile }) },
+  image(url, `tile of ${patient}, ${tile.slide} at (${Math.round(tile.x_um)}, ${Math.round(tile.y_um)}) µm`));
+  return el("figure", { class: "region-tile" }, button,
+    el("figcaption", {}, el("span", { class: "num", text: fmt(tile.score, 3) }), " ", tile.slide), regionLink(tile.slide_id, tile.x_um, tile.y_um, "similar"));
+}
+
+function renderRegions(result) {
+  const q = result.query;
+  const picture = q.slide_id !== undefined && q.stored_tile !== false && q.x_um !== undefined
+    ? image(tileImage(q.slide_id, q.x_um, q.y_um), "query tile", { lazy: false }) : el("div", { class: "tile-missing" });
+  const what = q.image ? `image ${q.image} (${fmt(q.mpp, 3)} µm/px, ${q.tiles} tile${q.tiles === 1 ? "" : "s"})`
+    : q.box ? `region of ${q.slide} (${q.box.map((v) => Math.round(v)).join(", ")} µm)`
+      : `tile of ${q.patient} · ${q.slide} at (${Math.round(q.x_um)}, ${Math.round(q.y_um)}) µm`;
+  const head = el("section", { class: "panel region-query", "aria-label": "query" }, picture,
+    el("div", {}, el("h2", { text: "Similar regions" }), el("p", { class: "muted", text: what }),
+      el("p", { class: "muted small mono", text: q.signature })));
+  const notes = (result.notes || []).map((n) => el("p", { class: "note", text: n }));
+  const cards = result.patients.length
+    ? el("div", { class: "results", id: "region-hits" }, result.patients.map((hit, i) => {
+      const bar = el("div", { class: "score-bar", title: "best tile's cosine similarity" }, el("span"));
+      bar.firstChild.style.width = `${Math.max(0, Math.min(1, hit.score)) * 100}%`;
+      return el("article", { class: "card region-patient", "data-patient": hit.patient },
+        el("div", { class: "card-body" },
+          el("div", { class: "card-title" }, el("span", { class: "rank", text: `#${i + 1}` }), el("a", { href: patientUrl(hit.patient), text: hit.patient }),
+            el("span", { class: "score", title: "best tile's cosine similarity", text: fmt(hit.score, 4) })),
+          bar, chips(hit.labels || {})),
+        el("div", { class: "region-tiles" }, hit.tiles.map((t) => regionTile(t, hit.patient))));
+    }))
+    : el("div", { class: "empty", text: "No tiles match these filters." });
+  clear($("#results"), head, notes, cards);
+}
+
+async function searchRegion() {
+  const opts = options();
+  const k = Number($("#region-k").value) || 20;
+  const perPatient = Number($("#region-per-patient").value) || 3;
+  const file = $("#region-file").files[0];
+  const status = $("#search-status");
+  const filters = { ...opts.filters };
+  status.textContent = file ? "encoding the image…" : "searching…";
+  try {
+    let result;
+    if (file) {
+      const form = new FormData();
+      form.append("file", file);
+      if ($("#region-mpp").value) form.append("mpp", $("#region-mpp").value);
+      form.append("k", String(k));
+      form.append("per_patient", String(perPatient));
+      form.append("filters", JSON.stringify(filters));
+      result = await api("/search/tiles", { method: "POST", form });
+    } else if (storedRegion) {
+      result = await api("/search/tiles", { method: "POST", body: { ...storedRegion, k, per_patient: perPatient, filters } });
+    } else {
+      status.textContent = "choose an image, or use “Find similar regions” on a tile";
+      $("#region-file").focus();
+      return;
+    }
+    renderRegions(result);
+    status.textContent = `${result.patients.length} patients`;
+  } catch (err) {
+    status.textContent = "";
+    fail(err, $("#results"));
+  }
+}
+
 async function init() {
   typeahead($("#patient"), () => searchPatient());
-  $("#tab-patient").addEventListener("click", () => setMode("patient"));
-  $("#tab-upload").addEventListener("click", () => setMode("upload"));
-  for (const tab of ["#tab-patient", "#tab-upload"]) {
-    $(tab).addEventListener("keydown", (event) => {
+  for (const name of MODES) {
+    $(`#tab-${name}`).addEventListener("click", () => setMode(name));
+    $(`#tab-${name}`).addEventListener("keydown", (event) => {
       if (event.key === "ArrowRight" || event.key === "ArrowLeft") {
-        const next = mode === "patient" ? "upload" : "patient";
+        const step = event.key === "ArrowRight" ? 1 : MODES.length - 1;
+        const next = MODES[(MODES.indexOf(mode) + step) % MODES.length];
         setMode(next);
         $(`#tab-${next}`).focus();
       }
     });
   }
+  $("#region-form").addEventListener("submit", (event) => { event.preventDefault(); searchRegion(); });
   $("#patient-form").addEventListener("submit", (event) => { event.preventDefault(); searchPatient(); });
   $("#upload-form").addEventListener("submit", (event) => { event.preventDefault(); searchUpload(); });
-  $("#run-search").addEventListener("click", () => (mode === "patient" ? searchPatient() : searchUpload()));
+  $("#run-search").addEventListener("click", () => ({ patient: searchPatient, upload: searchUpload, region: searchRegion })[mode]());
   $("#opt-label-name").addEventListener("change", () => {
     const label = meta.labels.find((l) => l.name === $("#opt-label-name").value);
     const select = $("#opt-label-value");
@@ -200,7 +278,15 @@ async function init() {
     fillSelect($("#opt-exclude-same"), names, { placeholder: "(nothing)" });
   } catch (err) { fail(err); }
   document.body.dataset.ready = "1";
-  if ($("#patient").value.trim()) searchPatient();
+  const params = new URLSearchParams(location.search);
+  if (params.get("region_slide") && params.get("x_um") !== null && params.get("y_um") !== null) {
+    storedRegion = { slide_id: Number(params.get("region_slide")), x_um: Number(params.get("x_um")), y_um: Number(params.get("y_um")) };
+    const note = $("#region-stored");
+    note.textContent = `Query: the stored tile at (${Math.round(storedRegion.x_um)}, ${Math.round(storedRegion.y_um)}) µm of slide ${storedRegion.slide_id}; choose an image instead to search with it.`;
+    note.hidden = false;
+    setMode("region");
+    searchRegion();
+  } else if ($("#patient").value.trim()) searchPatient();
 }
 
 init();

@@ -1,0 +1,478 @@
+"""Region search: "where else in the archive is there tissue like this?" (reached as `service.regions`).
+
+The query is one Virchow2 class token (L2-normalized) from:
+- a stored tile: a patient's selected tile by rank (`{"patient", "tile"}`), or a slide's stored
+  tile at a point (`{"slide", "x_um", "y_um"}`; a point on no stored tile is read from the
+  slide file, as the grid tile that contains it, and encoded);
+- a region of a stored slide (`{"slide", "box": [x, y, w, h]}` µm), read from the slide file;
+- an image file (`image`, with `mpp` unless the file records a resolution).
+A region or image is resampled to 2.0 µm/px with the pipeline's own filter (cv2.INTER_AREA,
+`eagle_index.slides.tiling.RESIZE_FILTER`; slide regions are read with the pipeline's tile
+reader, so a stored tile read this way gives the very pixels it was embedded from), then
+centre-cropped to whole 224 px tiles (at most 4 × 4 central tiles); tiles the Canny rule
+calls background are dropped (unless all are); the query is the mean class token of the
+remaining tiles (EAGLE's own pooling), encoded with the archive's Virchow2 (the loaded
+models must give the tile set's signature: the archive is never searched with other weights).
+
+Search. The tile index (`store/tile_index.py`) returns tiles by cosine; tiles are taken best
+first (ties by tile id), at most `per_patient` per patient, until `k` tiles; patients come
+back grouped, ordered by their best tile. Filters are the patient search's (`SearchFilters`:
+labels, cohorts, score floor, excluded patients, same site / same label value); the query's
+own patient is left out unless `include_same_patient`. With an allowed set (labels, cohorts)
+of few tiles, those tiles are scored exactly; otherwise the index is asked for more tiles
+(4× per round) until k are accepted or it is exhausted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from eagle_index.errors import InputError, NotFoundError
+from eagle_index.store import tiles_repo
+from eagle_index.store.validation import l2_normalized
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_TILES_SIDE = 4  # an image or box query uses at most 4 x 4 central tiles
+EXACT_TILE_LIMIT = 50_000  # an allowed set with at most this many tiles is scored exactly
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+MAX_K = 1000
+
+
+# -- results ---------------------------------------------------------------------------------
+@dataclass
+class TileHit:
+    slide: str
+    x_um: float
+    y_um: float
+    score: float
+    slide_id: int
+    patient_rank: int | None
+    slide_rank: int
+    attention: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PatientRegions:
+    patient: str
+    score: float
+    tiles: list[TileHit]
+    labels: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"patient": self.patient, "score": self.score, "tiles": [t.as_dict() for t in self.tiles], "labels": self.labels}
+
+
+@dataclass
+class RegionSearchResult:
+    query: dict
+    patients: list[PatientRegions]
+    filters: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"query": self.query, "patients": [p.as_dict() for p in self.patients], "filters": self.filters, "notes": self.notes}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RegionSearchResult":
+        patients = [PatientRegions(p["patient"], p["score"], [TileHit(**t) for t in p["tiles"]], p.get("labels", {}))
+                    for p in data.get("patients", [])]
+        return cls(data.get("query", {}), patients, data.get("filters", {}), data.get("notes", []))
+
+
+# -- image input -----------------------------------------------------------------------------
+def image_resolution(path: Path) -> float | None:
+    """µm/px recorded in an image file (PNG pHYs, TIFF/JPEG resolution), if it is a plausible scan resolution."""
+    from PIL import Image
+
+    from eagle_index.slides.mpp import MPP_MAX_UM, MPP_MIN_UM
+
+    with Image.open(path) as img:
+        dpi = img.info.get("dpi")
+    if not dpi:
+        return None
+    try:
+        x = float(dpi[0])
+    except (TypeError, ValueError, IndexError):
+        return None
+    if not math.isfinite(x) or x <= 0:
+        return None
+    mpp = 25400.0 / x
+    return mpp if MPP_MIN_UM <= mpp <= MPP_MAX_UM else None  # 72/96 dpi screen defaults are not scans
+
+
+def read_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"{path}: not a readable image ({exc})") from None
+
+
+def image_tiles(rgb: np.ndarray, mpp: float, target_mpp: float, tile_px: int, source: str) -> tuple[np.ndarray, dict]:
+    """Resample an RGB region to target_mpp with the pipeline's filter and centre-crop it into whole tiles."""
+    import cv2
+
+    from eagle_index.slides.tiling import RESIZE_FILTER
+
+    height, width = rgb.shape[:2]
+    tile_um = target_mpp * tile_px
+    w_um, h_um = width * mpp, height * mpp
+    new_w, new_h = int(round(w_um / target_mpp)), int(round(h_um / target_mpp))
+    if new_w < tile_px or new_h < tile_px:
+        raise InputError(f"{source}: {w_um:.0f} × {h_um:.0f} µm ({width} × {height} px at {mpp:g} µm/px) is smaller than one tile; "
+                         f"the minimum is {tile_um:.0f} × {tile_um:.0f} µm ({tile_px} px at {target_mpp:g} µm/px)")
+    resized = rgb if (new_w, new_h) == (width, height) else cv2.resize(np.ascontiguousarray(rgb), (new_w, new_h), interpolation=RESIZE_FILTER)
+    cols, rows = min(new_w // tile_px, MAX_QUERY_TILES_SIDE), min(new_h // tile_px, MAX_QUERY_TILES_SIDE)
+    x0, y0 = (new_w - cols * tile_px) // 2, (new_h - rows * tile_px) // 2
+    tiles = np.stack([resized[y0 + r * tile_px:y0 + (r + 1) * tile_px, x0 + c * tile_px:x0 + (c + 1) * tile_px]
+                      for r in range(rows) for c in range(cols)])
+    facts = {"size_um": [round(w_um, 1), round(h_um, 1)], "mpp": mpp, "grid": [cols, rows],
+             "crop_um": [round(x0 * target_mpp, 1), round(y0 * target_mpp, 1), cols * tile_um, rows * tile_um]}
+    return np.ascontiguousarray(tiles, dtype=np.uint8), facts
+
+
+# -- the service -------------------------------------------------------------------------------
+class RegionSearchService:
+    def __init__(self, service):
+        self.service = service
+        self._backfilled = False  # slides from before revision 0005 are filled in once per process
+
+    @property
+    def catalog(self):
+        return self.service.catalog
+
+    @cached_property
+    def index(self):
+        from eagle_index.store.tile_index import TileIndex
+
+        return TileIndex(self.service.settings.index_dir, self.catalog, self.service.settings.index)
+
+    # -- maintenance ------------------------------------------------------------------------------
+    def backfill(self) -> int:
+        """Store the tiles of slides embedded before tile tokens existed (from their artifacts); returns tiles stored."""
+        stored = 0
+        top_k = self.service.settings.eagle.top_k
+        for pid in tiles_repo.patients_missing_tiles(self.catalog):
+            stored += self.catalog.write(lambda session, p=pid: tiles_repo.sync_patient_from_artifacts(session, p, top_k))
+        if stored:
+            log.info("tile tokens backfilled from artifacts: %d tiles", stored)
+        self._backfilled = True
+        return stored
+
+    def follow(self) -> None:
+        """Load the tile indexes that have files, so that commits update them in place (before ingesting)."""
+        for info in tiles_repo.tile_sets(self.catalog):
+            if self.index.paths(info.signature)[0].exists():
+                try:
+                    self.index.get(info.signature)
+                except Exception as exc:  # noqa: BLE001 - an unreadable index is rebuilt at the next query anyway
+                    log.warning("tile index %s not loaded: %s", info.signature, exc)
+
+    def sync(self, force: bool = False) -> list[dict]:
+        """Backfill, then check every tile index against the catalog (rebuild stale ones, or all with force)."""
+        self.backfill()
+        out = []
+        for info in tiles_repo.tile_sets(self.catalog):
+            loaded = self.index.rebuild(info) if force else self.index.get(info.signature)
+            if force:
+                self.index._loaded[info.signature] = loaded
+            out.append({"kind": "tiles", "signature": info.signature, "count": loaded.ntotal, "index_type": loaded.index_type})
+        return out
+
+    def stats(self) -> list[dict]:
+        return [{"signature": s.signature, "dim": s.dim, "count": s.count, "generation": s.generation} for s in tiles_repo.tile_sets(self.catalog)]
+
+    # -- queries --------------------------------------------------------------------------------
+    def search(self, query: dict, k: int = 20, per_patient: int = 3, filters=None, include_same_patient: bool = False,
+               image: Path | None = None, mpp: float | None = None) -> RegionSearchResult:
+        """Region search; `query` is one of {"patient", "tile"}, {"slide" (name or id), "x_um", "y_um"},
+        {"slide", "box": [x, y, w, h]}, or {} with `image` (a file; `mpp` µm/px unless it records one)."""
+        from eagle_index.search import SearchFilters
+
+        if not 1 <= int(k) <= MAX_K:
+            raise InputError(f"k must be between 1 and {MAX_K}, got {k}")
+        if int(per_patient) < 1:
+            raise InputError(f"per-patient must be at least 1, got {per_patient}")
+        filters = filters or SearchFilters()
+        if not self._backfilled:  # later slides are stored with their tiles by re-aggregation
+            self.backfill()
+        query = dict(query or {})
+        if image is not None:
+            if query:
+                raise InputError("give either an image or a stored tile/region query, not both")
+            token, signature, info, notes = self._image_query(Path(image), mpp)
+            query_pid = None
+        else:
+            token, signature, info, query_pid, notes = self._stored_query(query)
+        tiles = self._top_tiles(token, signature, int(k), int(per_patient), filters, query_pid, include_same_patient)
+        info["signature"] = signature
+        return RegionSearchResult(query=info, patients=tiles, filters=filters.as_dict(), notes=notes)
+
+    def _stored_query(self, query: dict):
+        keys = set(query)
+        if keys == {"patient", "tile"}:
+            patient, rank = str(query["patient"]), _int(query["tile"], "tile")
+            pid = self.catalog.patient_ids([patient]).get(patient)
+            if pid is None:
+                raise NotFoundError(f"unknown patient {patient!r}")
+            rows = [r for r in tiles_repo.patient_tiles(self.catalog, pid) if r.patient_rank == rank]
+            if not rows:
+                n = sum(r.patient_rank is not None for r in tiles_repo.patient_tiles(self.catalog, pid))
+                raise NotFoundError(f"patient {patient!r} has no stored tile #{rank}"
+                                    + (f" (it has {n} selected tiles, ranks 1-{n})" if n else " (no slides embedded by this catalog)"))
+            row = self._preferred(rows)
+            ids, sigs, raw = tiles_repo.load_tokens_by_id(self.catalog, [row.id])
+            return raw[0], sigs[0], {"patient": patient, "tile": rank, **_row_facts(row)}, pid, []
+        if not keys & {"slide", "slide_id"}:
+            raise InputError("give one query: patient + tile, slide + x_um + y_um, slide + box, or an image")
+        slide = self._slide(query.get("slide"), query.get("slide_id"))
+        if keys <= {"slide", "slide_id", "x_um", "y_um"} and "x_um" in keys and "y_um" in keys:
+            return self._point_query(slide, _float(query["x_um"], "x_um"), _float(query["y_um"], "y_um"))
+        if keys <= {"slide", "slide_id", "box"} and "box" in keys:
+            return self._box_query(slide, query["box"])
+        raise InputError("give one query: patient + tile, slide + x_um + y_um, slide + box, or an image")
+
+    @staticmethod
+    def _preferred(rows):
+        return rows[0]
+
+    def _slide(self, name, slide_id):
+        if slide_id is not None:
+            return tiles_repo.slide_info(self.catalog, _int(slide_id, "slide_id"))
+        if name is None or str(name).strip() == "":
+            raise InputError("a slide name (or slide_id) is required")
+        if isinstance(name, int) or str(name).isdigit() and not tiles_repo.slides_named(self.catalog, str(name)):
+            return tiles_repo.slide_info(self.catalog, int(name))
+        found = [s for s in tiles_repo.slides_named(self.catalog, str(name))]
+        if not found:
+            raise NotFoundError(f"unknown slide {name!r}")
+        done = [s for s in found if s.status == "done"] or found
+        if len({s.id for s in done}) > 1:
+            raise InputError(f"slide name {name!r} matches {len(done)} slides (patients {', '.join(s.patient for s in done)}): give slide_id")
+        return done[0]
+
+    def _point_query(self, slide, x_um: float, y_um: float):
+        tile_um = self.service.settings.tiling.tile_um
+        stored = tiles_repo.slide_tiles(self.catalog, slide.id)
+        inside = [(r, sig) for r, sig in stored if r.x_um - 1 <= x_um < r.x_um + tile_um and r.y_um - 1 <= y_um < r.y_um + tile_um]
+        if inside:
+            sigs = sorted({sig for _, sig in inside})
+            preferred = self._models_signature(required=False) if len(sigs) > 1 else None
+            signature = preferred if preferred in sigs else max(sigs, key=lambda s: tiles_repo.tile_set(self.catalog, s).count)
+            row = min((r for r, sig in inside if sig == signature), key=lambda r: abs(r.x_um - x_um) + abs(r.y_um - y_um))
+            _, _, raw = tiles_repo.load_tokens_by_id(self.catalog, [row.id])
+            return raw[0], signature, {"slide": slide.name, "slide_id": slide.id, "x_um": row.x_um, "y_um": row.y_um,
+                                       "patient": slide.patient, "stored_tile": True, **_row_facts(row)}, slide.patient_id, []
+        # not a stored candidate: the grid tile containing the point, read from the slide file and encoded
+        col, row_ = math.floor(x_um / tile_um), math.floor(y_um / tile_um)
+        box = (col * tile_um, row_ * tile_um, tile_um, tile_um)
+        token, signature, info, pid, notes = self._box_query(slide, list(box))
+        notes.insert(0, f"({x_um:.0f}, {y_um:.0f}) µm is on none of the slide's stored tiles: the grid tile containing it was encoded")
+        info.update({"x_um": box[0], "y_um": box[1], "stored_tile": False})
+        info.pop("box", None)
+        return token, signature, info, pid, notes
+
+    def _box_query(self, slide, box):
+        from eagle_index.slides import keep_tiles, open_slide, read_tiles
+
+        if not isinstance(box, (list, tuple)) or len(box) != 4:
+            raise InputError("box must be X_UM,Y_UM,W_UM,H_UM")
+        x, y, w, h = (_float(v, "box") for v in box)
+        settings = self.service.settings
+        tile_um, tile_px = settings.tiling.tile_um, settings.tiling.tile_px
+        if w < tile_um - 1e-6 or h < tile_um - 1e-6:
+            raise InputError(f"box {w:.0f} × {h:.0f} µm is smaller than one tile; the minimum is {tile_um:.0f} × {tile_um:.0f} µm "
+                             f"({tile_px} px at {settings.tiling.target_mpp:g} µm/px)")
+        if x < 0 or y < 0:
+            raise InputError("box coordinates must not be negative")
+        if not slide.path or not Path(slide.path).is_file():
+            raise NotFoundError(f"slide {slide.name!r}: its file is not available here, so a region of it cannot be read "
+                                "(query one of its stored tiles with --x-um/--y-um instead)")
+        cols, rows = min(int(w // tile_um + 1e-9), MAX_QUERY_TILES_SIDE), min(int(h // tile_um + 1e-9), MAX_QUERY_TILES_SIDE)
+        x0, y0 = x + (w - cols * tile_um) / 2, y + (h - rows * tile_um) / 2
+        xs = [x0 + c * tile_um for r in range(rows) for c in range(cols)]
+        ys = [y0 + r * tile_um for r in range(rows) for c in range(cols)]
+        with open_slide(Path(slide.path), mpp_override=slide.mpp, settings=settings.tiling) as handle:
+            mpp = handle.require_mpp()
+            width_um, height_um = handle.dimensions[0] * mpp, handle.dimensions[1] * mpp
+            if x + w > width_um + 1 or y + h > height_um + 1:
+                raise InputError(f"box ({x:.0f}, {y:.0f}, {w:.0f}, {h:.0f}) µm lies outside slide {slide.name!r} "
+                                 f"({width_um:.0f} × {height_um:.0f} µm)")
+            pixels = read_tiles(handle, xs, ys, settings.tiling)
+        notes: list[str] = []
+        tissue = keep_tiles(pixels, settings.tiling)
+        if tissue.any() and not tissue.all():
+            notes.append(f"{int((~tissue).sum())} of {len(pixels)} tiles of the box are background (Canny rule) and were left out")
+            pixels = pixels[tissue]
+        elif not tissue.any():
+            notes.append("no tile of the box passes the tissue rule: all of them were used")
+        signature = self._models_signature(required=True)
+        token = self._encode(pixels)
+        info = {"slide": slide.name, "slide_id": slide.id, "patient": slide.patient, "box": [x, y, w, h],
+                "tiles": len(pixels), "grid": [cols, rows]}
+        return token, signature, info, slide.patient_id, notes
+
+    def _image_query(self, path: Path, mpp: float | None):
+        from eagle_index.slides import keep_tiles
+
+        if not path.is_file():
+            raise InputError(f"{path}: file not found")
+        settings = self.service.settings
+        source = "given"
+        if mpp is None:
+            mpp = image_resolution(path) if path.suffix.lower() in IMAGE_SUFFIXES else None
+            source = "file"
+            if mpp is None:
+                raise InputError(f"{path}: the image records no resolution: give its µm/px with --mpp (e.g. --mpp 0.5)")
+        if not (0 < mpp <= 100):
+            raise InputError(f"--mpp must be a positive µm/px (at most 100), got {mpp}")
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(f"{path}: images must be one of {', '.join(IMAGE_SUFFIXES)} (got {path.suffix or 'no extension'})")
+        rgb = read_image(path)
+        tiles, facts = image_tiles(rgb, mpp, settings.tiling.target_mpp, settings.tiling.tile_px, str(path.name))
+        notes = []
+        tissue = keep_tiles(tiles, settings.tiling)
+        if tissue.any() and not tissue.all():
+            notes.append(f"{int((~tissue).sum())} of {len(tiles)} tiles of the image are background (Canny rule) and were left out")
+            tiles = tiles[tissue]
+        elif not tissue.any():
+            notes.append("no tile of the image passes the tissue rule: all of them were used")
+        signature = self._models_signature(required=True)
+        token = self._encode(tiles)
+        return token, signature, {"image": path.name, "mpp": mpp, "mpp_source": source, "tiles": len(tiles), **facts}, notes
+
+    def _models_signature(self, required: bool) -> str | None:
+        """The loaded models' signature, which must be one the archive's tiles were made with."""
+        sets = tiles_repo.tile_sets(self.catalog)
+        if not sets:
+            if required:
+                raise NotFoundError("the archive holds no tiles yet (ingest slides first)")
+            return None
+        try:
+            signature = self.service.models.signature("eagle")
+        except Exception:
+            if required:
+                raise
+            return None
+        if signature not in {s.signature for s in sets}:
+            if required:
+                raise InputError(f"the loaded models give signature {signature}, but the archive's tiles were made with "
+                                 f"{', '.join(s.signature for s in sets)}: load those models (--models / --weights-dir)")
+            return None
+        return signature
+
+    def _encode(self, tiles: np.ndarray) -> np.ndarray:
+        tokens = np.asarray(self.service.models.virchow2.encode(tiles), dtype=np.float32)
+        return tokens.astype(np.float64).mean(axis=0).astype(np.float32)
+
+    # -- top tiles ---------------------------------------------------------------------------------
+    def _top_tiles(self, token, signature, k, per_patient, filters, query_pid, include_same_patient) -> list[PatientRegions]:
+        from eagle_index.search import allowed_ids
+        from eagle_index.store.tile_index import group_tiles
+
+        query_name = self.catalog.external_ids([query_pid]).get(query_pid) if query_pid is not None else None
+        excluded = self.service.searcher.excluded_ids(filters, query_pid, query_name)
+        if query_pid is not None and not include_same_patient:
+            excluded.add(int(query_pid))
+        excluded_arr = np.fromiter(excluded, np.int64, len(excluded))
+        allowed = allowed_ids(self.catalog, filters)
+        loaded = self.index.get(signature)
+        token = l2_normalized(np.asarray(token, np.float32).reshape(1, -1))[0]
+        if allowed is not None:
+            allowed_arr = np.setdiff1d(np.fromiter(allowed, np.int64, len(allowed)), excluded_arr)
+
+            def accept(pids):
+                return np.isin(pids, allowed_arr)
+
+            n_accept = int(accept(loaded.patients).sum())
+            if n_accept <= EXACT_TILE_LIMIT:
+                tids = loaded.ids[accept(loaded.patients)]
+                groups = self._exact(signature, token, tids, k, per_patient, filters.min_score) if len(tids) else []
+                return self._hits(groups)
+        else:
+            def accept(pids):
+                return ~np.isin(pids, excluded_arr)
+
+            n_accept = int(accept(loaded.patients).sum()) if len(excluded_arr) else loaded.ntotal
+        total = loaded.ntotal
+        if n_accept == 0:
+            return []
+        want = min(total, max(4 * k, math.ceil(4 * k * total / n_accept)) + 8)
+        while True:
+            tids, scores, pids = self.index.search(signature, token, want)
+            groups = group_tiles(tids, scores, pids, k, per_patient, accept, filters.min_score)
+            taken = sum(len(g[2]) for g in groups)
+            floor_passed = filters.min_score is not None and len(scores) and float(scores.min()) < filters.min_score
+            if taken >= k or floor_passed or want >= total:
+                return self._hits(groups)
+            if len(tids) < want:  # an approximate index ran dry: score the accepted tiles exactly
+                log.info("approximate tile index ran dry before %d tiles: scoring exactly", k)
+                return self._hits(self._exact(signature, token, loaded.ids[accept(loaded.patients)], k, per_patient, filters.min_score))
+            want = min(total, want * 4)
+
+    def _exact(self, signature, token, tids: np.ndarray, k, per_patient, min_score):
+        from eagle_index.store.tile_index import group_tiles
+
+        all_ids, all_scores, all_pids = [], [], []
+        for start in range(0, len(tids), 20_000):
+            ids, pids, raw = tiles_repo.load_tokens(self.catalog, signature, tids[start:start + 20_000])
+            if len(ids):
+                all_ids.append(ids)
+                all_pids.append(pids)
+                all_scores.append((l2_normalized(raw) @ token).astype(np.float32))
+        if not all_ids:
+            return []
+        return group_tiles(np.concatenate(all_ids), np.concatenate(all_scores), np.concatenate(all_pids), k, per_patient,
+                           None, min_score)
+
+    def _hits(self, groups) -> list[PatientRegions]:
+        rows = tiles_repo.tile_rows(self.catalog, [tid for _, _, tiles in groups for tid, _ in tiles])
+        labels = self.catalog.labels_of([pid for pid, _, _ in groups])
+        names = self.catalog.external_ids([pid for pid, _, _ in groups])
+        out = []
+        for pid, best, tiles in groups:
+            hits = [TileHit(rows[t].slide, rows[t].x_um, rows[t].y_um, float(s), rows[t].slide_id, rows[t].patient_rank,
+                            rows[t].slide_rank, rows[t].attention) for t, s in tiles]
+            out.append(PatientRegions(names[pid], float(best), hits, labels.get(pid, {})))
+        return out
+
+
+def _row_facts(row) -> dict:
+    return {"slide": row.slide, "slide_id": row.slide_id, "x_um": row.x_um, "y_um": row.y_um, "patient_rank": row.patient_rank,
+            "attention": row.attention}
+
+
+def _int(value, name: str) -> int:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        out = int(value)
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return out
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _float(value, name: str) -> float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        out = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(out):
+        raise InputError(f"{name} must be finite, got {value!r}")
+    return out

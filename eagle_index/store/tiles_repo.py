@@ -1,0 +1,293 @@
+"""SQL of the tile tokens (region search): the Virchow2 class tokens of every slide's stored candidates.
+
+What is stored. For every embedded slide, its top-k candidate tiles (the tiles the EAGLE
+pipeline ran Virchow2 on: `candidates` in the slide artifact) with their class tokens,
+µm coordinates, CHIEF attention, rank within the slide and, for the patient's selected
+tiles (the ones its EAGLE vector averages), their rank within the patient. All candidates,
+not only the patient's selected 25: a patient with several slides then has up to 25 tiles
+per slide in the index, so a region that is rare in a multi-slide case stays findable even
+when other slides hold the patient's highest-attention tiles; for one-slide patients the two
+sets are the same.
+
+Signatures. Rows carry the signature of the EAGLE vectors of the same models (the tile set
+depends on CTransPath + CHIEF for the choice of tiles and on Virchow2 for the tokens); one
+tile index per signature, never mixed.
+
+Consistency. Rows are written in the same transaction as the slide row and the patient's
+vectors (`put_patient_tiles`, called from re-aggregation). A slide's rows are replaced only
+when its candidates changed (tokens of a given slide never change otherwise), ranks are
+updated in place. Any insert or delete bumps `tile_sets.generation` and records a
+`TileChange` for the tile index to follow after the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from eagle_index.errors import NotFoundError
+from eagle_index.store.models import Patient, Slide, TileSet, TileToken, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TileSetInfo:
+    signature: str
+    dim: int
+    generation: int
+    count: int
+
+
+@dataclass(frozen=True)
+class TileChange:
+    """Tile tokens were added/removed, moving the set from one generation to the next."""
+
+    signature: str
+    old_generation: int
+    new_generation: int
+    added: tuple[int, ...]
+    removed: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TileRow:
+    """One stored tile (no token): what a region-search hit shows."""
+
+    id: int
+    patient_id: int
+    patient: str
+    slide_id: int
+    slide: str
+    x_um: float
+    y_um: float
+    slide_rank: int
+    patient_rank: int | None
+    attention: float
+
+
+# -- writes ---------------------------------------------------------------------------------
+def put_patient_tiles(session: Session, patient_id: int, signature: str, slides: list[tuple[int, object]], top_k: int) -> None:
+    """Make the patient's tile rows of `signature` match its slides' candidates; inside the caller's transaction.
+
+    slides: (slide id, SlideCandidates with class_tokens) of every embedded slide of the patient.
+    """
+    from eagle_index import aggregation
+
+    slides = [(sid, c) for sid, c in slides if c.class_tokens is not None and len(c)]
+    existing: dict[int, list[TileToken]] = {}
+    for row in session.scalars(select(TileToken).where(TileToken.patient_id == patient_id, TileToken.signature == signature)
+                               .order_by(TileToken.slide_id, TileToken.slide_rank)):
+        existing.setdefault(row.slide_id, []).append(row)
+    wanted = {sid for sid, _ in slides}
+    removed: list[int] = [r.id for sid, rows in existing.items() if sid not in wanted for r in rows]
+    added_rows: list[TileToken] = []
+    keep: dict[int, list[TileToken]] = {}
+    for sid, cand in slides:
+        rows = existing.get(sid, [])
+        same = len(rows) == len(cand) and all(
+            abs(r.x_um - float(x)) < 1e-3 and abs(r.y_um - float(y)) < 1e-3 for r, x, y in zip(rows, cand.x_um, cand.y_um))
+        if same:
+            keep[sid] = rows
+            continue
+        removed += [r.id for r in rows]
+        tokens = np.asarray(cand.class_tokens, dtype=np.float32)
+        new = [TileToken(patient_id=patient_id, slide_id=sid, signature=signature, x_um=float(cand.x_um[i]), y_um=float(cand.y_um[i]),
+                         slide_rank=i + 1, patient_rank=None, attention=float(cand.scores[i]), dim=int(tokens.shape[1]),
+                         token=tokens[i].tobytes())
+               for i in range(len(cand))]
+        keep[sid] = new
+        added_rows += new
+    if removed:
+        session.execute(delete(TileToken).where(TileToken.id.in_(removed)))
+    if added_rows:
+        session.add_all(added_rows)
+        session.flush()
+    # patient ranks: the same selection (and tie rule) as the patient's EAGLE vector
+    ranks: dict[int, int] = {}
+    if slides:
+        selection = aggregation.select_patient_tiles([c for _, c in slides], top_k)
+        for rank, (s, r) in enumerate(zip(selection.slide, selection.row), start=1):
+            ranks[keep[slides[int(s)][0]][int(r)].id] = rank
+    for sid, rows in keep.items():
+        for row in rows:
+            rank = ranks.get(row.id)
+            if row.patient_rank != rank:
+                if row in added_rows:
+                    row.patient_rank = rank
+                else:
+                    session.execute(update(TileToken).where(TileToken.id == row.id).values(patient_rank=rank))
+    if added_rows or removed:
+        dim = int(added_rows[0].dim) if added_rows else None
+        _bump(session, signature, dim, tuple(int(r.id) for r in added_rows), tuple(int(i) for i in removed))
+
+
+def _bump(session: Session, signature: str, dim: int | None, added: tuple[int, ...], removed: tuple[int, ...]) -> None:
+    tile_set = session.scalar(select(TileSet).where(TileSet.signature == signature))
+    if tile_set is None:
+        if dim is None:
+            return
+        tile_set = TileSet(signature=signature, dim=dim, generation=0)
+        session.add(tile_set)
+    tile_set.generation += 1
+    tile_set.updated_at = utcnow()
+    session.flush()
+    session.info.setdefault("tile_changes", []).append(
+        TileChange(signature, tile_set.generation - 1, tile_set.generation, added, removed))
+
+
+def sync_patient_from_artifacts(session: Session, patient_id: int, top_k: int, signature: str | None = None) -> int:
+    """Write the patient's tile rows from its slides' artifacts (their candidates); returns tiles stored.
+
+    signature None: the EAGLE signature recorded in each artifact's provenance (artifacts
+    without one are skipped). Used by re-aggregation (with the models' signature) and by the
+    backfill of catalogs made before revision 0005.
+    """
+    from eagle_index.store.artifacts import artifact_provenance, read_slide_candidates
+
+    rows = session.execute(select(Slide.id, Slide.artifact_path).where(
+        Slide.patient_id == patient_id, Slide.status == "done", Slide.artifact_path.is_not(None)).order_by(Slide.name, Slide.id)).all()
+    by_signature: dict[str, list[tuple[int, object]]] = {}
+    for slide_id, path in rows:
+        if not Path(path).is_file():
+            log.warning("slide id %d: artifact %s missing: its tiles are not in the tile index", slide_id, path)
+            continue
+        sig = signature
+        if sig is None:
+            sig = artifact_provenance(Path(path)).get("signature")
+            if not sig:
+                log.warning("artifact %s records no signature: its tiles are not in the tile index", path)
+                continue
+        by_signature.setdefault(sig, []).append((int(slide_id), read_slide_candidates(Path(path))))
+    if signature is not None:
+        by_signature.setdefault(signature, [])
+    for sig, slides in by_signature.items():
+        put_patient_tiles(session, patient_id, sig, slides, top_k)
+    return sum(len(c) for slides in by_signature.values() for _, c in slides)
+
+
+def patients_missing_tiles(catalog) -> list[int]:
+    """Patients with an embedded slide (artifact) that has no tile rows (catalogs older than 0005)."""
+    with catalog.transaction() as session:
+        has_rows = select(TileToken.slide_id).distinct()
+        query = (select(Slide.patient_id).where(Slide.status == "done", Slide.artifact_path.is_not(None),
+                                                Slide.id.not_in(has_rows)).distinct().order_by(Slide.patient_id))
+        return [int(p) for p in session.scalars(query)]
+
+
+# -- reads ----------------------------------------------------------------------------------
+def tile_sets(catalog) -> list[TileSetInfo]:
+    with catalog.transaction() as session:
+        query = (select(TileSet.signature, TileSet.dim, TileSet.generation, func.count(TileToken.id))
+                 .join(TileToken, TileToken.signature == TileSet.signature, isouter=True)
+                 .group_by(TileSet.signature, TileSet.dim, TileSet.generation).order_by(TileSet.signature))
+        return [TileSetInfo(sig, int(dim), int(gen), int(n)) for sig, dim, gen, n in session.execute(query)]
+
+
+def tile_set(catalog, signature: str) -> TileSetInfo:
+    for info in tile_sets(catalog):
+        if info.signature == signature:
+            return info
+    raise NotFoundError(f"no stored tiles with signature {signature!r}")
+
+
+def tile_ids(catalog, signature: str) -> tuple[np.ndarray, np.ndarray]:
+    """(tile ids, their patient ids) of one set, sorted by tile id."""
+    with catalog.transaction() as session:
+        rows = session.execute(select(TileToken.id, TileToken.patient_id).where(TileToken.signature == signature)
+                               .order_by(TileToken.id)).all()
+    return (np.fromiter((r[0] for r in rows), np.int64, len(rows)), np.fromiter((r[1] for r in rows), np.int64, len(rows)))
+
+
+def load_tokens(catalog, signature: str, ids=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tile ids, patient ids, raw tokens float32 [N, D]) of one set (or of `ids` in it), by tile id."""
+    with catalog.transaction() as session:
+        query = select(TileToken.id, TileToken.patient_id, TileToken.dim, TileToken.token).where(TileToken.signature == signature)
+        if ids is not None:
+            query = query.where(TileToken.id.in_([int(i) for i in ids]))
+        rows = session.execute(query.order_by(TileToken.id)).all()
+    tids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+    pids = np.fromiter((r[1] for r in rows), np.int64, len(rows))
+    if not rows:
+        return tids, pids, np.zeros((0, 0), np.float32)
+    return tids, pids, np.frombuffer(b"".join(r[3] for r in rows), np.float32).reshape(len(rows), rows[0][2])
+
+
+def _rows(session: Session, query) -> list[TileRow]:
+    query = query.join(Slide, Slide.id == TileToken.slide_id).join(Patient, Patient.id == TileToken.patient_id)
+    return [TileRow(int(t.id), int(t.patient_id), ext, int(t.slide_id), name, float(t.x_um), float(t.y_um), int(t.slide_rank),
+                    None if t.patient_rank is None else int(t.patient_rank), float(t.attention))
+            for t, ext, name in session.execute(query.add_columns(Patient.external_id, Slide.name))]
+
+
+def tile_rows(catalog, ids) -> dict[int, TileRow]:
+    ids = [int(i) for i in ids]
+    if not ids:
+        return {}
+    with catalog.transaction() as session:
+        return {r.id: r for r in _rows(session, select(TileToken).where(TileToken.id.in_(ids)))}
+
+
+def load_tokens_by_id(catalog, ids) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(ids, signatures, raw tokens) of tiles given by id, in the order given."""
+    ids = [int(i) for i in ids]
+    with catalog.transaction() as session:
+        rows = {r[0]: r for r in session.execute(select(TileToken.id, TileToken.signature, TileToken.dim, TileToken.token)
+                                                 .where(TileToken.id.in_(ids)))}
+    missing = [i for i in ids if i not in rows]
+    if missing:
+        raise NotFoundError(f"unknown tile id(s) {missing}")
+    return (np.asarray(ids, np.int64), [rows[i][1] for i in ids],
+            np.stack([np.frombuffer(rows[i][3], np.float32) for i in ids]) if ids else np.zeros((0, 0), np.float32))
+
+
+def patient_tiles(catalog, patient_id: int, signature: str | None = None) -> list[TileRow]:
+    """A patient's stored tiles (selected ones first by rank, then the other candidates)."""
+    with catalog.transaction() as session:
+        query = select(TileToken).where(TileToken.patient_id == patient_id)
+        if signature is not None:
+            query = query.where(TileToken.signature == signature)
+        rows = _rows(session, query)
+    return sorted(rows, key=lambda r: (r.patient_rank is None, r.patient_rank or 0, r.slide, r.slide_rank))
+
+
+def slide_tiles(catalog, slide_id: int) -> list[tuple[TileRow, str]]:
+    """(row, signature) of every stored tile of one slide."""
+    with catalog.transaction() as session:
+        sigs = dict(session.execute(select(TileToken.id, TileToken.signature).where(TileToken.slide_id == slide_id)).all())
+        rows = _rows(session, select(TileToken).where(TileToken.slide_id == slide_id))
+    return [(r, sigs[r.id]) for r in rows]
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    id: int
+    name: str
+    patient_id: int
+    patient: str
+    path: str | None
+    mpp: float | None
+    status: str
+    artifact_path: str | None
+
+
+def slides_named(catalog, name: str) -> list[SlideInfo]:
+    with catalog.transaction() as session:
+        rows = session.execute(select(Slide, Patient.external_id).join(Patient, Patient.id == Slide.patient_id)
+                               .where(Slide.name == name).order_by(Slide.id)).all()
+        return [SlideInfo(s.id, s.name, s.patient_id, ext, s.path, s.mpp, s.status, s.artifact_path) for s, ext in rows]
+
+
+def slide_info(catalog, slide_id: int) -> SlideInfo:
+    with catalog.transaction() as session:
+        row = session.execute(select(Slide, Patient.external_id).join(Patient, Patient.id == Slide.patient_id)
+                              .where(Slide.id == int(slide_id))).first()
+        if row is None:
+            raise NotFoundError(f"unknown slide id {slide_id}")
+        s, ext = row
+        return SlideInfo(s.id, s.name, s.patient_id, ext, s.path, s.mpp, s.status, s.artifact_path)
