@@ -151,8 +151,7 @@ def test_signatures_are_never_mixed(world):
     rng = np.random.default_rng(0)
     fake = SlideCandidates("PC-C1", np.arange(4), np.full(4, 5000.0) + np.arange(4) * TILE, np.full(4, 5000.0),
                            rng.normal(size=4).astype(np.float32), rng.normal(size=(4, 96)).astype(np.float32))
-    with service.catalog.transaction() as session:
-        tiles_repo.put_patient_tiles(session, pid, other, [(slide_id, fake)], 25)
+    service.catalog.write(lambda session: tiles_repo.put_patient_tiles(session, pid, other, [(slide_id, fake)], 25))
     try:
         sets = {s.signature: s for s in tiles_repo.tile_sets(service.catalog)}
         assert set(sets) == {sig, other} and sets[other].count == 4
@@ -167,8 +166,7 @@ def test_signatures_are_never_mixed(world):
         assert [p.patient for p in odd.patients] == ["PC"] and all(t.x_um >= 5000 for t in odd.patients[0].tiles)
         assert service.regions.index.get(other).ntotal == 4
     finally:
-        with service.catalog.transaction() as session:
-            tiles_repo.put_patient_tiles(session, pid, other, [], 25)
+        service.catalog.write(lambda session: tiles_repo.put_patient_tiles(session, pid, other, [], 25))
     assert tiles_repo.tile_set(service.catalog, other).count == 0
 
 
