@@ -26,7 +26,7 @@ def _register_all() -> None:
     from eagle_index.cli import catalog_cmds
 
     catalog_cmds.register(app)
-    for name in ("pipeline_cmds", "ops_cmds", "slides_cmds", "models_cmds", "demo_cmds", "cohort_cmds", "eval_cmds", "probe_cmds"):
+    for name in ("pipeline_cmds", "ops_cmds", "slides_cmds", "models_cmds", "demo_cmds", "cohort_cmds", "eval_cmds", "probe_cmds", "cluster_cmds"):
         try:
             module = __import__(f"eagle_index.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:  # a topic not built yet
