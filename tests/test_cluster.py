@@ -327,6 +327,7 @@ def test_ctrl_c_then_owner_sigkill_then_resume_embeds_each_slide_once(archive, r
     done_before_kill = {Path(p).name for p, j in after_kill["jobs"].items() if j["state"] == "done"}
     third_stored = {Path(e["file"]).name for e in third.events("job_done")}
     assert not third_stored & done_before_kill
-    assert sorted(set(stored)) == [f"slide-{i:02d}.tiff" for i in range(12)]
+    # (the killed owner may have committed a slide without getting to log it: it is done before the kill)
+    assert sorted(set(stored) | done_before_kill) == [f"slide-{i:02d}.tiff" for i in range(12)]
     assert len(stored) == len(set(stored))  # `job_done` is logged after the commit: no slide was stored twice
     _assert_same_numbers(final, reference)
