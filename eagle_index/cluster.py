@@ -296,6 +296,7 @@ class ClusterWorker:
     def _store(self, w: _Worker, job, result, seconds: float) -> None:
         from eagle_index.ingest.worker import fail_job, log_job_done, slide_job_of, store_job_result
 
+        t0 = time.perf_counter()
         try:
             store_job_result(self.service, job, result, seconds, identity=w.identity)
         except Exception as exc:  # noqa: BLE001 - the owner could not store this slide: its job fails, not the run
@@ -306,7 +307,8 @@ class ClusterWorker:
         with self._lock:
             w.slides_done += 1
             w.busy_seconds += result.timings.get("total", seconds)
-        log_job_done(job, slide_job_of(job), result, seconds, worker=w.id, node=w.node)
+        log_job_done(job, slide_job_of(job), result, seconds, worker=w.id, node=w.node,
+                     store_seconds=round(time.perf_counter() - t0, 3))
 
     def _ready(self, w: _Worker, info: dict) -> None:
         if info.get("error"):
