@@ -331,3 +331,31 @@ def test_ctrl_c_then_owner_sigkill_then_resume_embeds_each_slide_once(archive, r
     assert sorted(set(stored) | done_before_kill) == [f"slide-{i:02d}.tiff" for i in range(12)]
     assert len(stored) == len(set(stored))  # `job_done` is logged after the commit: no slide was stored twice
     _assert_same_numbers(final, reference)
+
+
+def test_backfill_progress_bar_on_a_terminal(archive, tmp_path):
+    """On a TTY stderr: done/total, slides per hour and ETA (no --cluster: embedded in process)."""
+    import pty
+
+    folder, table = archive
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "eagle_index", "backfill", str(folder / "slide-00.tiff"),
+                             str(folder / "slide-05.tiff"), "--slide-table", str(table), *TINY,
+                             "--data-dir", str(tmp_path / "data")],
+                            stdout=subprocess.PIPE, stderr=slave, env={**ENV, "COLUMNS": "160"})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    os.close(master)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, screen[-3000:]
+    assert "backfill" in screen and "2/2" in screen and "slides/h" in screen and "ETA" in screen, screen[-2000:]
+    assert "backfill: 2 done" in out.decode()

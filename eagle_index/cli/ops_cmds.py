@@ -116,5 +116,8 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"throughput: {t['slides_last_hour']} slides in the last hour; mean {t['mean_seconds_per_slide']} s/slide")
         for entry in data["index"]:
             typer.echo(f"index: {entry['kind']} {entry['vectors']} vectors (dim {entry['dim']})")
+        for worker in data.get("workers", []):
+            typer.echo(f"worker: {worker['id']} on {worker['node']} ({worker['device']}): {worker['slides_done']} slides, "
+                       f"{worker['seconds_per_slide']} s/slide")
         for failure in data["failures"]:
             typer.echo(f"failed: {failure['file']}: {failure['error']}")
