@@ -252,7 +252,7 @@ class ClusterWorker:
 
     def _owner_of(self, ref):
         for w in self._workers.values():
-            if ref is w.ready_ref and not w.ready:
+            if not w.ready and ref == w.ready_ref:
                 return w, None
             if ref in w.in_flight:
                 return w, w.in_flight[ref]

@@ -359,3 +359,24 @@ def test_backfill_progress_bar_on_a_terminal(archive, tmp_path):
     assert proc.returncode == 0, screen[-3000:]
     assert "backfill" in screen and "2/2" in screen and "slides/h" in screen and "ETA" in screen, screen[-2000:]
     assert "backfill: 2 done" in out.decode()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "2"], "--workers, --gpus-per-worker, --threads-per-worker and --slides-in-flight need --cluster"),
+    (["--cluster", "somewhere"], "--cluster 'somewhere': expected local, auto, ray://HOST:PORT or HOST:PORT"),
+])
+def test_backfill_option_errors_are_one_line(archive, tmp_path, args, message):
+    done = _cli("backfill", str(archive[0]), "--slide-table", str(archive[1]), *TINY, "--data-dir", str(tmp_path / "d"),
+                *args, check=False)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == f"error: {message}"
+    assert "Traceback" not in done.stderr
+
+
+def test_backfill_asking_for_gpus_on_a_cpu_cluster_fails_in_one_line(archive, tmp_path):
+    done = _cli("backfill", str(archive[0] / "slide-00.tiff"), "--slide-table", str(archive[1]), *TINY,
+                "--data-dir", str(tmp_path / "d"), "--cluster", "local", "--gpus-per-worker", "1", check=False)
+    assert done.returncode == 1
+    assert "error: --gpus-per-worker 1: the Ray cluster 'local' has no GPUs (use --gpus-per-worker 0)" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "backfill: 0 done" in done.stdout  # nothing embedded, the job is still queued for the next run
