@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 # Quiet, prompt-free Ray: no usage-stats prompt or upload, no import warnings.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_USAGE_STATS_PROMPT_ENABLED": "0", "RAY_DISABLE_IMPORT_WARNING": "1",
-           "RAY_DEDUP_LOGS": "0"}
+           "RAY_DEDUP_LOGS": "0",
+           # SIGTERM must reach the owner's handler (requeue, clean exit), not Ray's crash handler (abort)
+           "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1"}
 DEATHS_PER_JOB = 3  # a slide that takes down this many workers fails for good
 
 

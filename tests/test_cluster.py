@@ -380,3 +380,25 @@ def test_backfill_asking_for_gpus_on_a_cpu_cluster_fails_in_one_line(archive, tm
     assert "error: --gpus-per-worker 1: the Ray cluster 'local' has no GPUs (use --gpus-per-worker 0)" in done.stderr
     assert "Traceback" not in done.stderr
     assert "backfill: 0 done" in done.stdout  # nothing embedded, the job is still queued for the next run
+
+
+def test_daemon_with_cluster_embeds_watched_slides_on_ray_workers(archive, reference, tmp_path):
+    from test_daemon import Daemon
+
+    folder, _ = archive
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    daemon = Daemon(tmp_path / "data", inbox, "--cluster", "local", "--workers", "1")
+    for name in ("slide-00.tiff", "slide-05.tiff"):  # patient PAT-00 in the reference, named by file here
+        (inbox / name).write_bytes((folder / name).read_bytes())
+    status = daemon.wait(lambda s: s["queue"]["done"] == 2 and s["queue"]["queued"] == 0 and s["queue"]["running"] == 0,
+                         "2 slides done on the Ray worker")
+    assert [(w["id"], w["device"], w["slides_done"]) for w in status["workers"]] == [("w0", "cpu", 2)]
+    assert daemon.stop(signal.SIGTERM) == 0
+    log = Path(daemon.log.name).read_text()
+    assert '"worker": "w0"' in log and "job_done" in log
+    state = _state(tmp_path / "data")
+    assert len(state["artifacts"]) == 2  # and they equal the single-process ones (same content, same name)
+    for name, datasets in state["artifacts"].items():
+        for key, value in datasets.items():
+            np.testing.assert_array_equal(value, reference["artifacts"][name][key])
