@@ -22,6 +22,8 @@ from eagle_index.errors import SlideError
 
 log = logging.getLogger(__name__)
 
+FEATURE_DTYPE = "float16"  # CTransPath features are rounded to this before CHIEF (a signed pipeline parameter)
+
 
 @dataclass
 class SlideResult:
@@ -89,7 +91,10 @@ def embed_slide(path: Path, models, settings: Settings, mpp_override: float | No
         timings["read_wait"] += time.perf_counter() - t0
         if not feats:
             raise SlideError(f"{path}: no tissue tiles found (Canny rule kept none of the tiles at {settings.tiling.target_mpp} µm/px)")
-        feats_all = np.concatenate(feats).astype(np.float32)
+        # As the reference stores them (STAMP feature files are float16) and CHIEF then reads them:
+        # rounded to float16, kept as float32 values. Near-ties in CHIEF's scores then break as
+        # they do on the reference's features (see docs/pipeline.md, "Precision").
+        feats_all = np.concatenate(feats).astype(FEATURE_DTYPE).astype(np.float32)
         x_um, y_um = np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.float64)
         t0 = time.perf_counter()
         scores = models.chief.raw_attention(feats_all).astype(np.float32)

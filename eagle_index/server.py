@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eagle_index.config import Settings
-from eagle_index.errors import InputError
+from eagle_index.errors import EagleIndexError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class OwnerOptions:
     quarantine: Path | None = None
     shutdown_timeout: float = 60.0
     token: str | None = None
+    cluster: object = None  # eagle_index.cluster.ClusterOptions: embed on Ray workers instead of in process
+    session: object = None  # e.g. eagle_index.backfill.Backfill: start(service), tick(service) -> done?, finish(...)
 
 
 def is_loopback(host: str) -> bool:
@@ -91,12 +93,22 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
         server = make_http_server(app, options.host, options.port)
         url = f"http://{_url_host(options.host)}:{server.effective_port}"
         ownership.publish(url)
-        worker = Worker(service, service.jobs, stop, options.max_attempts, options.backoff_seconds,
-                        quarantine=options.quarantine)
+        if options.cluster is not None:
+            from eagle_index.cluster import ClusterWorker
+
+            worker = ClusterWorker(service, service.jobs, stop, options.cluster, options.max_attempts,
+                                   options.backoff_seconds, quarantine=options.quarantine)
+            service.worker_stats = worker.stats
+        else:
+            worker = Worker(service, service.jobs, stop, options.max_attempts, options.backoff_seconds,
+                            quarantine=options.quarantine)
         watcher = Watcher(options.watch, service.jobs, resolver, options.settle_seconds, options.poll_seconds) if options.watch else None
+
+        interrupted = []
 
         def on_signal(signum, _frame):
             log.info("received %s: stopping", signal.Signals(signum).name)
+            interrupted.append(signum)
             stop.set()
             worker.wake.set()
             if watcher is not None:
@@ -104,21 +116,41 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        errors: list[BaseException] = []
         threads = [threading.Thread(target=server.run, name="http", daemon=True),
-                   threading.Thread(target=_guard(worker.run, stop), name="worker")]
+                   threading.Thread(target=_guard(worker.run, stop, errors), name="worker")]
         if watcher is not None:
-            threads.append(threading.Thread(target=_guard(lambda: watcher.run(stop), stop), name="watcher"))
+            threads.append(threading.Thread(target=_guard(lambda: watcher.run(stop), stop, errors), name="watcher"))
         for thread in threads:
             thread.start()
         log.info("%s ready: %s (pid %d), watching %s", options.role, url, os.getpid(), ", ".join(map(str, options.watch)) or "nothing")
         print(f"eagle-index {options.role} listening on {url} (pid {os.getpid()})", flush=True)
+        if options.session is not None:
+            try:
+                options.session.start(service, stop)  # workers already take jobs while it enqueues
+            except BaseException:
+                stop.set()
+                worker.wake.set()
+                for thread in threads[1:]:
+                    thread.join(options.shutdown_timeout)
+                server.close()
+                service.close()
+                raise
+            worker.wake.set()
         while not stop.is_set():
             stop.wait(0.5)
+            if options.session is not None and not stop.is_set() and options.session.tick(service):
+                stop.set()  # the session's work is done (a backfill: nothing left in the queue)
+                worker.wake.set()
         for thread in threads[1:]:
             thread.join(options.shutdown_timeout)
+        code = options.session.finish(service, bool(interrupted), errors) if options.session is not None else 0
         server.close()
         service.close()
-        return 0
+        if errors and options.session is None:
+            raise errors[0] if isinstance(errors[0], EagleIndexError) else EagleIndexError(
+                f"{options.role} stopped: {type(errors[0]).__name__}: {errors[0]}")
+        return code
     finally:
         ownership.release()
 
@@ -231,14 +263,19 @@ def recover_after_crash(service, max_attempts: int) -> dict:
     return {"requeued": service.jobs.recover(), "failed": len(failed)}
 
 
-def _guard(target, stop: threading.Event):
+def _guard(target, stop: threading.Event, errors: list | None = None):
     """Run a thread body; a crash there stops the whole process instead of leaving it half alive."""
 
     def run():
         try:
             target()
-        except Exception:  # noqa: BLE001
-            log.exception("%s crashed; stopping", threading.current_thread().name)
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, EagleIndexError):
+                log.error("%s stopped: %s", threading.current_thread().name, exc)
+            else:
+                log.exception("%s crashed; stopping", threading.current_thread().name)
+            if errors is not None:
+                errors.append(exc)
             stop.set()
 
     return run

@@ -27,6 +27,9 @@ class EagleService:
     def __init__(self, settings: Settings, create: bool = True):
         self.settings = settings
         self._create = create
+        # Set by the owner while Ray workers embed for it (eagle_index.cluster): () -> list of
+        # {"id", "node", "device", "slides_done", "seconds_per_slide"}; shown by `status`.
+        self.worker_stats = None
 
     @cached_property
     def catalog(self) -> Catalog:
@@ -52,6 +55,7 @@ class EagleService:
             {"kind": s.kind, "signature": s.signature, "vectors": s.count, "dim": s.dim} for s in self.catalog.vector_sets()
         ]
         summary["patients"] = self.catalog.stats()["patients"]
+        summary["workers"] = self.worker_stats() if self.worker_stats is not None else []
         return summary
 
     @cached_property

@@ -74,7 +74,7 @@ def test_provenance_records_models_and_params():
 
 
 def test_pipeline_params_come_from_settings():
-    assert pipeline_params(Settings(), "eagle") == {**PARAMS, "min_edge_ratio": 0.02}
+    assert pipeline_params(Settings(), "eagle") == {**PARAMS, "min_edge_ratio": 0.02, "features": "float16"}
     assert "top_k" not in pipeline_params(Settings(), "chief")
 
 

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from eagle_index.cli.cluster_cmds import ClusterOpt, GpusOpt, ThreadsOpt, WorkersOpt
 from eagle_index.cli.options import DataDirOpt, DeviceOpt, ModelsOpt, JsonOpt, WeightsDirOpt, settings_from
 
 WatchOpt = Annotated[list[Path], typer.Option("--watch", help="Folder to watch for new slides (repeatable).")]
@@ -27,7 +28,10 @@ def _logging() -> None:
 
 
 def _run(role: str, data_dir, weights_dir, models, device, **options) -> None:
+    from eagle_index.cli.cluster_cmds import cluster_options
     from eagle_index.server import OwnerOptions, run_owner
+
+    options["cluster"] = cluster_options(*(options.pop(k, None) for k in ("cluster", "workers", "gpus_per_worker", "threads_per_worker")))
 
     _logging()
     settings = settings_from(data_dir, weights_dir, models=models, device=device)
@@ -49,11 +53,16 @@ def register(app: typer.Typer) -> None:
         retry_backoff: BackoffOpt = 5.0,
         quarantine: QuarantineOpt = None,
         port: Annotated[int, typer.Option("--port", help="Loopback API port (0: any free port).")] = 0,
+        cluster: ClusterOpt = None,
+        workers: WorkersOpt = None,
+        gpus_per_worker: GpusOpt = None,
+        threads_per_worker: ThreadsOpt = None,
         data_dir: DataDirOpt = None,
         weights_dir: WeightsDirOpt = None,
     ) -> None:
-        """Watch folders and ingest every complete slide (worker + loopback API, no UI)."""
+        """Watch folders and ingest every complete slide (worker + loopback API, no UI); Ray workers with --cluster."""
         _run("daemon", data_dir, weights_dir, models, device, watch=watch, slide_table=slide_table,
+             cluster=cluster, workers=workers, gpus_per_worker=gpus_per_worker, threads_per_worker=threads_per_worker,
              patient_regex=patient_regex, settle_seconds=settle_seconds, poll_seconds=poll_seconds,
              max_attempts=max_attempts, backoff_seconds=retry_backoff, quarantine=quarantine, host="127.0.0.1", port=port)
 
@@ -107,5 +116,8 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"throughput: {t['slides_last_hour']} slides in the last hour; mean {t['mean_seconds_per_slide']} s/slide")
         for entry in data["index"]:
             typer.echo(f"index: {entry['kind']} {entry['vectors']} vectors (dim {entry['dim']})")
+        for worker in data.get("workers", []):
+            typer.echo(f"worker: {worker['id']} on {worker['node']} ({worker['device']}): {worker['slides_done']} slides, "
+                       f"{worker['seconds_per_slide']} s/slide")
         for failure in data["failures"]:
             typer.echo(f"failed: {failure['file']}: {failure['error']}")

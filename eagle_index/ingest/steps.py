@@ -99,7 +99,7 @@ def ingest_files(service, paths, patient, slide_table, mpp, progress=None) -> di
             result, target = embed_to_artifact(service, job, fingerprint, progress)
         except EagleIndexError as exc:
             log.warning("slide failed: %s", exc)
-            catalog.write(lambda session: record_failed_slide(service, session, job, fingerprint, str(exc)))
+            catalog.write(lambda session, error=str(exc): record_failed_slide(service, session, job, fingerprint, error))
             report["failed"].append({"file": str(job.path), "error": str(exc)})
             continue
         catalog.write(lambda session: store_slide(service, session, job, fingerprint, result, target))
@@ -111,14 +111,49 @@ def ingest_files(service, paths, patient, slide_table, mpp, progress=None) -> di
     return report
 
 
+VECTOR_KINDS = ("eagle", "chief", "mean-ctranspath")  # the vectors a slide's patient gets
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What the owner needs to sign and describe vectors, without holding the models.
+
+    A worker that loaded the models sends this to the owner (it pickles); the owner's
+    `LoadedModels` offers the same two methods, so the storing code takes either.
+    """
+
+    signatures: dict
+    provenances: dict
+
+    @classmethod
+    def of(cls, models) -> "ModelIdentity":
+        return cls({k: models.signature(k) for k in VECTOR_KINDS}, {k: models.provenance(k) for k in VECTOR_KINDS})
+
+    def signature(self, kind: str = "eagle") -> str:
+        return self.signatures[kind]
+
+    def provenance(self, kind: str = "eagle") -> dict:
+        return self.provenances[kind]
+
+
+def compute_slide(models, settings: Settings, job: SlideJob, progress=None) -> pipeline.SlideResult:
+    """The pure half of ingestion (runs in a Ray worker or in the owner): slide file -> result."""
+    return pipeline.embed_slide(job.path, models, settings, mpp_override=job.mpp, progress=progress)
+
+
+def write_artifact(service, fingerprint: str, result: pipeline.SlideResult, identity=None) -> Path:
+    """The slide's artifact, written atomically by the owner; nothing is committed yet."""
+    return write_slide_artifact(artifact_path(service.settings, fingerprint), result, provenance(identity or service.models))
+
+
 def embed_to_artifact(service, job: SlideJob, fingerprint: str, progress=None) -> tuple[pipeline.SlideResult, Path]:
     """Embed one slide and write its artifact (atomically); nothing is committed yet."""
-    result = pipeline.embed_slide(job.path, service.models, service.settings, mpp_override=job.mpp, progress=progress)
-    target = write_slide_artifact(artifact_path(service.settings, fingerprint), result, provenance(service.models))
-    return result, target
+    result = compute_slide(service.models, service.settings, job, progress)
+    return result, write_artifact(service, fingerprint, result)
 
 
-def store_slide(service, session, job: SlideJob, fingerprint: str, result: pipeline.SlideResult, target: Path) -> int:
+def store_slide(service, session, job: SlideJob, fingerprint: str, result: pipeline.SlideResult, target: Path,
+                identity=None) -> int:
     """Slide row + the patient's re-aggregated vectors, inside the caller's transaction."""
     catalog = service.catalog
     pid = catalog.patient_id(session, job.patient, create=True)
@@ -127,7 +162,7 @@ def store_slide(service, session, job: SlideJob, fingerprint: str, result: pipel
         size_bytes=_size(job.path), width_px=result.width_px, height_px=result.height_px, mpp=result.mpp,
         mpp_source=result.mpp_source, n_tiles=result.n_tiles, status="done", error=None, artifact_path=str(target),
     )
-    reaggregate_patient(service, session, pid)
+    reaggregate_patient(service, session, pid, identity)
     return slide_id
 
 
@@ -145,9 +180,13 @@ def _size(path: Path) -> int | None:
         return None
 
 
-def reaggregate_patient(service, session, patient_id: int) -> pipeline.PatientVectors:
-    """Recompute a patient's vectors from its slides' artifacts, inside the caller's transaction."""
-    catalog, settings, models = service.catalog, service.settings, service.models
+def reaggregate_patient(service, session, patient_id: int, identity=None) -> pipeline.PatientVectors:
+    """Recompute a patient's vectors from its slides' artifacts, inside the caller's transaction.
+
+    `identity` (a `ModelIdentity` or loaded models) signs the vectors; default: the service's models.
+    """
+    catalog, settings = service.catalog, service.settings
+    models = identity if identity is not None else service.models
     slides = [read_slide_artifact(Path(p)) for p in catalog.done_artifacts(session, patient_id)]
     vectors = pipeline.aggregate_patient(slides, settings.eagle.top_k)
     for kind, vector in vectors.by_kind().items():

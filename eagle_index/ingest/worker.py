@@ -18,7 +18,7 @@ from pathlib import Path
 
 from eagle_index.errors import EagleIndexError
 from eagle_index.fingerprint import companion_files, slide_fingerprint
-from eagle_index.ingest.steps import SlideJob, embed_to_artifact, record_failed_slide, store_slide
+from eagle_index.ingest.steps import SlideJob, compute_slide, record_failed_slide, store_slide, write_artifact
 from eagle_index.store.jobs import ClaimedJob, JobQueue
 
 log = logging.getLogger(__name__)
@@ -76,80 +76,105 @@ class Worker:
                 self.queue.heartbeat(job.id, {"tiles": tiles, "stage": "ctranspath"})
                 last_beat = time.monotonic()
 
-        slide_job = SlideJob(path, job.patient or path.stem, job.mpp)
+        slide_job = slide_job_of(job)
         before = file_state(path)
-        if self._changed_since_enqueued(job, path):
-            return self._superseded(job, path, "changed after it was queued")
+        if changed_since_enqueued(job, path):
+            return superseded(self.queue, job, path, "changed after it was queued")
         try:
             if not path.exists():
                 raise EagleIndexError(f"{path}: file disappeared before it was embedded")
-            result, target = embed_to_artifact(self.service, slide_job, job.fingerprint, progress)
+            result = compute_slide(self.service.models, self.service.settings, slide_job, progress)
             if self.stop.is_set():
                 raise Interrupted()
-            if file_state(path) != before:
-                Path(target).unlink(missing_ok=True)  # the artifact of content that is no longer there
-                return self._superseded(job, path, "changed while it was embedded")
-
-            def store(session) -> None:
-                slide_id = store_slide(self.service, session, slide_job, job.fingerprint, result, target)
-                JobQueue.mark_done(session, job.id, slide_id, time.perf_counter() - started)
-
-            self.service.catalog.write(store)
-            self.service.vectors.sync_all()
+            if file_state(path) != before:  # the result is of content that is no longer there
+                return superseded(self.queue, job, path, "changed while it was embedded")
+            store_job_result(self.service, job, result, time.perf_counter() - started)
         except Interrupted:
             self.queue.requeue(job.id, "interrupted by shutdown")
             log.info(json.dumps({"event": "job_requeued", "job": job.id, "file": str(path)}))
             return "queued"
         except Exception as exc:  # noqa: BLE001 - one bad slide must never stop the worker
-            if before is not None and file_state(path) != before:  # a writer still at work: not the slide's fault
-                return self._superseded(job, path, "changed while it was embedded")
             message = str(exc) if isinstance(exc, EagleIndexError) else f"{path}: {type(exc).__name__}: {exc}"
             if not isinstance(exc, EagleIndexError):
                 log.exception("unexpected error on %s", path)
-            state = self.queue.fail(job.id, message, self.max_attempts, self.backoff_seconds)
-            if state == "failed":
-                self._record_failure(slide_job, job, message)
-            log.warning(json.dumps({"event": "job_" + ("failed" if state == "failed" else "retry"), "job": job.id,
-                                    "file": str(path), "attempt": job.attempts, "error": message}))
-            return state
-        log.info(json.dumps({
-            "event": "job_done", "job": job.id, "file": str(path), "patient": slide_job.patient, "tiles": result.n_tiles,
-            "mpp": result.mpp, "mpp_source": result.mpp_source,
-            "seconds": {k: round(v, 3) for k, v in result.timings.items()},
-            "total_seconds": round(time.perf_counter() - started, 3),
-        }))
+            return fail_job(self.service, self.queue, job, message, self.max_attempts, self.backoff_seconds, self.quarantine)
+        log_job_done(job, slide_job, result, time.perf_counter() - started)
         return "done"
 
-    @staticmethod
-    def _changed_since_enqueued(job: ClaimedJob, path: Path) -> bool:
-        """True when the file was modified after its job was queued and no longer has the job's content
-        (hashed again only then: the common case costs one stat)."""
-        if job.created_at is None:
-            return False
-        try:
-            mtime = path.stat().st_mtime
-        except OSError:
-            return False
-        if mtime <= job.created_at.replace(tzinfo=timezone.utc).timestamp():
-            return False
-        try:
-            return slide_fingerprint(path) != job.fingerprint
-        except EagleIndexError:
-            return False
 
-    def _superseded(self, job: ClaimedJob, path: Path, why: str) -> str:
-        reason = f"superseded: {path} {why}; its new content needs a job of its own (a watcher queues it once the file settles)"
-        self.queue.supersede(job.id, reason)
-        log.info(json.dumps({"event": "job_superseded", "job": job.id, "file": str(path), "reason": reason}))
-        return "skipped"
+# -- the owner's half of a job, shared with the Ray cluster driver (eagle_index.cluster) ----------
+def slide_job_of(job: ClaimedJob) -> SlideJob:
+    path = Path(job.path)
+    return SlideJob(path, job.patient or path.stem, job.mpp)
 
-    def _record_failure(self, slide_job: SlideJob, job: ClaimedJob, message: str) -> None:
-        try:
-            self.service.catalog.write(lambda session: record_failed_slide(self.service, session, slide_job, job.fingerprint, message))
-        except Exception:  # noqa: BLE001
-            log.exception("could not record failed slide %s", slide_job.path)
-        if self.quarantine is not None and slide_job.path.exists():
-            self.quarantine.mkdir(parents=True, exist_ok=True)
-            target = self.quarantine / slide_job.path.name
-            shutil.move(str(slide_job.path), target)
-            log.info("moved %s to quarantine %s", slide_job.path, target)
+
+def store_job_result(service, job: ClaimedJob, result, seconds: float, identity=None) -> int:
+    """Artifact (atomic), then slide row + re-aggregated patient + job `done` in one write; FAISS follows."""
+    target = write_artifact(service, job.fingerprint, result, identity)
+
+    def write(session) -> int:
+        slide_id = store_slide(service, session, slide_job_of(job), job.fingerprint, result, target, identity)
+        JobQueue.mark_done(session, job.id, slide_id, seconds)
+        return slide_id
+
+    slide_id = service.catalog.write(write)
+    service.vectors.sync_all()
+    return slide_id
+
+
+def changed_since_enqueued(job: ClaimedJob, path: Path) -> bool:
+    """True when the file was modified after its job was queued and no longer has the job's content
+    (hashed again only then: the common case costs one stat)."""
+    if job.created_at is None:
+        return False
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        return False
+    if mtime <= job.created_at.replace(tzinfo=timezone.utc).timestamp():
+        return False
+    try:
+        return slide_fingerprint(path) != job.fingerprint
+    except EagleIndexError:
+        return False
+
+
+def superseded(queue: JobQueue, job: ClaimedJob, path: Path, why: str) -> str:
+    """A job whose file changed under it: not a failure; the new content is (or will be) its own job."""
+    reason = f"superseded: {path} {why}; its new content needs a job of its own (a watcher queues it once the file settles)"
+    queue.supersede(job.id, reason)
+    log.info(json.dumps({"event": "job_superseded", "job": job.id, "file": str(path), "reason": reason}))
+    return "skipped"
+
+
+def fail_job(service, queue: JobQueue, job: ClaimedJob, message: str, max_attempts: int, backoff_seconds: float,
+             quarantine: Path | None = None) -> str:
+    """Count a failed attempt: back to the queue with backoff, or `failed` (recorded, maybe quarantined)."""
+    state = queue.fail(job.id, message, max_attempts, backoff_seconds)
+    slide_job = slide_job_of(job)
+    if state == "failed":
+        _record_failure(service, slide_job, job, message, quarantine)
+    log.warning(json.dumps({"event": "job_" + ("failed" if state == "failed" else "retry"), "job": job.id,
+                            "file": str(slide_job.path), "attempt": job.attempts, "error": message}))
+    return state
+
+
+def log_job_done(job: ClaimedJob, slide_job: SlideJob, result, seconds: float, **extra) -> None:
+    log.info(json.dumps({
+        "event": "job_done", "job": job.id, "file": str(slide_job.path), "patient": slide_job.patient, "tiles": result.n_tiles,
+        "mpp": result.mpp, "mpp_source": result.mpp_source,
+        "seconds": {k: round(v, 3) for k, v in result.timings.items()},
+        "total_seconds": round(seconds, 3), **extra,
+    }))
+
+
+def _record_failure(service, slide_job: SlideJob, job: ClaimedJob, message: str, quarantine: Path | None) -> None:
+    try:
+        service.catalog.write(lambda session: record_failed_slide(service, session, slide_job, job.fingerprint, message))
+    except Exception:  # noqa: BLE001
+        log.exception("could not record failed slide %s", slide_job.path)
+    if quarantine is not None and slide_job.path.exists():
+        quarantine.mkdir(parents=True, exist_ok=True)
+        target = quarantine / slide_job.path.name
+        shutil.move(str(slide_job.path), target)
+        log.info("moved %s to quarantine %s", slide_job.path, target)

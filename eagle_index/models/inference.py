@@ -128,6 +128,8 @@ def encode_tiles(encoder: TileEncoder, images, batch_size: int | None = None) ->
     if batch.shape[0] == 0:
         return np.zeros((0, encoder.dim), dtype=np.float32)
     step = batch_size or DEFAULT_BATCH.get(device.type, 16)
+    if device.type == "cuda":
+        batch = batch.pin_memory()  # page-locked, so the non_blocking copies below really are asynchronous
     out = []
     with torch.inference_mode():
         for start in range(0, batch.shape[0], step):

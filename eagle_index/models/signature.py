@@ -67,6 +67,9 @@ def pipeline_params(settings: "Settings", kind: str = "eagle") -> dict[str, Any]
     }
     if "top_k" in KIND_PARAMS[kind]:
         params["top_k"] = settings.eagle.top_k
+    # CTransPath features rounded to float16 before CHIEF and pooling, as the reference stores them
+    # (eagle_index.pipeline.FEATURE_DTYPE); vectors made before this rule carry no such parameter.
+    params["features"] = "float16"
     return params
 
 

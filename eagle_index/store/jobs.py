@@ -188,6 +188,21 @@ class JobQueue:
                                "mean_seconds_per_slide": round(float(mean_s), 3) if mean_s else None},
             }
 
+    def pending(self) -> int:
+        """Jobs still to do: queued (due or waiting for a retry) or running."""
+        with self.catalog.transaction() as session:
+            return int(session.scalar(select(func.count(Job.id)).where(Job.state.in_(("queued", "running")))) or 0)
+
+    def states(self, job_ids: list[int]) -> dict[str, int]:
+        """How many of these jobs are in each state (a backfill's own progress)."""
+        counts = dict.fromkeys(STATES, 0)
+        with self.catalog.transaction() as session:
+            for start in range(0, len(job_ids), 10_000):
+                chunk = job_ids[start:start + 10_000]
+                for state, n in session.execute(select(Job.state, func.count(Job.id)).where(Job.id.in_(chunk)).group_by(Job.state)):
+                    counts[state] = counts.get(state, 0) + int(n)
+        return counts
+
     def jobs(self, state: str | None = None, limit: int = 100) -> list[dict]:
         with self.catalog.transaction() as session:
             query = select(Job).order_by(Job.id.desc()).limit(limit)

@@ -1,0 +1,397 @@
+"""Embedding on Ray workers while the owner process alone writes the catalog.
+
+Ray Core actors, one per worker: each `SlideEmbedder` loads the three models once (and holds
+its GPU) and turns a slide path into a `SlideResult` (`ingest.steps.compute_slide`, the same
+code single-process ingestion runs). The owner's `ClusterWorker` claims jobs from the catalog's
+job queue (the source of truth: fingerprints, attempts, failures), sends each to a free actor,
+and stores every result itself (`ingest.worker.store_job_result`: artifact, slide row, the
+patient re-aggregated, job `done`, in one transaction), so there is still one writer.
+
+Why actors and not Ray Data: the unit of work is one slide whose fate the queue must record
+(which worker, done, retried, failed); Ray Data would bring its own dataset, scheduling and
+retries, a second source of truth next to the queue, and would stream tiles between
+processes. Actors keep multi-GB weights resident, get a GPU each through `num_gpus`, and a
+dead actor is visible per call (`RayActorError`), which is exactly what requeueing needs.
+
+Ray is imported only here, and only when a command is given `--cluster` (importing this
+module does not import ray).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eagle_index.errors import EagleIndexError, InputError, ModelError
+
+log = logging.getLogger(__name__)
+
+# Quiet, prompt-free Ray: no usage-stats prompt or upload, no import warnings.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_USAGE_STATS_PROMPT_ENABLED": "0", "RAY_DISABLE_IMPORT_WARNING": "1",
+           "RAY_DEDUP_LOGS": "0",
+           # SIGTERM must reach the owner's handler (requeue, clean exit), not Ray's crash handler (abort)
+           "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1"}
+DEATHS_PER_JOB = 3  # a slide that takes down this many workers fails for good
+
+
+@dataclass
+class ClusterOptions:
+    address: str = "local"  # local | auto | ray://HOST:PORT | HOST:PORT
+    workers: int | None = None  # default: one per GPU of the cluster, else one
+    gpus_per_worker: float | None = None  # default: 1 when the cluster has GPUs, else 0
+    threads_per_worker: int | None = None  # torch CPU threads; default: the owner's (bit-identical CPU numbers)
+    slides_in_flight: int | None = None  # concurrent slides per worker; default 2 on a GPU, 1 on CPU
+    object_store_mb: int = 200  # `local` only: Ray's shared-memory object store
+    max_replacements: int | None = None  # new actors started for dead ones; default 2 per worker
+
+    def __post_init__(self) -> None:
+        address = self.address.strip()
+        if not (address in ("local", "auto") or address.startswith("ray://") or _host_port(address)):
+            raise InputError(f"--cluster {self.address!r}: expected local, auto, ray://HOST:PORT or HOST:PORT")
+        if self.workers is not None and self.workers < 1:
+            raise InputError(f"--workers {self.workers}: must be at least 1")
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            raise InputError(f"--gpus-per-worker {self.gpus_per_worker}: must be 0 or more")
+
+
+def _host_port(text: str) -> bool:
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit()
+
+
+def connect(options: ClusterOptions):
+    """Start (`local`) or join a Ray cluster; returns the `ray` module."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    common = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+    try:
+        if options.address == "local":
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                     object_store_memory=options.object_store_mb * 1024 * 1024, **common)
+        else:
+            ray.init(address=options.address, **common)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        raise EagleIndexError(f"cannot start or reach the Ray cluster {options.address!r}: {str(exc).splitlines()[0]}") from None
+    return ray
+
+
+class SlideEmbedder:
+    """The Ray actor body: models loaded once, one slide path in, one `SlideResult` out."""
+
+    def __init__(self, settings, threads: int | None):
+        import torch
+
+        from eagle_index.ingest.steps import ModelIdentity
+        from eagle_index.models import load_models
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.settings = settings
+        self.error = None
+        try:
+            self.models = load_models(settings)
+            self.identity = ModelIdentity.of(self.models)
+        except EagleIndexError as exc:  # reported by info(), so the owner can say it in one line
+            self.error = str(exc)
+
+    def info(self) -> dict:
+        import torch
+
+        device = getattr(getattr(self, "models", None), "device", None) or self.settings.device
+        if str(device).startswith("cuda") and torch.cuda.is_available():
+            device = f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
+        return {"pid": os.getpid(), "node": socket.gethostname(), "device": str(device), "error": self.error,
+                "identity": getattr(self, "identity", None), "threads": torch.get_num_threads()}
+
+    def embed(self, path: str, patient: str, mpp: float | None):
+        from eagle_index.ingest.steps import SlideJob, compute_slide
+
+        try:
+            if not Path(path).exists():
+                raise EagleIndexError(f"{path}: file not found on worker {socket.gethostname()} "
+                                      "(workers read slides from a path shared with the owner)")
+            return "ok", compute_slide(self.models, self.settings, SlideJob(Path(path), patient, mpp))
+        except EagleIndexError as exc:
+            return "error", str(exc)
+        except Exception as exc:  # noqa: BLE001 - one bad slide fails its job only
+            return "error", f"{path}: {type(exc).__name__}: {exc}"
+
+
+@dataclass
+class _Worker:
+    id: str
+    actor: object
+    ready_ref: object
+    slots: int = 1
+    ready: bool = False
+    alive: bool = True
+    node: str | None = None
+    device: str | None = None
+    pid: int | None = None
+    identity: object = None
+    slides_done: int = 0
+    busy_seconds: float = 0.0
+    in_flight: dict = field(default_factory=dict)  # ObjectRef -> (ClaimedJob, started)
+
+
+class ClusterWorker:
+    """The owner's side: same role as `ingest.worker.Worker` (run until `stop`), on Ray actors."""
+
+    def __init__(self, service, queue, stop: threading.Event, options: ClusterOptions, max_attempts: int = 3,
+                 backoff_seconds: float = 5.0, quarantine: Path | None = None, poll_seconds: float = 1.0,
+                 heartbeat_seconds: float = 10.0):
+        self.service = service
+        self.queue = queue
+        self.stop = stop
+        self.options = options
+        self.max_attempts = max_attempts
+        self.backoff_seconds = backoff_seconds
+        self.quarantine = Path(quarantine) if quarantine else None
+        self.poll_seconds = poll_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+        self.wake = threading.Event()
+        self._lock = threading.Lock()
+        self._workers: dict[str, _Worker] = {}
+        self._deaths: dict[int, int] = {}  # job id -> workers lost while embedding it
+        self._spawned = 0
+        self._replacements = 0
+        self.ray = None
+
+    # -- what `status` shows ------------------------------------------------------------------------
+    def stats(self) -> list[dict]:
+        with self._lock:
+            return [{"id": w.id, "node": w.node, "device": w.device, "slides_done": w.slides_done,
+                     "seconds_per_slide": round(w.busy_seconds / w.slides_done, 3) if w.slides_done else None,
+                     "pid": w.pid, "in_flight": len(w.in_flight), "state": "ready" if w.ready else "starting"}
+                    for w in self._workers.values() if w.alive]
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        if self.stop.is_set():
+            return
+        self.ray = connect(self.options)
+        try:
+            self._plan()
+            for _ in range(self.workers):
+                self._spawn()
+            last_beat = time.monotonic()
+            while not self.stop.is_set():
+                self._fill()
+                refs = self._refs()
+                if not refs:
+                    self.wake.wait(self.poll_seconds)
+                    self.wake.clear()
+                    continue
+                done, _ = self.ray.wait(refs, num_returns=1, timeout=0.5)
+                for ref in done:
+                    self._handle(ref)
+                if time.monotonic() - last_beat >= self.heartbeat_seconds:
+                    self._heartbeat()
+                    last_beat = time.monotonic()
+        finally:
+            self._shutdown()
+
+    def _plan(self) -> None:
+        resources = self.ray.cluster_resources()
+        gpus = float(resources.get("GPU", 0))
+        cpus = float(resources.get("CPU", 1))
+        per = self.options.gpus_per_worker
+        if per is None:
+            per = 1.0 if gpus else 0.0
+        if per > 0 and gpus == 0:
+            raise InputError(f"--gpus-per-worker {per:g}: the Ray cluster {self.options.address!r} has no GPUs (use --gpus-per-worker 0)")
+        self.gpus_per_worker = per
+        self.workers = self.options.workers or (max(1, int(gpus // per)) if per else 1)
+        # CPUs are a scheduling hint only (fractions allowed); the torch thread count is set apart.
+        self.cpus_per_worker = 0 if per else max(0.01, min(1.0, cpus / self.workers))
+        self.threads = self.options.threads_per_worker or _torch_threads()
+        self.slots = self.options.slides_in_flight or (2 if per else 1)
+        self.max_replacements = self.options.max_replacements if self.options.max_replacements is not None else 2 * self.workers
+        log.info(json.dumps({"event": "cluster_start", "address": self.options.address, "workers": self.workers,
+                             "gpus_per_worker": per, "threads_per_worker": self.threads, "slides_in_flight": self.slots,
+                             "cluster_cpus": cpus, "cluster_gpus": gpus}))
+
+    def _spawn(self) -> None:
+        remote = self.ray.remote(SlideEmbedder).options(
+            num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_concurrency=self.slots, max_restarts=0,
+        )
+        worker_id = f"w{self._spawned}"
+        self._spawned += 1
+        actor = remote.remote(self.service.settings, self.threads)
+        with self._lock:
+            self._workers[worker_id] = _Worker(worker_id, actor, actor.info.remote(), slots=self.slots)
+
+    def _refs(self) -> list:
+        refs = []
+        for w in self._workers.values():
+            if not w.alive:
+                continue
+            if not w.ready:
+                refs.append(w.ready_ref)
+            refs.extend(w.in_flight)
+        return refs
+
+    def _fill(self) -> None:
+        for w in list(self._workers.values()):
+            while w.alive and w.ready and len(w.in_flight) < w.slots and not self.stop.is_set():
+                job = self.queue.claim()
+                if job is None:
+                    return
+                ref = w.actor.embed.remote(job.path, job.patient or Path(job.path).stem, job.mpp)
+                with self._lock:
+                    w.in_flight[ref] = (job, time.perf_counter())
+                self.queue.heartbeat(job.id, {"stage": "embedding", "worker": w.id, "node": w.node})
+
+    def _owner_of(self, ref):
+        for w in self._workers.values():
+            if not w.ready and ref == w.ready_ref:
+                return w, None
+            if ref in w.in_flight:
+                return w, w.in_flight[ref]
+        return None, None
+
+    def _handle(self, ref) -> None:
+        from ray.exceptions import RayError, RayTaskError
+
+        w, entry = self._owner_of(ref)
+        if w is None:
+            return
+        if entry is None:  # the actor answered info(): it is ready, or it could not load its models
+            try:
+                info = self.ray.get(ref)
+            except RayError as exc:
+                self._lost(w, exc)
+                return
+            self._ready(w, info)
+            return
+        job, started = entry
+        with self._lock:
+            del w.in_flight[ref]
+        try:
+            status, payload = self.ray.get(ref)
+        except RayTaskError as exc:
+            status, payload = "error", f"{job.path}: {_first_line(exc)}"
+        except RayError as exc:  # the actor or its node is gone: the slide goes back to the queue
+            self._requeue_lost(w, job, exc)
+            self._lost(w, exc)
+            return
+        if self.stop.is_set():  # shutting down: whatever came back is redone next time
+            self.queue.requeue(job.id, "interrupted by shutdown")
+            return
+        if status != "ok":
+            from eagle_index.ingest.worker import fail_job
+
+            fail_job(self.service, self.queue, job, payload, self.max_attempts, self.backoff_seconds, self.quarantine)
+            return
+        self._store(w, job, payload, time.perf_counter() - started)
+
+    def _store(self, w: _Worker, job, result, seconds: float) -> None:
+        from eagle_index.ingest.worker import fail_job, log_job_done, slide_job_of, store_job_result
+
+        t0 = time.perf_counter()
+        try:
+            store_job_result(self.service, job, result, seconds, identity=w.identity)
+        except Exception as exc:  # noqa: BLE001 - the owner could not store this slide: its job fails, not the run
+            message = str(exc) if isinstance(exc, EagleIndexError) else f"{job.path}: {type(exc).__name__}: {exc}"
+            log.exception("could not store %s", job.path)
+            fail_job(self.service, self.queue, job, message, self.max_attempts, self.backoff_seconds, self.quarantine)
+            return
+        with self._lock:
+            w.slides_done += 1
+            w.busy_seconds += result.timings.get("total", seconds)
+        log_job_done(job, slide_job_of(job), result, seconds, worker=w.id, node=w.node,
+                     store_seconds=round(time.perf_counter() - t0, 3))
+
+    def _ready(self, w: _Worker, info: dict) -> None:
+        if info.get("error"):
+            raise ModelError(f"Ray worker {w.id} on {info['node']}: {info['error']}")
+        first = next((o.identity for o in self._workers.values() if o.identity is not None), None)
+        if first is not None and first.signatures != info["identity"].signatures:
+            raise ModelError(f"Ray worker {w.id} on {info['node']} loaded other models (signature {info['identity'].signature()}) "
+                             f"than the other workers ({first.signature()}); give every node the same weights")
+        with self._lock:
+            w.ready, w.node, w.device, w.pid, w.identity = True, info["node"], info["device"], info["pid"], info["identity"]
+        log.info(json.dumps({"event": "worker_ready", "worker": w.id, "node": w.node, "device": w.device, "pid": w.pid,
+                             "threads": info["threads"]}))
+
+    def _requeue_lost(self, w: _Worker, job, exc) -> None:
+        deaths = self._deaths[job.id] = self._deaths.get(job.id, 0) + 1
+        reason = f"Ray worker {w.id} on {w.node} died while embedding it ({_first_line(exc)})"
+        if self.stop.is_set() or deaths < DEATHS_PER_JOB:
+            self.queue.requeue(job.id, reason)
+            log.warning(json.dumps({"event": "job_requeued", "job": job.id, "file": job.path, "reason": reason}))
+        else:
+            from eagle_index.ingest.worker import fail_job
+
+            fail_job(self.service, self.queue, job, f"{job.path}: {deaths} Ray workers died while embedding it; last: {reason}",
+                     1, self.backoff_seconds, self.quarantine)
+
+    def _lost(self, w: _Worker, exc) -> None:
+        """A dead actor: its other slides go back to the queue, and a replacement starts."""
+        if not w.alive:
+            return
+        with self._lock:
+            w.alive = False
+            orphans = list(w.in_flight.values())
+            w.in_flight.clear()
+        for job, _ in orphans:
+            self._requeue_lost(w, job, exc)
+        log.warning(json.dumps({"event": "worker_died", "worker": w.id, "node": w.node, "pid": w.pid,
+                                "error": _first_line(exc)}))
+        if self.stop.is_set():
+            return
+        if not w.ready and w.identity is None and self._replacements >= self.max_replacements:
+            raise EagleIndexError(f"Ray worker {w.id} could not start: {_first_line(exc)}")
+        if self._replacements < self.max_replacements:
+            self._replacements += 1
+            self._spawn()
+        elif not any(o.alive for o in self._workers.values()):
+            raise EagleIndexError(f"every Ray worker died ({self._replacements} replaced); last: {_first_line(exc)}")
+
+    def _heartbeat(self) -> None:
+        for w in list(self._workers.values()):
+            for job, _ in list(w.in_flight.values()):
+                self.queue.heartbeat(job.id)
+
+    def _shutdown(self) -> None:
+        """Requeue what is in flight (the attempt does not count), stop the actors, leave Ray."""
+        for w in list(self._workers.values()):
+            with self._lock:
+                orphans = list(w.in_flight.values())
+                w.in_flight.clear()
+            for job, _ in orphans:
+                try:
+                    self.queue.requeue(job.id, "interrupted by shutdown")
+                    log.info(json.dumps({"event": "job_requeued", "job": job.id, "file": job.path, "reason": "shutdown"}))
+                except Exception:  # noqa: BLE001 - recovery at the next start requeues it anyway
+                    log.exception("could not requeue job %s", job.id)
+            if self.ray is not None and w.alive:
+                try:
+                    self.ray.kill(w.actor)
+                except Exception:  # noqa: BLE001
+                    pass
+            w.alive = False
+        if self.ray is not None:
+            self.ray.shutdown()
+
+
+def _first_line(exc) -> str:
+    text = str(exc).strip().splitlines()
+    lines = [line for line in text if line.strip() and not line.startswith(("Traceback", "  "))]
+    return (lines[-1] if lines else type(exc).__name__)[:300]
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
