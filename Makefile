@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed-stamp
 DEMO_DATA ?= ./demo-data
+PORT ?= 8000
 
 .PHONY: install test demo clean bench browser
 
@@ -27,7 +28,7 @@ test: install browser
 	$(PY) -m pytest -q
 
 demo: install
-	$(VENV)/bin/eagle-index demo --data-dir $(DEMO_DATA)
+	$(VENV)/bin/eagle-index demo --data-dir $(DEMO_DATA) --port $(PORT)
 
 bench: install
 	$(PY) benchmarks/search_bench.py --sizes 10000,100000

@@ -76,7 +76,10 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
         resolver = PatientResolver(options.slide_table, options.patient_regex)
         owner = {"role": options.role, "roots": list(options.watch), "resolver": resolver, "token": options.token}
         app = create_app(settings, service=service, owner=owner)
-        server = create_server(app, host=options.host, port=options.port, threads=8, ident="eagle-index")
+        try:
+            server = create_server(app, host=options.host, port=options.port, threads=8, ident="eagle-index")
+        except OSError as exc:
+            raise _bind_error(options.host, options.port, exc) from None
         url = f"http://{_url_host(options.host)}:{server.effective_port}"
         ownership.publish(url)
         worker = Worker(service, service.jobs, stop, options.max_attempts, options.backoff_seconds,
@@ -109,6 +112,31 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
         return 0
     finally:
         ownership.release()
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> InputError:
+    import errno
+
+    if exc.errno == errno.EADDRINUSE:
+        return InputError(f"port {port} on {host} is already in use (another eagle-index?); choose another with --port")
+    if exc.errno == errno.EACCES:
+        return InputError(f"port {port} on {host}: permission denied; choose a port above 1023 with --port")
+    return InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another address or --port")
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail early (before long work such as the demo's embedding) when host:port cannot be bound."""
+    import socket
+
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as waitress binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise _bind_error(host, port, exc) from None
 
 
 def _guard(target, stop: threading.Event):

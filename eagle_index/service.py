@@ -33,6 +33,9 @@ class EagleService:
         from eagle_index.owner import refuse_if_owned
 
         refuse_if_owned(self.settings.data_dir)
+        if not self._create and not self.settings.catalog_path.exists():  # a mistyped folder is not a new archive
+            raise NotFoundError(f"no catalog at {self.settings.data_dir} "
+                                "(create one with `eagle-index db upgrade` or by importing)")
         return Catalog.open(self.settings.catalog_path, create=self._create)
 
     @cached_property
@@ -145,9 +148,11 @@ class EagleService:
         self.vectors.sync_all()
         return report
 
-    def import_features(self, slide_table: Path, ctranspath_dir: Path, virchow2_dir: Path | None = None) -> importing.ImportReport:
+    def import_features(self, slide_table: Path, ctranspath_dir: Path, virchow2_dir: Path | None = None,
+                        progress=None) -> importing.ImportReport:
         chief, note = self._try_load_chief()
-        report = importing.import_features(self.catalog, self.settings, slide_table, ctranspath_dir, virchow2_dir, chief)
+        report = importing.import_features(self.catalog, self.settings, slide_table, ctranspath_dir, virchow2_dir, chief,
+                                           progress=progress)
         if note:
             report.notes.insert(0, note)
         self.vectors.sync_all()

@@ -59,6 +59,10 @@ def register(app: typer.Typer) -> None:
         from eagle_index.store import schema
 
         settings = settings_from(data_dir)
+        if not settings.catalog_path.exists():
+            from eagle_index.errors import NotFoundError
+
+            raise NotFoundError(f"no catalog at {settings.data_dir} (create one with `eagle-index db upgrade` or by importing)")
         engine = schema.make_engine(settings.catalog_url)
         typer.echo(f"current: {schema.current_revision(engine) or 'empty'}  head: {schema.head_revision()}")
         engine.dispose()
@@ -87,8 +91,11 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Import STAMP tile features grouped into patients; stores mean-ctranspath (+ CHIEF/EAGLE with weights)."""
-        with _service(data_dir, weights_dir, models=models) as service:
-            _print_report(service.import_features(slide_table, ctranspath, virchow2), as_json)
+        from eagle_index.cli.progress import step_progress
+
+        with _service(data_dir, weights_dir, models=models) as service, step_progress(not as_json, "reading", "files") as tick:
+            report = service.import_features(slide_table, ctranspath, virchow2, progress=tick)
+        _print_report(report, as_json)
 
     @labels.command("import")
     def labels_import(
@@ -154,13 +161,20 @@ def register(app: typer.Typer) -> None:
                 else:
                     result = searcher.search_patient(patient, k, kind, signature, filters, explain, vote, pairs)
                 hits = result.hits
+        filtered = bool(label or cohort or min_score is not None or exclude_site or exclude_same or exclude_patient)
+        if not hits and not filtered:
+            from eagle_index.errors import NotFoundError
+
+            used = (result.query.get("signature") if result else signature) or ""
+            raise NotFoundError(f"no other patients have {kind!r} vectors{' of signature ' + used if used else ''} to compare with; "
+                                "`eagle-index stats` lists the vector sets the archive holds")
         if as_json:
             typer.echo(json.dumps({"hits": hits, "vote": result.vote} if vote else hits, indent=1))
             return
         for note in result.notes if result else []:
             typer.echo(f"note: {note}")
         if not hits:
-            typer.echo("no matching patients with this vector kind")
+            typer.echo("no patients match these filters")
         for hit in hits:
             label_text = ", ".join(f"{n}={v}" for n, v in sorted(hit["labels"].items()))
             typer.echo(f"{hit['rank']:>3}  {hit['score']:.4f}  {hit['patient']}  {label_text}")
@@ -175,12 +189,12 @@ def register(app: typer.Typer) -> None:
     @app.command("stats")
     def stats(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
         """Counts of patients, slides, labels and vectors by kind."""
-        with _service(data_dir) as service:
+        with _service(data_dir, create=False) as service:
             data = service.stats()
         if as_json:
             typer.echo(json.dumps(data, indent=1))
             return
-        typer.echo(f"patients {data['patients']}  slides {data['slides']}  labels {data['labels']}")
+        typer.echo(f"patients {data['patients']}  slides {data['slides']}  labels {data['labels']}  failed {data.get('failed', 0)}")
         for s in data["vector_sets"]:
             typer.echo(f"vectors {s['kind']:<16} {s['count']:>8}  dim {s['dim']}  signature {s['signature']}")
 
@@ -188,6 +202,6 @@ def register(app: typer.Typer) -> None:
     def reindex(force: Annotated[bool, typer.Option("--force", help="Rebuild even when current.")] = False,
                 data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
         """Check every FAISS index against the catalog and rebuild stale ones."""
-        with _service(data_dir) as service:
+        with _service(data_dir, create=False) as service:
             out = service.reindex(force)
         typer.echo(json.dumps(out, indent=1) if as_json else "\n".join(f"{o['kind']}: {o['count']} vectors ({o['index_type']})" for o in out) or "no vectors")

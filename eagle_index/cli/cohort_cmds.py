@@ -191,7 +191,9 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """2-D UMAP map of a cohort's vectors (n_neighbors 15, min_dist 0.1, cosine), cached for the UI."""
-        with _service(data_dir) as service:
+        from eagle_index.cli.progress import spinner
+
+        with _service(data_dir) as service, spinner(not as_json, f"computing the map of cohort {name}"):
             out = service.cohorts.umap(name, kind, signature, seed=seed)
         if as_json:
             _echo_json(out)

@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
             data = client.status()
             data["owner"] = {"pid": client.owner.pid, "role": client.owner.role, "url": client.owner.url}
         else:
-            with EagleService(settings) as service:
+            with EagleService(settings, create=False) as service:
                 data = service.status()
             data["owner"] = None
         if as_json:

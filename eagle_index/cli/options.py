@@ -26,4 +26,9 @@ DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, o
 
 def settings_from(data_dir: Path | None = None, weights_dir: Path | None = None, **more) -> Settings:
     """Settings for one CLI call: env vars, then the options given on the command line."""
-    return Settings.load(data_dir=data_dir, weights_dir=weights_dir, **more)
+    from eagle_index.errors import InputError
+
+    settings = Settings.load(data_dir=data_dir, weights_dir=weights_dir, **more)
+    if settings.data_dir.exists() and not settings.data_dir.is_dir():
+        raise InputError(f"{settings.data_dir}: the data folder (--data-dir / EAGLE_INDEX_DATA) is a file, not a folder")
+    return settings

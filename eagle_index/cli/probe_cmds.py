@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -30,21 +28,11 @@ def _service(data_dir: Path | None, create: bool = False):
     return service_for(settings_from(data_dir), create=create)
 
 
-@contextmanager
 def _progress(enabled: bool):
-    """One updating line on stderr when it is a terminal; silent otherwise."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
+    """A rich progress bar (folds / few-shot draws) on a terminal; silent otherwise."""
+    from eagle_index.cli.progress import step_progress
 
-    def tick(done: int, total: int, message: str) -> None:
-        sys.stderr.write(f"\r[{done}/{total}] {message}\033[K")
-        sys.stderr.flush()
-
-    try:
-        yield tick
-    finally:
-        sys.stderr.write("\n")
+    return step_progress(enabled, "training", unit="fits")
 
 
 def _ms(value: dict | None) -> str:

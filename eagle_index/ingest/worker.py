@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from eagle_index.errors import EagleIndexError
-from eagle_index.ingest.steps import SlideJob, embed_to_artifact, record_failed_slide, store_slide
+from eagle_index.ingest.steps import SlideJob, embed_to_artifact, store_slide
 from eagle_index.store.jobs import ClaimedJob, JobQueue
 
 log = logging.getLogger(__name__)
@@ -100,11 +100,7 @@ class Worker:
         return "done"
 
     def _record_failure(self, slide_job: SlideJob, job: ClaimedJob, message: str) -> None:
-        try:
-            with self.service.catalog.transaction() as session:
-                record_failed_slide(self.service, session, slide_job, job.fingerprint, message)
-        except Exception:  # noqa: BLE001
-            log.exception("could not record failed slide %s", slide_job.path)
+        # the failed job (state, error) is the record: no slide row, no patient
         if self.quarantine is not None and slide_job.path.exists():
             self.quarantine.mkdir(parents=True, exist_ok=True)
             target = self.quarantine / slide_job.path.name
