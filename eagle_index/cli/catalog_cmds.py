@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
         patient: Annotated[Optional[str], typer.Option("--patient", help="Query patient id (with --slide: the patient the slides belong to).")] = None,
         slide: Annotated[Optional[list[Path]], typer.Option("--slide", help="Query by slide file(s), embedded on the fly (not stored unless --store). Repeatable.")] = None,
         vector: Annotated[Optional[Path], typer.Option("--vector", help="Query by a vector: .npy (D,) or an embedding .h5 holding one vector.")] = None,
-        k: Annotated[int, typer.Option("-k", "--k", min=1, help="Number of neighbours.")] = 10,
+        k: Annotated[int, typer.Option("-k", min=1, help="Number of neighbours.")] = 10,
         kind: Annotated[str, typer.Option("--kind", help="Vector kind: eagle, chief, mean-ctranspath…")] = "eagle",
         signature: Annotated[Optional[str], typer.Option("--signature", help="Vector signature (default: the patient's largest set).")] = None,
         label: Annotated[Optional[list[str]], typer.Option("--label", help="Only hits with label NAME=VALUE (repeatable: OR within a name, AND across names; VALUE * = has the label).")] = None,

@@ -19,7 +19,7 @@ WeightsDirOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 ModelsOpt = Annotated[
-    str, typer.Option("--models", help="Model preset: real (official weights; alias default) or tiny (small random models, tests/demo).")
+    str, typer.Option("--models", show_default="real", help="Model preset: real (official weights; alias default) or tiny (small random models, tests/demo).")
 ]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, or auto (default; env EAGLE_INDEX_DEVICE).")]
 
