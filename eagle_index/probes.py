@@ -413,6 +413,9 @@ def write_candidates_csv(candidates: list[dict], path: Path) -> Path:
             writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(candidates)
+        from eagle_index.formats.h5util import share_like_new_file
+
+        share_like_new_file(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eagle_index.config import Settings
-from eagle_index.errors import InputError
+from eagle_index.errors import EagleIndexError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,15 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
     for folder in options.watch:
         if not Path(folder).is_dir():
             raise InputError(f"{folder}: watch folder not found")
+    if options.slide_table is not None and not Path(options.slide_table).is_file():
+        raise InputError(f"{options.slide_table}: slide table not found")
+    if options.patient_regex is not None:
+        import re
+
+        try:
+            re.compile(options.patient_regex)
+        except re.error as exc:
+            raise InputError(f"--patient-regex {options.patient_regex!r}: {exc}") from None
     ownership = Ownership(settings.data_dir, options.role).acquire()
     stop = threading.Event()
     try:
@@ -145,6 +154,9 @@ def _guard(target, stop: threading.Event):
     def run():
         try:
             target()
+        except EagleIndexError as exc:  # an expected failure: one line, no traceback
+            log.error("%s stopped: %s", threading.current_thread().name, " ".join(str(exc).split()))
+            stop.set()
         except Exception:  # noqa: BLE001
             log.exception("%s crashed; stopping", threading.current_thread().name)
             stop.set()

@@ -130,7 +130,7 @@ def shot(page, demo, name: str) -> None:
     page.screenshot(path=str(demo["shots"] / f"{name}.png"), full_page=True)
 
 
-def test_search_shows_thumbnails_tiles_and_matching_pairs(page, demo):
+def test_search_shows_thumbnails_tiles_and_matching_pairs(page, demo, tmp_path):
     goto(page, "/search?patient=DEMO-001")
     page.wait_for_selector("#hits article")
     first = page.locator("#hits article").first
@@ -138,10 +138,16 @@ def test_search_shows_thumbnails_tiles_and_matching_pairs(page, demo):
     page.wait_for_selector("#hits article .pair img")
     assert all_images_loaded(page, at_least=5) >= 5
     # the results can be downloaded as CSV and JSON
+    saved = {}
     for fmt in ("csv", "json"):
-        link = page.locator(f"#results-download a[data-format='{fmt}']")
-        response = page.request.get(page.base + link.get_attribute("href"))
-        assert response.status == 200 and len(response.body()) > 0
+        with page.expect_download() as info:
+            page.locator(f"#results-download a[data-format='{fmt}']").click()
+        target = tmp_path / f"results.{fmt}"
+        info.value.save_as(target)
+        saved[fmt] = target.read_text()
+    hits = json.loads(saved["json"])["hits"]
+    assert hits and saved["csv"].splitlines()[0].startswith("rank,patient,score")
+    assert [line.split(",")[1] for line in saved["csv"].splitlines()[1:]] == [h["patient"] for h in hits]
     shot(page, demo, "search")
 
 

@@ -63,6 +63,9 @@ def _save_png(image, path: Path) -> Path:
     os.close(fd)
     try:
         image.save(tmp, format="PNG", optimize=False)
+        from eagle_index.formats.h5util import share_like_new_file
+
+        share_like_new_file(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

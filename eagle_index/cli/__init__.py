@@ -39,6 +39,27 @@ def _register_all() -> None:
 _register_all()
 
 
+def one_line(message: str) -> str:
+    """A message as one line: a list of missing files or hints joined by '; '."""
+    lines = [line.strip().lstrip("- ").strip() for line in message.splitlines() if line.strip()]
+    return "; ".join(lines)
+
+
+def _given_value(exc, argv: list[str] | None) -> str:
+    """'VALUE: ' as the user typed it for a bad option value (click's message does not repeat it)."""
+    param = getattr(exc, "param", None)
+    if param is None or getattr(param, "param_type_name", "") != "option":
+        return ""
+    args = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(args):
+        for opt in param.opts:
+            if arg == opt and i + 1 < len(args):
+                return f"{args[i + 1]!r}: "
+            if arg.startswith(opt + "="):
+                return f"{arg[len(opt) + 1:]!r}: "
+    return ""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, translating every error at the edge into one line.
 
@@ -60,13 +81,13 @@ def main(argv: list[str] | None = None) -> None:
         code = 0
     except ClickException as exc:
         where = getattr(getattr(exc, "ctx", None), "command_path", None) or "eagle-index"
-        typer.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)
+        typer.echo(f"error: {_given_value(exc, argv)}{exc.format_message()} (see `{where} --help`)", err=True)
         code = exc.exit_code or 2
     except typer.Abort:
         typer.echo("error: aborted", err=True)
         code = 1
     except EagleIndexError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {one_line(str(exc))}", err=True)
         code = exc.exit_code
     except OSError as exc:  # a path the user gave: unreadable, a folder instead of a file, disk full
         name = exc.filename if exc.filename is not None else ""

@@ -48,7 +48,17 @@ def register(app: typer.Typer) -> None:
         settings.catalog_path.parent.mkdir(parents=True, exist_ok=True)
         engine = schema.make_engine(settings.catalog_url)
         before = schema.current_revision(engine)
-        schema.upgrade(engine, revision)
+        try:
+            schema.upgrade(engine, revision)
+        except Exception as exc:  # alembic.util.CommandError: an unknown revision
+            from alembic.util import CommandError
+
+            from eagle_index.errors import InputError
+
+            engine.dispose()
+            if isinstance(exc, CommandError):
+                raise InputError(f"revision {revision!r}: {exc}") from None
+            raise
         after = schema.current_revision(engine)
         engine.dispose()
         typer.echo(f"catalog {settings.catalog_path}: {before or 'empty'} -> {after}")
@@ -157,7 +167,12 @@ def register(app: typer.Typer) -> None:
                 if slide:
                     result = searcher.search_slides(slide, k, kind, patient, filters, explain, vote, pairs, store, mpp)
                 elif vector is not None:
-                    result = searcher.search_vector(read_query_vector(vector), k, kind, signature, filters, vote)
+                    from eagle_index.errors import InputError as _InputError
+
+                    try:
+                        result = searcher.search_vector(read_query_vector(vector), k, kind, signature, filters, vote)
+                    except _InputError as exc:
+                        raise type(exc)(str(exc) if str(vector) in str(exc) else f"{vector}: {exc}") from None
                 else:
                     result = searcher.search_patient(patient, k, kind, signature, filters, explain, vote, pairs)
                 hits = result.hits

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, JsonOpt
+from eagle_index.cli.options import DataDirOpt, JsonOpt, output_file
 
 KindOpt = Annotated[str, typer.Option("--kind", help="Vector kind: eagle, chief, mean-ctranspath…")]
 SignatureOpt = Annotated[Optional[str], typer.Option("--signature", help="Vector signature (default: the cohort's, else the largest set).")]
@@ -124,6 +124,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Export a cohort for STAMP/EAGLE or analysis."""
+        output_file(out, "export")
         with _service(data_dir) as service:
             report = service.cohorts.export(name, fmt, out, kind, signature)
         if as_json:

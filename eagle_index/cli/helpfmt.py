@@ -10,9 +10,9 @@ from __future__ import annotations
 NAMES = {
     "data_dir": "DIR", "weights_dir": "DIR", "artifacts": "DIR", "ctranspath": "DIR", "virchow2": "DIR", "quarantine": "DIR",
     "watch": "DIR", "out": "FILE", "slide": "FILE", "vector": "FILE", "slide_table": "CSV", "table": "TABLE", "files": "FILE...",
-    "slides": "SLIDE...", "paths": "PATH...", "label": "NAME=VALUE", "patient": "ID", "exclude_patient": "ID", "cohort": "NAME",
+    "slides": "SLIDE...", "paths": "PATH...", "patient": "ID", "exclude_patient": "ID", "cohort": "NAME", "member_of": "NAME",
     "kind": "KIND", "signature": "SIGNATURE", "models": "real|tiny", "device": "cpu|cuda|auto", "host": "ADDRESS",
-    "port": "PORT", "patient_regex": "REGEX", "mpp": "µM/PX", "seed": "N", "k": "N", "ks": "K,K,...",
+    "port": "PORT", "patient_regex": "REGEX", "mpp": "MPP", "labels": "LABEL...", "exclude_same": "LABEL", "probe": "PROBE", "name": "NAME", "only": "MODEL", "seed": "N", "k": "N", "ks": "K,K,...",
 }
 
 
@@ -21,6 +21,8 @@ def _label(param, ctx) -> str | None:
         return ""
     if param.name in NAMES:
         return NAMES[param.name]
+    if param.name == "label":  # a filter NAME=VALUE, or the name of a label
+        return "NAME=VALUE" if "NAME=VALUE" in (param.help or "") else "LABEL"
     try:
         shown = str(param.display_type(ctx) or "")
     except Exception:  # noqa: BLE001 - keep typer's own label
@@ -38,7 +40,7 @@ def readable(command, ctx=None) -> None:
     for param in getattr(command, "params", []):
         if param.param_type_name == "argument":  # name column: FILE (usage: {FILE}...); no type column
             if param.metavar is None:
-                param.metavar = NAMES.get(param.name, param.name.upper()).removesuffix("...")
+                param.metavar = (_label(param, ctx) or param.name.upper()).removesuffix("...")
             param.display_type_rich = lambda ctx=None: None
         elif param.metavar is None:
             label = _label(param, ctx)

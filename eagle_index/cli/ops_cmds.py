@@ -24,6 +24,7 @@ PollOpt = Annotated[float, typer.Option("--poll-seconds", help="Folder scan inte
 
 def _logging() -> None:
     logging.basicConfig(level=os.environ.get("EAGLE_INDEX_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter is not news
 
 
 def _run(role: str, data_dir, weights_dir, models, device, **options) -> None:

@@ -32,3 +32,16 @@ def settings_from(data_dir: Path | None = None, weights_dir: Path | None = None,
     if settings.data_dir.exists() and not settings.data_dir.is_dir():
         raise InputError(f"{settings.data_dir}: the data folder (--data-dir / EAGLE_INDEX_DATA) is a file, not a folder")
     return settings
+
+
+def output_file(path: Path, what: str = "output file") -> Path:
+    """Check an output path before any long work: its folder must exist (it is not created)."""
+    from eagle_index.errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name for the {what}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(f"{path}: folder {parent} does not exist (create it first)")
+    return path

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from eagle_index.cli.progress import slide_progress
-from eagle_index.cli.options import DataDirOpt, DeviceOpt, ModelsOpt, JsonOpt, WeightsDirOpt, settings_from
+from eagle_index.cli.options import DataDirOpt, DeviceOpt, ModelsOpt, JsonOpt, WeightsDirOpt, output_file, settings_from
 from eagle_index.errors import InputError
 
 MppOpt = Annotated[Optional[float], typer.Option("--mpp", help="Override the slides' µm per pixel (level 0).")]
@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
         from eagle_index.formats.embeddings import write_eagle_file
         from eagle_index.service import EagleService
 
+        output_file(out, "EAGLE output file")
         settings = settings_from(data_dir, weights_dir, models=models, device=device)
         service = EagleService(settings)
         with slide_progress(not as_json) as tick:

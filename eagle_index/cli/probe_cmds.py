@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, JsonOpt, settings_from
+from eagle_index.cli.options import DataDirOpt, JsonOpt, output_file, settings_from
 
 KindOpt = Annotated[str, typer.Option("--kind", help="Vector kind: eagle, chief, mean-ctranspath…")]
 SignatureOpt = Annotated[Optional[str], typer.Option("--signature", help="Vector signature (default: the kind's largest set).")]
@@ -130,6 +130,8 @@ def register(app: typer.Typer) -> None:
         """Score every patient (or a cohort) and rank them by the probability of the probe's positive class."""
         from eagle_index.probes import write_candidates_csv
 
+        if out is not None:
+            output_file(out, "candidate list")
         with _service(data_dir) as service:
             result = service.probes.apply(name, cohort, top=None if out is not None else top, exclude_training=exclude_training, store=store)
         if out is not None:

@@ -56,6 +56,37 @@ def text_attr(value) -> str | None:
     return str(value)
 
 
+_FILE_MODE: int | None = None
+
+
+def file_mode() -> int:
+    """The mode a plain new file gets under this process's umask (0666 & ~umask).
+
+    Temp files from `tempfile.mkstemp` are 0600; files users share (exports, thumbnails,
+    `embed --out`) get this mode before they are renamed into place. The umask is read from
+    /proc (no race with other threads); elsewhere it is read once by setting it back.
+    """
+    global _FILE_MODE
+    if _FILE_MODE is None:
+        umask = None
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("Umask:"):
+                    umask = int(line.split()[1], 8)
+        except (OSError, ValueError):
+            pass
+        if umask is None:
+            umask = os.umask(0o022)
+            os.umask(umask)
+        _FILE_MODE = 0o666 & ~umask
+    return _FILE_MODE
+
+
+def share_like_new_file(path: Path) -> None:
+    """Give a temp file the permissions a newly created file would have (umask honoured)."""
+    os.chmod(path, file_mode())
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path in the target folder; rename it onto `path` only if the block succeeds."""
@@ -65,6 +96,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        share_like_new_file(Path(tmp))
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

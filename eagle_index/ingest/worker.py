@@ -42,7 +42,10 @@ class Worker:
 
     def run(self) -> None:
         """Loop until `stop` is set; the current job finishes or goes back to the queue."""
-        _ = self.service.models  # load once, before the first job, so failures show at start
+        try:
+            _ = self.service.models  # load once, before the first job, so failures show at start
+        except EagleIndexError as exc:  # no weights: the server still serves; each slide fails with this error
+            log.error("slides cannot be embedded until this is fixed: %s", " ".join(str(exc).split()))
         while not self.stop.is_set():
             job = self.queue.claim()
             if job is None:

@@ -10,6 +10,7 @@ from flask import Blueprint, jsonify, request
 
 from web import browse
 from web.api.params import choice, int_arg, json_body, label_args, page_args, service, str_field
+from eagle_index.errors import EagleIndexError
 from web.errors import ApiError
 
 bp = Blueprint("catalog", __name__)
@@ -148,7 +149,11 @@ def import_labels():
     try:
         upload.save(tmp)
         create = request.form.get("create_missing", "false").lower() in ("1", "true", "yes", "on")
-        report = svc.import_labels(Path(tmp), create_missing=create)
+        try:
+            report = svc.import_labels(Path(tmp), create_missing=create)
+        except EagleIndexError as exc:  # the message names the user's file, not the server's copy
+            name = Path(upload.filename).name[:200]
+            raise type(exc)(str(exc).replace(str(tmp), name).replace(Path(tmp).name, name)) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
     data = report.as_dict()

@@ -161,9 +161,15 @@ def search_upload():
     original = Path(upload.filename).name[:200]
 
     def work(progress):
+        from eagle_index.errors import EagleIndexError
+
         progress(0, 2, "embedding the uploaded slide")
-        result = svc.searcher.search_slides([path], k, kind, patient or f"upload-{upload_id[:8]}", filters,
-                                            explain=explain, vote=vote, pairs=pairs)
+        try:
+            result = svc.searcher.search_slides([path], k, kind, patient or f"upload-{upload_id[:8]}", filters,
+                                                explain=explain, vote=vote, pairs=pairs)
+        except EagleIndexError as exc:  # speak of the user's file, never of the server's copy
+            message = str(exc).replace(str(path), original).replace(path.name, original).replace(path.stem, Path(original).stem)
+            raise type(exc)(message) from None
         progress(1, 2, "searching")
         out = decorate(svc, result.as_dict())
         out["query"]["slides"] = [original]
