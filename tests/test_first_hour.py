@@ -170,3 +170,29 @@ def test_progress_bars_on_a_terminal_only(tmp_path, slides):
     assert code == 0 and "eta" not in shown and "━" not in shown, shown
     piped = run(*args)
     assert piped.returncode == 0 and piped.stderr == ""
+
+
+def test_help_is_readable_for_every_command(capsys, monkeypatch):
+    """No `<bool>`/`<list[Path]>` type labels, no `--k -k`, no `[default: default]` in any --help."""
+    from typer.main import get_command
+
+    from eagle_index.cli import app, main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    paths: list[list[str]] = [[]]
+
+    def walk(command, prefix):
+        for name, sub in getattr(command, "commands", {}).items():
+            paths.append([*prefix, name])
+            walk(sub, [*prefix, name])
+
+    walk(get_command(app), [])
+    assert len(paths) > 30
+    for path in paths:
+        with pytest.raises(SystemExit) as done:
+            main([*path, "--help"])
+        assert done.value.code == 0, path
+        text = capsys.readouterr().out
+        assert "Usage:" in text, path
+        for bad in ("<bool>", "<str>", "<path>", "<int", "<float", "<list[", "[default: default]", "--k "):
+            assert bad not in text, (path, bad, text)
