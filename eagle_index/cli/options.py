@@ -7,7 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.config import Settings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pydantic (through config) is imported when a command runs, not for --help
+    from eagle_index.config import Settings
 
 DataDirOpt = Annotated[
     Optional[Path],
@@ -24,8 +27,10 @@ ModelsOpt = Annotated[
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, or auto (default; env EAGLE_INDEX_DEVICE).")]
 
 
-def settings_from(data_dir: Path | None = None, weights_dir: Path | None = None, **more) -> Settings:
+def settings_from(data_dir: Path | None = None, weights_dir: Path | None = None, **more) -> "Settings":
     """Settings for one CLI call: env vars, then the options given on the command line."""
+    from eagle_index.config import Settings
+
     from eagle_index.errors import InputError
 
     settings = Settings.load(data_dir=data_dir, weights_dir=weights_dir, **more)
