@@ -41,8 +41,8 @@ _register_all()
 
 def one_line(message: str) -> str:
     """A message as one line: a list of missing files or hints joined by '; '."""
-    lines = [line.strip().lstrip("- ").strip() for line in message.splitlines() if line.strip()]
-    return "; ".join(lines)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return "; ".join(line[2:] if line.startswith("- ") else line for line in lines)
 
 
 def _given_value(exc, argv: list[str] | None) -> str:
