@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed-stamp
 DEMO_DATA ?= ./demo-data
+PORT ?= 8000
 
 .PHONY: install test test-slow demo clean bench browser frontend
 
@@ -49,7 +50,7 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 demo: install
-	$(VENV)/bin/eagle-index demo --data-dir $(DEMO_DATA)
+	$(VENV)/bin/eagle-index demo --data-dir $(DEMO_DATA) --port $(PORT)
 
 bench: install
 	$(PY) benchmarks/search_bench.py --sizes 10000,100000

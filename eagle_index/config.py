@@ -113,6 +113,18 @@ class Settings(BaseModel):
         (), description="host names a token-less server answers to besides 127.0.0.1, localhost, [::1] and its bound "
                         "address (DNS-rebinding defence); env EAGLE_INDEX_ALLOWED_HOSTS, comma-separated")
 
+    @field_validator("data_dir", "weights_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        """Resolve a path once, against the working directory of the command that built the settings.
+
+        Nothing downstream may resolve it again against another folder (Flask resolves relative
+        paths against the `web/` package: `make demo`'s `--data-dir ./demo-data` broke every image).
+        """
+        if value is None:
+            return None
+        return Path(os.path.abspath(os.path.expanduser(str(value))))
+
     @field_validator("models")
     @classmethod
     def _preset_alias(cls, value: str) -> str:

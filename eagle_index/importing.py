@@ -60,9 +60,15 @@ def import_embeddings(
     slide_to_patient = {row.stem: row.patient for row in read_slide_table(slide_table)} if slide_table else {}
     parsed = [read_embedding_file(p) for p in files]
     groups: dict[tuple[str, str], tuple[list[str], list[np.ndarray], list[Path]]] = {}
+    provenances: dict[tuple[str, str], dict] = {}
     for emb in parsed:
         file_kind = kind or STAMP_ENCODER_KINDS.get((emb.encoder or "").lower()) or "eagle"
-        file_signature = signature or signatures.imported(file_kind, emb.layout, emb.encoder)
+        # a file written by `eagle-index embed` records the signature of the models that made it:
+        # keep it, so its vectors are searched with an archive built by the same models
+        stored = emb.attrs.get("signature") if emb.attrs.get("eagle_index_provenance") else None
+        file_signature = signature or stored or signatures.imported(file_kind, emb.layout, emb.encoder)
+        if provenance_of(emb) is not None:
+            provenances.setdefault((file_kind, file_signature), provenance_of(emb))
         ids = emb.ids
         if emb.level == "slide":
             ids = [slide_to_patient.get(i) or signatures.patient_from_name(i) for i in ids]
@@ -70,6 +76,9 @@ def import_embeddings(
                 raise InputError(f"{emb.path}: several slides map to one patient; import patient-level embeddings instead")
         patients, vectors, sources = groups.setdefault((file_kind, file_signature), ([], [], []))
         for pid, vec in zip(ids, emb.vectors):
+            if vectors and vec.shape != vectors[0].shape:
+                raise InputError(f"{emb.path}: vectors have {vec.shape[-1]} dimensions, but {sources[0]} has "
+                                 f"{vectors[0].shape[-1]}; import files of different sizes separately, with --kind or --signature")
             if pid in patients:
                 other = sources[patients.index(pid)]
                 raise InputError(f"{emb.path}: patient {pid!r} appears twice (also in {other})")
@@ -85,7 +94,8 @@ def import_embeddings(
         all_patients: set[str] = set()
         for (file_kind, file_signature), (patients, vectors, sources) in groups.items():
             ids = [catalog.patient_id(session, p, create=True) for p in patients]
-            catalog.put_vectors(session, file_kind, file_signature, ids, np.stack(vectors), source=str(sources[0]))
+            catalog.put_vectors(session, file_kind, file_signature, ids, np.stack(vectors), source=str(sources[0]),
+                                provenance=provenances.get((file_kind, file_signature)))
             report.vectors[file_kind] = report.vectors.get(file_kind, 0) + len(ids)
             all_patients.update(patients)
         report.patients = len(all_patients)
@@ -93,6 +103,18 @@ def import_embeddings(
         return report
 
     return catalog.write(write)
+
+
+def provenance_of(emb) -> dict | None:
+    """The provenance `eagle-index embed` wrote into the file, if any (ignored when unreadable)."""
+    import json
+
+    text = emb.attrs.get("eagle_index_provenance")
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 # -- tile features --------------------------------------------------------------------------
@@ -118,6 +140,7 @@ def import_features(
     ctranspath_dir: Path,
     virchow2_dir: Path | None = None,
     chief=None,
+    progress=None,
 ) -> ImportReport:
     """STAMP v1/v2 tile features grouped into patients by a slide table.
 
@@ -136,7 +159,9 @@ def import_features(
         shown = "; ".join(missing[:5]) + (f"; and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise InputError(f"{slide_table}: {len(missing)} slide(s) have no feature file: {shown}")
     slides: list[_SlideFeatures] = []
-    for row in rows:
+    for number, row in enumerate(rows, 1):
+        if progress is not None:
+            progress(number, len(rows), f"reading {row.filename}")
         ctp_path = _find_feature_file(ctranspath_dir, row)
         ctp = read_tile_features(ctp_path)
         vir = None

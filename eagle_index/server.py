@@ -72,6 +72,15 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
     for folder in options.watch:
         if not Path(folder).is_dir():
             raise InputError(f"{folder}: watch folder not found")
+    if options.slide_table is not None and not Path(options.slide_table).is_file():
+        raise InputError(f"{options.slide_table}: slide table not found")
+    if options.patient_regex is not None:
+        import re
+
+        try:
+            re.compile(options.patient_regex)
+        except re.error as exc:
+            raise InputError(f"--patient-regex {options.patient_regex!r}: {exc}") from None
     ownership = Ownership(settings.data_dir, options.role).acquire()
     stop = threading.Event()
     try:
@@ -90,7 +99,10 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
         owner = {"role": options.role, "roots": list(options.watch), "resolver": resolver, "token": options.token,
                  "host": options.host}
         app = create_app(settings, service=service, owner=owner)
-        server = make_http_server(app, options.host, options.port)
+        try:
+            server = make_http_server(app, options.host, options.port)
+        except OSError as exc:
+            raise _bind_error(options.host, options.port, exc) from None
         url = f"http://{_url_host(options.host)}:{server.effective_port}"
         ownership.publish(url)
         if options.cluster is not None:
@@ -250,17 +262,35 @@ def recover_after_crash(service, max_attempts: int) -> dict:
     """Jobs found `running` belong to a dead process. Those that have used up their attempts
     (the process died during each) are failed for good with that reason - a slide that kills the
     process must not loop forever under a supervisor; the others go back to the queue."""
-    from eagle_index.ingest.steps import SlideJob, record_failed_slide
-
     failed = service.jobs.fail_exhausted(max_attempts)
-    for job in failed:
-        try:
-            slide_job = SlideJob(Path(job.path), job.patient or Path(job.path).stem, job.mpp)
-            service.catalog.write(lambda session, j=job, sj=slide_job: record_failed_slide(service, session, sj, j.fingerprint, j.error))
-        except Exception:  # noqa: BLE001
-            log.exception("could not record failed slide %s", job.path)
+    for job in failed:  # the failed job (state, error) is the record: no slide row, no patient
         log.warning("job %d (%s) failed for good: %s", job.id, job.path, job.error)
     return {"requeued": service.jobs.recover(), "failed": len(failed)}
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> InputError:
+    import errno
+
+    if exc.errno == errno.EADDRINUSE:
+        return InputError(f"port {port} on {host} is already in use (another eagle-index?); choose another with --port")
+    if exc.errno == errno.EACCES:
+        return InputError(f"port {port} on {host}: permission denied; choose a port above 1023 with --port")
+    return InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another address or --port")
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail early (before long work such as the demo's embedding) when host:port cannot be bound."""
+    import socket
+
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as waitress binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise _bind_error(host, port, exc) from None
 
 
 def _guard(target, stop: threading.Event, errors: list | None = None):
@@ -270,8 +300,8 @@ def _guard(target, stop: threading.Event, errors: list | None = None):
         try:
             target()
         except Exception as exc:  # noqa: BLE001
-            if isinstance(exc, EagleIndexError):
-                log.error("%s stopped: %s", threading.current_thread().name, exc)
+            if isinstance(exc, EagleIndexError):  # an expected failure: one line, no traceback
+                log.error("%s stopped: %s", threading.current_thread().name, " ".join(str(exc).split()))
             else:
                 log.exception("%s crashed; stopping", threading.current_thread().name)
             if errors is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from eagle_index import importing
 from eagle_index.config import Settings
-from eagle_index.errors import ModelError
+from eagle_index.errors import ModelError, NotFoundError
 from eagle_index.results import Hit, SearchResult
 from eagle_index.store.catalog import Catalog
 from eagle_index.store.vectors import VectorStore
@@ -36,6 +36,9 @@ class EagleService:
         from eagle_index.owner import refuse_if_owned
 
         refuse_if_owned(self.settings.data_dir)
+        if not self._create and not self.settings.catalog_path.exists():  # a mistyped folder is not a new archive
+            raise NotFoundError(f"no catalog at {self.settings.data_dir} "
+                                "(create one with `eagle-index db upgrade` or by importing)")
         return Catalog.open(self.settings.catalog_path, create=self._create)
 
     @cached_property
@@ -172,9 +175,11 @@ class EagleService:
         self.vectors.sync_all()
         return report
 
-    def import_features(self, slide_table: Path, ctranspath_dir: Path, virchow2_dir: Path | None = None) -> importing.ImportReport:
+    def import_features(self, slide_table: Path, ctranspath_dir: Path, virchow2_dir: Path | None = None,
+                        progress=None) -> importing.ImportReport:
         chief, note = self._try_load_chief()
-        report = importing.import_features(self.catalog, self.settings, slide_table, ctranspath_dir, virchow2_dir, chief)
+        report = importing.import_features(self.catalog, self.settings, slide_table, ctranspath_dir, virchow2_dir, chief,
+                                           progress=progress)
         if note:
             report.notes.insert(0, note)
         self.vectors.sync_all()
@@ -241,7 +246,16 @@ class EagleService:
         engine = schema.make_engine(self.settings.catalog_url)
         try:
             before = schema.current_revision(engine)
-            schema.upgrade(engine, revision)
+            try:
+                schema.upgrade(engine, revision)
+            except Exception as exc:  # alembic.util.CommandError: an unknown revision
+                from alembic.util import CommandError
+
+                from eagle_index.errors import InputError
+
+                if isinstance(exc, CommandError):
+                    raise InputError(f"revision {revision!r}: {exc}") from None
+                raise
             return before, schema.current_revision(engine)
         finally:
             engine.dispose()

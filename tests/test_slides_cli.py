@@ -57,6 +57,9 @@ def test_tiles_mpp_override_and_human_report(capsys, slide):
 
 def test_tiles_out_h5_with_exact_images(capsys, slide, tmp_path):
     out_file = tmp_path / "sub" / "tiles.h5"
+    code, _, err = cli(capsys, "tiles", slide.path, "--out", out_file, "--images")
+    assert code == 2 and "does not exist" in err and not out_file.parent.exists()  # an output folder is never made up
+    out_file.parent.mkdir()
     code, _, _ = cli(capsys, "tiles", slide.path, "--out", out_file, "--images")
     assert code == 0 and out_file.is_file()
     assert not [p for p in out_file.parent.iterdir() if p.name != "tiles.h5"]  # no temp file left

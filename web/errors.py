@@ -7,6 +7,7 @@ unexpected exception is logged and answered with a generic 500.
 from __future__ import annotations
 
 import logging
+import re
 
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -33,6 +34,27 @@ def limit_text(limit: int) -> str:
     return f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
 
 
+# Service messages are written for the command line; pages and the API name their own fields.
+PAGE_WORDS = {
+    "--min-similarity": "“Minimum cosine to a seed”", "--seed": "“Seed patients”", "--positive": "“Positive class”",
+    "--vs-rest": "“positive class vs all other values”", "--folds": "“Folds”", "--kind": "the vector kind",
+    "--signature": "the vector signature", "--cohort": "the cohort", "--label": "the label", "--patient": "the patient",
+    "--min-probability": "“Min. probability”", "--probe": "the probe",
+}
+_FLAG = re.compile(r"(?:choose one with )?--[a-z][a-z-]*")
+
+
+def page_words(message: str) -> str:
+    """A service message with CLI flags replaced by the names the web forms use."""
+    def swap(match: re.Match) -> str:
+        text = match.group(0)
+        if text.startswith("choose one with "):
+            return "choose another " + PAGE_WORDS.get(text.removeprefix("choose one with "), "setting").removeprefix("the ")
+        return PAGE_WORDS.get(text, text)
+
+    return _FLAG.sub(swap, message)
+
+
 def error_response(status: int, message: str, field: str | None = None, extra_headers: dict | None = None):
     body = {"status": status, "message": message}
     if field:
@@ -40,7 +62,7 @@ def error_response(status: int, message: str, field: str | None = None, extra_he
     if request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json":
         response = jsonify({"error": body})
     else:
-        response = render_template("error.html", status=status, message=message)
+        response = render_template("error.html", page="error", title=f"{status}", status=status, message=message)
     headers = {"WWW-Authenticate": 'Bearer realm="eagle-index"'} if status == 401 else {}
     headers.update(extra_headers or {})
     return response, status, headers
@@ -57,7 +79,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(EagleIndexError)
     def _project(exc: EagleIndexError):
-        return error_response(status_of(exc), str(exc))
+        return error_response(status_of(exc), page_words(str(exc)))
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge):

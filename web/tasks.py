@@ -86,7 +86,9 @@ class TaskRunner:
             task.result = work(progress)
             task.state = "done"
         except EagleIndexError as exc:
-            task.error, task.state = str(exc), "failed"
+            from web.errors import page_words
+
+            task.error, task.state = page_words(str(exc)), "failed"
         except Exception:  # noqa: BLE001 - a task must never take the server down
             log.exception("background task %s (%s) failed", task.id, task.kind)
             task.error, task.state = "internal error (details are in the server log)", "failed"

@@ -10,7 +10,7 @@ from web.security import csrf_token, record_failure, safe_next, token_matches, t
 
 ui = Blueprint("ui", __name__, template_folder="templates", static_folder=None)
 
-PAGES = [("ui.search", "Search"), ("ui.cohorts", "Cohorts"), ("ui.probes", "Probes"), ("ui.ingestion", "Ingestion")]
+PAGES = [("ui.search", "Search"), ("ui.patients", "Patients"), ("ui.cohorts", "Cohorts"), ("ui.probes", "Probes"), ("ui.ingestion", "Ingestion")]
 
 
 @ui.app_context_processor
@@ -26,6 +26,11 @@ def index():
 @ui.get("/search")
 def search():
     return render_template("search.html", page="search", title="Search", patient=request.args.get("patient", "")[:200])
+
+
+@ui.get("/patients")
+def patients():
+    return render_template("patients.html", page="patients", title="Patients", q=request.args.get("q", "")[:200])
 
 
 @ui.get("/patients/<patient>")

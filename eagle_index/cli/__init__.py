@@ -35,10 +35,69 @@ def _register_all() -> None:
 _register_all()
 
 
+def one_line(message: str) -> str:
+    """A message as one line: a list of missing files or hints joined by '; '."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return "; ".join(line[2:] if line.startswith("- ") else line for line in lines)
+
+
+def _given_value(exc, argv: list[str] | None) -> str:
+    """'VALUE: ' as the user typed it for a bad option value (click's message does not repeat it)."""
+    param = getattr(exc, "param", None)
+    if param is None or getattr(param, "param_type_name", "") != "option":
+        return ""
+    args = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(args):
+        for opt in param.opts:
+            if arg == opt and i + 1 < len(args):
+                return f"{args[i + 1]!r}: "
+            if arg.startswith(opt + "="):
+                return f"{arg[len(opt) + 1:]!r}: "
+    return ""
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the app, translating project errors at the edge."""
+    """Console-script entry point: run the app, translating every error at the edge into one line.
+
+    Usage errors (unknown option, a value that is not a number) and file-system errors name the
+    problem on one line too; anything else is a bug, reported as one `internal error` line (the
+    traceback only with EAGLE_INDEX_DEBUG=1).
+    """
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    from typer.main import get_command
+
+    from eagle_index.cli.helpfmt import readable
+
+    command = get_command(app)
+    readable(command)
     try:
-        app(args=argv, prog_name="eagle-index")
+        code = command.main(args=argv, prog_name="eagle-index", standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # `eagle-index` / `eagle-index db` alone: the help text
+        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        code = 0
+    except ClickException as exc:
+        where = getattr(getattr(exc, "ctx", None), "command_path", None) or "eagle-index"
+        typer.echo(f"error: {_given_value(exc, argv)}{exc.format_message()} (see `{where} --help`)", err=True)
+        code = exc.exit_code or 2
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        code = 1
     except EagleIndexError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        typer.echo(f"error: {one_line(str(exc))}", err=True)
+        code = exc.exit_code
+    except OSError as exc:  # a path the user gave: unreadable, a folder instead of a file, disk full
+        name = exc.filename if exc.filename is not None else ""
+        typer.echo(f"error: {name}{': ' if name else ''}{exc.strerror or exc}", err=True)
+        code = 2
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback on request
+        import os
+
+        if os.environ.get("EAGLE_INDEX_DEBUG"):
+            raise
+        typer.echo(f"error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                   "rerun with EAGLE_INDEX_DEBUG=1 for the traceback and report it", err=True)
+        code = 70
+    sys.exit(code if isinstance(code, int) else 0)

@@ -53,7 +53,12 @@ def register(app: typer.Typer) -> None:
         """Show the catalog's schema revision and the newest one."""
         from eagle_index.service import EagleService
 
-        current, head = EagleService(settings_from(data_dir)).schema_revision()
+        settings = settings_from(data_dir)
+        if not settings.catalog_path.exists():
+            from eagle_index.errors import NotFoundError
+
+            raise NotFoundError(f"no catalog at {settings.data_dir} (create one with `eagle-index db upgrade` or by importing)")
+        current, head = EagleService(settings).schema_revision()
         typer.echo(f"current: {current or 'empty'}  head: {head}")
 
     @app.command("import-embeddings")
@@ -80,8 +85,11 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Import STAMP tile features grouped into patients; stores mean-ctranspath (+ CHIEF/EAGLE with weights)."""
-        with _service(data_dir, weights_dir, models=models) as service:
-            _print_report(service.import_features(slide_table, ctranspath, virchow2), as_json)
+        from eagle_index.cli.progress import step_progress
+
+        with _service(data_dir, weights_dir, models=models) as service, step_progress(not as_json, "reading", "files") as tick:
+            report = service.import_features(slide_table, ctranspath, virchow2, progress=tick)
+        _print_report(report, as_json)
 
     @labels.command("import")
     def labels_import(
@@ -99,7 +107,7 @@ def register(app: typer.Typer) -> None:
         patient: Annotated[Optional[str], typer.Option("--patient", help="Query patient id (with --slide: the patient the slides belong to).")] = None,
         slide: Annotated[Optional[list[Path]], typer.Option("--slide", help="Query by slide file(s), embedded on the fly (not stored unless --store). Repeatable.")] = None,
         vector: Annotated[Optional[Path], typer.Option("--vector", help="Query by a vector: .npy (D,) or an embedding .h5 holding one vector.")] = None,
-        k: Annotated[int, typer.Option("-k", "--k", min=1, max=MAX_K, help="Number of neighbours.")] = 10,
+        k: Annotated[int, typer.Option("-k", min=1, max=MAX_K, help="Number of neighbours.")] = 10,
         kind: KindOpt = None,
         signature: Annotated[Optional[str], typer.Option("--signature", help="Vector signature (default: the patient's largest set).")] = None,
         label: Annotated[Optional[list[str]], typer.Option("--label", help="Only hits with label NAME=VALUE (repeatable: OR within a name, AND across names; VALUE * = has the label).")] = None,
@@ -133,17 +141,30 @@ def register(app: typer.Typer) -> None:
         query_vector = read_query_vector(vector) if vector is not None else None
         extra = {"models": models} if slide else {}
         with _service(data_dir, weights_dir if slide else None, create=False, **extra) as service:
-            result = service.search(patient=patient, vector=query_vector, slides=slide or None, k=k, kind=kind,
-                                    signature=signature, filters=filters, explain=explain, vote=vote, pairs=pairs,
-                                    store=store, mpp=mpp)
+            try:
+                result = service.search(patient=patient, vector=query_vector, slides=slide or None, k=k, kind=kind,
+                                        signature=signature, filters=filters, explain=explain, vote=vote, pairs=pairs,
+                                        store=store, mpp=mpp)
+            except InputError as exc:
+                if vector is None or str(vector) in str(exc):
+                    raise
+                raise type(exc)(f"{vector}: {exc}") from None
         hits = [h.as_dict() for h in result.hits]
+        filtered = bool(label or cohort or min_score is not None or exclude_site or exclude_same or exclude_patient)
+        if not hits and not filtered:
+            from eagle_index.errors import NotFoundError
+
+            used = result.query.get("signature") or ""
+            raise NotFoundError(f"no other patients have {result.query.get('kind', kind)!r} vectors"
+                                f"{' of signature ' + used if used else ''} to compare with; "
+                                "`eagle-index stats` lists the vector sets the archive holds")
         if as_json:
             typer.echo(json.dumps({"hits": hits, "vote": result.vote} if vote else hits, indent=1))
             return
         for note in result.notes:
             typer.echo(f"note: {note}")
         if not result.hits:
-            typer.echo("no matching patients with this vector kind")
+            typer.echo("no patients match these filters")
         for hit in result.hits:
             label_text = ", ".join(f"{n}={v}" for n, v in sorted(hit.labels.items()))
             typer.echo(f"{hit.rank:>3}  {hit.score:.4f}  {hit.patient}  {label_text}")
@@ -158,12 +179,12 @@ def register(app: typer.Typer) -> None:
     @app.command("stats")
     def stats(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
         """Counts of patients, slides, labels and vectors by kind."""
-        with _service(data_dir) as service:
+        with _service(data_dir, create=False) as service:
             data = service.stats()
         if as_json:
             typer.echo(json.dumps(data, indent=1))
             return
-        typer.echo(f"patients {data['patients']}  slides {data['slides']}  labels {data['labels']}")
+        typer.echo(f"patients {data['patients']}  slides {data['slides']}  labels {data['labels']}  failed {data.get('failed', 0)}")
         for s in data["vector_sets"]:
             typer.echo(f"vectors {s['kind']:<16} {s['count']:>8}  dim {s['dim']}  signature {s['signature']}")
 
@@ -171,6 +192,6 @@ def register(app: typer.Typer) -> None:
     def reindex(force: Annotated[bool, typer.Option("--force", help="Rebuild even when current.")] = False,
                 data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
         """Check every FAISS index against the catalog and rebuild stale ones."""
-        with _service(data_dir) as service:
+        with _service(data_dir, create=False) as service:
             out = service.reindex(force)
         typer.echo(json.dumps(out, indent=1) if as_json else "\n".join(f"{o['kind']}: {o['count']} vectors ({o['index_type']})" for o in out) or "no vectors")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, JsonOpt, KindOpt
+from eagle_index.cli.options import DataDirOpt, JsonOpt, KindOpt, output_file
 
 SignatureOpt = Annotated[Optional[str], typer.Option("--signature", help="Vector signature (default: the cohort's, else the largest set).")]
 ThresholdOpt = Annotated[float, typer.Option("--threshold", min=-1.0, max=1.0, help="Cosine similarity at or above which two patients count as near-duplicates.")]
@@ -123,6 +123,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Export a cohort for STAMP/EAGLE or analysis."""
+        output_file(out, "export")
         with _service(data_dir) as service:
             report = service.cohorts.export(name, fmt, out, kind, signature)
         if as_json:
@@ -190,7 +191,9 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """2-D UMAP map of a cohort's vectors (n_neighbors 15, min_dist 0.1, cosine), cached for the UI."""
-        with _service(data_dir) as service:
+        from eagle_index.cli.progress import spinner
+
+        with _service(data_dir) as service, spinner(not as_json, f"computing the map of cohort {name}"):
             out = service.cohorts.umap(name, kind, signature, seed=seed)
         if as_json:
             _echo_json(out)

@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
         data_dir: DataDirOpt = None,
         patients: Annotated[int, typer.Option("--patients", min=3, help="How many demo patients to generate.")] = 12,
         serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Then run the server (web UI + API) on the demo archive until Ctrl-C.")] = True,
-        port: Annotated[int, typer.Option("--port", help="Port of the web UI (loopback only).")] = 8000,
+        port: Annotated[int, typer.Option("--port", metavar="PORT", help="Port of the web UI (loopback only; `make demo PORT=8765`).")] = 8000,
     ) -> None:
         """Generate demo slides, embed them with the tiny models, import labels, search, then serve the web UI."""
         import logging
@@ -24,6 +24,10 @@ def register(app: typer.Typer) -> None:
         from eagle_index.demo import run_demo
 
         settings = settings_from(data_dir, models="tiny", device="cpu")
+        if serve:
+            from eagle_index.server import check_port
+
+            check_port("127.0.0.1", port)  # before minutes of embedding, not after
         run_demo(settings, patients, echo=typer.echo)
         if not serve:
             typer.echo(f"\nnext: eagle-index search --patient DEMO-002 --data-dir {settings.data_dir}")

@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
     @evaluate.command("retrieval")
     def retrieval(
         label: Annotated[str, typer.Option("--label", help="Label whose values are the classes.")],
-        ks: Annotated[str, typer.Option("-k", "--k", help="Comma-separated k values.")] = "1,3,5",
+        ks: Annotated[str, typer.Option("-k", help="Comma-separated k values.")] = "1,3,5",
         kind: KindOpt = None,
         signature: Annotated[Optional[str], typer.Option("--signature", help="Vector signature (default: the largest set).")] = None,
         cohort: Annotated[Optional[str], typer.Option("--cohort", help="Evaluate within this cohort only.")] = None,

@@ -25,6 +25,7 @@ PollOpt = Annotated[float, typer.Option("--poll-seconds", help="Folder scan inte
 
 def _logging() -> None:
     logging.basicConfig(level=os.environ.get("EAGLE_INDEX_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter is not news
 
 
 def _run(role: str, data_dir, weights_dir, models, device, **options) -> None:
@@ -100,7 +101,7 @@ def register(app: typer.Typer) -> None:
             data = client.status()
             data["owner"] = {"pid": client.owner.pid, "role": client.owner.role, "url": client.owner.url}
         else:
-            with EagleService(settings) as service:
+            with EagleService(settings, create=False) as service:
                 data = service.status()
             data["owner"] = None
         if as_json:

@@ -7,7 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.config import Settings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pydantic (through config) is imported when a command runs, not for --help
+    from eagle_index.config import Settings
 
 DataDirOpt = Annotated[
     Optional[Path],
@@ -19,7 +22,7 @@ WeightsDirOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 ModelsOpt = Annotated[
-    str, typer.Option("--models", help="Model preset: real (official weights; alias default) or tiny (small random models, tests/demo).")
+    str, typer.Option("--models", show_default="real", help="Model preset: real (official weights; alias default) or tiny (small random models, tests/demo).")
 ]
 KindOpt = Annotated[
     Optional[str],
@@ -29,19 +32,36 @@ KindOpt = Annotated[
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, or auto (default; env EAGLE_INDEX_DEVICE).")]
 
 
-def settings_from(data_dir: Path | None = None, weights_dir: Path | None = None, **more) -> Settings:
+def settings_from(data_dir: Path | None = None, weights_dir: Path | None = None, **more) -> "Settings":
     """Settings for one CLI call: env vars, then the options given on the command line.
 
     An invalid value becomes one line naming the option and the problem (never a pydantic dump).
     """
     from pydantic import ValidationError
 
+    from eagle_index.config import Settings
     from eagle_index.errors import InputError
 
     try:
-        return Settings.load(data_dir=data_dir, weights_dir=weights_dir, **more)
+        settings = Settings.load(data_dir=data_dir, weights_dir=weights_dir, **more)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
         message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
         raise InputError(f"{where}: {message}") from None
+    if settings.data_dir.exists() and not settings.data_dir.is_dir():
+        raise InputError(f"{settings.data_dir}: the data folder (--data-dir / EAGLE_INDEX_DATA) is a file, not a folder")
+    return settings
+
+
+def output_file(path: Path, what: str = "output file") -> Path:
+    """Check an output path before any long work: its folder must exist (it is not created)."""
+    from eagle_index.errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name for the {what}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(f"{path}: folder {parent} does not exist (create it first)")
+    return path

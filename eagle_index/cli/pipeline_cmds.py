@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, DeviceOpt, ModelsOpt, JsonOpt, WeightsDirOpt, settings_from
+from eagle_index.cli.progress import slide_progress
+from eagle_index.cli.options import DataDirOpt, DeviceOpt, ModelsOpt, JsonOpt, WeightsDirOpt, output_file, settings_from
 from eagle_index.errors import InputError
 
 MppOpt = Annotated[Optional[float], typer.Option("--mpp", help="Override the slides' µm per pixel (level 0).")]
-
-
-@contextmanager
-def _progress(enabled: bool):
-    """A tile counter on stderr when it is a terminal; silent otherwise."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
-    count = 0
-
-    def tick(n: int) -> None:
-        nonlocal count
-        count += n
-        sys.stderr.write(f"\r{count} tiles")
-        sys.stderr.flush()
-
-    try:
-        yield tick
-    finally:
-        sys.stderr.write("\n")
 
 
 def register(app: typer.Typer) -> None:
@@ -54,9 +33,10 @@ def register(app: typer.Typer) -> None:
         from eagle_index.formats.embeddings import write_eagle_file
         from eagle_index.service import EagleService
 
+        output_file(out, "EAGLE output file")
         settings = settings_from(data_dir, weights_dir, models=models, device=device)
         service = EagleService(settings)
-        with _progress(not as_json) as tick:
+        with slide_progress(not as_json) as tick:
             patients = service.embed(slides, patient, artifacts, mpp, progress=tick)
         provenance = service.models.provenance("eagle")
         write_eagle_file(out, list(patients), [v.eagle for v in patients.values()], extractor="virchow2-class",
@@ -94,16 +74,22 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(queued, indent=1) if as_json else
                        f"queued {len(queued['jobs'])} slide(s) with {client.owner.describe()}; follow with `eagle-index status`")
             return
-        with EagleService(settings) as service, _progress(not as_json) as tick:
+        with EagleService(settings) as service, slide_progress(not as_json) as tick:
             report = service.ingest(paths, patient, slide_table, mpp, progress=tick)
         if as_json:
             typer.echo(json.dumps(report, indent=1))
         else:
             for item in report["ingested"]:
-                typer.echo(f"ingested {item['file']} -> {item['patient']} ({item['tiles']} tiles, {item['seconds']} s)")
+                origin = " (patient id from the file name)" if item.get("patient_from") == "file name" else ""
+                typer.echo(f"ingested {item['file']} -> {item['patient']}{origin} ({item['tiles']} tiles, {item['seconds']} s)")
             for item in report["skipped"]:
                 typer.echo(f"skipped {item['file']}: {item['reason']}")
-            for item in report["failed"]:
-                typer.echo(f"FAILED {item['file']}: {item['error']}", err=True)
+            for item in report["failed"]:  # the error names the file already (once)
+                error = item["error"]
+                typer.echo(f"failed: {error if item['file'] in error else item['file'] + ': ' + error}", err=True)
+            if any(item.get("patient_from") == "file name" for item in report["ingested"]):
+                typer.echo("note: patient ids were taken from file names (set them with --patient or --slide-table)")
+            typer.echo(f"{len(report['ingested'])} ingested, {len(report['skipped'])} skipped (already stored), "
+                       f"{len(report['failed'])} failed")
         if report["failed"]:
             raise typer.Exit(1)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, JsonOpt, settings_from, KindOpt
+from eagle_index.cli.options import DataDirOpt, JsonOpt, KindOpt, output_file, settings_from
 
 SignatureOpt = Annotated[Optional[str], typer.Option("--signature", help="Vector signature (default: the kind's largest set).")]
 ModelOpt = Annotated[str, typer.Option("--model", help="logreg (logistic regression) or mlp (the paper's MLP).")]
@@ -29,21 +27,11 @@ def _service(data_dir: Path | None, create: bool = False):
     return service_for(settings_from(data_dir), create=create)
 
 
-@contextmanager
 def _progress(enabled: bool):
-    """One updating line on stderr when it is a terminal; silent otherwise."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
+    """A rich progress bar (folds / few-shot draws) on a terminal; silent otherwise."""
+    from eagle_index.cli.progress import step_progress
 
-    def tick(done: int, total: int, message: str) -> None:
-        sys.stderr.write(f"\r[{done}/{total}] {message}\033[K")
-        sys.stderr.flush()
-
-    try:
-        yield tick
-    finally:
-        sys.stderr.write("\n")
+    return step_progress(enabled, "training", unit="fits")
 
 
 def _ms(value: dict | None) -> str:
@@ -141,6 +129,8 @@ def register(app: typer.Typer) -> None:
         """Score every patient (or a cohort) and rank them by the probability of the probe's positive class."""
         from eagle_index.probes import write_candidates_csv
 
+        if out is not None:
+            output_file(out, "candidate list")
         with _service(data_dir) as service:
             result = service.probes.apply(name, cohort, top=None if out is not None else top, exclude_training=exclude_training, store=store)
         if out is not None:

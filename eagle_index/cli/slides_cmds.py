@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, JsonOpt, settings_from
+from eagle_index.cli.options import DataDirOpt, JsonOpt, output_file, settings_from
 from eagle_index.errors import InputError
 
 SlideArg = Annotated[Path, typer.Argument(metavar="SLIDE", help="Slide file (any OpenSlide format, or PNG/JPEG with --mpp).")]
@@ -70,6 +70,19 @@ def _print_human(data: dict) -> None:
         typer.echo(f"written     {data['out']}")
 
 
+def _image_format(path: Path) -> str:
+    """The image format of an output file name (PNG for .png, JPEG for .jpg/.jpeg, ...)."""
+    from PIL import Image
+
+    from eagle_index.errors import InputError
+
+    suffix = path.suffix.lower()
+    formats = Image.registered_extensions()
+    if suffix not in formats or formats[suffix] not in Image.SAVE:
+        raise InputError(f"{path}: unknown image extension {suffix or '(none)'!r}; use .png, .jpg, .tif or .webp")
+    return formats[suffix]
+
+
 def register(app: typer.Typer) -> None:
     @app.command("tiles")
     def tiles(
@@ -86,6 +99,8 @@ def register(app: typer.Typer) -> None:
 
         if images and out is None:
             raise InputError("--images needs --out FILE.h5")
+        if out is not None:
+            output_file(out, "tile file")
         settings = settings_from(data_dir).tiling
         with open_slide(slide_path, mpp_override=mpp, settings=settings) as slide:
             complete = len(full_grid(slide, settings))
@@ -103,7 +118,7 @@ def register(app: typer.Typer) -> None:
     @app.command("thumbnail")
     def thumbnail(
         slide_path: SlideArg,
-        out: Annotated[Path, typer.Option("--out", help="PNG file to write.")],
+        out: Annotated[Path, typer.Option("--out", help="Image to write; the format follows the extension (.png, .jpg, .tif, .webp…).")],
         tiles: Annotated[bool, typer.Option("--tiles", help="Draw the tissue tiles (reads them: slower).")] = False,
         mpp: MppOpt = None,
         max_size: Annotated[int, typer.Option("--max-size", min=16, help="Long side in pixels.")] = 1024,
@@ -113,6 +128,7 @@ def register(app: typer.Typer) -> None:
         from eagle_index.atomic import atomic_path
         from eagle_index.slides import make_thumbnail, open_slide, tissue_grid
 
+        image_format = _image_format(output_file(out, "thumbnail"))
         settings = settings_from(data_dir).tiling
         # Without --tiles a slide with a missing or suspicious MPP still gets its thumbnail: that
         # is exactly when one wants to look at it.
@@ -121,8 +137,10 @@ def register(app: typer.Typer) -> None:
             image = make_thumbnail(slide, grid, max_size=max_size)
             note = f"; MPP not usable: {slide.mpp_problem}" if slide.mpp_problem else ""
         try:
+            if image_format == "JPEG" and image.mode not in ("RGB", "L"):
+                image = image.convert("RGB")
             with atomic_path(out) as tmp:
-                image.save(tmp, format="PNG")
+                image.save(tmp, format=image_format)
         except OSError as exc:
             raise InputError(f"{out}: cannot write thumbnail: {' '.join(str(exc).split())}") from exc
         count = f", {len(grid)} tiles" if grid is not None else ""

@@ -8,6 +8,7 @@ patient from all of its stored artifacts, so adding a slide never re-reads older
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from eagle_index import pipeline
 from eagle_index.config import Settings
-from eagle_index.errors import EagleIndexError, InputError
+from eagle_index.errors import EagleIndexError, InputError, ModelError
 from eagle_index.fingerprint import slide_fingerprint
 from eagle_index.formats.tables import read_slide_table
 from eagle_index.signatures import patient_from_name
@@ -31,12 +32,13 @@ class SlideJob:
     path: Path
     patient: str
     mpp: float | None
+    source: str = "given"  # where the patient id came from: given (--patient), slide table, file name
 
 
 def find_slides(paths: list[Path]) -> list[Path]:
     """Slide files named directly, or found in folders (companion files of MRXS excluded)."""
     found: list[Path] = []
-    for path in map(Path, paths):
+    for path in (Path(os.path.abspath(p)) for p in paths):  # the catalog records absolute slide paths
         if path.is_dir():
             found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith("."))
         elif path.exists():
@@ -58,9 +60,11 @@ def plan_jobs(paths: list[Path], patient: str | None, slide_table: Path | None, 
             row = rows.get(pipeline.slide_name(path))
             if row is None:
                 raise InputError(f"{slide_table}: no row for slide {path.name}")
-            jobs.append(SlideJob(path, row.patient, mpp or row.mpp))
+            jobs.append(SlideJob(path, row.patient, mpp or row.mpp, "slide table"))
         return jobs
-    return [SlideJob(path, patient or patient_from_name(pipeline.slide_name(path)), mpp) for path in files]
+    if patient:
+        return [SlideJob(path, patient, mpp, "given") for path in files]
+    return [SlideJob(path, patient_from_name(pipeline.slide_name(path)), mpp, "file name") for path in files]
 
 
 def provenance(models, kind: str = "eagle") -> dict:
@@ -70,12 +74,20 @@ def provenance(models, kind: str = "eagle") -> dict:
 def embed_files(models, settings: Settings, paths, patient, artifacts_dir, mpp, progress=None):
     jobs = plan_jobs(paths, patient, None, mpp)
     results: dict[str, list[pipeline.SlideResult]] = {}
-    for job in jobs:
+    for index, job in enumerate(jobs):
+        _announce(progress, index, len(jobs), job.path)
         result = pipeline.embed_slide(job.path, models, settings, mpp_override=job.mpp, progress=progress)
         if artifacts_dir is not None:
             write_slide_artifact(Path(artifacts_dir) / f"{result.name}.h5", result, provenance(models))
         results.setdefault(job.patient, []).append(result)
     return {pid: pipeline.aggregate_patient(slides, settings.eagle.top_k) for pid, slides in results.items()}
+
+
+def _announce(progress, index: int, total: int, path: Path) -> None:
+    """Tell a progress display (if it wants to know) that slide `index` of `total` starts."""
+    announce = getattr(progress, "slide", None)
+    if announce is not None:
+        announce(index, total, Path(path).name)
 
 
 def artifact_path(settings: Settings, fingerprint: str) -> Path:
@@ -88,7 +100,8 @@ def ingest_files(service, paths, patient, slide_table, mpp, progress=None) -> di
     jobs = plan_jobs(paths, patient, slide_table, mpp)
     report = {"ingested": [], "skipped": [], "failed": [], "patients": []}
     touched: set[str] = set()
-    for job in jobs:
+    for index, job in enumerate(jobs):
+        _announce(progress, index, len(jobs), job.path)
         fingerprint = slide_fingerprint(job.path)
         with catalog.transaction() as session:
             existing = catalog.slide_by_fingerprint(session, fingerprint)
@@ -97,15 +110,18 @@ def ingest_files(service, paths, patient, slide_table, mpp, progress=None) -> di
                 continue
         try:
             result, target = embed_to_artifact(service, job, fingerprint, progress)
+        except ModelError:
+            raise  # missing or wrong weights fail every slide alike: one error for the command
         except EagleIndexError as exc:
-            log.warning("slide failed: %s", exc)
-            catalog.write(lambda session, error=str(exc): record_failed_slide(service, session, job, fingerprint, error))
+            log.info("slide failed: %s", exc)  # the front end reports it (once)
+            service.jobs.record_failure(fingerprint, str(job.path), job.patient, str(exc))
             report["failed"].append({"file": str(job.path), "error": str(exc)})
             continue
         catalog.write(lambda session: store_slide(service, session, job, fingerprint, result, target))
+        service.jobs.resolve_failure(fingerprint)
         touched.add(job.patient)
-        report["ingested"].append({"file": str(job.path), "patient": job.patient, "slide": result.name, "tiles": result.n_tiles,
-                                   "mpp": result.mpp, "mpp_source": result.mpp_source,
+        report["ingested"].append({"file": str(job.path), "patient": job.patient, "patient_from": job.source, "slide": result.name,
+                                   "tiles": result.n_tiles, "mpp": result.mpp, "mpp_source": result.mpp_source,
                                    "seconds": round(result.timings.get("total", 0.0), 3)})
     report["patients"] = sorted(touched)
     return report
@@ -164,13 +180,6 @@ def store_slide(service, session, job: SlideJob, fingerprint: str, result: pipel
     )
     reaggregate_patient(service, session, pid, identity)
     return slide_id
-
-
-def record_failed_slide(service, session, job: SlideJob, fingerprint: str, error: str) -> int:
-    catalog = service.catalog
-    pid = catalog.patient_id(session, job.patient, create=True)
-    return catalog.upsert_slide(session, fingerprint, patient_id=pid, name=pipeline.slide_name(job.path), path=str(job.path),
-                                status="failed", error=error, size_bytes=_size(job.path))
 
 
 def _size(path: Path) -> int | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from eagle_index.errors import EagleIndexError
 from eagle_index.fingerprint import companion_files, slide_fingerprint
-from eagle_index.ingest.steps import SlideJob, compute_slide, record_failed_slide, store_slide, write_artifact
+from eagle_index.ingest.steps import SlideJob, compute_slide, store_slide, write_artifact
 from eagle_index.store.jobs import ClaimedJob, JobQueue
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,10 @@ class Worker:
 
     def run(self) -> None:
         """Loop until `stop` is set; the current job finishes or goes back to the queue."""
-        _ = self.service.models  # load once, before the first job, so failures show at start
+        try:
+            _ = self.service.models  # load once, before the first job, so failures show at start
+        except EagleIndexError as exc:  # no weights: the server still serves; each slide fails with this error
+            log.error("slides cannot be embedded until this is fixed: %s", " ".join(str(exc).split()))
         while not self.stop.is_set():
             job = self.queue.claim()
             if job is None:
@@ -169,10 +172,7 @@ def log_job_done(job: ClaimedJob, slide_job: SlideJob, result, seconds: float, *
 
 
 def _record_failure(service, slide_job: SlideJob, job: ClaimedJob, message: str, quarantine: Path | None) -> None:
-    try:
-        service.catalog.write(lambda session: record_failed_slide(service, session, slide_job, job.fingerprint, message))
-    except Exception:  # noqa: BLE001
-        log.exception("could not record failed slide %s", slide_job.path)
+    # the failed job (state, error) is the record: no slide row, no patient
     if quarantine is not None and slide_job.path.exists():
         quarantine.mkdir(parents=True, exist_ok=True)
         target = quarantine / slide_job.path.name

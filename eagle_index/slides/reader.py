@@ -19,8 +19,10 @@ from eagle_index.errors import SlideError
 from eagle_index.slides.mpp import MppResult, resolve_mpp
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, path=None) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if path is not None:  # the message starts with the path already: say it once
+        text = text.replace(f"'{path}'", "the file").replace(str(path), "the file")
     return text if len(text) < 300 else text[:297] + "..."
 
 
@@ -115,7 +117,7 @@ def _probe(path: Path, handle) -> None:
         handle.read_region((0, 0), level, (min(w, 64), min(h, 64)))
     except Exception as exc:
         handle.close()
-        raise SlideError(f"{path}: opens but cannot be read: {_one_line(exc)}") from exc
+        raise SlideError(f"{path}: opens but cannot be read: {_one_line(exc, path)}") from exc
 
 
 def open_slide(path: str | Path, mpp_override: float | None = None,
@@ -144,7 +146,7 @@ def open_slide(path: str | Path, mpp_override: float | None = None,
                 image.load()  # decode now: errors surface here, not in a worker thread
                 handle = openslide.ImageSlide(image.copy())
     except Exception as exc:  # OpenSlideError, UnidentifiedImageError, OSError, ...
-        raise SlideError(f"{path}: cannot open slide: {_one_line(exc)}") from exc
+        raise SlideError(f"{path}: cannot open slide: {_one_line(exc, path)}") from exc
     _probe(path, handle)
     mpp, problem = None, None
     try:

@@ -413,10 +413,13 @@ class Catalog:
     # -- summary ------------------------------------------------------------------
     def stats(self) -> dict:
         with self.transaction() as session:
-            counts = {
-                "patients": session.scalar(select(func.count(Patient.id))),
-                "slides": session.scalar(select(func.count(Slide.id))),
+            from eagle_index.store.models import Job
+
+            counts = {  # patients and slides that have vectors; inputs that failed are counted apart
+                "patients": session.scalar(select(func.count(func.distinct(Vector.patient_id)))),
+                "slides": session.scalar(select(func.count(Slide.id)).where(Slide.status.in_(("done", "imported")))),
                 "labels": session.scalar(select(func.count(Label.id))),
+                "failed": session.scalar(select(func.count(Job.id)).where(Job.state == "failed")),
             }
             by_kind = dict(session.execute(select(Vector.kind, func.count(Vector.id)).group_by(Vector.kind).order_by(Vector.kind)).all())
         return {**{k: int(v or 0) for k, v in counts.items()}, "vectors": {k: int(v) for k, v in by_kind.items()}}

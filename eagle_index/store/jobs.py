@@ -123,6 +123,30 @@ class JobQueue:
 
         return self.catalog.write(write)
 
+    def record_failure(self, fingerprint: str, path: str, patient: str | None, error: str) -> int:
+        """A slide that failed outside the queue (`eagle-index ingest`): a failed job, never a slide row."""
+        now = utcnow()
+
+        def write(session) -> int:
+            job = session.scalar(select(Job).where(Job.fingerprint == fingerprint))
+            if job is None:
+                job = Job(fingerprint=fingerprint, path=path, patient=patient, state="failed", attempts=0, created_at=now)
+                session.add(job)
+            job.path, job.last_error, job.state = path, error, "failed"
+            job.attempts = (job.attempts or 0) + 1
+            job.finished_at = job.updated_at = now
+            job.lease_until = None
+            session.flush()
+            return job.id
+
+        return self.catalog.write(write)
+
+    def resolve_failure(self, fingerprint: str) -> None:
+        """A slide that failed before and has now been stored: its failed job is done."""
+        now = utcnow()
+        self.catalog.write(lambda session: session.execute(update(Job).where(Job.fingerprint == fingerprint, Job.state == "failed").values(
+            state="done", last_error=None, finished_at=now, updated_at=now)))
+
     def requeue(self, job_id: int, reason: str) -> None:
         """Give a job back untouched (shutdown): the attempt does not count."""
         def write(session) -> None:

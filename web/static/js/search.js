@@ -107,6 +107,30 @@ function hitCard(hit, query) {
     pairsBox);
 }
 
+function csvCell(value) {
+  const text = value === null || value === undefined ? "" : String(value);
+  return /[",\n\r]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+}
+
+function resultsCsv(result) {
+  const names = [...new Set(result.hits.flatMap((hit) => Object.keys(hit.labels || {})))].sort();
+  const rows = [["rank", "patient", "score", ...names]];
+  for (const hit of result.hits) rows.push([hit.rank, hit.patient, hit.score, ...names.map((n) => (hit.labels || {})[n])]);
+  return rows.map((row) => row.map(csvCell).join(",")).join("\n") + "\n";
+}
+
+// Download links for the shown results (made in the page: the results are already here).
+let downloadUrls = [];
+function downloads(result, query) {
+  downloadUrls.forEach((url) => URL.revokeObjectURL(url));
+  const base = `lookalikes-${(query.patient || query.upload?.name || "query").replace(/[^A-Za-z0-9._-]+/g, "_")}`;
+  const json = JSON.stringify({ query: result.query || query, hits: result.hits, vote: result.vote || null, notes: result.notes || [] }, null, 1);
+  const files = [["csv", "CSV", resultsCsv(result), "text/csv"], ["json", "JSON", json, "application/json"]];
+  downloadUrls = files.map(([, , body, type]) => URL.createObjectURL(new Blob([body], { type })));
+  return el("div", { class: "btn-row", id: "results-download" }, el("span", { class: "muted small", text: "Download results:" }),
+    files.map(([fmtName, label], i) => el("a", { class: "btn btn-small", href: downloadUrls[i], download: `${base}.${fmtName}`, "data-format": fmtName }, label)));
+}
+
 function render(result, query) {
   const head = query.upload
     ? el("div", {}, el("h2", { text: `Look-alikes of the uploaded slide` }), el("p", { class: "muted", text: query.upload.name }))
@@ -119,7 +143,7 @@ function render(result, query) {
   const cards = result.hits.length
     ? el("div", { class: "results", id: "hits" }, result.hits.map((hit) => hitCard(hit, query)))
     : el("div", { class: "empty", text: "No patient matches these filters." });
-  clear($("#results"), summary, notes, cards);
+  clear($("#results"), summary, result.hits.length ? downloads(result, query) : null, notes, cards);
 }
 
 async function searchPatient() {
@@ -273,7 +297,7 @@ async function init() {
     meta = await api("/meta");
     fillSelect($("#opt-kind"), meta.kinds.length ? meta.kinds : ["eagle"], { selected: meta.kinds.includes("eagle") ? "eagle" : meta.kinds[0] });
     const names = meta.labels.map((l) => l.name);
-    fillSelect($("#opt-vote"), names, { placeholder: "(no vote)", selected: names[0] });
+    fillSelect($("#opt-vote"), names, { placeholder: "(no vote)" });  // a vote only when asked for
     fillSelect($("#opt-label-name"), names, { placeholder: "(any)" });
     fillSelect($("#opt-exclude-same"), names, { placeholder: "(nothing)" });
   } catch (err) { fail(err); }

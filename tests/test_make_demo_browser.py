@@ -1,0 +1,243 @@
+"""`make demo` as a newcomer runs it, walked in the real browser.
+
+The server is started the way the Makefile starts it: `python -m eagle_index demo --data-dir
+<relative path>` with the repository root as working directory (the data folder lies in a temp
+folder, named relative to the repository root). Every page a first user visits is opened;
+every `<img>` must have loaded, every download must answer 200 with a body, and neither the
+page console nor the server may report an error. Screenshots go to a temp folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from test_web_browser import ARGS, CHROMIUM, pytestmark  # noqa: F401  (same skips: chromium + playwright)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_PORT = 8000
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """`make demo` (PORT=... when 8000 is taken): relative --data-dir, cwd = repository root."""
+    root = tmp_path_factory.mktemp("make-demo")
+    data_rel = os.path.relpath(root / "demo-data", REPO)
+    assert not Path(data_rel).is_absolute()
+    port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else _free_port()
+    log_path = root / "server.log"
+    log = open(log_path, "w")
+    env = {k: v for k, v in os.environ.items() if k not in ("EAGLE_INDEX_DATA", "EAGLE_INDEX_TOKEN")}
+    proc = subprocess.Popen([sys.executable, "-m", "eagle_index", "demo", "--data-dir", data_rel, "--port", str(port)],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 900  # generating and embedding 12 patients on a busy 2-core machine
+    while True:
+        assert proc.poll() is None, log_path.read_text()
+        try:
+            if _get(f"{url}/api/v1/health")["ok"]:
+                break
+        except OSError:
+            pass
+        assert time.time() < deadline, "demo server did not start"
+        time.sleep(0.5)
+    shots = root / "screenshots"
+    shots.mkdir()
+    yield {"url": url, "data": (REPO / data_rel).resolve(), "log": log_path, "shots": shots}
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    finally:
+        log.close()
+    text = log_path.read_text()
+    assert "Traceback" not in text and " ERROR " not in text, text[-4000:]
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    profile = tmp_path_factory.mktemp("demo-chromium-profile")
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), args=ARGS, headless=True,
+                                                   viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        ctx.set_default_timeout(60_000)
+        yield ctx
+        ctx.close()
+
+
+@pytest.fixture
+def page(context, demo):
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: problems.append(f"console: {msg.text}") if msg.type == "error" else None)
+    page.on("response", lambda r: problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
+    # a request cut off because the test moved on to the next page is not a failure (net::ERR_ABORTED)
+    page.on("requestfailed", lambda r: problems.append(f"failed {r.url}: {r.failure}") if "ERR_ABORTED" not in (r.failure or "") else None)
+    page.base = demo["url"]
+    page.problems = problems
+    yield page
+    page.close()
+    assert problems == []
+
+
+def goto(page, path: str) -> None:
+    page.goto(f"{page.base}{path}")
+    page.wait_for_selector("body[data-ready]", state="attached")
+
+
+def all_images_loaded(page, at_least: int = 0) -> int:
+    """Load every image (lazy ones too) and assert each has pixels; returns how many there are."""
+    page.evaluate("document.querySelectorAll('img[loading=lazy]').forEach(i => { i.loading = 'eager'; })")
+    page.wait_for_function("() => [...document.images].filter(i => i.getAttribute('src')).every(i => i.complete)")
+    images = page.evaluate("() => [...document.images].filter(i => i.getAttribute('src')).map(i => [i.src, i.naturalWidth])")
+    broken = [src for src, width in images if width == 0]
+    assert broken == [], broken
+    assert len(images) >= at_least, images
+    return len(images)
+
+
+def shot(page, demo, name: str) -> None:
+    page.screenshot(path=str(demo["shots"] / f"{name}.png"), full_page=True)
+
+
+def test_search_shows_thumbnails_tiles_and_matching_pairs(page, demo, tmp_path):
+    goto(page, "/search?patient=DEMO-001")
+    page.wait_for_selector("#hits article")
+    first = page.locator("#hits article").first
+    first.get_by_role("button", name="Matching tiles").click()
+    page.wait_for_selector("#hits article .pair img")
+    assert all_images_loaded(page, at_least=5) >= 5
+    # the results can be downloaded as CSV and JSON
+    saved = {}
+    for fmt in ("csv", "json"):
+        with page.expect_download() as info:
+            page.locator(f"#results-download a[data-format='{fmt}']").click()
+        target = tmp_path / f"results.{fmt}"
+        info.value.save_as(target)
+        saved[fmt] = target.read_text()
+    hits = json.loads(saved["json"])["hits"]
+    assert hits and saved["csv"].splitlines()[0].startswith("rank,patient,score")
+    assert [line.split(",")[1] for line in saved["csv"].splitlines()[1:]] == [h["patient"] for h in hits]
+    shot(page, demo, "search")
+
+
+def test_an_uploaded_slide_shows_its_preview(page, demo):
+    slide = demo["data"] / "demo-slides" / "DEMO-003-S1.tiff"
+    goto(page, "/search")
+    page.get_by_role("tab", name="Upload a slide").click()
+    page.get_by_label("Slide file").set_input_files(str(slide))
+    page.get_by_role("button", name="Embed and search").click()
+    page.wait_for_selector("#hits article", timeout=300_000)
+    all_images_loaded(page, at_least=2)
+    shot(page, demo, "upload")
+
+
+def test_patient_page_images(page, demo):
+    goto(page, "/patients/DEMO-001")
+    page.wait_for_selector(".gallery button")
+    page.wait_for_selector("#neighbours li a")
+    all_images_loaded(page, at_least=3)
+    page.locator(".gallery button").first.click()
+    page.wait_for_function("() => { const i = document.querySelector('#tile-dialog-img'); return i.complete && i.naturalWidth > 0; }")
+    shot(page, demo, "patient")
+
+
+def test_patient_list_links_to_each_patient(page, demo):
+    goto(page, "/patients")
+    page.wait_for_selector("#patient-rows tr a")
+    assert page.locator("#patient-rows tr a").count() == 12
+    page.get_by_label("Label").select_option("TISSUE")
+    page.get_by_label("Value").fill("dense")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_function("() => document.querySelectorAll('#patient-rows tr a').length === 4")
+    page.locator("#patient-rows tr a").first.click()
+    page.wait_for_selector(".gallery button")
+    all_images_loaded(page)
+
+
+def test_cohort_exports_all_download(page, demo, tmp_path):
+    goto(page, "/cohorts")
+    page.get_by_label("Name", exact=True).fill("demo dense")
+    page.get_by_role("button", name="Add a label rule").click()
+    page.locator(".label-rule select").select_option("TISSUE")
+    page.locator(".label-rule").get_by_label("dense").check()
+    page.wait_for_function("() => document.querySelector('#live-count b').textContent === '4'")
+    page.get_by_role("button", name="Save cohort").click()
+    page.wait_for_selector("#cohort-rows tr[data-cohort='demo dense']")
+    page.wait_for_selector("#export-buttons a[data-format]")
+    links = page.locator("#export-buttons a[data-format]")
+    formats = [links.nth(i).get_attribute("data-format") for i in range(links.count())]
+    assert len(formats) == 4, formats
+    for i, fmt in enumerate(formats):
+        with page.expect_download() as info:
+            links.nth(i).click()
+        target = tmp_path / f"export-{fmt}"
+        info.value.save_as(target)
+        assert info.value.failure() is None and target.stat().st_size > 0, fmt
+    page.wait_for_selector("#map svg circle", timeout=300_000)
+    all_images_loaded(page)
+    shot(page, demo, "cohorts")
+
+
+def test_probes_page_trains(page, demo):
+    goto(page, "/probes")
+    page.get_by_label("Label").select_option("SITE")
+    page.get_by_label("Folds").fill("3")
+    page.get_by_role("button", name="Train").click()
+    page.wait_for_selector("#roc-svg path.curve:not(.fold)", timeout=180_000)
+    all_images_loaded(page)
+    shot(page, demo, "probes")
+
+
+def test_ingestion_page(page, demo):
+    goto(page, "/ingestion")
+    all_images_loaded(page)
+    shot(page, demo, "ingestion")
+
+
+def test_not_found_page_loads_no_missing_asset(page, demo):
+    response = page.goto(f"{page.base}/no/such/page")
+    assert response.status == 404
+    page.problems[:] = [p for p in page.problems if not p.startswith("HTTP 404 " + page.base + "/no/such/page")
+                        and "404 (NOT FOUND)" not in p]
+    all_images_loaded(page)
+
+
+def test_top_bar_fits_a_phone(page, demo):
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path in ("/search", "/cohorts", "/probes", "/ingestion", "/patients"):
+        goto(page, path)
+        width = page.evaluate("() => document.querySelector('.topbar').scrollWidth")
+        assert width <= 390, (path, width)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, path
