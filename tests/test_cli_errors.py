@@ -202,6 +202,11 @@ def _cases(w) -> list[tuple[str, list, str]]:
         ("models verify no weights", ["models", "verify", "--weights-dir", w["folder"]], "a-folder"),
         ("models info unknown model", ["models", "info", "--only", "resnet"], "resnet"),
         ("models download unknown model", ["models", "download", "--only", "resnet", "--weights-dir", root / "w"], "resnet"),
+        # backfill (issue 12) and search-tiles (issue 14)
+        ("backfill missing path", ["backfill", root / "nowhere", *tiny, *d], "nowhere"),
+        ("backfill workers without cluster", ["backfill", slide, "--workers", "2", *tiny, *d], "--cluster"),
+        ("search-tiles unknown patient", ["search-tiles", "--patient", "NOPE", "--tile", "1", *d], "NOPE"),
+        ("search-tiles half a query", ["search-tiles", "--tile", "1", *d], "--patient"),
         # demo
         ("demo too few patients", ["demo", "--patients", "1", "--data-dir", root / "demo"], "--patients"),
         ("demo into a file", ["demo", "--no-serve", "--data-dir", w["a_file_dir"]], "data-is-a-file"),
