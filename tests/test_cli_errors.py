@@ -282,7 +282,7 @@ def test_a_locked_catalog_is_one_line(world, tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         d = ["--data-dir", data]
-        cases = [("stats locked", ["stats", *d], "is locked by"), ("db current locked", ["db", "current", *d], "in use"),
+        cases = [("stats locked", ["stats", *d], "is locked by"), ("db current locked", ["db", "current", *d], "is locked by"),
                  ("search locked", ["search", "--patient", "P0", *d], "is locked by"),
                  ("labels locked", ["labels", "import", world["root"] / "clinical.csv", *d], "is locked by"),
                  ("cohort list locked", ["cohort", "list", *d], "is locked by")]
