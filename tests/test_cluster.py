@@ -289,7 +289,9 @@ def test_killed_ray_worker_requeues_its_slide_and_a_corrupt_slide_fails_alone(ar
     assert any(e["worker"] not in (victim["id"],) for e in done if e["file"] == requeued[0]["file"])
     assert "FAILED" in out and "broken.tiff" in out
     state = _state(data)
-    assert ("broken", "failed") in state["slides"]
+    # a slide that cannot be read is a failed job, never a slide row or a patient (issue 10)
+    assert "broken" not in [name for name, _ in state["slides"]]
+    assert [j["state"] for path, j in state["jobs"].items() if Path(path).name == "broken.tiff"] == ["failed"]
     assert sorted(name for name, status in state["slides"] if status == "done") == [f"slide-{i:02d}" for i in range(12)]
     assert {j["state"] for j in state["jobs"].values()} == {"done", "failed"}
     _assert_same_numbers(state, reference)
