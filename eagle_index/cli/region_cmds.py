@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         box: Annotated[Optional[str], typer.Option("--box", help="With --slide: a region X_UM,Y_UM,W_UM,H_UM, read from the slide file and encoded.")] = None,
         image: Annotated[Optional[Path], typer.Option("--image", help="Query by an image file (PNG, JPEG, TIFF) of a region.")] = None,
         mpp: Annotated[Optional[float], typer.Option("--mpp", help="With --image: its µm/px (required unless the file records a resolution).")] = None,
-        k: Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Tiles to return (in all).")] = 20,
+        k: Annotated[int, typer.Option("-k", min=1, max=1000, help="Tiles to return (in all).")] = 20,
         per_patient: Annotated[int, typer.Option("--per-patient", min=1, help="At most this many tiles per patient.")] = 3,
         label: Annotated[Optional[list[str]], typer.Option("--label", help="Only patients with label NAME=VALUE (repeatable; VALUE * = has the label).")] = None,
         cohort: Annotated[Optional[list[str]], typer.Option("--cohort", help="Only members of this saved cohort (repeatable).")] = None,
