@@ -168,7 +168,8 @@ def test_patient_page_images(page, demo):
     page.wait_for_selector(".gallery button")
     page.wait_for_selector("#neighbours li a")
     all_images_loaded(page, at_least=3)
-    page.locator(".gallery button").first.click()
+    page.locator(".slide-view rect.tile-box").first.focus()
+    page.keyboard.press("Enter")  # a tile box opens the tile dialog (gallery tiles zoom the slide viewer)
     page.wait_for_function("() => { const i = document.querySelector('#tile-dialog-img'); return i.complete && i.naturalWidth > 0; }")
     shot(page, demo, "patient")
 
