@@ -39,6 +39,7 @@ from eagle_index.store.vectors import (
     configure_search,
     ids_digest,
     index_type_of,
+    read_current_sidecar,
 )
 
 log = logging.getLogger(__name__)
@@ -131,18 +132,9 @@ class TileIndex:
         import faiss
 
         index_path, meta_path = self.paths(info.signature)
-        if not index_path.exists() or not meta_path.exists():
-            log.info("tile index %s missing: rebuilding", index_path.name)
-            return None
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as exc:
-            log.warning("tile index sidecar %s unreadable (%s): rebuilding", meta_path, exc)
-            return None
-        expected = {"format": TILE_INDEX_FORMAT, "signature": info.signature, "generation": info.generation, "count": info.count}
-        stale = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
-        if stale:
-            log.info("tile index %s stale %s: rebuilding", index_path.name, stale)
+        meta = read_current_sidecar(index_path, meta_path, {"format": TILE_INDEX_FORMAT, "signature": info.signature,
+                                                            "generation": info.generation, "count": info.count}, "tile index", log)
+        if meta is None:
             return None
         ids, patients = tiles_repo.tile_ids(self.catalog, info.signature)
         if meta.get("ids_sha256") != ids_digest(ids):

@@ -134,6 +134,25 @@ def configure_search(index, settings: IndexSettings) -> None:
         inner.hnsw.efSearch = settings.hnsw_ef_search
 
 
+def read_current_sidecar(index_path: Path, meta_path: Path, expected: dict, what: str,
+                         logger: logging.Logger = log) -> dict | None:
+    """An index file's JSON sidecar if both files exist and it records `expected`; else None (reason logged
+    on `logger`, the caller's). Shared by the patient indexes and the tile indexes."""
+    if not index_path.exists() or not meta_path.exists():
+        logger.info("%s %s missing: rebuilding", what, index_path.name)
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        logger.warning("%s sidecar %s unreadable (%s): rebuilding", what, meta_path, exc)
+        return None
+    stale = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
+    if stale:
+        logger.info("%s %s stale %s: rebuilding", what, index_path.name, stale)
+        return None
+    return meta
+
+
 @dataclass
 class LoadedIndex:
     info: VectorSetInfo
@@ -172,18 +191,9 @@ class VectorStore:
         import faiss
 
         index_path, meta_path = self.paths(info.kind, info.signature)
-        if not index_path.exists() or not meta_path.exists():
-            log.info("index %s missing: rebuilding", index_path.name)
-            return None
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as exc:
-            log.warning("index sidecar %s unreadable (%s): rebuilding", meta_path, exc)
-            return None
-        expected = {"format": INDEX_FORMAT, "signature": info.signature, "generation": info.generation, "count": info.count}
-        stale = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
-        if stale:
-            log.info("index %s stale %s: rebuilding", index_path.name, stale)
+        meta = read_current_sidecar(index_path, meta_path, {"format": INDEX_FORMAT, "signature": info.signature,
+                                                            "generation": info.generation, "count": info.count}, "index")
+        if meta is None:
             return None
         if meta.get("ids_sha256") != ids_digest(self.catalog.vector_ids(info.kind, info.signature)):
             log.info("index %s holds other ids than the catalog: rebuilding", index_path.name)
