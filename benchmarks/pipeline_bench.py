@@ -357,7 +357,6 @@ def main() -> None:
     n_tiles = args.tiles or (2000 if args.device == "cuda" else 200)
     repeats = args.repeats or (3 if args.device == "cuda" else 1)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("EAGLE_INDEX_CACHE", str(args.workdir / "cache"))  # digests of random files stay out of ~/.cache
 
     import torch
 
@@ -383,7 +382,10 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="weights-", dir=args.workdir))
     try:
         folder, _ = prepare_weights(args.weights_dir, scratch)
-        settings = Settings(models="default", weights_dir=folder, device=args.device, tiling=tiling)
+        # digests of random files stay out of ~/.cache (unless EAGLE_INDEX_CACHE names a cache)
+        settings = Settings.load(models="default", weights_dir=folder, device=args.device, tiling=tiling)
+        if not os.environ.get("EAGLE_INDEX_CACHE"):
+            settings = settings.model_copy(update={"cache_dir": args.workdir / "cache"})
         t0 = time.perf_counter()
         models = load_models(settings, allow_digest_mismatch=True)
         print(f"loaded models once in {time.perf_counter() - t0:.1f} s (not part of the per-slide time); warming up")

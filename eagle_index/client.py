@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,7 +21,7 @@ class OwnerClient:
         if not owner.url:
             raise CatalogError(f"the catalog is in use by {owner.describe()}, which serves no API; stop it first")
         self.owner = owner
-        self.token = token or os.environ.get("EAGLE_INDEX_TOKEN")
+        self.token = token  # the CLI's settings.token (env EAGLE_INDEX_TOKEN)
         self.timeout = timeout
 
     def _request(self, method: str, path: str, params: dict | None = None, body: bytes | None = None,
@@ -74,12 +73,12 @@ class OwnerClient:
         return self._request("POST", "/labels", body=b"".join(parts), content_type=f"multipart/form-data; boundary={boundary}")
 
 
-def owner_client(data_dir: Path) -> OwnerClient | None:
-    """A client for the running owner of `data_dir`, or None when no process holds it."""
+def owner_client(settings) -> OwnerClient | None:
+    """A client for the running owner of `settings.data_dir` (sending `settings.token`), or None when no process holds it."""
     from eagle_index.owner import current_owner
 
-    owner = current_owner(Path(data_dir))
-    return OwnerClient(owner) if owner is not None else None
+    owner = current_owner(Path(settings.data_dir))
+    return OwnerClient(owner, token=settings.token) if owner is not None else None
 
 
 class _Report(dict):
@@ -311,7 +310,7 @@ class RemoteRegions:
 
 def service_for(settings, create: bool = True):
     """An EagleService, or a RemoteService when another process owns the catalog."""
-    client = owner_client(settings.data_dir)
+    client = owner_client(settings)
     if client is not None:
         return RemoteService(client)
     from eagle_index.service import EagleService

@@ -67,7 +67,7 @@ def _host_port(text: str) -> bool:
 
 def connect(options: ClusterOptions):
     """Start (`local`) or join a Ray cluster; returns the `ray` module."""
-    for key, value in RAY_ENV.items():
+    for key, value in RAY_ENV.items():  # a write, not a read: Ray (and the workers it spawns) take these only from the environment
         os.environ.setdefault(key, value)
     import ray
 
@@ -227,7 +227,7 @@ class ClusterWorker:
         )
         worker_id = f"w{self._spawned}"
         self._spawned += 1
-        actor = remote.remote(self.service.settings, self.threads)
+        actor = remote.remote(self.service.settings.without_secrets(), self.threads)  # cache dir, digest switch... travel; tokens do not
         with self._lock:
             self._workers[worker_id] = _Worker(worker_id, actor, actor.info.remote(), slots=self.slots)
 

@@ -1,7 +1,11 @@
 """One typed settings object, validated once and passed whole.
 
-Values come from (highest first): explicit arguments (CLI options), environment variables
-(`EAGLE_INDEX_DATA`, `EAGLE_INDEX_WEIGHTS`, `EAGLE_INDEX_DEVICE`, `EAGLE_INDEX_ALLOWED_HOSTS`), then defaults.
+Values come from (highest first): explicit arguments (CLI options), environment variables,
+then defaults. This is the only module that reads the environment (`tests/test_settings_env.py`
+walks the source): `Settings.load()` reads every variable once (table: docs/environment.md) and
+names the variable and its value when one is invalid; everything downstream gets the values
+from the settings object it is handed. `debug_tracebacks()` is the one read outside
+`Settings`: the CLI's last-resort error handler must work when the settings themselves fail.
 """
 
 from __future__ import annotations
@@ -18,6 +22,19 @@ ENV_DEVICE = "EAGLE_INDEX_DEVICE"
 ENV_TILE_QUALITY = "EAGLE_INDEX_TILE_QUALITY"
 ENV_TILE_CACHE_MB = "EAGLE_INDEX_TILE_CACHE_MB"
 ENV_ALLOWED_HOSTS = "EAGLE_INDEX_ALLOWED_HOSTS"
+ENV_CACHE = "EAGLE_INDEX_CACHE"
+ENV_XDG_CACHE = "XDG_CACHE_HOME"
+ENV_ALLOW_MISMATCH = "EAGLE_INDEX_ALLOW_DIGEST_MISMATCH"
+ENV_HUB_PREFIX = "EAGLE_INDEX_HUB_"  # + model id in upper case, e.g. EAGLE_INDEX_HUB_CTRANSPATH=owner/repo[:file]
+ENV_HF_TOKEN = "HF_TOKEN"
+ENV_TOKEN = "EAGLE_INDEX_TOKEN"
+ENV_LOG = "EAGLE_INDEX_LOG"
+ENV_MAX_UPLOAD_MB = "EAGLE_INDEX_MAX_UPLOAD_MB"
+ENV_DEBUG = "EAGLE_INDEX_DEBUG"
+
+DEFAULT_MAX_UPLOAD_MB = 4096  # whole-slide images are large; JSON bodies have their own, small limit
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
 class TilingSettings(BaseModel):
@@ -96,6 +113,92 @@ def _viewer_env() -> ViewerSettings | None:
     return ViewerSettings(**values) if values else None
 
 
+def _env_error(name: str, raw: str, expected: str):
+    from eagle_index.errors import InputError
+
+    return InputError(f"{name}={raw!r}: expected {expected}")
+
+
+def _hub_repo_ok(value: str) -> bool:
+    """'owner/repo' or 'owner/repo:path/in/repo'."""
+    repo, _, _ = value.partition(":")
+    return repo.count("/") == 1 and all(part.strip() for part in repo.split("/"))
+
+
+def _environment() -> dict[str, Any]:
+    """Every Settings value the environment gives (only variables that are set), checked.
+
+    A bad value raises `InputError` naming the variable and the value, so the CLI prints one
+    line and exits non-zero.
+    """
+    env = os.environ
+    values: dict[str, Any] = {}
+    if env.get(ENV_DATA_DIR):
+        values["data_dir"] = Path(env[ENV_DATA_DIR])
+    if env.get(ENV_WEIGHTS_DIR):
+        values["weights_dir"] = Path(env[ENV_WEIGHTS_DIR])
+    if env.get(ENV_DEVICE):
+        values["device"] = env[ENV_DEVICE]
+    viewer = _viewer_env()
+    if viewer is not None:
+        values["viewer"] = viewer
+    if env.get(ENV_ALLOWED_HOSTS):
+        values["allowed_hosts"] = tuple(h.strip() for h in env[ENV_ALLOWED_HOSTS].split(",") if h.strip())
+    if env.get(ENV_CACHE):
+        values["cache_dir"] = Path(env[ENV_CACHE])
+    elif env.get(ENV_XDG_CACHE):
+        values["cache_dir"] = Path(env[ENV_XDG_CACHE]) / "eagle-index"
+    raw = env.get(ENV_ALLOW_MISMATCH)
+    if raw is not None:
+        if raw.strip().lower() not in _TRUE + _FALSE:
+            raise _env_error(ENV_ALLOW_MISMATCH, raw, "1/true/yes/on or 0/false/no/off")
+        values["allow_digest_mismatch"] = raw.strip().lower() in _TRUE
+    from eagle_index.models.registry import MODEL_IDS
+
+    hub = {}
+    for model_id in MODEL_IDS:
+        name = ENV_HUB_PREFIX + model_id.upper()
+        raw = env.get(name, "")
+        if raw.strip():
+            if not _hub_repo_ok(raw.strip()):
+                raise _env_error(name, raw, "'owner/repo' or 'owner/repo:file'")
+            hub[model_id] = raw.strip()
+    if hub:
+        values["hub_repos"] = hub
+    if env.get(ENV_HF_TOKEN):
+        values["hf_token"] = env[ENV_HF_TOKEN]
+    if env.get(ENV_TOKEN):
+        values["token"] = env[ENV_TOKEN]  # its length is checked where it is used (serve refuses a short one)
+    raw = env.get(ENV_LOG, "")
+    if raw.strip():
+        if raw.strip().upper() not in LOG_LEVELS:
+            raise _env_error(ENV_LOG, raw, f"a log level: {', '.join(LOG_LEVELS)}")
+        values["log_level"] = raw.strip().upper()
+    raw = env.get(ENV_MAX_UPLOAD_MB, "")
+    if raw.strip():
+        try:
+            values["max_upload_mb"] = int(raw)
+        except ValueError:
+            raise _env_error(ENV_MAX_UPLOAD_MB, raw, "a whole number of MiB, 1 or more") from None
+        if values["max_upload_mb"] < 1:
+            raise _env_error(ENV_MAX_UPLOAD_MB, raw, "a whole number of MiB, 1 or more")
+    return values
+
+
+def default_cache_dir() -> Path:
+    """The cache when neither EAGLE_INDEX_CACHE nor XDG_CACHE_HOME is set: ~/.cache/eagle-index of
+    the user running the process (resolved where it is used, e.g. on a Ray worker's node)."""
+    return Path.home() / ".cache" / "eagle-index"
+
+
+def debug_tracebacks() -> bool:
+    """EAGLE_INDEX_DEBUG set (to anything): the CLI re-raises unexpected errors with their traceback.
+
+    Read here, not through `Settings`, because it must work when building the settings failed.
+    """
+    return bool(os.environ.get(ENV_DEBUG))
+
+
 class Settings(BaseModel):
     """Everything a run of eagle-index needs to know."""
 
@@ -112,8 +215,38 @@ class Settings(BaseModel):
     allowed_hosts: tuple[str, ...] = Field(
         (), description="host names a token-less server answers to besides 127.0.0.1, localhost, [::1] and its bound "
                         "address (DNS-rebinding defence); env EAGLE_INDEX_ALLOWED_HOSTS, comma-separated")
+    cache_dir: Path | None = Field(
+        None, description="eagle-index's cache (downloaded weights, digests: <cache>/weights); env EAGLE_INDEX_CACHE, "
+                          "else $XDG_CACHE_HOME/eagle-index; None: ~/.cache/eagle-index of whoever uses it")
+    allow_digest_mismatch: bool = Field(
+        False, description="load weights whose SHA-256 is not the pinned one (their vectors get their own signature); "
+                           "env EAGLE_INDEX_ALLOW_DIGEST_MISMATCH=1")
+    hub_repos: dict[str, str] = Field(
+        default_factory=dict, description="model id -> 'owner/repo[:file]' on the Hugging Face hub, instead of the "
+                                          "registry's; env EAGLE_INDEX_HUB_<ID>")
+    hf_token: str | None = Field(None, repr=False, description="Hugging Face token for gated repos (Virchow2); env HF_TOKEN")
+    token: str | None = Field(None, repr=False, description="the server's access token (serve/daemon) and the one "
+                                                              "commands send to a running server; env EAGLE_INDEX_TOKEN")
+    log_level: str | None = Field(None, description="log level of serve/daemon/backfill/demo; env EAGLE_INDEX_LOG; "
+                                                    "None: the command's default")
+    max_upload_mb: int = Field(DEFAULT_MAX_UPLOAD_MB, ge=1, description="web upload limit in MiB; env EAGLE_INDEX_MAX_UPLOAD_MB")
 
-    @field_validator("data_dir", "weights_dir")
+    @field_validator("hub_repos")
+    @classmethod
+    def _hub_repos(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [f"{k}={v!r}" for k, v in value.items() if not _hub_repo_ok(v)]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: expected 'owner/repo' or 'owner/repo:file'")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str | None) -> str | None:
+        if value is not None and value.upper() not in LOG_LEVELS:
+            raise ValueError(f"log level {value!r}: expected one of {', '.join(LOG_LEVELS)}")
+        return value.upper() if value is not None else None
+
+    @field_validator("data_dir", "weights_dir", "cache_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         """Resolve a path once, against the working directory of the command that built the settings.
@@ -139,20 +272,18 @@ class Settings(BaseModel):
     @classmethod
     def load(cls, **overrides: Any) -> "Settings":
         """Build settings from environment variables, then explicit overrides (None = not given)."""
-        values: dict[str, Any] = {}
-        if os.environ.get(ENV_DATA_DIR):
-            values["data_dir"] = Path(os.environ[ENV_DATA_DIR])
-        if os.environ.get(ENV_WEIGHTS_DIR):
-            values["weights_dir"] = Path(os.environ[ENV_WEIGHTS_DIR])
-        if os.environ.get(ENV_DEVICE):
-            values["device"] = os.environ[ENV_DEVICE]
-        viewer = _viewer_env()
-        if viewer is not None:
-            values["viewer"] = viewer
-        if os.environ.get(ENV_ALLOWED_HOSTS):
-            values["allowed_hosts"] = tuple(h.strip() for h in os.environ[ENV_ALLOWED_HOSTS].split(",") if h.strip())
+        values = _environment()
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def weights_cache_dir(self) -> Path:
+        """Where downloaded weights and the digest cache live: `<cache_dir>/weights`."""
+        return (self.cache_dir or default_cache_dir()) / "weights"
+
+    def without_secrets(self) -> "Settings":
+        """A copy for processes that must not hold the tokens (Ray workers)."""
+        return self.model_copy(update={"token": None, "hf_token": None})
 
     @property
     def catalog_path(self) -> Path:

@@ -79,6 +79,10 @@ def write_stamp_v2_tiles(path: Path, feats: np.ndarray, x_um, y_um, tile_um=448.
 def _private_weight_cache(tmp_path_factory, monkeypatch):
     """Keep digest caches and downloaded weights out of the user's ~/.cache during tests."""
     monkeypatch.setenv("EAGLE_INDEX_CACHE", str(tmp_path_factory.getbasetemp() / "eagle-cache"))
+    # settings built in process without Settings.load() (no environment) default to this cache too
+    import eagle_index.config
+
+    monkeypatch.setattr(eagle_index.config, "default_cache_dir", lambda: tmp_path_factory.getbasetemp() / "eagle-cache")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -177,8 +177,11 @@ def test_default_upload_limit_is_the_documented_one(service, monkeypatch):
         assert server.adj.max_request_body_size == app.config["MAX_CONTENT_LENGTH"] + 1  # one limit
     finally:
         server.close()
-    monkeypatch.setenv("EAGLE_INDEX_MAX_UPLOAD_MB", "64")
-    assert _app(service).config["MAX_CONTENT_LENGTH"] == 64 << 20
+    monkeypatch.setenv("EAGLE_INDEX_MAX_UPLOAD_MB", "64")  # read by Settings.load, as `serve` builds its settings
+    from eagle_index.config import Settings
+
+    settings = Settings.load(data_dir=service.settings.data_dir, models="tiny")
+    assert _app(service, settings).config["MAX_CONTENT_LENGTH"] == 64 << 20
 
 
 def test_failed_upload_is_deleted_and_named_by_the_users_file_name(service):

@@ -68,8 +68,8 @@ def test_official_digest_is_accepted_and_recorded(tmp_path, monkeypatch):
     _pin(monkeypatch, chief="0" * 64)
     with pytest.raises(ModelError, match="EAGLE_INDEX_ALLOW_DIGEST_MISMATCH"):
         load_models(Settings(weights_dir=tmp_path, device="cpu"), only=("chief",))
-    monkeypatch.setenv(weights.ENV_ALLOW_MISMATCH, "1")
-    assert load_models(Settings(weights_dir=tmp_path, device="cpu"), only=("chief",)).chief.digest == digest
+    monkeypatch.setenv(weights.ENV_ALLOW_MISMATCH, "1")  # through Settings.load, as every command builds its settings
+    assert load_models(Settings.load(weights_dir=tmp_path, device="cpu"), only=("chief",)).chief.digest == digest
 
 
 def test_tiny_files_in_official_layout_load_via_weights_dir(tmp_path):
@@ -168,7 +168,7 @@ def test_missing_weights_name_every_file_and_its_source(tmp_path):
 
 def test_weights_dir_wins_over_cache(tmp_path, isolated_cache):
     cache_paths = write_official_layout_weights(isolated_cache / "weights", preset="manifest" if MANIFEST_DIR.is_dir() else "tiny", models=("chief",), seed=1)
-    loc = weights.locate(REGISTRY["chief"], Settings())
+    loc = weights.locate(REGISTRY["chief"], Settings.load())  # EAGLE_INDEX_CACHE names the cache
     assert loc.origin == "cache" and loc.path == cache_paths["chief"]
     (tmp_path / "w").mkdir()
     mine = write_official_layout_weights(tmp_path / "w", preset="tiny", models=("chief",))
@@ -184,22 +184,28 @@ def test_digest_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch, isolated
     calls = []
     real = weights._hash_file
     monkeypatch.setattr(weights, "_hash_file", lambda p: calls.append(p) or real(p))
-    first = weights.file_sha256(f)
-    assert weights.file_sha256(f) == first and len(calls) == 1
+    cache = Settings.load().weights_cache_dir
+    assert cache == isolated_cache / "weights"
+    first = weights.file_sha256(f, cache_dir=cache)
+    assert weights.file_sha256(f, cache_dir=cache) == first and len(calls) == 1
     assert (isolated_cache / "weights" / weights.DIGEST_CACHE_FILE).is_file()
     f.write_bytes(b"b" * 1000)
     os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10_000_000))
-    assert weights.file_sha256(f) != first and len(calls) == 2
+    assert weights.file_sha256(f, cache_dir=cache) != first and len(calls) == 2
 
 
 def test_hub_override_from_environment(monkeypatch):
+    from eagle_index.errors import InputError
+
     monkeypatch.setenv("EAGLE_INDEX_HUB_CTRANSPATH", "someone/ctp:weights/ctranspath.pth")
-    assert weights.hub_source(REGISTRY["ctranspath"]) == weights.HubSource("someone/ctp", "weights/ctranspath.pth")
-    assert weights.hub_source(REGISTRY["chief"]) is None
-    assert weights.hub_source(REGISTRY["virchow2"]) == weights.HubSource("paige-ai/Virchow2")
+    settings = Settings.load()
+    assert weights.hub_source(REGISTRY["ctranspath"], settings) == weights.HubSource("someone/ctp", "weights/ctranspath.pth")
+    assert weights.hub_source(REGISTRY["chief"], settings) is None
+    assert weights.hub_source(REGISTRY["virchow2"], settings) == weights.HubSource("paige-ai/Virchow2")
+    assert weights.hub_source(REGISTRY["ctranspath"], Settings()) is None  # the environment counts through Settings.load only
     monkeypatch.setenv("EAGLE_INDEX_HUB_CHIEF", "not-a-repo")
-    with pytest.raises(ModelError, match="owner/repo"):
-        weights.hub_source(REGISTRY["chief"])
+    with pytest.raises(InputError, match="EAGLE_INDEX_HUB_CHIEF='not-a-repo'.*owner/repo"):
+        Settings.load()
 
 
 def test_download_without_a_hub_source_says_where_to_get_the_file(tmp_path):
@@ -242,11 +248,11 @@ def test_download_places_hub_files_in_the_official_layout(tmp_path, monkeypatch)
     tiny_v2 = specs_for("tiny")["virchow2"]
     spec = dataclasses.replace(tiny_v2, preset="default", hub_repo="paige-ai/Virchow2")
     dest = tmp_path / "dest"
-    path = weights.download(spec, Settings(weights_dir=dest))
+    path = weights.download(spec, Settings.load(weights_dir=dest))  # HF_TOKEN and EAGLE_INDEX_HUB_CHIEF through Settings
     assert path == dest / "virchow2" / "pytorch_model.bin"
     assert (dest / "virchow2" / "config.json").is_file()
     assert ("paige-ai/Virchow2", "config.json", "hf_test") in seen
-    chief_path = weights.download(REGISTRY["chief"], Settings(weights_dir=dest))
+    chief_path = weights.download(REGISTRY["chief"], Settings.load(weights_dir=dest))
     assert chief_path == dest / "CHIEF_pretraining.pth"
     assert not list(dest.glob(".download-*")) and not list((dest / "virchow2").glob(".download-*"))
     models = load_models(Settings(models="tiny", weights_dir=dest, device="cpu"))

@@ -13,14 +13,11 @@ Layout: `web/api/` (blueprints by topic under `/api/v1`), `web/ui.py` (pages), `
 
 from __future__ import annotations
 
-import os
 import secrets
 
 from flask import Flask
 
 from eagle_index.config import Settings
-
-DEFAULT_MAX_UPLOAD_MB = 4096  # whole-slide images are large; JSON bodies have their own, small limit
 
 
 def create_app(settings: Settings | None = None, service=None, owner: dict | None = None,
@@ -37,7 +34,6 @@ def create_app(settings: Settings | None = None, service=None, owner: dict | Non
     app = Flask(__name__)
     settings = settings or (service.settings if service is not None else Settings.load())
     owner = dict(owner or {})
-    max_mb = int(os.environ.get("EAGLE_INDEX_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB))
     app.config.update(
         EAGLE_SETTINGS=settings,
         EAGLE_SERVICE=service or EagleService(settings),
@@ -48,7 +44,7 @@ def create_app(settings: Settings | None = None, service=None, owner: dict | Non
         EAGLE_AUTH_FAILURES=10,  # failed logins / unauthenticated API calls per client ...
         EAGLE_AUTH_WINDOW=60.0,  # ... within this many seconds, then 429
         EAGLE_JSON_LIMIT=16 << 20,
-        MAX_CONTENT_LENGTH=max_mb << 20,
+        MAX_CONTENT_LENGTH=settings.max_upload_mb << 20,  # env EAGLE_INDEX_MAX_UPLOAD_MB
         SECRET_KEY=secrets.token_bytes(32),  # sessions last as long as the process
         SESSION_COOKIE_NAME="eagle_index_session",
         SESSION_COOKIE_HTTPONLY=True,

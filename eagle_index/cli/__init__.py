@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo("error: interrupted", err=True)
         code = 130
     except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback on request
-        import os
+        from eagle_index.config import debug_tracebacks
 
-        if os.environ.get("EAGLE_INDEX_DEBUG"):
+        if debug_tracebacks():
             raise
         typer.echo(f"error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                    "rerun with EAGLE_INDEX_DEBUG=1 for the traceback and report it", err=True)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, DeviceOpt, ModelsOpt, WeightsDirOpt, settings_from
+from eagle_index.cli.options import DataDirOpt, DeviceOpt, ModelsOpt, WeightsDirOpt, settings_from, setup_logging
 
 ClusterOpt = Annotated[Optional[str], typer.Option(
     "--cluster", help="Embed on Ray workers: local (start Ray on this machine), auto (the running cluster) or ray://HOST:PORT. "
@@ -64,11 +62,10 @@ def register(app: typer.Typer) -> None:
         from eagle_index.backfill import Backfill, plan
         from eagle_index.server import OwnerOptions, run_owner
 
-        level = os.environ.get("EAGLE_INDEX_LOG") or ("WARNING" if sys.stderr.isatty() else "INFO")
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
         settings = settings_from(data_dir, weights_dir, models=models, device=device)
+        setup_logging(settings, "WARNING" if sys.stderr.isatty() else "INFO")
         options = cluster_options(cluster, workers, gpus_per_worker, threads_per_worker, slides_in_flight)
         session = Backfill(plan(paths, slide_table, mpp))
         raise typer.Exit(run_owner(settings, OwnerOptions(
             role="backfill", max_attempts=max_attempts, backoff_seconds=retry_backoff, poll_seconds=1.0,
-            cluster=options, session=session, token=os.environ.get("EAGLE_INDEX_TOKEN") or None)))
+            cluster=options, session=session, token=settings.token)))

@@ -18,9 +18,7 @@ def register(app: typer.Typer) -> None:
         port: Annotated[int, typer.Option("--port", metavar="PORT", help="Port of the web UI (loopback only; `make demo PORT=8765`).")] = 8000,
     ) -> None:
         """Generate demo slides, embed them with the tiny models, import labels, search, then serve the web UI."""
-        import logging
-        import os
-
+        from eagle_index.cli.options import setup_logging
         from eagle_index.demo import run_demo
 
         settings = settings_from(data_dir, models="tiny", device="cpu")
@@ -34,7 +32,6 @@ def register(app: typer.Typer) -> None:
             return
         from eagle_index.server import OwnerOptions, run_owner
 
-        logging.basicConfig(level=os.environ.get("EAGLE_INDEX_LOG", "WARNING"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        setup_logging(settings, "WARNING")
         typer.echo(f"\nweb UI: http://127.0.0.1:{port}/search?patient=DEMO-001  (Ctrl-C stops the server)")
-        token = os.environ.get("EAGLE_INDEX_TOKEN") or None
-        raise typer.Exit(run_owner(settings, OwnerOptions(role="serve", host="127.0.0.1", port=port, token=token)))
+        raise typer.Exit(run_owner(settings, OwnerOptions(role="serve", host="127.0.0.1", port=port, token=settings.token)))

@@ -91,7 +91,7 @@ def verify(
             result.update(status="missing", problem=loc.missing_message())
         else:
             try:
-                loaded = load_module(loc, device="cpu", allow_digest_mismatch=True)
+                loaded = load_module(loc, device="cpu", allow_digest_mismatch=True, digest_cache=settings.weights_cache_dir)
             except ModelError as exc:
                 result.update(status="error", problem=str(exc))
             else:
@@ -140,7 +140,7 @@ def download(
             typer.echo(f"note: {spec.name} is licensed {spec.licence}; by downloading you accept its terms.", err=True)
         try:
             path = weights.download(spec, settings, force=force)
-            check = weights.check_digest(spec, path, allow_mismatch=True)
+            check = weights.check_digest(spec, path, allow_mismatch=True, cache_dir=settings.weights_cache_dir)
         except ModelError as exc:
             problems.append(str(exc))
             continue

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from eagle_index.cli.cluster_cmds import ClusterOpt, GpusOpt, ThreadsOpt, WorkersOpt
-from eagle_index.cli.options import DataDirOpt, DeviceOpt, ModelsOpt, JsonOpt, WeightsDirOpt, settings_from
+from eagle_index.cli.options import DataDirOpt, DeviceOpt, ModelsOpt, JsonOpt, WeightsDirOpt, settings_from, setup_logging
 
 WatchOpt = Annotated[list[Path], typer.Option("--watch", help="Folder to watch for new slides (repeatable).")]
 SlideTableOpt = Annotated[Optional[Path], typer.Option("--slide-table", help="PATIENT,FILENAME[,MPP] table (re-read when it changes).")]
@@ -23,20 +21,15 @@ QuarantineOpt = Annotated[Optional[Path], typer.Option("--quarantine", help="Mov
 PollOpt = Annotated[float, typer.Option("--poll-seconds", help="Folder scan interval (fallback for network mounts).")]
 
 
-def _logging() -> None:
-    logging.basicConfig(level=os.environ.get("EAGLE_INDEX_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter is not news
-
-
 def _run(role: str, data_dir, weights_dir, models, device, **options) -> None:
     from eagle_index.cli.cluster_cmds import cluster_options
     from eagle_index.server import OwnerOptions, run_owner
 
     options["cluster"] = cluster_options(*(options.pop(k, None) for k in ("cluster", "workers", "gpus_per_worker", "threads_per_worker")))
 
-    _logging()
     settings = settings_from(data_dir, weights_dir, models=models, device=device)
-    options["token"] = os.environ.get("EAGLE_INDEX_TOKEN") or None
+    setup_logging(settings, "INFO")
+    options["token"] = settings.token
     raise typer.Exit(run_owner(settings, OwnerOptions(role=role, **options)))
 
 
@@ -96,7 +89,7 @@ def register(app: typer.Typer) -> None:
         from eagle_index.service import EagleService
 
         settings = settings_from(data_dir)
-        client = owner_client(settings.data_dir)
+        client = owner_client(settings)
         if client is not None:
             data = client.status()
             data["owner"] = {"pid": client.owner.pid, "role": client.owner.role, "url": client.owner.url}

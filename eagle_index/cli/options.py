@@ -54,6 +54,14 @@ def settings_from(data_dir: Path | None = None, weights_dir: Path | None = None,
     return settings
 
 
+def setup_logging(settings: "Settings", default: str) -> None:
+    """Log to stderr at `settings.log_level` (env EAGLE_INDEX_LOG), else at the command's `default`."""
+    import logging
+
+    logging.basicConfig(level=settings.log_level or default, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter is not news
+
+
 def output_file(path: Path, what: str = "output file") -> Path:
     """Check an output path before any long work: its folder must exist (it is not created)."""
     from eagle_index.errors import InputError

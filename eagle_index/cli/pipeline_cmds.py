@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         from eagle_index.client import owner_client
 
         settings = settings_from(data_dir, weights_dir, models=models, device=device)
-        client = owner_client(settings.data_dir)
+        client = owner_client(settings)
         if client is not None:  # the running daemon/server embeds them: queue, don't wait
             if slide_table is not None or mpp is not None:
                 raise InputError(f"{client.owner.describe()} holds the catalog: give --slide-table/--mpp to it (daemon/serve options)")

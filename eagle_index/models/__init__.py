@@ -115,7 +115,8 @@ def load_models(
 
     Every missing file is reported at once, before anything is loaded. `download=True` fetches
     missing hub-hosted weights first (network; `HF_TOKEN` for Virchow2). A digest mismatch is a
-    `ModelError` unless `allow_digest_mismatch` (or `EAGLE_INDEX_ALLOW_DIGEST_MISMATCH=1`).
+    `ModelError` unless `allow_digest_mismatch` (default: `settings.allow_digest_mismatch`, env
+    `EAGLE_INDEX_ALLOW_DIGEST_MISMATCH=1`).
     """
     from eagle_index.models import weights
     from eagle_index.models.inference import ClassTokenEncoder, SlideEncoder, TileEncoder
@@ -128,7 +129,7 @@ def load_models(
     if unknown:
         raise ModelError(f"unknown model id(s): {', '.join(unknown)}; known: {', '.join(specs)}")
     if allow_digest_mismatch is None:
-        allow_digest_mismatch = weights.allow_mismatch_from_env()
+        allow_digest_mismatch = settings.allow_digest_mismatch
 
     locations = {i: weights.locate(specs[i], settings) for i in ids}
     if download:
@@ -141,7 +142,8 @@ def load_models(
     device = device or settings.resolved_device()
     encoders: dict[str, Any] = {}
     for i, loc in locations.items():
-        loaded = load_module(loc, device=device, allow_digest_mismatch=allow_digest_mismatch)
+        loaded = load_module(loc, device=device, allow_digest_mismatch=allow_digest_mismatch,
+                             digest_cache=settings.weights_cache_dir)
         if loaded.digest_pinned and not loaded.digest_ok:
             log.warning("%s: digest mismatch allowed (%s); its vectors get their own signature", loc.spec.name, loaded.digest)
         elif not loaded.digest_pinned and loc.origin != "generated":

@@ -132,8 +132,9 @@ def load_module(
     *,
     device: str = "cpu",
     allow_digest_mismatch: bool = False,
+    digest_cache: Path | None = None,
 ) -> LoadedModule:
-    """Load one located model onto `device`, eval mode, gradients off."""
+    """Load one located model onto `device`, eval mode, gradients off (digests remembered under `digest_cache`)."""
     spec = location.spec
     if location.origin == "generated":
         from eagle_index.models.tiny import seeded_init_, state_dict_digest
@@ -145,7 +146,7 @@ def load_module(
         raise ModelError(location.missing_message())
     else:
         path = location.path
-        check = check_digest(spec, path, allow_mismatch=allow_digest_mismatch)  # before unpickling
+        check = check_digest(spec, path, allow_mismatch=allow_digest_mismatch, cache_dir=digest_cache)  # before unpickling
         if spec.config_file is not None:
             config = path.parent / Path(spec.config_file).name
             if config.is_file():

@@ -1,9 +1,11 @@
 """Where weight files come from, and whether they are the ones we expect.
 
 Resolution order for each model: the weights folder (`--weights-dir` / `EAGLE_INDEX_WEIGHTS`),
-then the local cache (`$EAGLE_INDEX_CACHE/weights`, default `~/.cache/eagle-index/weights`),
-then — only when asked (`eagle-index models download`, or `download=True`) — the Hugging Face
-hub. Nothing here touches the network at import time.
+then the local cache (`settings.weights_cache_dir`: `$EAGLE_INDEX_CACHE/weights`, default
+`~/.cache/eagle-index/weights`), then — only when asked (`eagle-index models download`, or
+`download=True`) — the Hugging Face hub. Nothing here touches the network at import time, and
+nothing here reads the environment: cache folder, hub repos, token and the digest-mismatch
+switch come from the `Settings` each function is given (`eagle_index/config.py`).
 
 Digests are SHA-256 of the file, checked on every load; hashing a 2.5 GB file takes seconds,
 so results are remembered in the cache folder keyed by path, size and mtime.
@@ -20,35 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Literal
 
+from eagle_index.config import ENV_ALLOW_MISMATCH, ENV_CACHE, ENV_HF_TOKEN, ENV_HUB_PREFIX  # noqa: F401 - names for messages (and tests)
 from eagle_index.errors import ModelError
 from eagle_index.models.registry import ModelSpec
 
 if TYPE_CHECKING:
     from eagle_index.config import Settings
 
-ENV_CACHE = "EAGLE_INDEX_CACHE"
-ENV_HUB_PREFIX = "EAGLE_INDEX_HUB_"  # e.g. EAGLE_INDEX_HUB_CTRANSPATH=owner/repo[:file]
-ENV_ALLOW_MISMATCH = "EAGLE_INDEX_ALLOW_DIGEST_MISMATCH"
-ENV_HF_TOKEN = "HF_TOKEN"
 DIGEST_CACHE_FILE = "digests.json"
 
 Origin = Literal["weights-dir", "cache", "generated", "missing"]
-
-
-def cache_root() -> Path:
-    """`$EAGLE_INDEX_CACHE`, else `$XDG_CACHE_HOME/eagle-index`, else `~/.cache/eagle-index`."""
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "eagle-index"
-
-
-def weights_cache_dir() -> Path:
-    return cache_root() / "weights"
-
-
-def allow_mismatch_from_env() -> bool:
-    return os.environ.get(ENV_ALLOW_MISMATCH, "").strip().lower() in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)
@@ -62,9 +45,9 @@ class HubSource:
         return f"hf://{self.repo}" + (f"/{self.filename}" if self.filename else "")
 
 
-def hub_source(spec: ModelSpec) -> HubSource | None:
-    """The hub repo for a model: `EAGLE_INDEX_HUB_<ID>` (`owner/repo[:file]`) or the spec's own."""
-    value = os.environ.get(ENV_HUB_PREFIX + spec.id.upper(), "").strip()
+def hub_source(spec: ModelSpec, settings: "Settings") -> HubSource | None:
+    """The hub repo for a model: `settings.hub_repos` (env `EAGLE_INDEX_HUB_<ID>`, `owner/repo[:file]`) or the spec's own."""
+    value = settings.hub_repos.get(spec.id, "").strip()
     if value:
         repo, _, filename = value.partition(":")
         if repo.count("/") != 1:
@@ -114,14 +97,14 @@ def search_dirs(spec: ModelSpec, settings: "Settings") -> tuple[Path, ...]:
     if settings.weights_dir is not None:
         dirs.append(Path(settings.weights_dir).expanduser())
     if spec.preset == "default":
-        dirs.append(weights_cache_dir())
+        dirs.append(settings.weights_cache_dir)
     return tuple(dirs)
 
 
 def locate(spec: ModelSpec, settings: "Settings") -> WeightsLocation:
     """Find a model's weights file without loading or hashing it."""
     dirs = search_dirs(spec, settings)
-    hub = hub_source(spec) if spec.preset == "default" else None
+    hub = hub_source(spec, settings) if spec.preset == "default" else None
     for i, folder in enumerate(dirs):
         for rel in spec.candidate_files:
             candidate = folder / rel
@@ -156,21 +139,16 @@ def _hash_file(path: Path) -> str:
     return sha.hexdigest()
 
 
-def _digest_cache_path() -> Path:
-    return weights_cache_dir() / DIGEST_CACHE_FILE
-
-
-def _read_digest_cache() -> dict:
+def _read_digest_cache(path: Path) -> dict:
     try:
-        data = json.loads(_digest_cache_path().read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def _write_digest_cache(data: dict) -> None:
+def _write_digest_cache(target: Path, data: dict) -> None:
     """Best effort (a read-only cache only costs a re-hash); atomic via temp + replace."""
-    target = _digest_cache_path()
     try:
         from eagle_index.atomic import atomic_write_text
 
@@ -179,21 +157,23 @@ def _write_digest_cache(data: dict) -> None:
         pass
 
 
-def file_sha256(path: Path, *, use_cache: bool = True) -> str:
-    """SHA-256 of a file, remembered by (resolved path, size, mtime_ns)."""
+def file_sha256(path: Path, *, cache_dir: Path | None = None) -> str:
+    """SHA-256 of a file, remembered in `cache_dir/digests.json` (None: not remembered) by
+    (resolved path, size, mtime_ns). Loading passes `settings.weights_cache_dir`."""
     path = Path(path)
     st = path.stat()
     key = str(path.resolve())
     stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if use_cache:
-        entry = _read_digest_cache().get(key)
+    cache = Path(cache_dir) / DIGEST_CACHE_FILE if cache_dir is not None else None
+    if cache is not None:
+        entry = _read_digest_cache(cache).get(key)
         if isinstance(entry, dict) and all(entry.get(k) == v for k, v in stamp.items()) and entry.get("sha256"):
             return str(entry["sha256"])
     digest = _hash_file(path)
-    if use_cache:
-        data = _read_digest_cache()
+    if cache is not None:
+        data = _read_digest_cache(cache)
         data[key] = {**stamp, "sha256": digest}
-        _write_digest_cache(data)
+        _write_digest_cache(cache, data)
     return digest
 
 
@@ -211,9 +191,9 @@ class DigestCheck:
         return self.expected is None or self.actual == self.expected
 
 
-def check_digest(spec: ModelSpec, path: Path, *, allow_mismatch: bool = False) -> DigestCheck:
-    """Hash the file and compare with the pinned digest; a mismatch is an error unless allowed."""
-    check = DigestCheck(file_sha256(path), spec.digest)
+def check_digest(spec: ModelSpec, path: Path, *, allow_mismatch: bool = False, cache_dir: Path | None = None) -> DigestCheck:
+    """Hash the file (remembered under `cache_dir`) and compare with the pinned digest; a mismatch is an error unless allowed."""
+    check = DigestCheck(file_sha256(path, cache_dir=cache_dir), spec.digest)
     if not check.ok and not allow_mismatch:
         raise ModelError(
             f"{spec.name}: {path} has SHA-256 {check.actual}, expected {check.expected}. "
@@ -230,10 +210,10 @@ def download(spec: ModelSpec, settings: "Settings", *, token: str | None = None,
     """Fetch a model's files from the hub into the weights folder (or the cache); return the weights path.
 
     Needs network access, and for gated repos (Virchow2) a token that has been granted access
-    (`HF_TOKEN`). Errors are translated into one clear `ModelError`.
+    (`token`, else `settings.hf_token`: env `HF_TOKEN`). Errors are translated into one clear `ModelError`.
     """
-    hub = hub_source(spec)
-    dest_root = Path(settings.weights_dir).expanduser() if settings.weights_dir is not None else weights_cache_dir()
+    hub = hub_source(spec, settings)
+    dest_root = Path(settings.weights_dir).expanduser() if settings.weights_dir is not None else settings.weights_cache_dir
     if hub is None:
         raise ModelError(
             f"{spec.name} is not on the Hugging Face hub: download {spec.weights_file} from "
@@ -244,7 +224,7 @@ def download(spec: ModelSpec, settings: "Settings", *, token: str | None = None,
     present = [dest_root / rel for rel in spec.candidate_files if (dest_root / rel).is_file()]
     if present and not force:
         return present[0]
-    token = token or os.environ.get(ENV_HF_TOKEN) or None
+    token = token or settings.hf_token or None
     if hub.filename:  # a single file, saved under our file name
         _fetch(hub.repo, hub.filename, target, token, spec)
         return target
