@@ -223,9 +223,15 @@ class EagleService:
         from eagle_index.ingest import steps as ingestion
 
         self.regions.follow()  # loaded tile indexes follow the ingest's commits in place
-        report = ingestion.ingest_files(self, paths, patient, slide_table, mpp, progress)
+        report = ingestion.ingest_files(self.ingest_context(), paths, patient, slide_table, mpp, progress)
         self.vectors.sync_all()
         return report
+
+    def ingest_context(self):
+        """What the ingestion steps use (`ingest.steps.IngestContext`): settings, catalog, job queue, models on demand."""
+        from eagle_index.ingest.steps import IngestContext
+
+        return IngestContext(self.settings, self.catalog, self.jobs, lambda: self.models)
 
     # -- maintenance ----------------------------------------------------------------------
     def schema_revision(self) -> tuple[str | None, str]:

@@ -3,6 +3,10 @@
 `embed_files` touches no catalog. `ingest_files` writes each slide's artifact (atomically)
 before the catalog rows that point to it are committed, then re-aggregates the slide's
 patient from all of its stored artifacts, so adding a slide never re-reads older slides.
+
+The steps get their collaborators explicitly: the models and settings, or an `IngestContext`
+(settings, catalog, job queue, the models on demand) that `EagleService.ingest_context()`
+builds. This module never imports the service; catalog writes go through `catalog.write(fn)`.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
@@ -22,7 +27,40 @@ from eagle_index.formats.tables import read_slide_table
 from eagle_index.signatures import patient_from_name
 from eagle_index.store.artifacts import read_slide_artifact, write_slide_artifact
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from eagle_index.models import LoadedModels
+    from eagle_index.store.catalog import Catalog
+    from eagle_index.store.jobs import JobQueue
+
 log = logging.getLogger(__name__)
+
+
+class Identity(Protocol):
+    """What signs and describes stored vectors: `LoadedModels`, or a worker's `ModelIdentity`."""
+
+    def signature(self, kind: str = "eagle") -> str: ...
+
+    def provenance(self, kind: str = "eagle") -> dict: ...
+
+
+@dataclass(frozen=True)
+class IngestContext:
+    """The collaborators of the storing steps, built by `EagleService.ingest_context()`.
+
+    `load_models` returns the service's models, loading them on first call: an owner whose
+    Ray workers embed (and send a `ModelIdentity`) never loads them itself.
+    """
+
+    settings: Settings
+    catalog: "Catalog"
+    jobs: "JobQueue"
+    load_models: Callable[[], "LoadedModels"]
+
+    @property
+    def models(self) -> "LoadedModels":
+        return self.load_models()
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".dcm", ".bif", ".vms", ".vmu", ".svslide", ".png", ".jpg", ".jpeg")
 
@@ -95,8 +133,8 @@ def artifact_path(settings: Settings, fingerprint: str) -> Path:
     return settings.artifacts_dir / digest[:2] / f"{digest}.h5"
 
 
-def ingest_files(service, paths, patient, slide_table, mpp, progress=None) -> dict:
-    catalog = service.catalog
+def ingest_files(ctx: IngestContext, paths, patient, slide_table, mpp, progress=None) -> dict:
+    catalog = ctx.catalog
     jobs = plan_jobs(paths, patient, slide_table, mpp)
     report = {"ingested": [], "skipped": [], "failed": [], "patients": []}
     touched: set[str] = set()
@@ -109,16 +147,16 @@ def ingest_files(service, paths, patient, slide_table, mpp, progress=None) -> di
                 report["skipped"].append({"file": str(job.path), "reason": f"already ingested as {existing.name}"})
                 continue
         try:
-            result, target = embed_to_artifact(service, job, fingerprint, progress)
+            result, target = embed_to_artifact(ctx, job, fingerprint, progress)
         except ModelError:
             raise  # missing or wrong weights fail every slide alike: one error for the command
         except EagleIndexError as exc:
             log.info("slide failed: %s", exc)  # the front end reports it (once)
-            service.jobs.record_failure(fingerprint, str(job.path), job.patient, str(exc))
+            ctx.jobs.record_failure(fingerprint, str(job.path), job.patient, str(exc))
             report["failed"].append({"file": str(job.path), "error": str(exc)})
             continue
-        catalog.write(lambda session: store_slide(service, session, job, fingerprint, result, target))
-        service.jobs.resolve_failure(fingerprint)
+        catalog.write(lambda session: store_slide(ctx, session, job, fingerprint, result, target))
+        ctx.jobs.resolve_failure(fingerprint)
         touched.add(job.patient)
         report["ingested"].append({"file": str(job.path), "patient": job.patient, "patient_from": job.source, "slide": result.name,
                                    "tiles": result.n_tiles, "mpp": result.mpp, "mpp_source": result.mpp_source,
@@ -157,28 +195,28 @@ def compute_slide(models, settings: Settings, job: SlideJob, progress=None) -> p
     return pipeline.embed_slide(job.path, models, settings, mpp_override=job.mpp, progress=progress)
 
 
-def write_artifact(service, fingerprint: str, result: pipeline.SlideResult, identity=None) -> Path:
+def write_artifact(ctx: IngestContext, fingerprint: str, result: pipeline.SlideResult, identity: Identity | None = None) -> Path:
     """The slide's artifact, written atomically by the owner; nothing is committed yet."""
-    return write_slide_artifact(artifact_path(service.settings, fingerprint), result, provenance(identity or service.models))
+    return write_slide_artifact(artifact_path(ctx.settings, fingerprint), result, provenance(identity or ctx.models))
 
 
-def embed_to_artifact(service, job: SlideJob, fingerprint: str, progress=None) -> tuple[pipeline.SlideResult, Path]:
+def embed_to_artifact(ctx: IngestContext, job: SlideJob, fingerprint: str, progress=None) -> tuple[pipeline.SlideResult, Path]:
     """Embed one slide and write its artifact (atomically); nothing is committed yet."""
-    result = compute_slide(service.models, service.settings, job, progress)
-    return result, write_artifact(service, fingerprint, result)
+    result = compute_slide(ctx.models, ctx.settings, job, progress)
+    return result, write_artifact(ctx, fingerprint, result)
 
 
-def store_slide(service, session, job: SlideJob, fingerprint: str, result: pipeline.SlideResult, target: Path,
-                identity=None) -> int:
-    """Slide row + the patient's re-aggregated vectors, inside the caller's transaction."""
-    catalog = service.catalog
+def store_slide(ctx: IngestContext, session: "Session", job: SlideJob, fingerprint: str, result: pipeline.SlideResult,
+                target: Path, identity: Identity | None = None) -> int:
+    """Slide row + the patient's re-aggregated vectors, inside the caller's transaction (a `catalog.write` function)."""
+    catalog = ctx.catalog
     pid = catalog.patient_id(session, job.patient, create=True)
     slide_id = catalog.upsert_slide(
         session, fingerprint, patient_id=pid, name=result.name, path=str(job.path), format=result.format,
         size_bytes=_size(job.path), width_px=result.width_px, height_px=result.height_px, mpp=result.mpp,
         mpp_source=result.mpp_source, n_tiles=result.n_tiles, status="done", error=None, artifact_path=str(target),
     )
-    reaggregate_patient(service, session, pid, identity)
+    reaggregate_patient(ctx, session, pid, identity)
     return slide_id
 
 
@@ -189,13 +227,14 @@ def _size(path: Path) -> int | None:
         return None
 
 
-def reaggregate_patient(service, session, patient_id: int, identity=None) -> pipeline.PatientVectors:
+def reaggregate_patient(ctx: IngestContext, session: "Session", patient_id: int,
+                        identity: Identity | None = None) -> pipeline.PatientVectors:
     """Recompute a patient's vectors from its slides' artifacts, inside the caller's transaction.
 
-    `identity` (a `ModelIdentity` or loaded models) signs the vectors; default: the service's models.
+    `identity` (a `ModelIdentity` or loaded models) signs the vectors; default: the context's models.
     """
-    catalog, settings = service.catalog, service.settings
-    models = identity if identity is not None else service.models
+    catalog, settings = ctx.catalog, ctx.settings
+    models = identity if identity is not None else ctx.models
     slides = [read_slide_artifact(Path(p)) for p in catalog.done_artifacts(session, patient_id)]
     vectors = pipeline.aggregate_patient(slides, settings.eagle.top_k)
     for kind, vector in vectors.by_kind().items():

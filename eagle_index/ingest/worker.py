@@ -112,15 +112,18 @@ def slide_job_of(job: ClaimedJob) -> SlideJob:
 
 
 def store_job_result(service, job: ClaimedJob, result, seconds: float, identity=None) -> int:
-    """Artifact (atomic), then slide row + re-aggregated patient + job `done` in one write; FAISS follows."""
-    target = write_artifact(service, job.fingerprint, result, identity)
+    """Artifact (atomic), then slide row + re-aggregated patient + job `done` in one write; FAISS follows.
+
+    `identity` signs the vectors (a Ray worker's `ModelIdentity`); default: the service's models."""
+    ctx = service.ingest_context()
+    target = write_artifact(ctx, job.fingerprint, result, identity)
 
     def write(session) -> int:
-        slide_id = store_slide(service, session, slide_job_of(job), job.fingerprint, result, target, identity)
+        slide_id = store_slide(ctx, session, slide_job_of(job), job.fingerprint, result, target, identity)
         JobQueue.mark_done(session, job.id, slide_id, seconds)
         return slide_id
 
-    slide_id = service.catalog.write(write)
+    slide_id = ctx.catalog.write(write)
     service.vectors.sync_all()
     return slide_id
 
