@@ -32,6 +32,9 @@ class TilingSettings(BaseModel):
     min_edge_ratio: float = Field(0.02, ge=0, le=1, description="keep a tile with at least this fraction of Canny edge pixels")
     default_mpp: float | None = Field(None, gt=0, description="µm/px used when a slide records none (last resort)")
     read_threads: int = Field(4, ge=1)
+    dct_scaled_decode: bool = Field(
+        False, description="decode JPEG tiles at 1/2, 1/4 or 1/8 scale in the inverse DCT when the read level is exactly "
+                           "that much finer than target_mpp (TIFF/SVS JPEG levels only; see docs/pipeline.md)")
 
     @property
     def tile_um(self) -> float:

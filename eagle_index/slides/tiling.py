@@ -24,6 +24,7 @@ on its own in both paths.
 from __future__ import annotations
 
 import collections
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Iterator
@@ -32,6 +33,7 @@ import cv2
 import numpy as np
 
 from eagle_index.config import TilingSettings
+from eagle_index.slides.jpeg_scaled import DecodeError, ScaledLevel, scaled_level
 from eagle_index.slides.reader import Slide
 from eagle_index.slides.tissue import keep_tiles, tissue_mask
 from eagle_index.slides.tissue import mask_level as _mask_read_level
@@ -139,6 +141,12 @@ class _Reader:
     level: int
     box_px: int
     tile_px: int
+    scaled: ScaledLevel | None = None  # DCT-scaled JPEG decoding of this level, where valid
+
+    @classmethod
+    def make(cls, slide: Slide, level: int, box_px: int, tile_px: int, settings: TilingSettings) -> "_Reader":
+        scaled = scaled_level(slide, level, box_px, tile_px) if settings.dct_scaled_decode else None
+        return cls(slide, level, box_px, tile_px, scaled)
 
     @property
     def down(self) -> float:
@@ -161,6 +169,29 @@ class _Reader:
         return cv2.resize(crop, (self.tile_px, self.tile_px), interpolation=RESIZE_FILTER)
 
     def read_job(self, lx: np.ndarray, ly: np.ndarray) -> np.ndarray:
+        """Tiles at level origins (lx, ly). Where DCT scaling is valid for a tile (see
+        jpeg_scaled.py) it is decoded at 1/scale; every other tile is read in full."""
+        if self.scaled is None:
+            return self._read_full(lx, ly)
+        out = np.empty((len(lx), self.tile_px, self.tile_px, 3), np.uint8)
+        todo = np.ones(len(lx), dtype=bool)
+        cache: dict = {}
+        fd = os.open(self.scaled.path, os.O_RDONLY)
+        try:
+            for i, (x, y) in enumerate(zip(lx, ly)):
+                if self.scaled.covers(int(x), int(y), self.box_px):
+                    try:
+                        out[i] = self.scaled.read_box(fd, int(x), int(y), self.box_px, cache)
+                        todo[i] = False
+                    except DecodeError:
+                        pass  # OpenSlide reads it: its pixels, or its one-line error naming the file
+        finally:
+            os.close(fd)
+        if todo.any():
+            out[todo] = self._read_full(lx[todo], ly[todo])
+        return out
+
+    def _read_full(self, lx: np.ndarray, ly: np.ndarray) -> np.ndarray:
         """Tiles at level origins (lx, ly): one strip read if they are a run along one row
         and the downsample is an integer (exact crops), else one read per tile."""
         out = np.empty((len(lx), self.tile_px, self.tile_px, 3), np.uint8)
@@ -191,7 +222,7 @@ def _plan_jobs(reader: _Reader, lx: np.ndarray, ly: np.ndarray) -> list[np.ndarr
 def _scan(slide: Slide, grid: TileGrid, settings: TilingSettings, canny: bool
           ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """Yield (grid positions, tile images, Canny keep flags or None) job by job, in grid order."""
-    reader = _Reader(slide, grid.level, grid.level_box_px, grid.tile_px)
+    reader = _Reader.make(slide, grid.level, grid.level_box_px, grid.tile_px, settings)
     lx, ly = reader.level_origin(grid.x_px, grid.y_px)
     jobs = _plan_jobs(reader, lx, ly)
     if not jobs:
@@ -290,7 +321,7 @@ def read_tiles(slide: Slide, x_um, y_um, settings: TilingSettings | None = None)
         raise ValueError("x_um and y_um must have the same length")
     level = read_level(slide, s.target_mpp)
     box = max(1, int(_round(s.tile_um / slide.level_mpp(level))))
-    reader = _Reader(slide, level, box, s.tile_px)
+    reader = _Reader.make(slide, level, box, s.tile_px, s)
     lx, ly = reader.level_origin(x_px, y_px)
     out = np.empty((len(x_px), s.tile_px, s.tile_px, 3), np.uint8)
     for i in range(len(x_px)):
