@@ -1,7 +1,8 @@
 """One typed settings object, validated once and passed whole.
 
 Values come from (highest first): explicit arguments (CLI options), environment variables
-(`EAGLE_INDEX_DATA`, `EAGLE_INDEX_WEIGHTS`, `EAGLE_INDEX_DEVICE`, `EAGLE_INDEX_ALLOWED_HOSTS`), then defaults.
+(`EAGLE_INDEX_DATA`, `EAGLE_INDEX_WEIGHTS`, `EAGLE_INDEX_DEVICE`, `EAGLE_INDEX_ALLOWED_HOSTS`,
+`EAGLE_INDEX_DCT_DECODE`), then defaults.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ ENV_DEVICE = "EAGLE_INDEX_DEVICE"
 ENV_TILE_QUALITY = "EAGLE_INDEX_TILE_QUALITY"
 ENV_TILE_CACHE_MB = "EAGLE_INDEX_TILE_CACHE_MB"
 ENV_ALLOWED_HOSTS = "EAGLE_INDEX_ALLOWED_HOSTS"
+ENV_DCT_DECODE = "EAGLE_INDEX_DCT_DECODE"
 
 
 class TilingSettings(BaseModel):
@@ -99,6 +101,20 @@ def _viewer_env() -> ViewerSettings | None:
     return ViewerSettings(**values) if values else None
 
 
+def _flag_env(env: str) -> bool | None:
+    """A 0/1 switch from the environment (unset or empty: None; anything else: InputError naming it)."""
+    from eagle_index.errors import InputError
+
+    raw = os.environ.get(env, "").strip().lower()
+    if not raw:
+        return None
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise InputError(f"{env}={raw!r}: expected 1 or 0")
+
+
 class Settings(BaseModel):
     """Everything a run of eagle-index needs to know."""
 
@@ -154,6 +170,9 @@ class Settings(BaseModel):
             values["viewer"] = viewer
         if os.environ.get(ENV_ALLOWED_HOSTS):
             values["allowed_hosts"] = tuple(h.strip() for h in os.environ[ENV_ALLOWED_HOSTS].split(",") if h.strip())
+        dct = _flag_env(ENV_DCT_DECODE)
+        if dct is not None:
+            values["tiling"] = TilingSettings(dct_scaled_decode=dct)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

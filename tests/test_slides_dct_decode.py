@@ -171,3 +171,18 @@ def test_real_aperio_tile_tables_and_rgb_colour_space():
     assert decode(stream, 2, tile, rgb_data=True).shape == (tile[1] // 2, tile[0] // 2, 3)
     with pytest.raises(DecodeError):  # truncated: an error, never a partly grey tile
         decode(stream[:-40], 1, tile, rgb_data=True)
+
+
+def test_switch_from_environment_and_its_own_signature(monkeypatch):
+    from eagle_index.errors import InputError
+    from eagle_index.models.signature import pipeline_params
+
+    assert Settings().tiling.dct_scaled_decode is False  # opt-in (docs/pipeline.md says why)
+    monkeypatch.setenv("EAGLE_INDEX_DCT_DECODE", "1")
+    on = Settings.load()
+    assert on.tiling.dct_scaled_decode is True
+    assert pipeline_params(on)["decode"] == "dct-scaled"
+    assert "decode" not in pipeline_params(Settings())  # off: the signature of every existing vector
+    monkeypatch.setenv("EAGLE_INDEX_DCT_DECODE", "maybe")
+    with pytest.raises(InputError, match="EAGLE_INDEX_DCT_DECODE='maybe'"):
+        Settings.load()
