@@ -11,14 +11,17 @@ Reads. Pixels come from the pyramid level whose µm/px is closest to, but not co
 ``target_mpp`` (1% slack, which saves reading a 4× larger level for an invisible 1% upscale).
 A tile is the square of ``level_box_px`` level pixels at its level origin, resized to
 ``tile_px`` with one filter, ``cv2.INTER_AREA`` (pixel-area averaging; no resize when the box
-already is ``tile_px``). Tiles of a grid row are read as wide strips (one OpenSlide call per
-run of adjacent tiles) on a thread pool, in bounded memory, and handed out in grid order.
+already is ``tile_px``; with the opt-in ``dct_scaled_decode``, JPEG tiles of a level exactly
+2/4/8× finer than the target are decoded at reduced scale instead: jpeg_scaled.py). Tiles of a
+grid row are read as wide strips (one OpenSlide call per run of adjacent tiles) on a thread
+pool, in bounded memory, and handed out in grid order.
 
 Exactness. ``read_tiles`` reads one tile on its own and returns the very pixels the grid
 reader gives for it. That holds because a level is only ever addressed at whole level
 pixels: with an integer downsample, cropping a strip equals reading the tile alone; with a
 non-integer downsample (where OpenSlide interpolates sub-pixel offsets) every tile is read
-on its own in both paths.
+on its own in both paths. The DCT-scaled path decides per tile (alignment, decodable file
+tiles, Canny guard band), from that tile's pixels alone, so it keeps the property.
 """
 
 from __future__ import annotations
