@@ -35,6 +35,7 @@ ENV_DEBUG = "EAGLE_INDEX_DEBUG"
 DEFAULT_MAX_UPLOAD_MB = 4096  # whole-slide images are large; JSON bodies have their own, small limit
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+ENV_DCT_DECODE = "EAGLE_INDEX_DCT_DECODE"
 
 
 class TilingSettings(BaseModel):
@@ -49,6 +50,9 @@ class TilingSettings(BaseModel):
     min_edge_ratio: float = Field(0.02, ge=0, le=1, description="keep a tile with at least this fraction of Canny edge pixels")
     default_mpp: float | None = Field(None, gt=0, description="µm/px used when a slide records none (last resort)")
     read_threads: int = Field(4, ge=1)
+    dct_scaled_decode: bool = Field(
+        False, description="decode JPEG tiles at 1/2, 1/4 or 1/8 scale in the inverse DCT when the read level is exactly "
+                           "that much finer than target_mpp (TIFF/SVS JPEG levels only; see docs/pipeline.md)")
 
     @property
     def tile_um(self) -> float:
@@ -182,6 +186,9 @@ def _environment() -> dict[str, Any]:
             raise _env_error(ENV_MAX_UPLOAD_MB, raw, "a whole number of MiB, 1 or more") from None
         if values["max_upload_mb"] < 1:
             raise _env_error(ENV_MAX_UPLOAD_MB, raw, "a whole number of MiB, 1 or more")
+    dct = _flag_env(ENV_DCT_DECODE)
+    if dct is not None:
+        values["tiling"] = TilingSettings(dct_scaled_decode=dct)
     return values
 
 
@@ -197,6 +204,20 @@ def debug_tracebacks() -> bool:
     Read here, not through `Settings`, because it must work when building the settings failed.
     """
     return bool(os.environ.get(ENV_DEBUG))
+
+
+def _flag_env(env: str) -> bool | None:
+    """A 0/1 switch from the environment (unset or empty: None; anything else: InputError naming it)."""
+    from eagle_index.errors import InputError
+
+    raw = os.environ.get(env, "").strip().lower()
+    if not raw:
+        return None
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise InputError(f"{env}={raw!r}: expected 1 or 0")
 
 
 class Settings(BaseModel):
