@@ -215,7 +215,7 @@ class EagleService:
         """Embed slides without touching the catalog: {patient: PatientVectors}, and the provenance."""
         from eagle_index.ingest import steps as ingestion
 
-        return ingestion.embed_files(self.models, self.settings, slides, patient, artifacts_dir, mpp, progress)
+        return ingestion.embed_files(lambda: self.models, self.settings, slides, patient, artifacts_dir, mpp, progress)
 
     def ingest(self, paths: list[Path], patient: str | None = None, slide_table: Path | None = None,
                mpp: float | None = None, progress=None) -> dict:

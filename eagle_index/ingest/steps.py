@@ -109,8 +109,11 @@ def provenance(models, kind: str = "eagle") -> dict:
     return models.provenance(kind)
 
 
-def embed_files(models, settings: Settings, paths, patient, artifacts_dir, mpp, progress=None):
+def embed_files(load_models: Callable[[], "LoadedModels"], settings: Settings, paths, patient, artifacts_dir, mpp, progress=None):
+    """Embed slide files without the catalog. The paths are checked before the models load, so a
+    mistyped path fails in a second rather than after loading three networks."""
     jobs = plan_jobs(paths, patient, None, mpp)
+    models = load_models()
     results: dict[str, list[pipeline.SlideResult]] = {}
     for index, job in enumerate(jobs):
         _announce(progress, index, len(jobs), job.path)
