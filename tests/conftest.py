@@ -85,10 +85,19 @@ def _private_weight_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setattr(eagle_index.config, "default_cache_dir", lambda: tmp_path_factory.getbasetemp() / "eagle-cache")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(session, config, items):
     """The API route-coverage check reads what the other API tests called: it always runs last,
-    whatever order the test files were given in."""
+    whatever order the test files were given in.
+
+    `make test` runs on pytest-xdist workers with `--dist loadgroup`: every module is its own
+    group unless it names one, so a module's tests (and its module-scoped fixtures: an ingested
+    archive, a demo run, a Ray cluster) stay on one worker and are built once.
+    """
     last = [item for item in items if item.name == "test_every_api_route_was_called"]
     for item in last:
         items.remove(item)
     items.extend(last)
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
