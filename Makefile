@@ -43,11 +43,11 @@ browser:
 		|| echo "warning: installing chromium failed: browser tests will be skipped"; fi
 
 # `make test`: everything but the real-size (2.5 GB of random weights) tests; CI also runs those (test-slow).
-# Test modules run in parallel on pytest-xdist workers, one module per worker at a time (conftest.py groups
-# them); TEST_WORKERS=0 runs them in this process, one after another.
+# Test modules run in parallel on pytest-xdist workers, each module whole on one worker (tests/conftest.py
+# schedules them); TEST_WORKERS=0 runs them in this process, one after another.
 TEST_WORKERS ?= auto
 test: install browser
-	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

@@ -85,19 +85,36 @@ def _private_weight_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setattr(eagle_index.config, "default_cache_dir", lambda: tmp_path_factory.getbasetemp() / "eagle-cache")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(session, config, items):
     """The API route-coverage check reads what the other API tests called: it always runs last,
-    whatever order the test files were given in.
-
-    `make test` runs on pytest-xdist workers with `--dist loadgroup`: every module is its own
-    group unless it names one, so a module's tests (and its module-scoped fixtures: an ingested
-    archive, a demo run, a Ray cluster) stay on one worker and are built once.
-    """
+    whatever order the test files were given in."""
     last = [item for item in items if item.name == "test_every_api_route_was_called"]
     for item in last:
         items.remove(item)
     items.extend(last)
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+# Modules that must share one pytest-xdist worker: the route-coverage check (last, above) reads the
+# routes both API modules called in its process.
+SAME_WORKER = {"tests/test_web_api.py": "api", "tests/test_web_api_workflows.py": "api"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs `-n auto --dist loadfile`: each test module goes whole to one worker, in
+    collection order (so its module-scoped fixtures - an ingested archive, a demo run, a Ray
+    cluster - are built once), and the two API modules go to the same worker.
+
+    A scheduler rather than `xdist_group` marks: `--dist loadgroup` relies on rewriting node ids,
+    which pytest 9.2 no longer honours (pytest-xdist issue #1386), so the marks were silently ignored.
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModuleScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SAME_WORKER.get(module, module)
+
+    return ModuleScheduling(config, log)

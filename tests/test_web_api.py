@@ -16,9 +16,6 @@ import pytest
 
 from test_web_fixtures import PNG, api_env, archive_copy, error_of, rule_path, wait_task
 
-# Both API modules run on one xdist worker: the route-coverage check reads what both called.
-pytestmark = pytest.mark.xdist_group("web-api")
-
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):

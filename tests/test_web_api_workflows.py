@@ -7,9 +7,6 @@ import pytest
 
 from test_web_fixtures import CALLED, api_env, error_of, wait_task
 
-# Both API modules run on one xdist worker: the route-coverage check reads what both called.
-pytestmark = pytest.mark.xdist_group("web-api")
-
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
