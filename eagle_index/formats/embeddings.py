@@ -52,7 +52,7 @@ def _read_stamp_v2(path: Path, handle, attrs: dict) -> EmbeddingFile:
     level = attrs.get("feat_type") or "patient"
     if level not in ("slide", "patient"):
         raise InputError(f"{path}: feat_type {level!r} is not a slide or patient embedding")
-    return EmbeddingFile(path, "stamp-v2", level, [path.stem], feats[None, :].astype(np.float32), attrs.get("encoder"), attrs)
+    return EmbeddingFile(path, "stamp-v2", level, [path.stem], _as_float32(feats[None, :]), attrs.get("encoder"), attrs)
 
 
 def _read_eagle(path: Path, handle, attrs: dict) -> EmbeddingFile:
@@ -81,7 +81,13 @@ def _read_eagle(path: Path, handle, attrs: dict) -> EmbeddingFile:
     dims = {r.shape[0] for r in rows}
     if len(dims) != 1:
         raise InputError(f"{path}: datasets have different dimensions {sorted(dims)}")
-    return EmbeddingFile(path, "eagle", "patient", names, np.stack(rows).astype(np.float32), attrs.get("extractor"), attrs)
+    return EmbeddingFile(path, "eagle", "patient", names, _as_float32(np.stack(rows)), attrs.get("extractor"), attrs)
+
+
+def _as_float32(data: np.ndarray) -> np.ndarray:
+    """Cast quietly: a value beyond float32 becomes inf, which the import refuses by name."""
+    with np.errstate(over="ignore"):
+        return data.astype(np.float32)
 
 
 def _numeric(data: np.ndarray, name: str, path: Path) -> np.ndarray:
