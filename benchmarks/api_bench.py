@@ -89,7 +89,7 @@ def fill(service: EagleService, n: int, dim: int) -> list[str]:
                         + [{"patient_id": p, "name": "site", "value": str(s), "source": "bench"} for p, s in zip(pids, site)])
         return pids
 
-    pids = catalog.write(_tx)
+    catalog.write(_tx)
     with catalog.engine.connect() as connection:  # flush DuckDB's write-ahead log before timing
         connection.execute(text("CHECKPOINT"))
     return names

@@ -147,10 +147,10 @@ class _Worker:
 class ClusterWorker:
     """The owner's side: same role as `ingest.worker.Worker` (run until `stop`), on Ray actors."""
 
-    def __init__(self, service, queue, stop: threading.Event, options: ClusterOptions, max_attempts: int = 3,
+    def __init__(self, ctx, queue, stop: threading.Event, options: ClusterOptions, max_attempts: int = 3,
                  backoff_seconds: float = 5.0, quarantine: Path | None = None, poll_seconds: float = 1.0,
                  heartbeat_seconds: float = 10.0):
-        self.service = service
+        self.ctx = ctx  # ingest.steps.IngestContext: the owner stores every result through it
         self.queue = queue
         self.stop = stop
         self.options = options
@@ -227,7 +227,7 @@ class ClusterWorker:
         )
         worker_id = f"w{self._spawned}"
         self._spawned += 1
-        actor = remote.remote(self.service.settings.without_secrets(), self.threads)  # cache dir, digest switch... travel; tokens do not
+        actor = remote.remote(self.ctx.settings.without_secrets(), self.threads)  # cache dir, digest switch... travel; tokens do not
         with self._lock:
             self._workers[worker_id] = _Worker(worker_id, actor, actor.info.remote(), slots=self.slots)
 
@@ -291,7 +291,7 @@ class ClusterWorker:
         if status != "ok":
             from eagle_index.ingest.worker import fail_job
 
-            fail_job(self.service, self.queue, job, payload, self.max_attempts, self.backoff_seconds, self.quarantine)
+            fail_job(self.queue, job, payload, self.max_attempts, self.backoff_seconds, self.quarantine)
             return
         self._store(w, job, payload, time.perf_counter() - started)
 
@@ -300,11 +300,11 @@ class ClusterWorker:
 
         t0 = time.perf_counter()
         try:
-            store_job_result(self.service, job, result, seconds, identity=w.identity)
+            store_job_result(self.ctx, job, result, seconds, identity=w.identity)
         except Exception as exc:  # noqa: BLE001 - the owner could not store this slide: its job fails, not the run
             message = str(exc) if isinstance(exc, EagleIndexError) else f"{job.path}: {type(exc).__name__}: {exc}"
             log.exception("could not store %s", job.path)
-            fail_job(self.service, self.queue, job, message, self.max_attempts, self.backoff_seconds, self.quarantine)
+            fail_job(self.queue, job, message, self.max_attempts, self.backoff_seconds, self.quarantine)
             return
         with self._lock:
             w.slides_done += 1
@@ -333,7 +333,7 @@ class ClusterWorker:
         else:
             from eagle_index.ingest.worker import fail_job
 
-            fail_job(self.service, self.queue, job, f"{job.path}: {deaths} Ray workers died while embedding it; last: {reason}",
+            fail_job(self.queue, job, f"{job.path}: {deaths} Ray workers died while embedding it; last: {reason}",
                      1, self.backoff_seconds, self.quarantine)
 
     def _lost(self, w: _Worker, exc) -> None:

@@ -108,11 +108,11 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
         if options.cluster is not None:
             from eagle_index.cluster import ClusterWorker
 
-            worker = ClusterWorker(service, service.jobs, stop, options.cluster, options.max_attempts,
+            worker = ClusterWorker(service.ingest_context(), service.jobs, stop, options.cluster, options.max_attempts,
                                    options.backoff_seconds, quarantine=options.quarantine)
             service.worker_stats = worker.stats
         else:
-            worker = Worker(service, service.jobs, stop, options.max_attempts, options.backoff_seconds,
+            worker = Worker(service.ingest_context(), service.jobs, stop, options.max_attempts, options.backoff_seconds,
                             quarantine=options.quarantine)
         watcher = Watcher(options.watch, service.jobs, resolver, options.settle_seconds, options.poll_seconds) if options.watch else None
 

@@ -228,10 +228,11 @@ class EagleService:
         return report
 
     def ingest_context(self):
-        """What the ingestion steps use (`ingest.steps.IngestContext`): settings, catalog, job queue, models on demand."""
+        """What the ingestion steps and workers use (`ingest.steps.IngestContext`): settings, catalog,
+        job queue, models on demand, the FAISS sync."""
         from eagle_index.ingest.steps import IngestContext
 
-        return IngestContext(self.settings, self.catalog, self.jobs, lambda: self.models)
+        return IngestContext(self.settings, self.catalog, self.jobs, lambda: self.models, self.vectors.sync_all)
 
     # -- maintenance ----------------------------------------------------------------------
     def schema_revision(self) -> tuple[str | None, str]:

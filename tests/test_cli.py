@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from conftest import DEMO_FEATURES, clustered_vectors, needs_shared, write_eagle_h5

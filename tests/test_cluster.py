@@ -393,7 +393,9 @@ def test_daemon_with_cluster_embeds_watched_slides_on_ray_workers(archive, refer
     daemon = Daemon(tmp_path / "data", inbox, "--cluster", "local", "--workers", "1")
     for name in ("slide-00.tiff", "slide-05.tiff"):  # patient PAT-00 in the reference, named by file here
         (inbox / name).write_bytes((folder / name).read_bytes())
-    status = daemon.wait(lambda s: s["queue"]["done"] == 2 and s["queue"]["queued"] == 0 and s["queue"]["running"] == 0,
+    # the worker's count follows the job's `done` commit by a moment: wait for both
+    status = daemon.wait(lambda s: s["queue"]["done"] == 2 and s["queue"]["queued"] == 0 and s["queue"]["running"] == 0
+                         and sum(w["slides_done"] for w in s.get("workers") or []) == 2,
                          "2 slides done on the Ray worker")
     assert [(w["id"], w["device"], w["slides_done"]) for w in status["workers"]] == [("w0", "cpu", 2)]
     assert daemon.stop(signal.SIGTERM) == 0

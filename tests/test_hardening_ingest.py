@@ -7,7 +7,6 @@ longer than the settle time, string datasets, "NA" labels, lock messages.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -244,7 +243,7 @@ def test_writer_pausing_past_the_settle_time_leaves_no_failed_job(tmp_path):
     target = inbox / "TCGA-AA-0005-01Z-00-DX1.tiff"
     with _service(tmp_path / "data") as service:
         watcher = Watcher([inbox], service.jobs, PatientResolver(), settle_seconds=0)
-        worker = Worker(service, service.jobs, threading.Event(), max_attempts=1, backoff_seconds=0)
+        worker = Worker(service.ingest_context(), service.jobs, threading.Event(), max_attempts=1, backoff_seconds=0)
         target.write_bytes(content[: len(content) // 3])  # the copy stalls longer than the settle time
         watcher.scan_once()
         assert len(watcher.scan_once()) == 1
@@ -275,7 +274,7 @@ def test_a_file_changing_under_a_running_job_is_superseded_not_failed(tmp_path):
     target = inbox / "TCGA-AA-0006-01Z-00-DX1.tiff"
     with _service(tmp_path / "data") as service:
         watcher = Watcher([inbox], service.jobs, PatientResolver(), settle_seconds=0)
-        worker = Worker(service, service.jobs, threading.Event(), max_attempts=1, backoff_seconds=0)
+        worker = Worker(service.ingest_context(), service.jobs, threading.Event(), max_attempts=1, backoff_seconds=0)
         target.write_bytes(content[: len(content) // 3])
         watcher.scan_once()
         watcher.scan_once()

@@ -66,7 +66,7 @@ def test_a_worker_identity_stores_without_loading_the_owners_models(tmp_path, sl
             service.ingest_context().models
         service.jobs.enqueue(slide_fingerprint(slide), str(slide), "CTX-0001")
         claimed = service.jobs.claim()
-        slide_id = store_job_result(service, claimed, result, 1.0, identity=identity)  # ... and not needed here
+        slide_id = store_job_result(service.ingest_context(), claimed, result, 1.0, identity=identity)  # ... and not needed here
         assert slide_id > 0
         hits = service.search_patient("CTX-0001", k=1)  # the only patient: no neighbours, but its vector is stored
         assert hits == ()

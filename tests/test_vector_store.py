@@ -17,7 +17,7 @@ def _put(service, n=20, dim=16, kind="eagle", signature="sig", seed=0, names=Non
         service.catalog.put_vectors(session, kind, signature, ids, vectors, source="test")
         return ids
 
-    ids = service.catalog.write(_tx)
+    service.catalog.write(_tx)
     return names, vectors
 
 

@@ -50,13 +50,15 @@ class IngestContext:
     """The collaborators of the storing steps, built by `EagleService.ingest_context()`.
 
     `load_models` returns the service's models, loading them on first call: an owner whose
-    Ray workers embed (and send a `ModelIdentity`) never loads them itself.
+    Ray workers embed (and send a `ModelIdentity`) never loads them itself. `sync_index` brings
+    the FAISS indexes up to the catalog after a job's commit.
     """
 
     settings: Settings
     catalog: "Catalog"
     jobs: "JobQueue"
     load_models: Callable[[], "LoadedModels"]
+    sync_index: Callable[[], None]  # the FAISS indexes follow a commit (the service's vector store)
 
     @property
     def models(self) -> "LoadedModels":

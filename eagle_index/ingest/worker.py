@@ -18,7 +18,7 @@ from pathlib import Path
 
 from eagle_index.errors import EagleIndexError
 from eagle_index.fingerprint import companion_files, slide_fingerprint
-from eagle_index.ingest.steps import SlideJob, compute_slide, store_slide, write_artifact
+from eagle_index.ingest.steps import IngestContext, SlideJob, compute_slide, store_slide, write_artifact
 from eagle_index.store.jobs import ClaimedJob, JobQueue
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,12 @@ class Interrupted(Exception):
 
 
 class Worker:
-    def __init__(self, service, queue: JobQueue, stop: threading.Event, max_attempts: int = 3,
+    """One thread embedding queued slides on this process's models (the daemon without `--cluster`)."""
+
+    def __init__(self, ctx: IngestContext, queue: JobQueue, stop: threading.Event, max_attempts: int = 3,
                  backoff_seconds: float = 5.0, poll_seconds: float = 1.0, quarantine: Path | None = None,
                  heartbeat_seconds: float = 2.0):
-        self.service = service
+        self.ctx = ctx
         self.queue = queue
         self.stop = stop
         self.max_attempts = max_attempts
@@ -53,7 +55,7 @@ class Worker:
     def run(self) -> None:
         """Loop until `stop` is set; the current job finishes or goes back to the queue."""
         try:
-            _ = self.service.models  # load once, before the first job, so failures show at start
+            _ = self.ctx.models  # load once, before the first job, so failures show at start
         except EagleIndexError as exc:  # no weights: the server still serves; each slide fails with this error
             log.error("slides cannot be embedded until this is fixed: %s", " ".join(str(exc).split()))
         while not self.stop.is_set():
@@ -86,12 +88,12 @@ class Worker:
         try:
             if not path.exists():
                 raise EagleIndexError(f"{path}: file disappeared before it was embedded")
-            result = compute_slide(self.service.models, self.service.settings, slide_job, progress)
+            result = compute_slide(self.ctx.models, self.ctx.settings, slide_job, progress)
             if self.stop.is_set():
                 raise Interrupted()
             if file_state(path) != before:  # the result is of content that is no longer there
                 return superseded(self.queue, job, path, "changed while it was embedded")
-            store_job_result(self.service, job, result, time.perf_counter() - started)
+            store_job_result(self.ctx, job, result, time.perf_counter() - started)
         except Interrupted:
             self.queue.requeue(job.id, "interrupted by shutdown")
             log.info(json.dumps({"event": "job_requeued", "job": job.id, "file": str(path)}))
@@ -100,7 +102,7 @@ class Worker:
             message = str(exc) if isinstance(exc, EagleIndexError) else f"{path}: {type(exc).__name__}: {exc}"
             if not isinstance(exc, EagleIndexError):
                 log.exception("unexpected error on %s", path)
-            return fail_job(self.service, self.queue, job, message, self.max_attempts, self.backoff_seconds, self.quarantine)
+            return fail_job(self.queue, job, message, self.max_attempts, self.backoff_seconds, self.quarantine)
         log_job_done(job, slide_job, result, time.perf_counter() - started)
         return "done"
 
@@ -111,11 +113,10 @@ def slide_job_of(job: ClaimedJob) -> SlideJob:
     return SlideJob(path, job.patient or path.stem, job.mpp)
 
 
-def store_job_result(service, job: ClaimedJob, result, seconds: float, identity=None) -> int:
+def store_job_result(ctx: IngestContext, job: ClaimedJob, result, seconds: float, identity=None) -> int:
     """Artifact (atomic), then slide row + re-aggregated patient + job `done` in one write; FAISS follows.
 
-    `identity` signs the vectors (a Ray worker's `ModelIdentity`); default: the service's models."""
-    ctx = service.ingest_context()
+    `identity` signs the vectors (a Ray worker's `ModelIdentity`); default: the context's models."""
     target = write_artifact(ctx, job.fingerprint, result, identity)
 
     def write(session) -> int:
@@ -124,7 +125,7 @@ def store_job_result(service, job: ClaimedJob, result, seconds: float, identity=
         return slide_id
 
     slide_id = ctx.catalog.write(write)
-    service.vectors.sync_all()
+    ctx.sync_index()
     return slide_id
 
 
@@ -153,13 +154,13 @@ def superseded(queue: JobQueue, job: ClaimedJob, path: Path, why: str) -> str:
     return "skipped"
 
 
-def fail_job(service, queue: JobQueue, job: ClaimedJob, message: str, max_attempts: int, backoff_seconds: float,
+def fail_job(queue: JobQueue, job: ClaimedJob, message: str, max_attempts: int, backoff_seconds: float,
              quarantine: Path | None = None) -> str:
     """Count a failed attempt: back to the queue with backoff, or `failed` (recorded, maybe quarantined)."""
     state = queue.fail(job.id, message, max_attempts, backoff_seconds)
     slide_job = slide_job_of(job)
     if state == "failed":
-        _record_failure(service, slide_job, job, message, quarantine)
+        _record_failure(slide_job, quarantine)
     log.warning(json.dumps({"event": "job_" + ("failed" if state == "failed" else "retry"), "job": job.id,
                             "file": str(slide_job.path), "attempt": job.attempts, "error": message}))
     return state
@@ -174,8 +175,8 @@ def log_job_done(job: ClaimedJob, slide_job: SlideJob, result, seconds: float, *
     }))
 
 
-def _record_failure(service, slide_job: SlideJob, job: ClaimedJob, message: str, quarantine: Path | None) -> None:
-    # the failed job (state, error) is the record: no slide row, no patient
+def _record_failure(slide_job: SlideJob, quarantine: Path | None) -> None:
+    """The failed job (state, error) is the record: no slide row, no patient; the file may be quarantined."""
     if quarantine is not None and slide_job.path.exists():
         quarantine.mkdir(parents=True, exist_ok=True)
         target = quarantine / slide_job.path.name

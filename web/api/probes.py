@@ -4,7 +4,6 @@ curves, apply to the archive, ranked candidates (JSON and CSV)."""
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import numpy as np
 from flask import Blueprint, jsonify, send_file
