@@ -67,10 +67,10 @@ def run_demo(settings: Settings, patients: int = 12, echo=print) -> dict:
     with EagleService(settings) as service:
         echo("embedding with the tiny models (random weights: the pipeline is real, the numbers are not)")
         report = service.ingest([slides_dir], slide_table=slide_table)
-        for item in report["ingested"]:
-            echo(f"  {Path(item['file']).name}: {item['tiles']} tiles, {item['seconds']} s")
-        if report["skipped"]:
-            echo(f"  {len(report['skipped'])} slide(s) already ingested")
+        for item in report.ingested:
+            echo(f"  {Path(item.file).name}: {item.tiles} tiles, {item.seconds} s")
+        if report.skipped:
+            echo(f"  {len(report.skipped)} slide(s) already ingested")
         service.import_labels(table)
         stats = service.stats()
         echo(f"catalog: {stats['patients']} patients, {stats['slides']} slides, {stats['labels']} labels, vectors {stats['vectors']}")
@@ -78,4 +78,4 @@ def run_demo(settings: Settings, patients: int = 12, echo=print) -> dict:
         echo("look-alikes of DEMO-001 (tissue: dense):")
         for hit in hits:
             echo(f"  {hit.rank}. {hit.patient}  cosine {hit.score:.4f}  tissue={hit.labels.get('TISSUE')}")
-    return {"ingest": report, "stats": stats, "hits": [h.as_dict() for h in hits]}
+    return {"ingest": report.as_dict(), "stats": stats, "hits": [h.as_dict() for h in hits]}

@@ -83,3 +83,47 @@ class SearchResult:
     def from_dict(cls, data: dict) -> "SearchResult":
         return cls(query=dict(data.get("query") or {}), hits=tuple(Hit.from_dict(h) for h in data.get("hits") or ()),
                    vote=data.get("vote"), filters=data.get("filters"), notes=tuple(data.get("notes") or ()))
+
+
+@dataclass(frozen=True)
+class IngestedSlide:
+    """One slide embedded and stored by `ingest`: its patient (and where that id came from), tiles, MPP."""
+
+    file: str
+    patient: str
+    patient_from: str
+    slide: str
+    tiles: int
+    mpp: float
+    mpp_source: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SkippedSlide:
+    """A slide whose content is already stored (same fingerprint, maybe under another name)."""
+
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FailedSlide:
+    """A slide that could not be embedded: recorded as a failed job, never as a patient."""
+
+    file: str
+    error: str
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What one `ingest` did; `as_dict()` is the `ingest --json` shape."""
+
+    ingested: tuple[IngestedSlide, ...] = ()
+    skipped: tuple[SkippedSlide, ...] = ()
+    failed: tuple[FailedSlide, ...] = ()
+    patients: tuple[str, ...] = ()  # the patients whose vectors were re-aggregated
+
+    def as_dict(self) -> dict:
+        return {"ingested": [asdict(i) for i in self.ingested], "skipped": [asdict(s) for s in self.skipped],
+                "failed": [asdict(f) for f in self.failed], "patients": list(self.patients)}

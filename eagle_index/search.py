@@ -443,9 +443,9 @@ class SearchService:
         kind = kind or self.catalog.default_kind()
         if store:
             report = self.service.ingest(list(paths), patient=patient, mpp=mpp)
-            if report["failed"]:
-                raise InputError(f"slide(s) failed: {'; '.join(f['file'] + ': ' + f['error'] for f in report['failed'])}")
-            names = [patient] if patient else report["patients"]
+            if report.failed:
+                raise InputError(f"slide(s) failed: {'; '.join(f.file + ': ' + f.error for f in report.failed)}")
+            names = [patient] if patient else list(report.patients)
             if not names:  # every slide was in the catalog already (maybe under another name)
                 names = self._owners_of(paths)
             if len(names) != 1:

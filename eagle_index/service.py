@@ -14,7 +14,7 @@ from pathlib import Path
 from eagle_index import importing
 from eagle_index.config import Settings
 from eagle_index.errors import ModelError, NotFoundError
-from eagle_index.results import Hit, SearchResult
+from eagle_index.results import Hit, IngestReport, SearchResult
 from eagle_index.store.catalog import Catalog
 from eagle_index.store.vectors import VectorStore
 
@@ -218,7 +218,7 @@ class EagleService:
         return ingestion.embed_files(lambda: self.models, self.settings, slides, patient, artifacts_dir, mpp, progress)
 
     def ingest(self, paths: list[Path], patient: str | None = None, slide_table: Path | None = None,
-               mpp: float | None = None, progress=None) -> dict:
+               mpp: float | None = None, progress=None) -> IngestReport:
         """Embed and store slides (skipping ones already ingested); re-aggregate touched patients."""
         from eagle_index.ingest import steps as ingestion
 

@@ -29,7 +29,7 @@ def ingested(tmp_path_factory):
     settings = Settings(data_dir=folder / "data", models="tiny", device="cpu")
     with EagleService(settings) as service:
         report = service.ingest([slide])
-        assert len(report["ingested"]) == 1
+        assert len(report.ingested) == 1
         (artifact,) = (settings.data_dir / "artifacts").rglob("*.h5")
         chief = next(s for s in service.catalog.vector_sets() if s.kind == "chief")
         vectors = {}

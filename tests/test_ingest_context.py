@@ -81,7 +81,7 @@ def test_ingest_through_the_context_equals_embed(tmp_path, slide):
     with EagleService(settings) as service:
         embedded = service.embed([slide], patient="CTX-0001")["CTX-0001"]
         report = service.ingest([slide], patient="CTX-0001")
-        assert [i["slide"] for i in report["ingested"]] == ["CTX-0001"] and report["patients"] == ["CTX-0001"]
+        assert [i.slide for i in report.ingested] == ["CTX-0001"] and report.patients == ("CTX-0001",)
         ids, vectors = service.catalog.load_vectors("eagle", service.models.signature("eagle"))
         assert len(ids) == 1
         stored = vectors[0]

@@ -97,14 +97,14 @@ def test_ingest_skips_a_renamed_copy_and_reports_a_corrupt_slide(tiny_service, s
     inbox.mkdir()
     shutil.copy(slides["TCGA-BB-0002-01Z-00-DX1"], inbox / "TCGA-BB-0002-01Z-00-DX1.tiff")
     first = tiny_service.ingest([inbox])
-    assert [i["patient"] for i in first["ingested"]] == ["TCGA-BB-0002"]
+    assert [i.patient for i in first.ingested] == ["TCGA-BB-0002"]
     shutil.copy(slides["TCGA-BB-0002-01Z-00-DX1"], inbox / "TCGA-BB-0002-01Z-00-DX1-rescan-copy.tiff")
     data = slides["TCGA-AA-0001-01Z-00-DX1"].read_bytes()
     (inbox / "TCGA-CC-0003-01Z-00-DX1.tiff").write_bytes(data[: len(data) // 3])
     second = tiny_service.ingest([inbox])
-    assert len(second["skipped"]) == 2  # the first file and its renamed copy
-    assert [f["file"].endswith("TCGA-CC-0003-01Z-00-DX1.tiff") for f in second["failed"]] == [True]
-    assert "TCGA-CC-0003-01Z-00-DX1.tiff" in second["failed"][0]["error"]
+    assert len(second.skipped) == 2  # the first file and its renamed copy
+    assert [f.file.endswith("TCGA-CC-0003-01Z-00-DX1.tiff") for f in second.failed] == [True]
+    assert "TCGA-CC-0003-01Z-00-DX1.tiff" in second.failed[0].error
     assert tiny_service.stats()["vectors"]["eagle"] >= 1
 
 

@@ -64,7 +64,7 @@ def test_embed_and_ingest_cli_with_real_size_random_weights(weights_dir, slide, 
     result = run_cli("ingest", slide, "--data-dir", data, *common)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert [(i["patient"], i["tiles"]) for i in report["ingested"]] == [(PATIENT, N_TILES)]
+    assert [(i.patient, i.tiles) for i in report.ingested] == [(PATIENT, N_TILES)]
 
     from eagle_index.store.catalog import Catalog
 

@@ -58,7 +58,7 @@ def archive(tmp_path_factory):
     settings = Settings(data_dir=tmp_path_factory.mktemp("discovery-data"), models="tiny", device="cpu")
     with EagleService(settings) as service:
         report = service.ingest([folder])
-        assert not report["failed"] and len(report["ingested"]) == N_PATIENTS
+        assert not report.failed and len(report.ingested) == N_PATIENTS
         yield service
 
 

@@ -43,7 +43,7 @@ def world(tmp_path_factory):
     report = service.ingest([slides["A1"]], patient="PA")
     report2 = service.ingest([slides["B"]], patient="PB")
     report3 = service.ingest([slides["C"]], patient="PC")
-    assert not (report["failed"] or report2["failed"] or report3["failed"])
+    assert not (report.failed or report2.failed or report3.failed)
     state = {"service": service, "slides": slides, "settings": settings, "folder": folder}
     yield state
     if state["service"] is not None:
@@ -94,7 +94,7 @@ def test_reaggregation_updates_the_loaded_index_in_place(world):
     loaded = service.regions.index.get(sig)
     before, generation = loaded.ntotal, loaded.info.generation
     report = service.ingest([world["slides"]["A2"]], patient="PA")
-    assert not report["failed"]
+    assert not report.failed
     after = service.regions.index.get(sig)
     assert after is loaded  # followed the commit: no rebuild
     assert after.ntotal == before + 9 and after.info.generation == generation + 1

@@ -72,7 +72,7 @@ def build_archive(root: Path) -> Path:
     table = _write_slides(root / "slides")
     with EagleService(Settings(data_dir=data, models="tiny", device="cpu")) as service:
         report = service.ingest([root / "slides"], slide_table=table)
-        assert not report["failed"], report["failed"]
+        assert not report.failed, report.failed
         eagle = next(s for s in service.catalog.vector_sets("eagle"))
         names, tissues, matrix = imported_vectors(eagle.dim)
         def _tx(session):

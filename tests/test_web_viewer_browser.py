@@ -65,7 +65,7 @@ def server(tmp_path_factory):
                          texture=texture, palette=palette, seed=11)
     with EagleService(Settings(data_dir=data, models="tiny", device="cpu")) as service:
         report = service.ingest([folder / "VIEW-001-S1.tiff"], patient="VIEW-001")
-        assert not report["failed"], report["failed"]
+        assert not report.failed, report.failed
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

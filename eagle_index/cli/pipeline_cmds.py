@@ -77,19 +77,18 @@ def register(app: typer.Typer) -> None:
         with EagleService(settings) as service, slide_progress(not as_json) as tick:
             report = service.ingest(paths, patient, slide_table, mpp, progress=tick)
         if as_json:
-            typer.echo(json.dumps(report, indent=1))
+            typer.echo(json.dumps(report.as_dict(), indent=1))
         else:
-            for item in report["ingested"]:
-                origin = " (patient id from the file name)" if item.get("patient_from") == "file name" else ""
-                typer.echo(f"ingested {item['file']} -> {item['patient']}{origin} ({item['tiles']} tiles, {item['seconds']} s)")
-            for item in report["skipped"]:
-                typer.echo(f"skipped {item['file']}: {item['reason']}")
-            for item in report["failed"]:  # the error names the file already (once)
-                error = item["error"]
-                typer.echo(f"failed: {error if item['file'] in error else item['file'] + ': ' + error}", err=True)
-            if any(item.get("patient_from") == "file name" for item in report["ingested"]):
+            for item in report.ingested:
+                origin = " (patient id from the file name)" if item.patient_from == "file name" else ""
+                typer.echo(f"ingested {item.file} -> {item.patient}{origin} ({item.tiles} tiles, {item.seconds} s)")
+            for skipped in report.skipped:
+                typer.echo(f"skipped {skipped.file}: {skipped.reason}")
+            for failed in report.failed:  # the error names the file already (once)
+                typer.echo(f"failed: {failed.error if failed.file in failed.error else failed.file + ': ' + failed.error}", err=True)
+            if any(item.patient_from == "file name" for item in report.ingested):
                 typer.echo("note: patient ids were taken from file names (set them with --patient or --slide-table)")
-            typer.echo(f"{len(report['ingested'])} ingested, {len(report['skipped'])} skipped (already stored), "
-                       f"{len(report['failed'])} failed")
-        if report["failed"]:
+            typer.echo(f"{len(report.ingested)} ingested, {len(report.skipped)} skipped (already stored), "
+                       f"{len(report.failed)} failed")
+        if report.failed:
             raise typer.Exit(1)

@@ -24,6 +24,7 @@ from eagle_index.config import Settings
 from eagle_index.errors import EagleIndexError, InputError, ModelError
 from eagle_index.fingerprint import slide_fingerprint
 from eagle_index.formats.tables import read_slide_table
+from eagle_index.results import FailedSlide, IngestedSlide, IngestReport, SkippedSlide
 from eagle_index.signatures import patient_from_name
 from eagle_index.store.artifacts import read_slide_artifact, write_slide_artifact
 
@@ -138,10 +139,12 @@ def artifact_path(settings: Settings, fingerprint: str) -> Path:
     return settings.artifacts_dir / digest[:2] / f"{digest}.h5"
 
 
-def ingest_files(ctx: IngestContext, paths, patient, slide_table, mpp, progress=None) -> dict:
+def ingest_files(ctx: IngestContext, paths, patient, slide_table, mpp, progress=None) -> IngestReport:
     catalog = ctx.catalog
     jobs = plan_jobs(paths, patient, slide_table, mpp)
-    report = {"ingested": [], "skipped": [], "failed": [], "patients": []}
+    ingested: list[IngestedSlide] = []
+    skipped: list[SkippedSlide] = []
+    failed: list[FailedSlide] = []
     touched: set[str] = set()
     for index, job in enumerate(jobs):
         _announce(progress, index, len(jobs), job.path)
@@ -149,7 +152,7 @@ def ingest_files(ctx: IngestContext, paths, patient, slide_table, mpp, progress=
         with catalog.transaction() as session:
             existing = catalog.slide_by_fingerprint(session, fingerprint)
             if existing is not None and existing.status == "done":
-                report["skipped"].append({"file": str(job.path), "reason": f"already ingested as {existing.name}"})
+                skipped.append(SkippedSlide(str(job.path), f"already ingested as {existing.name}"))
                 continue
         try:
             result, target = embed_to_artifact(ctx, job, fingerprint, progress)
@@ -158,16 +161,14 @@ def ingest_files(ctx: IngestContext, paths, patient, slide_table, mpp, progress=
         except EagleIndexError as exc:
             log.info("slide failed: %s", exc)  # the front end reports it (once)
             ctx.jobs.record_failure(fingerprint, str(job.path), job.patient, str(exc))
-            report["failed"].append({"file": str(job.path), "error": str(exc)})
+            failed.append(FailedSlide(str(job.path), str(exc)))
             continue
         catalog.write(lambda session: store_slide(ctx, session, job, fingerprint, result, target))
         ctx.jobs.resolve_failure(fingerprint)
         touched.add(job.patient)
-        report["ingested"].append({"file": str(job.path), "patient": job.patient, "patient_from": job.source, "slide": result.name,
-                                   "tiles": result.n_tiles, "mpp": result.mpp, "mpp_source": result.mpp_source,
-                                   "seconds": round(result.timings.get("total", 0.0), 3)})
-    report["patients"] = sorted(touched)
-    return report
+        ingested.append(IngestedSlide(str(job.path), job.patient, job.source, result.name, result.n_tiles, result.mpp,
+                                      result.mpp_source, round(result.timings.get("total", 0.0), 3)))
+    return IngestReport(tuple(ingested), tuple(skipped), tuple(failed), tuple(sorted(touched)))
 
 
 VECTOR_KINDS = ("eagle", "chief", "mean-ctranspath")  # the vectors a slide's patient gets
