@@ -13,7 +13,7 @@ import numpy as np
 
 from eagle_index.errors import CatalogError, EagleIndexError, InputError, NotFoundError
 from eagle_index.owner import OwnerInfo
-from eagle_index.results import Hit, SearchResult
+from eagle_index.results import Hit, ProbeResult, SearchResult
 
 
 class OwnerClient:
@@ -236,11 +236,11 @@ class RemoteCohorts(_RemoteTopic):
 class RemoteProbes(_RemoteTopic):
     """`service.probes` of a running owner (same methods and results as `ProbeService`)."""
 
-    def list(self) -> list[dict]:
-        return self.client._request("GET", "/probes")
+    def list(self) -> list[ProbeResult]:
+        return [ProbeResult.from_dict(p) for p in self.client._request("GET", "/probes")]
 
-    def get(self, name: str) -> dict:
-        return self.client._request("GET", f"/probes/{_quoted(name)}")
+    def get(self, name: str) -> ProbeResult:
+        return ProbeResult.from_dict(self.client._request("GET", f"/probes/{_quoted(name)}"))
 
     def delete(self, name: str) -> None:
         self.client._request("DELETE", f"/probes/{_quoted(name)}")
@@ -257,7 +257,7 @@ class RemoteProbes(_RemoteTopic):
         return page["candidates"]
 
     def train(self, label: str, kind: str | None = None, model: str = "logreg", folds: int = 5, seed: int = 0,
-              progress=None, **options) -> dict:
+              progress=None, **options) -> ProbeResult:
         """Submitted as a server task (the server trains and stores it); polled until done, then its summary."""
         import time
 

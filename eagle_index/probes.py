@@ -34,6 +34,7 @@ from eagle_index.probing import cv as cvlib
 from eagle_index.probing.delong import benjamini_hochberg, delong_test
 from eagle_index.probing.metrics import METRICS
 from eagle_index.probing.models import FittedProbe, fit, model_spec
+from eagle_index.results import ProbeResult
 from eagle_index.store.probes_repo import ProbeRecord, ProbeRepo, default_probe_name
 
 log = logging.getLogger(__name__)
@@ -90,14 +91,14 @@ class TrainingJob:
     def name(self) -> str:
         return self.record.name
 
-    def run(self, progress: Progress | None = None) -> dict:
+    def run(self, progress: Progress | None = None) -> ProbeResult:
         try:
             return self._run(progress)
         except BaseException as exc:
             self.probes.repo.fail(self.record.id, f"{type(exc).__name__}: {exc}")
             raise
 
-    def _run(self, progress: Progress | None) -> dict:
+    def _run(self, progress: Progress | None) -> ProbeResult:
         data, started = self.data, time.perf_counter()
         folds = int(self.fold_of.max()) + 1
         result = cvlib.cross_validate(data.vectors, data.y, len(data.classes), data.target, self.spec, self.fold_of,
@@ -193,7 +194,7 @@ class ProbeService:
         return TrainingJob(self, record, data, spec, fold_of, params)
 
     def train(self, label: str, kind: str | None = None, model: str = "logreg", folds: int = 5, seed: int = 0,
-              progress: Progress | None = None, **options) -> dict:
+              progress: Progress | None = None, **options) -> ProbeResult:
         """Cross-validate, fit on all patients, store; the summary of the stored probe.
 
         `progress(done, total, message)` is called after each fold and after the final fit.
@@ -202,25 +203,21 @@ class ProbeService:
 
     # -- reading -------------------------------------------------------------------------
     @staticmethod
-    def summary(record: ProbeRecord, detail: bool = True) -> dict:
+    def summary(record: ProbeRecord, detail: bool = True) -> ProbeResult:
         metrics, params = record.metrics or {}, record.params or {}
-        out = {
-            "name": record.name, "label": record.label, "kind": record.kind, "signature": record.signature,
-            "model": record.model, "status": record.status, "error": record.error,
-            "created_at": record.created_at.isoformat() if record.created_at else None,
-            "classes": record.classes, "positive": params.get("positive"), "folds": params.get("folds"), "seed": params.get("seed"),
-            "n": (metrics.get("counts") or {}).get("used"),
-        }
-        out.update({m: metrics.get(m) for m in METRICS})
-        if detail:
-            out.update({k: metrics.get(k) for k in ("per_fold", "pooled", "counts", "seconds")})
-            out["params"] = params
-        return out
+        return ProbeResult(
+            name=record.name, label=record.label, kind=record.kind, signature=record.signature, model=record.model,
+            status=record.status, error=record.error, created_at=record.created_at.isoformat() if record.created_at else None,
+            classes=tuple(record.classes or ()), positive=params.get("positive"), folds=params.get("folds"),
+            seed=params.get("seed"), n=(metrics.get("counts") or {}).get("used"),
+            metrics={m: metrics.get(m) for m in METRICS},
+            detail={**{k: metrics.get(k) for k in ("per_fold", "pooled", "counts", "seconds")}, "params": params} if detail else None,
+        )
 
-    def get(self, name: str) -> dict:
+    def get(self, name: str) -> ProbeResult:
         return self.summary(self.repo.get(name, full=False))
 
-    def list(self) -> list[dict]:
+    def list(self) -> list[ProbeResult]:
         return [self.summary(r, detail=False) for r in self.repo.all()]
 
     def delete(self, name: str) -> None:

@@ -7,6 +7,7 @@ API's contract); frozen dataclasses make "the web layer adds a key" impossible.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 
@@ -127,3 +128,63 @@ class IngestReport:
     def as_dict(self) -> dict:
         return {"ingested": [asdict(i) for i in self.ingested], "skipped": [asdict(s) for s in self.skipped],
                 "failed": [asdict(f) for f in self.failed], "patients": list(self.patients)}
+
+
+PROBE_METRICS = ("auroc", "auprc", "balanced_accuracy", "f1")  # each {"mean", "sd"} over folds
+_PROBE_DETAIL = ("per_fold", "pooled", "counts", "seconds", "params")
+
+
+@dataclass(frozen=True)
+class ProbeResult(Mapping):
+    """A stored probe: definition, status and cross-validated metrics (mean ± sd per metric).
+
+    `detailed` results (`get`, `train`) also carry per-fold and pooled metrics, counts and the
+    training parameters; `list` gives the short form. Read-only mapping access (`probe["auroc"]`)
+    is the `as_dict()` view, so a script written against the JSON keeps working and nothing can
+    add a key.
+    """
+
+    name: str
+    label: str
+    kind: str
+    signature: str
+    model: str
+    status: str
+    error: str | None = None
+    created_at: str | None = None
+    classes: tuple[str, ...] = ()
+    positive: str | None = None
+    folds: int | None = None
+    seed: int | None = None
+    n: int | None = None
+    metrics: dict = field(default_factory=dict)  # PROBE_METRICS -> {"mean", "sd"} (None before training ends)
+    detail: dict | None = None  # per_fold, pooled, counts, seconds, params (None in the short form)
+
+    def as_dict(self) -> dict:
+        out = {"name": self.name, "label": self.label, "kind": self.kind, "signature": self.signature,
+               "model": self.model, "status": self.status, "error": self.error, "created_at": self.created_at,
+               "classes": list(self.classes), "positive": self.positive, "folds": self.folds, "seed": self.seed,
+               "n": self.n}
+        out.update({m: self.metrics.get(m) for m in PROBE_METRICS})
+        if self.detail is not None:
+            out.update({k: self.detail.get(k) for k in _PROBE_DETAIL})
+        return out
+
+    def __getitem__(self, key: str):
+        return self.as_dict()[key]
+
+    def __iter__(self):
+        return iter(self.as_dict())
+
+    def __len__(self) -> int:
+        return len(self.as_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ProbeResult":
+        """A probe from its JSON (as a running server answers; keys the server adds are dropped)."""
+        detailed = "params" in data
+        return cls(name=data["name"], label=data["label"], kind=data["kind"], signature=data["signature"],
+                   model=data["model"], status=data["status"], error=data.get("error"), created_at=data.get("created_at"),
+                   classes=tuple(data.get("classes") or ()), positive=data.get("positive"), folds=data.get("folds"),
+                   seed=data.get("seed"), n=data.get("n"), metrics={m: data.get(m) for m in PROBE_METRICS},
+                   detail={k: data.get(k) for k in _PROBE_DETAIL} if detailed else None)

@@ -116,9 +116,17 @@ def test_cohort_export_writes_the_same_file(svc, tmp_path):
 
 
 def test_probe_train_list_apply(svc):
+    from eagle_index.results import ProbeResult
+
     out = svc.probes.train("MSI", folds=3, name="msi-probe")
-    assert out["name"] == "msi-probe" and out["kind"] == "eagle" and out["status"] == "done"
-    assert "msi-probe" in [p["name"] for p in svc.probes.list()]
+    assert isinstance(out, ProbeResult) and out.detail is not None  # the same type from both services
+    assert out.name == "msi-probe" and out["kind"] == "eagle" and out.status == "done"
+    assert out.as_dict() == svc.probes.get("msi-probe").as_dict()  # a server's extra keys ("task") are not part of it
+    with pytest.raises(TypeError):
+        out["task"] = None  # typed and frozen: a front end cannot add a key
+    listed = svc.probes.list()
+    assert all(isinstance(p, ProbeResult) and p.detail is None for p in listed)
+    assert "msi-probe" in [p.name for p in listed]
     applied = svc.probes.apply("msi-probe", top=5)
     assert len(applied["candidates"]) == 5
     probs = [c["probability"] for c in applied["candidates"]]

@@ -47,7 +47,7 @@ class Task:
                "error": self.error,
                "seconds": round((self.finished_at or time.time()) - self.started_at, 3) if self.started_at else None}
         if with_result:
-            out["result"] = self.result
+            out["result"] = self.result.as_dict() if hasattr(self.result, "as_dict") else self.result
         return out
 
 

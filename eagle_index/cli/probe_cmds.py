@@ -39,7 +39,7 @@ def _ms(value: dict | None) -> str:
 
 
 def _echo_json(data) -> None:
-    typer.echo(json.dumps(data, indent=1, default=str))
+    typer.echo(json.dumps(data, indent=1, default=lambda o: o.as_dict() if hasattr(o, "as_dict") else str(o)))
 
 
 def _counts_text(counts: dict) -> str:

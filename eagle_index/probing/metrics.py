@@ -16,7 +16,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-METRICS = ("auroc", "auprc", "balanced_accuracy", "f1")
+from eagle_index.results import PROBE_METRICS
+
+METRICS = PROBE_METRICS  # the probe summary's metrics (results.ProbeResult)
 
 
 def auroc(positive: np.ndarray, score: np.ndarray) -> float:

@@ -16,10 +16,10 @@ bp = Blueprint("probes", __name__)
 FOLDS_MAX = 20
 
 
-def _with_task(summary: dict) -> dict:
-    task = tasks().find("probe-train", probe=summary["name"])
-    summary["task"] = task.as_dict(with_result=False) if task is not None else None
-    return summary
+def _with_task(summary) -> dict:
+    """The probe's JSON plus its training task (a fresh dict: the service's `ProbeResult` stays as it is)."""
+    task = tasks().find("probe-train", probe=summary.name)
+    return {**summary.as_dict(), "task": task.as_dict(with_result=False) if task is not None else None}
 
 
 def _thumbnails(svc, rows: list[dict]) -> list[dict]:
@@ -68,7 +68,7 @@ def probe(name: str):
 @bp.delete("/probes/<name>")
 def delete(name: str):
     svc = service()
-    if svc.probes.get(name)["status"] == "training":
+    if svc.probes.get(name).status == "training":
         task = tasks().find("probe-train", probe=name)
         if task is not None and task.state in ("queued", "running"):
             raise ApiError(409, f"probe {name!r} is still training")
