@@ -172,7 +172,9 @@ class ClusterWorker:
         with self._lock:
             return [{"id": w.id, "node": w.node, "device": w.device, "slides_done": w.slides_done,
                      "seconds_per_slide": round(w.busy_seconds / w.slides_done, 3) if w.slides_done else None,
-                     "pid": w.pid, "in_flight": len(w.in_flight), "state": "ready" if w.ready else "starting"}
+                     "pid": w.pid, "in_flight": len(w.in_flight),
+                     "in_flight_files": sorted(job.path for job, _ in w.in_flight.values()),
+                     "state": "ready" if w.ready else "starting"}
                     for w in self._workers.values() if w.alive]
 
     # -- the loop ---------------------------------------------------------------------------------

@@ -265,17 +265,34 @@ def test_killed_ray_worker_requeues_its_slide_and_a_corrupt_slide_fails_alone(ar
     mixed_table.write_text(table.read_text() + "PAT-00,broken.tiff\n")
     data = tmp_path / "data"
     run = Backfill(data, (mixed, mixed_table), "--cluster", "local", "--workers", "2")
-    status = run.wait_for(lambda s: len([w for w in s["workers"] if w["pid"] and w["in_flight"]]) == 2,
-                          "two Ray workers embedding")
+    # The corrupt slide sorts first and is claimed (and retried) first. A victim is chosen only once it
+    # has failed for good, so the killed worker can only hold good slides, and with slides still queued.
+    run.wait_for(lambda s: s["queue"]["failed"] == 1 and s["queue"]["queued"] >= 2
+                 and len([w for w in s["workers"] if w["pid"] and w["in_flight_files"]]) == 2,
+                 "the corrupt slide failed and two Ray workers embedding")
     # `status --json` (the CLI, through the backfill's API) shows the workers
     shown = json.loads(_cli("status", "--json", "--data-dir", str(data)).stdout)
     assert shown["owner"]["role"] == "backfill"
     assert {w["id"] for w in shown["workers"]} >= {"w0", "w1"}
     for worker in shown["workers"]:
-        assert set(worker) >= {"id", "node", "device", "slides_done", "seconds_per_slide"}
+        assert set(worker) >= {"id", "node", "device", "slides_done", "seconds_per_slide", "in_flight_files"}
         assert worker["device"] == "cpu" and worker["node"]
-    victim = next(w for w in status["workers"] if w["in_flight"])
-    os.kill(victim["pid"], signal.SIGKILL)
+    # Freeze both workers: none can finish a slide now, so the status read after this is not stale
+    # when the kill lands (each frozen worker keeps holding the good slide it was given).
+    pids = [w["pid"] for w in run.status()["workers"] if w["pid"]]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        status = run.wait_for(lambda s: any(w["in_flight_files"] for w in s["workers"]), "a frozen worker holding a slide")
+        victim = next(w for w in status["workers"] if w["in_flight_files"])
+        assert all(Path(f).name != "broken.tiff" for f in victim["in_flight_files"])
+        os.kill(victim["pid"], signal.SIGKILL)
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
     assert run.finish() == 1, run.text()[-4000:]  # 1: the corrupt slide failed
     out = run.text()
     died = run.events("worker_died")
@@ -300,8 +317,21 @@ def test_killed_ray_worker_requeues_its_slide_and_a_corrupt_slide_fails_alone(ar
 def test_ctrl_c_then_owner_sigkill_then_resume_embeds_each_slide_once(archive, reference, tmp_path):
     data = tmp_path / "data"
     first = Backfill(data, archive, "--cluster", "local", "--workers", "2")
-    first.wait_for(lambda s: s["queue"]["done"] >= 2 and any(w["in_flight"] for w in s["workers"]), "2 slides done")
-    first.proc.send_signal(signal.SIGINT)
+    busy = first.wait_for(lambda s: s["queue"]["done"] >= 2 and s["queue"]["queued"] >= 1 and all(w["pid"] for w in s["workers"])
+                          and any(w["in_flight_files"] for w in s["workers"]), "2 slides done, one in flight")
+    # Ctrl-C lands while a slide is certainly in flight: the workers are frozen from this read until after it.
+    pids = [w["pid"] for w in busy["workers"]]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        first.wait_for(lambda s: any(w["in_flight_files"] for w in s["workers"]), "a frozen worker holding a slide")
+        first.proc.send_signal(signal.SIGINT)
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
     assert first.finish(120) == 130, first.text()[-4000:]
     assert "run the same command again to resume" in first.text()
     after_int = _state(data)
@@ -311,9 +341,24 @@ def test_ctrl_c_then_owner_sigkill_then_resume_embeds_each_slide_once(archive, r
 
     second = Backfill(data, archive, "--cluster", "local", "--workers", "2")
     already = states.count("done")
-    second.wait_for(lambda s: s["queue"]["done"] >= already + 2, "2 more slides done")
-    second.proc.send_signal(signal.SIGKILL)
-    second.finish(60)
+    busy = second.wait_for(lambda s: s["queue"]["done"] >= already + 2 and s["queue"]["queued"] >= 1
+                           and all(w["pid"] for w in s["workers"]) and any(w["in_flight_files"] for w in s["workers"]),
+                           "2 more slides done, one in flight")
+    # Freeze the Ray workers so no in-flight slide can finish between this read and the owner's death:
+    # the killed owner then certainly leaves a `running` job behind.
+    pids = [w["pid"] for w in busy["workers"]]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        second.wait_for(lambda s: any(w["in_flight_files"] for w in s["workers"]), "a frozen worker holding a slide")
+        second.proc.send_signal(signal.SIGKILL)
+        second.finish(60)
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)  # the owner's local Ray cluster goes with it; frozen workers too
+            except ProcessLookupError:
+                pass
     after_kill = _state(data)
     assert "running" in {j["state"] for j in after_kill["jobs"].values()}  # the dead owner left jobs running
 
