@@ -1,8 +1,10 @@
 """Embed slide files and store them: the steps `embed`, `ingest` and the daemon share.
 
 `embed_files` touches no catalog. `ingest_files` writes each slide's artifact (atomically)
-before the catalog rows that point to it are committed, then re-aggregates the slide's
-patient from all of its stored artifacts, so adding a slide never re-reads older slides.
+before the catalog rows that point to it are committed and re-aggregates the slide's patient
+from all of its stored artifacts, so adding a slide never re-reads older slide files; the
+re-aggregation runs before the catalog write, only the rows inside it (`ingest/storing.py`).
+`store_slide` / `reaggregate_patient` do all of it inside a write (the re-check's fallback).
 
 The steps get their collaborators explicitly: the models and settings, or an `IngestContext`
 (settings, catalog, job queue, the models on demand) that `EagleService.ingest_context()`
@@ -140,6 +142,8 @@ def artifact_path(settings: Settings, fingerprint: str) -> Path:
 
 
 def ingest_files(ctx: IngestContext, paths, patient, slide_table, mpp, progress=None) -> IngestReport:
+    from eagle_index.ingest import storing
+
     catalog = ctx.catalog
     jobs = plan_jobs(paths, patient, slide_table, mpp)
     ingested: list[IngestedSlide] = []
@@ -163,7 +167,10 @@ def ingest_files(ctx: IngestContext, paths, patient, slide_table, mpp, progress=
             ctx.jobs.record_failure(fingerprint, str(job.path), job.patient, str(exc))
             failed.append(FailedSlide(str(job.path), str(exc)))
             continue
-        catalog.write(lambda session: store_slide(ctx, session, job, fingerprint, result, target))
+        # the patient's re-aggregation runs before the write, only the rows inside it (ingest/storing.py)
+        (outcome,) = storing.store_results(ctx, [storing.StoreItem(job, fingerprint, result, target=target)], sync=False)
+        if isinstance(outcome, BaseException):
+            raise outcome
         ctx.jobs.resolve_failure(fingerprint)
         touched.add(job.patient)
         ingested.append(IngestedSlide(str(job.path), job.patient, job.source, result.name, result.n_tiles, result.mpp,

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from eagle_index.errors import EagleIndexError
 from eagle_index.fingerprint import companion_files, slide_fingerprint
-from eagle_index.ingest.steps import IngestContext, SlideJob, compute_slide, store_slide, write_artifact
+from eagle_index.ingest.steps import IngestContext, SlideJob, compute_slide
+from eagle_index.ingest.storing import StoreItem, store_results
 from eagle_index.store.jobs import ClaimedJob, JobQueue
 
 log = logging.getLogger(__name__)
@@ -114,9 +115,31 @@ def slide_job_of(job: ClaimedJob) -> SlideJob:
 
 
 def store_job_result(ctx: IngestContext, job: ClaimedJob, result, seconds: float, identity=None) -> int:
-    """Artifact (atomic), then slide row + re-aggregated patient + job `done` in one write; FAISS follows.
+    """Artifact (atomic) and the patient's re-aggregation outside the writer, then slide row +
+    patient vectors + job `done` in one write; FAISS follows (`ingest.storing`).
 
     `identity` signs the vectors (a Ray worker's `ModelIdentity`); default: the context's models."""
+    (outcome,) = store_job_results(ctx, [(job, result, seconds)], identity=identity)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def store_job_results(ctx: IngestContext, done: list[tuple[ClaimedJob, object, float]], identity=None) -> list:
+    """Several finished jobs (job, result, seconds) in one transaction and one FAISS sync: per job
+    its slide id, or the exception that kept it out (an unreadable artifact of its patient; the
+    other jobs are stored). For the owner when several results are ready at once."""
+    items = [StoreItem(slide_job_of(job), job.fingerprint, result, identity=identity, job_id=job.id, seconds=seconds)
+             for job, result, seconds in done]
+    return store_results(ctx, items)
+
+
+def store_job_result_in_writer(ctx: IngestContext, job: ClaimedJob, result, seconds: float, identity=None) -> int:
+    """The previous path, kept as the reference that tests/test_owner_store.py and
+    benchmarks/owner_bench.py compare with: the patient's artifacts are read and re-aggregated
+    inside the catalog's exclusive write."""
+    from eagle_index.ingest.steps import store_slide, write_artifact
+
     target = write_artifact(ctx, job.fingerprint, result, identity)
 
     def write(session) -> int:

@@ -94,6 +94,29 @@ def read_slide_artifact(path: Path) -> SlideResult:
         )
 
 
+def as_stored(result: SlideResult) -> SlideResult:
+    """What `read_slide_artifact` returns for the artifact `write_slide_artifact` makes of `result`:
+    the same dtypes and roundings (coordinates through float32, candidates named after the slide),
+    without writing or reading the file. The owner aggregates a new slide from this view, so its
+    patient vectors are bit-identical to those read back from the artifact."""
+    cand = result.candidates
+    coords = np.stack([result.x_um, result.y_um], axis=1).astype(np.float32)
+    stored = SlideCandidates(
+        slide_name=str(result.name), tile_index=np.asarray(cand.tile_index).astype(np.int64),
+        x_um=np.asarray(cand.x_um).astype(np.float64), y_um=np.asarray(cand.y_um).astype(np.float64),
+        scores=np.asarray(cand.scores).astype(np.float32), class_tokens=np.asarray(cand.class_tokens).astype(np.float32),
+    )
+    return SlideResult(
+        name=str(result.name), x_um=coords[:, 0].astype(np.float64), y_um=coords[:, 1].astype(np.float64),
+        feats=np.asarray(result.feats).astype(np.float32), scores=np.asarray(result.scores).astype(np.float32),
+        candidates=stored, tile_um=float(result.tile_um), tile_px=int(result.tile_px),
+        mpp=float(result.mpp) if result.mpp is not None else None, mpp_source=result.mpp_source,
+        level=int(result.level) if result.level is not None else None,
+        width_px=int(result.width_px) if result.width_px is not None else None,
+        height_px=int(result.height_px) if result.height_px is not None else None, format=result.format,
+    )
+
+
 def artifact_provenance(path: Path) -> dict:
     with open_h5(path) as handle:
         raw = text_attr(handle.attrs.get("provenance"))

@@ -1,0 +1,224 @@
+"""Storing embedded slides with a short writer section (issue 19: the owner keeps up).
+
+The catalog has one writer (`Catalog.write`), and while it holds the exclusive lock no search
+runs. So the slow half of storing a result runs before the write, on the caller's thread:
+
+1. `prepare`: the slide's artifact is written (atomically); the patient's embedded slides are
+   read from the catalog (a plain read); their artifacts are read and the patient is
+   re-aggregated (`pipeline.aggregate_patient`) over the slide set the commit will produce: the
+   stored slides (less the ones the results replace) and the new ones, in the catalog's order
+   (slide name, then id). The new slides are aggregated from `artifacts.as_stored(result)`, the
+   exact values their artifacts hold, so nothing differs from reading them back.
+2. `commit` (inside `catalog.write`): slide rows are upserted, the patient's done slides are
+   read again and compared with the set that was aggregated. The same: the prepared vectors
+   and tile rows are written. Different (another write stored or removed one of the patient's
+   slides since step 1): the patient is re-aggregated there from its artifacts, as before
+   (`steps.reaggregate_patient`), so the result is right either way. Jobs are marked `done`
+   in the same transaction; several results are one transaction and one `put_vectors` per
+   vector set (one FAISS update and index save per batch, not per slide).
+
+`store_results` does both and, in this process, holds a lock per patient from step 1 to the
+commit, so two results of one patient stored from two threads do not both aggregate without
+the other (the second waits, then sees the first); the re-check covers any other writer.
+Artifacts are still written before the catalog rows that point to them commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from eagle_index import pipeline
+from eagle_index.errors import InputError
+from eagle_index.ingest.steps import IngestContext, Identity, SlideJob, reaggregate_patient, write_artifact
+from eagle_index.store.artifacts import as_stored, read_slide_artifact
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+
+LOCK_STRIPES = 64
+
+
+@dataclass(frozen=True)
+class StoreItem:
+    """One embedded slide to store: its job, fingerprint and result, and who signs its vectors.
+
+    `target`: its artifact when already written (else `prepare` writes it); `job_id`: a queued
+    job to mark done in the same transaction, after `seconds`."""
+
+    job: SlideJob
+    fingerprint: str
+    result: pipeline.SlideResult
+    identity: Identity | None = None
+    target: Path | None = None
+    job_id: int | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class PatientPlan:
+    """One patient of a batch, prepared outside the writer."""
+
+    patient: str
+    items: list[StoreItem]
+    targets: list[Path] = field(default_factory=list)
+    sizes: list[int | None] = field(default_factory=list)
+    identity: Identity | None = None
+    slides: tuple[tuple[str, str], ...] = ()  # (fingerprint, artifact path) the commit must find, in catalog order
+    candidates: list = field(default_factory=list)  # SlideCandidates, aligned with `slides`
+    vectors: pipeline.PatientVectors | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class Prepared:
+    plans: list[PatientPlan]
+    order: list[tuple[int, int]]  # item i of the batch -> (plan, position in the plan)
+
+
+# -- step 1: outside the writer --------------------------------------------------------------
+def prepare(ctx: IngestContext, items: list[StoreItem]) -> Prepared:
+    """Artifacts, the patients' slide sets and their aggregated vectors; nothing is committed.
+
+    An error of one patient (an unreadable artifact) is kept in its plan: its items fail, the
+    other patients of the batch are stored."""
+    position: dict[str, int] = {}
+    plans: list[PatientPlan] = []
+    order: list[tuple[int, int]] = []
+    for item in items:
+        p = position.setdefault(str(item.job.patient).strip(), len(plans))
+        if p == len(plans):
+            plans.append(PatientPlan(str(item.job.patient).strip(), []))
+        order.append((p, len(plans[p].items)))
+        plans[p].items.append(item)
+    for plan in plans:
+        try:
+            _prepare_patient(ctx, plan)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller per item
+            plan.error = exc
+    return Prepared(plans, order)
+
+
+def _prepare_patient(ctx: IngestContext, plan: PatientPlan) -> None:
+    from sqlalchemy import select
+
+    from eagle_index.ingest.steps import _size
+    from eagle_index.store.models import Patient, Slide
+
+    if not plan.patient:
+        raise InputError("empty patient id")
+    plan.identity = next((i.identity for i in reversed(plan.items) if i.identity is not None), None) or ctx.models
+    for item in plan.items:  # artifacts first: they exist before any row points to them
+        plan.targets.append(item.target if item.target is not None else write_artifact(ctx, item.fingerprint, item.result, item.identity))
+        plan.sizes.append(_size(item.job.path))
+    fingerprints = [item.fingerprint for item in plan.items]
+    with ctx.catalog.transaction() as session:  # a read: what the patient has now
+        pid = session.scalar(select(Patient.id).where(Patient.external_id == plan.patient))
+        stored = [] if pid is None else session.execute(
+            select(Slide.id, Slide.fingerprint, Slide.name, Slide.artifact_path).where(
+                Slide.patient_id == pid, Slide.status == "done", Slide.artifact_path.is_not(None))).all()
+        known = dict(session.execute(select(Slide.fingerprint, Slide.id).where(Slide.fingerprint.in_(fingerprints))).all())
+    # the slide set after the commit: stored slides not replaced, then the new ones (last result of a fingerprint wins)
+    newest = {fp: i for i, fp in enumerate(fingerprints)}
+    entries = [((name, sid, 0), fp, path, None) for sid, fp, name, path in stored if fp not in newest]
+    for i, item in enumerate(plan.items):
+        if newest[item.fingerprint] != i:
+            continue
+        sid = known.get(item.fingerprint)
+        key = (item.result.name, sid, 0) if sid is not None else (item.result.name, float("inf"), i)  # new ids come last
+        entries.append((key, item.fingerprint, str(plan.targets[i]), item.result))
+    entries.sort(key=lambda e: e[0])
+    slides = [as_stored(result) if result is not None else read_slide_artifact(Path(path)) for _, _, path, result in entries]
+    plan.slides = tuple((fp, path) for _, fp, path, _ in entries)
+    plan.candidates = [s.candidates for s in slides]
+    plan.vectors = pipeline.aggregate_patient(slides, ctx.settings.eagle.top_k)
+
+
+# -- step 2: the writer ------------------------------------------------------------------------
+def commit(ctx: IngestContext, session: "Session", prepared: Prepared) -> list[int | BaseException]:
+    """Inside `catalog.write`: rows of every prepared patient, one vector write per set; per item
+    the slide id, or the error its patient met in `prepare`."""
+    from sqlalchemy import select
+
+    from eagle_index.store import tiles_repo
+    from eagle_index.store.jobs import JobQueue
+    from eagle_index.store.models import Slide
+
+    catalog, top_k = ctx.catalog, ctx.settings.eagle.top_k
+    slide_ids: list[list[int]] = []
+    vectors: dict[tuple[str, str], tuple[list[int], list[np.ndarray], dict]] = {}
+    for plan in prepared.plans:
+        ids: list[int] = []
+        slide_ids.append(ids)
+        if plan.error is not None:
+            continue
+        pid = catalog.patient_id(session, plan.patient, create=True)
+        for item, target, size in zip(plan.items, plan.targets, plan.sizes):
+            result = item.result
+            ids.append(catalog.upsert_slide(
+                session, item.fingerprint, patient_id=pid, name=result.name, path=str(item.job.path), format=result.format,
+                size_bytes=size, width_px=result.width_px, height_px=result.height_px, mpp=result.mpp,
+                mpp_source=result.mpp_source, n_tiles=result.n_tiles, status="done", error=None, artifact_path=str(target)))
+        rows = session.execute(select(Slide.id, Slide.fingerprint, Slide.artifact_path).where(
+            Slide.patient_id == pid, Slide.status == "done", Slide.artifact_path.is_not(None)).order_by(Slide.name, Slide.id)).all()
+        if tuple((fp, path) for _, fp, path in rows) != plan.slides:
+            log.info("patient %s changed since its results were prepared: re-aggregated in the writer", plan.patient)
+            reaggregate_patient(ctx, session, pid, plan.identity)
+        else:
+            for kind, vector in plan.vectors.by_kind().items():
+                key = (kind, plan.identity.signature(kind))
+                entry = vectors.setdefault(key, ([], [], plan.identity.provenance(kind)))
+                entry[0].append(pid)
+                entry[1].append(vector.astype(np.float32))
+            tiles_repo.put_patient_tiles(session, pid, plan.identity.signature("eagle"),
+                                         [(int(sid), cand) for (sid, _, _), cand in zip(rows, plan.candidates)], top_k)
+        for item, sid in zip(plan.items, ids):
+            if item.job_id is not None:
+                JobQueue.mark_done(session, item.job_id, sid, item.seconds)
+    for (kind, signature), (pids, rows, prov) in vectors.items():
+        catalog.put_vectors(session, kind, signature, pids, np.stack(rows), source="ingest", provenance=prov)
+    return [prepared.plans[p].error if prepared.plans[p].error is not None else slide_ids[p][i] for p, i in prepared.order]
+
+
+# -- both, with the patients serialized in this process ---------------------------------------
+_locks: "weakref.WeakKeyDictionary[object, list[threading.Lock]]" = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def _patient_locks(catalog, patients) -> list[threading.Lock]:
+    with _locks_guard:
+        stripes = _locks.get(catalog)
+        if stripes is None:
+            stripes = _locks[catalog] = [threading.Lock() for _ in range(LOCK_STRIPES)]
+    return [stripes[i] for i in sorted({hash(str(p).strip()) % LOCK_STRIPES for p in patients})]  # one order: no deadlock
+
+
+def store_results(ctx: IngestContext, items: list[StoreItem], sync: bool = True) -> list[int | BaseException]:
+    """Store several results in one transaction (one FAISS update per set); per item its slide id
+    or the exception that kept it out (the other items are stored). An error of the transaction
+    itself fails them all (raised). `sync`: reconcile the FAISS indexes after the commit."""
+    if not items:
+        return []
+    with ExitStack() as held:
+        for lock in _patient_locks(ctx.catalog, [i.job.patient for i in items]):
+            held.enter_context(lock)
+        prepared = prepare(ctx, items)
+        if all(plan.error is not None for plan in prepared.plans):
+            return commit_nothing(prepared)
+        out = ctx.catalog.write(lambda session: commit(ctx, session, prepared))
+    if sync:
+        ctx.sync_index()
+    return out
+
+
+def commit_nothing(prepared: Prepared) -> list[BaseException]:
+    return [prepared.plans[p].error for p, _ in prepared.order]

@@ -1,0 +1,261 @@
+"""The owner stores results with a short writer section (`ingest/storing.py`, issue 19 item 5).
+
+The new path (artifacts, reading the patient's other artifacts and re-aggregating outside
+`catalog.write`, only rows inside it; several results per transaction) must store exactly what
+the previous path (everything inside the write, `store_job_result_in_writer`) stores: the same
+vectors, tile rows, patient selections and artifacts, bit for bit, also when two slides of one
+patient are stored at the same time.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from eagle_index import aggregation, pipeline
+from eagle_index.config import Settings
+from eagle_index.ingest.steps import ModelIdentity, SlideJob
+from eagle_index.ingest.worker import store_job_result, store_job_result_in_writer, store_job_results
+from eagle_index.service import EagleService
+from eagle_index.store import tiles_repo
+
+FEAT_DIM, TOKEN_DIM = 48, 64
+KINDS = ("eagle", "chief", "mean-ctranspath")
+IDENTITY = ModelIdentity({k: f"test-{k}" for k in KINDS}, {k: {"signature": f"test-{k}", "models": "test"} for k in KINDS})
+
+
+def make_result(name: str, seed: int, n_tiles: int = 120, top_k: int = 25) -> pipeline.SlideResult:
+    """A slide result as the pipeline makes it, with random arrays (ties in the scores included)."""
+    rng = np.random.default_rng(seed)
+    cols = 16
+    x_um = (np.arange(n_tiles) % cols * 448.0 + 1000.25).astype(np.float64)
+    y_um = (np.arange(n_tiles) // cols * 448.0 + 500.125).astype(np.float64)
+    scores = np.round(rng.normal(size=n_tiles), 1).astype(np.float32)  # rounded: ties across slides
+    feats = rng.normal(size=(n_tiles, FEAT_DIM)).astype(np.float16).astype(np.float32)
+    candidates = aggregation.slide_candidates(name, scores, x_um, y_um, top_k)
+    candidates.class_tokens = rng.normal(size=(len(candidates), TOKEN_DIM)).astype(np.float32)
+    return pipeline.SlideResult(name=name, x_um=x_um, y_um=y_um, feats=feats, scores=scores, candidates=candidates,
+                                tile_um=448.0, tile_px=224, mpp=0.5, mpp_source="test", level=0, width_px=8000,
+                                height_px=6000, format="generic-tiff", timings={"total": 1.0})
+
+
+# (patient, slide name, seed): P has four slides, arriving out of name order; Q one.
+SLIDES = [("P", "P-DX3", 3), ("P", "P-DX1", 1), ("Q", "Q-DX1", 7), ("P", "P-DX2", 2), ("P", "P-DX0", 5)]
+
+
+def fingerprint(seed: int) -> str:
+    return f"sha256:{seed:02d}" + "ab" * 31
+
+
+@pytest.fixture
+def results():
+    return {name: make_result(name, seed) for _, name, seed in SLIDES}
+
+
+def _open(tmp_path: Path, name: str) -> EagleService:
+    return EagleService(Settings(data_dir=tmp_path / name))
+
+
+def _claim(service, patient: str, name: str, seed: int):
+    service.jobs.enqueue(fingerprint(seed), f"/nowhere/{name}.svs", patient)
+    job = service.jobs.claim()
+    assert job is not None and job.fingerprint == fingerprint(seed)
+    return job
+
+
+def _store_all(service, results, how: str, batch: int = 2) -> None:
+    ctx = service.ingest_context()
+    jobs = [(_claim(service, patient, name, seed), results[name]) for patient, name, seed in SLIDES]
+    if how == "old":
+        for job, result in jobs:
+            store_job_result_in_writer(ctx, job, result, 1.0, identity=IDENTITY)
+    elif how == "new":
+        for job, result in jobs:
+            store_job_result(ctx, job, result, 1.0, identity=IDENTITY)
+    else:
+        for start in range(0, len(jobs), batch):
+            out = store_job_results(ctx, [(job, result, 1.0) for job, result in jobs[start:start + batch]], identity=IDENTITY)
+            assert all(isinstance(o, int) for o in out), out
+
+
+def snapshot(service) -> dict:
+    """Everything the stored results determine, by patient and slide name (ids may differ)."""
+    catalog = service.catalog
+    names = catalog.external_ids(catalog.patient_ids(["P", "Q"]).values())
+    out: dict = {"vectors": {}, "tiles": {}, "artifacts": {}}
+    for kind in KINDS:
+        ids, raw = catalog.load_vectors(kind, IDENTITY.signature(kind))
+        out["vectors"][kind] = {names[int(i)]: raw[n].tobytes() for n, i in enumerate(ids)}
+    for pid, patient in names.items():
+        rows = tiles_repo.patient_tiles(catalog, pid)
+        _, sigs, tokens = tiles_repo.load_tokens_by_id(catalog, [r.id for r in rows])
+        out["tiles"][patient] = [(r.slide, r.x_um, r.y_um, r.slide_rank, r.patient_rank, r.attention, sig, t.tobytes())
+                                 for r, sig, t in zip(rows, sigs, tokens)]
+    for _, name, _ in SLIDES:
+        (info,) = tiles_repo.slides_named(catalog, name)
+        path = Path(info.artifact_path)
+        assert path.is_file()
+        with h5py.File(path, "r") as handle:
+            data = {}
+            handle.visititems(lambda key, obj: data.__setitem__(key, obj[()].tobytes()) if isinstance(obj, h5py.Dataset) else None)
+            attrs = {k: str(v) for k, v in handle.attrs.items()}
+        out["artifacts"][name] = (path.relative_to(service.settings.data_dir).as_posix(), info.patient, info.status, data, attrs)
+    sets = {(s.kind, s.signature): s.count for s in catalog.vector_sets()}
+    out["sets"] = sets
+    return out
+
+
+def selection_of(service, patient: str) -> list[tuple]:
+    """The patient's selected tiles, re-derived from its stored artifacts (what the viewer shows)."""
+    from eagle_index.store.artifacts import read_slide_artifact
+
+    catalog = service.catalog
+    pid = catalog.patient_ids([patient])[patient]
+    with catalog.transaction() as session:
+        paths = catalog.done_artifacts(session, pid)
+    vectors = pipeline.aggregate_patient([read_slide_artifact(Path(p)) for p in paths], service.settings.eagle.top_k)
+    return [tuple(sorted(s.items())) for s in vectors.selection]
+
+
+def test_as_stored_is_what_the_artifact_reads_back(tmp_path, results):
+    from eagle_index.store.artifacts import as_stored, read_slide_artifact, write_slide_artifact
+
+    result = results["P-DX1"]
+    back = read_slide_artifact(write_slide_artifact(tmp_path / "a.h5", result, {"signature": "x"}))
+    view = as_stored(result)
+    for key in ("name", "tile_um", "tile_px", "mpp", "mpp_source", "level", "width_px", "height_px", "format"):
+        assert getattr(view, key) == getattr(back, key), key
+    for key in ("x_um", "y_um", "feats", "scores"):
+        a, b = getattr(view, key), getattr(back, key)
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), key
+    assert view.candidates.slide_name == back.candidates.slide_name
+    for key in ("tile_index", "x_um", "y_um", "scores", "class_tokens"):
+        a, b = getattr(view.candidates, key), getattr(back.candidates, key)
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), key
+
+
+def test_new_path_and_batches_store_bit_identical_results(tmp_path, results):
+    snaps, selections = {}, {}
+    for how in ("old", "new", "batch"):
+        with _open(tmp_path, how) as service:
+            _store_all(service, results, how, batch=3)
+            snaps[how] = snapshot(service)
+            selections[how] = selection_of(service, "P")
+            # the FAISS index followed: P's nearest neighbour is Q (the only other patient)
+            assert [h.patient for h in service.search_patient("P", k=3)] == ["Q"]
+    assert len(snaps["old"]["tiles"]["P"]) == 4 * 25 and len(selections["old"]) == 25
+    assert {r[0] for r in snaps["old"]["tiles"]["P"] if r[4] is not None} >= {"P-DX0", "P-DX1"}  # a multi-slide selection
+    for how in ("new", "batch"):
+        for key in ("vectors", "tiles", "artifacts", "sets"):
+            assert snaps[how][key] == snaps["old"][key], (how, key)
+        assert selections[how] == selections["old"], how
+
+
+def test_a_batch_is_one_transaction_and_one_vector_write_per_set(tmp_path, results):
+    with _open(tmp_path, "one") as service:
+        ctx = service.ingest_context()
+        done = [(_claim(service, patient, name, seed), results[name], 2.0) for patient, name, seed in SLIDES]
+        out = store_job_results(ctx, done, identity=IDENTITY)
+        assert len(set(out)) == len(SLIDES)
+        generations = {s.kind: s.generation for s in service.catalog.vector_sets()}
+        assert generations == {k: 1 for k in KINDS}
+        assert service.jobs.states([job.id for job, _, _ in done])["done"] == len(SLIDES)
+
+
+def test_the_writer_reads_no_artifact(tmp_path, results, monkeypatch):
+    """Reading the patient's other artifacts and aggregating happen before the write."""
+    with _open(tmp_path, "io") as service:
+        ctx = service.ingest_context()
+        opened_in_writer = []
+        real_file = h5py.File
+
+        def spy(path, mode="r", *args, **kwargs):
+            if service.catalog.writer.on_writer_thread():
+                opened_in_writer.append((str(path), mode))
+            return real_file(path, mode, *args, **kwargs)
+
+        monkeypatch.setattr(h5py, "File", spy)
+        for patient, name, seed in SLIDES:
+            store_job_result(ctx, _claim(service, patient, name, seed), results[name], 1.0, identity=IDENTITY)
+        assert opened_in_writer == []
+        monkeypatch.setattr(h5py, "File", real_file)
+        assert len(snapshot(service)["tiles"]["P"]) == 100
+
+
+def test_two_slides_of_one_patient_stored_at_once_equal_sequential_storage(tmp_path, results):
+    with _open(tmp_path, "seq") as service:
+        _store_all(service, results, "old")
+        expected = snapshot(service)
+    with _open(tmp_path, "threads") as service:
+        ctx = service.ingest_context()
+        jobs = [(_claim(service, patient, name, seed), results[name]) for patient, name, seed in SLIDES]
+        for rounds in ([0, 1], [2, 3, 4]):  # two, then three results arrive at once (four of one patient)
+            start = threading.Barrier(len(rounds))
+            errors: list[BaseException] = []
+
+            def store(i):
+                try:
+                    start.wait()
+                    store_job_result(ctx, jobs[i][0], jobs[i][1], 1.0, identity=IDENTITY)
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=store, args=(i,)) for i in rounds]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors, errors
+        got = snapshot(service)
+    for key in ("vectors", "tiles", "artifacts"):
+        assert got[key] == expected[key], key
+
+
+def test_a_plan_overtaken_by_another_write_is_reaggregated_in_the_writer(tmp_path, results, caplog):
+    """Without the per-patient lock (another writer): slide P-DX1 is prepared, P-DX3 commits in
+    between; the check inside the write sees a different slide set and recomputes."""
+    from eagle_index.ingest import storing
+    from eagle_index.ingest.worker import slide_job_of
+
+    with _open(tmp_path, "seq") as service:
+        _store_all(service, results, "old")
+        expected = snapshot(service)
+    with _open(tmp_path, "race") as service:
+        ctx = service.ingest_context()
+        jobs = [(_claim(service, patient, name, seed), results[name]) for patient, name, seed in SLIDES]
+
+        def item(i):
+            job, result = jobs[i]
+            return storing.StoreItem(slide_job_of(job), job.fingerprint, result, identity=IDENTITY, job_id=job.id, seconds=1.0)
+
+        late = storing.prepare(ctx, [item(1)])  # P-DX1, planned while P has no slide
+        assert late.plans[0].slides == ((jobs[1][0].fingerprint, late.plans[0].slides[0][1]),)
+        storing.store_results(ctx, [item(0)])  # P-DX3 commits first
+        with caplog.at_level("INFO", logger="eagle_index.ingest.storing"):
+            (slide_id,) = service.catalog.write(lambda session: storing.commit(ctx, session, late))
+        ctx.sync_index()
+        assert isinstance(slide_id, int) and "re-aggregated in the writer" in caplog.text
+        storing.store_results(ctx, [item(2), item(3), item(4)])
+        got = snapshot(service)
+    for key in ("vectors", "tiles", "artifacts"):
+        assert got[key] == expected[key], key
+
+
+def test_an_unreadable_artifact_fails_its_patient_only(tmp_path, results):
+    with _open(tmp_path, "bad") as service:
+        ctx = service.ingest_context()
+        jobs = [(_claim(service, patient, name, seed), results[name]) for patient, name, seed in SLIDES]
+        first = store_job_result(ctx, jobs[0][0], jobs[0][1], 1.0, identity=IDENTITY)  # P-DX3
+        (info,) = tiles_repo.slides_named(service.catalog, "P-DX3")
+        Path(info.artifact_path).write_bytes(b"not hdf5")
+        out = store_job_results(ctx, [(jobs[1][0], jobs[1][1], 1.0), (jobs[2][0], jobs[2][1], 1.0)], identity=IDENTITY)
+        assert isinstance(out[0], Exception) and "not a readable HDF5 file" in str(out[0])  # P: its other slide is broken
+        assert isinstance(out[1], int) and out[1] != first  # Q is stored
+        assert service.jobs.states([jobs[2][0].id])["done"] == 1
+        assert service.jobs.states([jobs[1][0].id])["running"] == 1  # the caller fails or retries it
+        with pytest.raises(Exception, match="not a readable HDF5 file"):
+            store_job_result(ctx, jobs[3][0], jobs[3][1], 1.0, identity=IDENTITY)
