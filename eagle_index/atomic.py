@@ -2,7 +2,7 @@
 
 Why: a reader (or a crash) must see the old file or the new one, never half of one. The temp
 file is fsynced before the rename and gets the permissions an ordinary new file would get
-(the process umask), since mkstemp's 0600 would make exports unreadable to colleagues.
+(the process umask, read once at import), since mkstemp's 0600 would make exports unreadable to colleagues.
 """
 
 from __future__ import annotations
@@ -14,10 +14,26 @@ from pathlib import Path
 from typing import Iterator
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _process_umask() -> int:
+    """The umask, read without changing it where Linux tells it (/proc/self/status, since 4.7).
+
+    Elsewhere it is set and set back once, at import: `os.umask` is process-wide, so doing that
+    while other threads create files or folders would give theirs the wrong mode."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+# The mode an ordinary new file gets (open(path, "w")). Read once: the umask of a running process
+# does not change (eagle-index never sets it after start).
+FILE_MODE = 0o666 & ~_process_umask()
 
 
 @contextmanager
@@ -34,7 +50,7 @@ def atomic_path(path: str | Path, mkdir: bool = True, durable: bool = True) -> I
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, FILE_MODE)
         if durable:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
