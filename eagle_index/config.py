@@ -49,7 +49,11 @@ class TilingSettings(BaseModel):
     canny_high: int = Field(100, ge=0)
     min_edge_ratio: float = Field(0.02, ge=0, le=1, description="keep a tile with at least this fraction of Canny edge pixels")
     default_mpp: float | None = Field(None, gt=0, description="µm/px used when a slide records none (last resort)")
-    read_threads: int = Field(4, ge=1)
+    read_threads: int = Field(4, ge=1, description="reader threads when read_workers is 0 (the in-process reader)")
+    read_workers: int | None = Field(
+        None, ge=0, description="reader processes (slides/pool.py); None: one per core; 0: threads in this process")
+    prefetch_slides: int = Field(2, ge=0, description="slides read ahead while one is embedded (reader processes only)")
+    read_buffer_mb: int = Field(512, ge=16, description="shared memory for tiles read ahead (bounds the prefetch)")
     dct_scaled_decode: bool = Field(
         False, description="decode JPEG tiles at 1/2, 1/4 or 1/8 scale in the inverse DCT when the read level is exactly "
                            "that much finer than target_mpp (TIFF/SVS JPEG levels only; see docs/pipeline.md)")
@@ -65,6 +69,16 @@ class EagleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     top_k: int = Field(25, ge=1, description="tiles per patient whose Virchow2 class tokens are averaged")
+
+
+class InferenceSettings(BaseModel):
+    """How the tile encoders run. Only `precision` changes vectors (and is signed)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="fp32: the reference; bf16: CTransPath under bf16 autocast (own signature; Virchow2 keeps fp16 on CUDA)")
+    gpu_batch: int | None = Field(None, ge=1, description="CTransPath batch on CUDA; None: chosen from free GPU memory")
 
 
 class IndexSettings(BaseModel):
@@ -231,6 +245,7 @@ class Settings(BaseModel):
     models: str = Field("default", description="model preset: 'default' (official weights) or 'tiny' (random, tests/demo)")
     tiling: TilingSettings = TilingSettings()
     eagle: EagleSettings = EagleSettings()
+    inference: InferenceSettings = InferenceSettings()
     index: IndexSettings = IndexSettings()
     viewer: ViewerSettings = ViewerSettings()
     allowed_hosts: tuple[str, ...] = Field(
@@ -301,6 +316,15 @@ class Settings(BaseModel):
     def weights_cache_dir(self) -> Path:
         """Where downloaded weights and the digest cache live: `<cache_dir>/weights`."""
         return (self.cache_dir or default_cache_dir()) / "weights"
+
+    def with_throughput(self, read_workers: int | None = None, precision: str | None = None) -> "Settings":
+        """A copy with the reader processes and/or precision a command line asked for (validated)."""
+        tiling, inference = self.tiling, self.inference
+        if read_workers is not None:
+            tiling = TilingSettings(**{**tiling.model_dump(), "read_workers": read_workers})
+        if precision is not None:
+            inference = InferenceSettings(**{**inference.model_dump(), "precision": precision})
+        return self.model_copy(update={"tiling": tiling, "inference": inference})
 
     def without_secrets(self) -> "Settings":
         """A copy for processes that must not hold the tokens (Ray workers)."""

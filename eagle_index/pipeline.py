@@ -4,7 +4,9 @@ Per slide: EAGLE tissue tiles (eagle_index.slides) -> CTransPath features of eve
 CHIEF raw attention -> the slide's top-k candidates -> Virchow2 class tokens of only those
 k tiles, read again from the slide pyramid at 2 µm/px. Per patient: top-k over the union of
 its slides' candidates, mean of their class tokens (see eagle_index.aggregation for the
-tie rule). Tile reading runs on a thread pool ahead of the model, so I/O overlaps compute.
+tie rule). Tiles are read by reader processes ahead of the model (slides/pool.py), the next
+slides while this one is embedded, so reading overlaps compute and never holds the GIL of the
+process that feeds the GPU.
 """
 
 from __future__ import annotations
@@ -64,58 +66,195 @@ class PatientVectors:
 
 
 def embed_slide(path: Path, models, settings: Settings, mpp_override: float | None = None,
-                name: str | None = None, batch_size: int = 32, progress=None) -> SlideResult:
+                name: str | None = None, batch_size: int | None = None, progress=None) -> SlideResult:
     """Run CTransPath on every tissue tile, CHIEF on the features, Virchow2 on the top-k tiles."""
-    from eagle_index.slides import iter_tissue_batches, open_slide, read_tiles
+    for _, outcome in embed_slides([(Path(path), mpp_override, name)], models, settings, batch_size=batch_size,
+                                   progress=progress, prefetch=0):
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+    raise AssertionError("embed_slides yielded nothing")  # pragma: no cover
 
-    path = Path(path)
-    name = name or slide_name(path)
+
+def embed_slides(items, models, settings: Settings, batch_size: int | None = None, progress=None,
+                 prefetch: int | None = None, on_start=None):
+    """Embed slides in order, reading each while the ones before it are embedded.
+
+    `items` yields `(path, mpp_override, name_or_None)`; yields `(item, SlideResult)` or
+    `(item, error)` per slide: a slide that cannot be read fails alone (its EagleIndexError is
+    yielded); a ModelError (weights) and unexpected errors raise.
+    Reading happens in reader processes (`settings.tiling.read_workers`, default one per core;
+    slides/pool.py), or on threads in this process with `read_workers=0` - same tiles either way.
+    `on_start(item)` is called as each slide's embedding starts (progress displays).
+    """
+    from eagle_index.errors import EagleIndexError, ModelError
+
+    tiling = settings.tiling
+    batch = batch_size or _batch_size(models, settings)
+    items = ((Path(p), mpp, name) for p, mpp, name in items)
+    if tiling.read_workers == 0:
+        for item in items:
+            if on_start is not None:
+                on_start(item)
+            started = time.perf_counter()
+            try:
+                with _ThreadedSource(item[0], item[1], tiling) as source:
+                    outcome = _embed(source, item[2] or slide_name(item[0]), models, settings, batch, progress, started)
+            except EagleIndexError as exc:
+                if isinstance(exc, ModelError):
+                    raise
+                outcome = exc
+            yield item, outcome
+        return
+    from eagle_index.slides.pool import ReadRestart, shared_pool
+
+    pool = shared_pool(tiling.read_workers, tiling.tile_px, tiling.read_buffer_mb)
+    depth = tiling.prefetch_slides if prefetch is None else prefetch
+    for handle in pool.stream(((p, mpp, (p, mpp, name)) for p, mpp, name in items), tiling, prefetch=depth):
+        item = handle.item
+        if on_start is not None:
+            on_start(item)
+        while True:
+            started = time.perf_counter()
+            try:
+                result = _embed(_PooledSource(handle), item[2] or slide_name(item[0]), models, settings, batch, progress, started)
+            except ReadRestart:
+                continue  # a reader process died under it: read it again, alone (pool.py)
+            except EagleIndexError as exc:
+                if isinstance(exc, ModelError):
+                    raise  # missing or wrong weights fail every slide alike
+                result = exc
+            break
+        yield item, result
+
+
+def _batch_size(models, settings: Settings) -> int:
+    """32 tiles per CTransPath call on the CPU (as before); on CUDA a batch sized to free memory."""
+    device = getattr(models.ctranspath, "device", None)
+    if device is None or getattr(device, "type", "cpu") != "cuda":
+        return 32
+    if settings.inference.gpu_batch:
+        return settings.inference.gpu_batch
+    import torch
+
+    from eagle_index.models.inference import cuda_batch_size
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return cuda_batch_size(free)
+
+
+class _ThreadedSource:
+    """A slide read on threads in this process (read_workers=0): the reader before the pool."""
+
+    def __init__(self, path: Path, mpp_override: float | None, tiling):
+        from eagle_index.slides import open_slide
+
+        self.tiling = tiling
+        self.slide = open_slide(path, mpp_override=mpp_override, settings=tiling)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.slide.close()
+
+    def tissue_batches(self, batch_size: int):
+        from eagle_index.slides import iter_tissue_batches
+
+        return iter_tissue_batches(self.slide, self.tiling, batch_size=batch_size)
+
+    def read_tiles(self, x_um, y_um):
+        from eagle_index.slides import read_tiles
+
+        return read_tiles(self.slide, x_um, y_um, self.tiling)
+
+    def meta(self) -> dict:
+        from eagle_index.slides.tiling import read_level
+
+        s = self.slide
+        return dict(mpp=s.mpp, mpp_source=s.mpp_source, level=read_level(s, self.tiling.target_mpp),
+                    width_px=s.dimensions[0], height_px=s.dimensions[1], format=s.format)
+
+
+class _PooledSource:
+    """A slide read by the reader processes (slides/pool.py), planned and read ahead."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def tissue_batches(self, batch_size: int):
+        return self.handle.tissue_batches(batch_size)
+
+    def read_tiles(self, x_um, y_um):
+        return self.handle.read_tiles(x_um, y_um)
+
+    def meta(self) -> dict:
+        p = self.handle.plan
+        return dict(mpp=p.mpp, mpp_source=p.mpp_source, level=p.level, width_px=p.width_px, height_px=p.height_px,
+                    format=p.format)
+
+
+def _embed(source, name: str, models, settings: Settings, batch_size: int, progress, started: float) -> SlideResult:
+    """One slide from its tile source: CTransPath per batch, CHIEF, top-k, Virchow2 on the re-read."""
+    from eagle_index.models.inference import FeatureStream
+
+    path = getattr(source, "slide", None) and source.slide.path or source.handle.path
     # read_wait: time the consumer waited for tile batches (opening the slide and the tissue
-    # mask included); the reader works ahead on its threads while CTransPath runs.
+    # mask included); the readers work ahead while CTransPath runs.
     timings = dict.fromkeys(("read_wait", "ctranspath", "chief", "virchow2_read", "virchow2"), 0.0)
-    started = time.perf_counter()
-    with open_slide(path, mpp_override=mpp_override, settings=settings.tiling) as slide:
-        feats, xs, ys = [], [], []
-        t0 = time.perf_counter()
-        timings["read_wait"] = t0 - started
-        for batch in iter_tissue_batches(slide, settings.tiling, batch_size=batch_size):
-            t1 = time.perf_counter()
-            timings["read_wait"] += t1 - t0
-            feats.append(models.ctranspath.encode(batch.images))
-            xs.append(batch.x_um)
-            ys.append(batch.y_um)
-            if progress is not None:
-                progress(len(batch))
-            t0 = time.perf_counter()
-            timings["ctranspath"] += t0 - t1
-        timings["read_wait"] += time.perf_counter() - t0
-        if not feats:
-            raise SlideError(f"{path}: no tissue tiles found (Canny rule kept none of the tiles at {settings.tiling.target_mpp} µm/px)")
-        # As the reference stores them (STAMP feature files are float16) and CHIEF then reads them:
-        # rounded to float16, kept as float32 values. Near-ties in CHIEF's scores then break as
-        # they do on the reference's features (see docs/pipeline.md, "Precision").
-        feats_all = np.concatenate(feats).astype(FEATURE_DTYPE).astype(np.float32)
-        x_um, y_um = np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.float64)
-        t0 = time.perf_counter()
-        scores = models.chief.raw_attention(feats_all).astype(np.float32)
-        timings["chief"] = time.perf_counter() - t0
-        candidates = aggregation.slide_candidates(name, scores, x_um, y_um, settings.eagle.top_k)
-        t0 = time.perf_counter()
-        pixels = read_tiles(slide, candidates.x_um, candidates.y_um, settings.tiling)
+    features = FeatureStream(models.ctranspath, settings.inference.precision, _pinned_buffers(models))
+    xs, ys = [], []
+    t0 = time.perf_counter()
+    for batch in source.tissue_batches(batch_size):
         t1 = time.perf_counter()
-        timings["virchow2_read"] = t1 - t0
-        candidates.class_tokens = models.virchow2.encode(pixels).astype(np.float32)
-        timings["virchow2"] = time.perf_counter() - t1
-        result = SlideResult(
-            name=name, x_um=x_um, y_um=y_um, feats=feats_all, scores=scores, candidates=candidates,
-            tile_um=settings.tiling.tile_um, tile_px=settings.tiling.tile_px, mpp=slide.mpp,
-            mpp_source=slide.mpp_source, level=_read_level(slide, settings), width_px=slide.dimensions[0],
-            height_px=slide.dimensions[1], format=slide.format, timings=timings,
-        )
+        timings["read_wait"] += t1 - t0
+        features.add(batch.images)
+        xs.append(batch.x_um)
+        ys.append(batch.y_um)
+        if progress is not None:
+            progress(len(batch))
+        t0 = time.perf_counter()
+        timings["ctranspath"] += t0 - t1
+    timings["read_wait"] += time.perf_counter() - t0
+    if not xs:
+        raise SlideError(f"{path}: no tissue tiles found (Canny rule kept none of the tiles at {settings.tiling.target_mpp} µm/px)")
+    t0 = time.perf_counter()
+    # As the reference stores them (STAMP feature files are float16) and CHIEF then reads them:
+    # rounded to float16, kept as float32 values. Near-ties in CHIEF's scores then break as
+    # they do on the reference's features (see docs/pipeline.md, "Precision").
+    feats_all = features.result().astype(FEATURE_DTYPE).astype(np.float32)
+    timings["ctranspath"] += time.perf_counter() - t0  # on CUDA: waiting for the queued batches
+    x_um, y_um = np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.float64)
+    t0 = time.perf_counter()
+    scores = models.chief.raw_attention(feats_all).astype(np.float32)
+    timings["chief"] = time.perf_counter() - t0
+    candidates = aggregation.slide_candidates(name, scores, x_um, y_um, settings.eagle.top_k)
+    t0 = time.perf_counter()
+    pixels = source.read_tiles(candidates.x_um, candidates.y_um)
+    t1 = time.perf_counter()
+    timings["virchow2_read"] = t1 - t0
+    candidates.class_tokens = models.virchow2.encode(pixels).astype(np.float32)
+    timings["virchow2"] = time.perf_counter() - t1
+    meta = source.meta()
+    result = SlideResult(name=name, x_um=x_um, y_um=y_um, feats=feats_all, scores=scores, candidates=candidates,
+                         tile_um=settings.tiling.tile_um, tile_px=settings.tiling.tile_px, timings=timings, **meta)
     timings["total"] = time.perf_counter() - started
-    log.info("embedded %s: %d tiles in %.2fs (%s)", path.name, result.n_tiles, timings["total"],
+    log.info("embedded %s: %d tiles in %.2fs (%s)", Path(path).name, result.n_tiles, timings["total"],
              ", ".join(f"{k} {v:.2f}s" for k, v in timings.items() if k != "total"))
     return result
+
+
+def _pinned_buffers(models) -> list:
+    """The CUDA pinned upload buffers, kept with the models so every slide reuses them."""
+    encoder = models.ctranspath
+    buffers = getattr(encoder, "_pinned_ring", None)
+    if buffers is None:
+        buffers = []
+        try:
+            encoder._pinned_ring = buffers
+        except AttributeError:  # pragma: no cover - a read-only stand-in: fresh buffers per slide
+            pass
+    return buffers
 
 
 def aggregate_patient(slides: list[SlideResult], top_k: int) -> PatientVectors:
@@ -144,9 +283,3 @@ def slide_name(path: Path) -> str:
     from eagle_index.formats.tables import SlideRow
 
     return SlideRow("", Path(path).name).stem
-
-
-def _read_level(slide, settings: Settings) -> int | None:
-    from eagle_index.slides.tiling import read_level
-
-    return read_level(slide, settings.tiling.target_mpp)

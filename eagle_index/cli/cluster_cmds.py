@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, DeviceOpt, ModelsOpt, WeightsDirOpt, settings_from, setup_logging
+from eagle_index.cli.options import (DataDirOpt, DeviceOpt, ModelsOpt, PrecisionOpt, ReadWorkersOpt, WeightsDirOpt, settings_from,
+                                     setup_logging)
 
 ClusterOpt = Annotated[Optional[str], typer.Option(
     "--cluster", help="Embed on Ray workers: local (start Ray on this machine), auto (the running cluster) or ray://HOST:PORT. "
@@ -48,6 +49,8 @@ def register(app: typer.Typer) -> None:
         slides_in_flight: InFlightOpt = None,
         models: ModelsOpt = "default",
         device: DeviceOpt = None,
+        read_workers: ReadWorkersOpt = None,
+        precision: PrecisionOpt = None,
         mpp: Annotated[Optional[float], typer.Option("--mpp", help="Override the slides' µm per pixel (level 0).")] = None,
         max_attempts: Annotated[int, typer.Option("--max-attempts", min=1, help="Attempts per slide before it is marked failed.")] = 3,
         retry_backoff: Annotated[float, typer.Option("--retry-backoff", help="Seconds before the first retry (doubles each time).")] = 5.0,
@@ -62,7 +65,8 @@ def register(app: typer.Typer) -> None:
         from eagle_index.backfill import Backfill, plan
         from eagle_index.server import OwnerOptions, run_owner
 
-        settings = settings_from(data_dir, weights_dir, models=models, device=device)
+        settings = settings_from(data_dir, weights_dir, models=models, device=device, read_workers=read_workers,
+                                 precision=precision)
         setup_logging(settings, "WARNING" if sys.stderr.isatty() else "INFO")
         options = cluster_options(cluster, workers, gpus_per_worker, threads_per_worker, slides_in_flight)
         session = Backfill(plan(paths, slide_table, mpp))

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from eagle_index.cli.cluster_cmds import ClusterOpt, GpusOpt, ThreadsOpt, WorkersOpt
-from eagle_index.cli.options import DataDirOpt, DeviceOpt, ModelsOpt, JsonOpt, WeightsDirOpt, settings_from, setup_logging
+from eagle_index.cli.options import (DataDirOpt, DeviceOpt, JsonOpt, ModelsOpt, PrecisionOpt, ReadWorkersOpt, WeightsDirOpt,
+                                     settings_from, setup_logging)
 
 WatchOpt = Annotated[list[Path], typer.Option("--watch", help="Folder to watch for new slides (repeatable).")]
 SlideTableOpt = Annotated[Optional[Path], typer.Option("--slide-table", help="PATIENT,FILENAME[,MPP] table (re-read when it changes).")]
@@ -21,13 +22,13 @@ QuarantineOpt = Annotated[Optional[Path], typer.Option("--quarantine", help="Mov
 PollOpt = Annotated[float, typer.Option("--poll-seconds", help="Folder scan interval (fallback for network mounts).")]
 
 
-def _run(role: str, data_dir, weights_dir, models, device, **options) -> None:
+def _run(role: str, data_dir, weights_dir, models, device, read_workers=None, precision=None, **options) -> None:
     from eagle_index.cli.cluster_cmds import cluster_options
     from eagle_index.server import OwnerOptions, run_owner
 
     options["cluster"] = cluster_options(*(options.pop(k, None) for k in ("cluster", "workers", "gpus_per_worker", "threads_per_worker")))
 
-    settings = settings_from(data_dir, weights_dir, models=models, device=device)
+    settings = settings_from(data_dir, weights_dir, models=models, device=device, read_workers=read_workers, precision=precision)
     setup_logging(settings, "INFO")
     options["token"] = settings.token
     raise typer.Exit(run_owner(settings, OwnerOptions(role=role, **options)))
@@ -41,6 +42,8 @@ def register(app: typer.Typer) -> None:
         patient_regex: RegexOpt = None,
         models: ModelsOpt = "default",
         device: DeviceOpt = None,
+        read_workers: ReadWorkersOpt = None,
+        precision: PrecisionOpt = None,
         settle_seconds: SettleOpt = 5.0,
         poll_seconds: PollOpt = 2.0,
         max_attempts: AttemptsOpt = 3,
@@ -55,7 +58,7 @@ def register(app: typer.Typer) -> None:
         weights_dir: WeightsDirOpt = None,
     ) -> None:
         """Watch folders and ingest every complete slide (worker + loopback API, no UI); Ray workers with --cluster."""
-        _run("daemon", data_dir, weights_dir, models, device, watch=watch, slide_table=slide_table,
+        _run("daemon", data_dir, weights_dir, models, device, read_workers=read_workers, precision=precision, watch=watch, slide_table=slide_table,
              cluster=cluster, workers=workers, gpus_per_worker=gpus_per_worker, threads_per_worker=threads_per_worker,
              patient_regex=patient_regex, settle_seconds=settle_seconds, poll_seconds=poll_seconds,
              max_attempts=max_attempts, backoff_seconds=retry_backoff, quarantine=quarantine, host="127.0.0.1", port=port)

@@ -29,6 +29,14 @@ KindOpt = Annotated[
     typer.Option("--kind", help="Vector kind: eagle, chief, mean-ctranspath… (default: eagle if stored, else the only kind; "
                  "a cohort's own kind for its reports)."),
 ]
+ReadWorkersOpt = Annotated[
+    Optional[int],
+    typer.Option("--read-workers", min=0, help="Reader processes (default: one per core; 0: threads in this process)."),
+]
+PrecisionOpt = Annotated[
+    Optional[str],
+    typer.Option("--precision", help="fp32 (default, the reference) or bf16 (CTransPath under bf16 autocast; own signature)."),
+]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, or auto (default; env EAGLE_INDEX_DEVICE).")]
 
 
@@ -42,8 +50,11 @@ def settings_from(data_dir: Path | None = None, weights_dir: Path | None = None,
     from eagle_index.config import Settings
     from eagle_index.errors import InputError
 
+    read_workers, precision = more.pop("read_workers", None), more.pop("precision", None)
     try:
         settings = Settings.load(data_dir=data_dir, weights_dir=weights_dir, **more)
+        if read_workers is not None or precision is not None:
+            settings = settings.with_throughput(read_workers=read_workers, precision=precision)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "settings"

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from eagle_index.cli.progress import slide_progress
-from eagle_index.cli.options import DataDirOpt, DeviceOpt, ModelsOpt, JsonOpt, WeightsDirOpt, output_file, settings_from
+from eagle_index.cli.options import (DataDirOpt, DeviceOpt, JsonOpt, ModelsOpt, PrecisionOpt, ReadWorkersOpt, WeightsDirOpt,
+                                     output_file, settings_from)
 from eagle_index.errors import InputError
 
 MppOpt = Annotated[Optional[float], typer.Option("--mpp", help="Override the slides' µm per pixel (level 0).")]
@@ -23,6 +24,8 @@ def register(app: typer.Typer) -> None:
         patient: Annotated[Optional[str], typer.Option("--patient", help="All slides belong to this patient (default: TCGA id or file stem).")] = None,
         artifacts: Annotated[Optional[Path], typer.Option("--artifacts", help="Keep one HDF5 per slide here (STAMP v2 feats/coords + attention + candidates).")] = None,
         device: DeviceOpt = None,
+        read_workers: ReadWorkersOpt = None,
+        precision: PrecisionOpt = None,
         models: ModelsOpt = "default",
         mpp: MppOpt = None,
         data_dir: DataDirOpt = None,
@@ -34,7 +37,8 @@ def register(app: typer.Typer) -> None:
         from eagle_index.service import EagleService
 
         output_file(out, "EAGLE output file")
-        settings = settings_from(data_dir, weights_dir, models=models, device=device)
+        settings = settings_from(data_dir, weights_dir, models=models, device=device, read_workers=read_workers,
+                                 precision=precision)
         service = EagleService(settings)
         with slide_progress(not as_json) as tick:
             patients = service.embed(slides, patient, artifacts, mpp, progress=tick)
@@ -54,6 +58,8 @@ def register(app: typer.Typer) -> None:
         patient: Annotated[Optional[str], typer.Option("--patient", help="All slides belong to this patient.")] = None,
         slide_table: Annotated[Optional[Path], typer.Option("--slide-table", help="PATIENT,FILENAME[,MPP] table.")] = None,
         device: DeviceOpt = None,
+        read_workers: ReadWorkersOpt = None,
+        precision: PrecisionOpt = None,
         models: ModelsOpt = "default",
         mpp: MppOpt = None,
         data_dir: DataDirOpt = None,
@@ -65,7 +71,8 @@ def register(app: typer.Typer) -> None:
 
         from eagle_index.client import owner_client
 
-        settings = settings_from(data_dir, weights_dir, models=models, device=device)
+        settings = settings_from(data_dir, weights_dir, models=models, device=device, read_workers=read_workers,
+                                 precision=precision)
         client = owner_client(settings)
         if client is not None:  # the running daemon/server embeds them: queue, don't wait
             if slide_table is not None or mpp is not None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, JsonOpt, output_file, settings_from
+from eagle_index.cli.options import DataDirOpt, JsonOpt, ReadWorkersOpt, output_file, settings_from
 from eagle_index.errors import InputError
 
 SlideArg = Annotated[Path, typer.Argument(metavar="SLIDE", help="Slide file (any OpenSlide format, or PNG/JPEG with --mpp).")]
@@ -91,6 +91,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
         out: Annotated[Optional[Path], typer.Option("--out", help="Write coordinates to this HDF5 file.")] = None,
         images: Annotated[bool, typer.Option("--images", help="With --out: also write the tile pixels.")] = False,
+        read_workers: ReadWorkersOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
         """Report a slide's levels, MPP (and its source), the level read and its EAGLE tissue tiles."""
@@ -101,12 +102,16 @@ def register(app: typer.Typer) -> None:
             raise InputError("--images needs --out FILE.h5")
         if out is not None:
             output_file(out, "tile file")
-        settings = settings_from(data_dir).tiling
+        settings = settings_from(data_dir, read_workers=read_workers).tiling
         with open_slide(slide_path, mpp_override=mpp, settings=settings) as slide:
             complete = len(full_grid(slide, settings))
             candidates = candidate_grid(slide, settings)
             if out is not None:
                 grid = write_tiles_h5(out, slide, settings, candidates=candidates, images=images)
+            elif settings.read_workers != 0:  # the Canny pass in reader processes (same tiles)
+                from eagle_index.slides.pool import pooled_tissue_grid
+
+                grid = pooled_tissue_grid(slide_path, mpp, settings, candidates)
             else:
                 grid = tissue_grid(slide, settings, candidates=candidates)
             data = _report(slide, grid, candidates, complete, out)

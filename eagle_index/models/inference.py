@@ -65,13 +65,21 @@ def _as_uint8_batch(images) -> "torch.Tensor":
     return images
 
 
-def autocast_context(spec: ModelSpec, device: "torch.device"):
-    """fp16/bf16 autocast on CUDA where the spec asks for it; fp32 everywhere else."""
+def autocast_context(spec: ModelSpec, device: "torch.device", precision: str = "fp32"):
+    """fp16/bf16 autocast on CUDA where the spec asks for it; fp32 everywhere else, unless the
+    opt-in `precision="bf16"` (signed apart) asks for bf16 autocast on any device."""
     import torch
 
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     if device.type == "cuda" and spec.cuda_autocast:
         return torch.autocast("cuda", dtype=getattr(torch, spec.cuda_autocast))
     return nullcontext()
+
+
+def cuda_batch_size(free_bytes: int, per_tile_bytes: int = 24 << 20, cap: int = 512) -> int:
+    """A CTransPath batch that fits the free GPU memory with room to spare (a multiple of 32)."""
+    return max(32, min(cap, (free_bytes // 2 // per_tile_bytes) // 32 * 32))
 
 
 class TileEncoder:
@@ -119,7 +127,7 @@ class ClassTokenEncoder(TileEncoder):
         return self.encode(images, batch_size=batch_size)
 
 
-def encode_tiles(encoder: TileEncoder, images, batch_size: int | None = None) -> np.ndarray:
+def encode_tiles(encoder: TileEncoder, images, batch_size: int | None = None, precision: str = "fp32") -> np.ndarray:
     """Run a tile encoder over uint8 tiles [B, H, W, 3] in batches; float32 [B, dim] on the host."""
     import torch
 
@@ -135,10 +143,64 @@ def encode_tiles(encoder: TileEncoder, images, batch_size: int | None = None) ->
         for start in range(0, batch.shape[0], step):
             chunk = batch[start : start + step].to(device, non_blocking=True)
             pixels = preprocess(chunk, encoder.spec.transform)
-            with autocast_context(encoder.spec, device):
+            with autocast_context(encoder.spec, device, precision):
                 feats = encoder._forward(encoder.module, pixels)
             out.append(feats.float().cpu())
     return torch.cat(out).numpy()
+
+
+class FeatureStream:
+    """Encode tile batches as they arrive; one host copy of the features per slide.
+
+    On CUDA the uint8 batches go through a ring of pinned buffers with asynchronous copies (a
+    buffer is reused only after its copy's event), outputs stay on the device, and `result()`
+    brings them back once: no per-batch `.cpu()` sync. Elsewhere each batch is encoded as
+    `encode_tiles` always did. Use one per slide; `pinned` (a list) keeps buffers across slides.
+    """
+
+    RING = 3
+
+    def __init__(self, encoder: TileEncoder, precision: str = "fp32", pinned: list | None = None):
+        self.encoder = encoder
+        self.precision = precision
+        self.device = encoder.device
+        self._out: list = []
+        self._pinned = pinned if pinned is not None else []  # [(pinned uint8 tensor, copy event)]
+        self._next = 0
+
+    def add(self, images: np.ndarray) -> None:
+        import torch
+
+        if self.device.type != "cuda":  # as `encode_tiles` always did on the CPU
+            self._out.append(torch.from_numpy(encode_tiles(self.encoder, images, precision=self.precision)))
+            return
+        images = _as_uint8_batch(images)
+        slot = self._next % self.RING
+        self._next += 1
+        while len(self._pinned) <= slot:
+            self._pinned.append((None, None))
+        buf, event = self._pinned[slot]
+        if event is not None:
+            event.synchronize()  # the upload out of this buffer (RING batches ago) is done
+        if buf is None or buf.shape[0] < images.shape[0] or buf.shape[1:] != images.shape[1:]:
+            buf = torch.empty(tuple(images.shape), dtype=torch.uint8).pin_memory()
+        host = buf[: images.shape[0]]
+        host.copy_(images)
+        with torch.inference_mode():
+            chunk = host.to(self.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            self._pinned[slot] = (buf, done)
+            pixels = preprocess(chunk, self.encoder.spec.transform)
+            with autocast_context(self.encoder.spec, self.device, self.precision):
+                self._out.append(self.encoder._forward(self.encoder.module, pixels).float())
+
+    def result(self) -> np.ndarray:
+        import torch
+
+        if not self._out:
+            return np.zeros((0, self.encoder.dim), dtype=np.float32)
+        return torch.cat(self._out).cpu().numpy()  # the one device -> host copy (and sync) of the slide
 
 
 class SlideEncoder:

@@ -70,6 +70,8 @@ def pipeline_params(settings: "Settings", kind: str = "eagle") -> dict[str, Any]
     # CTransPath features rounded to float16 before CHIEF and pooling, as the reference stores them
     # (eagle_index.pipeline.FEATURE_DTYPE); vectors made before this rule carry no such parameter.
     params["features"] = "float16"
+    if settings.inference.precision != "fp32":  # opt-in reduced precision: other features, its own signature
+        params["precision"] = settings.inference.precision
     if tiling.dct_scaled_decode:  # opt-in reduced-scale JPEG decoding: other pixels, its own signature
         params["decode"] = "dct-scaled"
     return params

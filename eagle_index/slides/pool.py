@@ -1,0 +1,557 @@
+"""Tile reading in worker processes, slides read ahead: the GPU feeder never waits on the GIL.
+
+Why. Reader threads (tiling.py) share one interpreter with the thread that feeds the GPU: on a
+16-core GPU node they stop scaling at ~900 tiles/s and the GPU idles half of every slide
+(docs/benchmarks.md). Here each reader process opens a slide once (kept open for that slide's
+next jobs) and reads + Canny-filters its share of the grid with tiling.py's own code
+(`_Reader.read_job`, `keep_tiles`, `read_tiles`), so tiles are bit-identical to the threaded
+reader on every reader path (generic and Aperio-like pyramids, DCT-scaled, plain images, DICOM).
+
+Memory. Pixels travel through one shared-memory block cut into slots (never pickled): a job gets
+a free slot when it is submitted and gives it back once the consumer has copied its kept tiles.
+The slots (`read_buffer_mb`) bound what the pool holds, and so how far it can read ahead.
+
+Overlap. `SlideStream` plans (opens, masks) and reads slides i+1 ... i+prefetch while the consumer
+embeds slide i. Work is submitted in slide order (the current slide's jobs first), and a
+priority task (the top-k re-read for Virchow2) waits for at most the jobs already submitted.
+
+Failures. A slide that cannot be read fails alone (its SlideError names the file). A reader
+process that dies (a crashing decoder) breaks the pool: it is restarted and the current slide is
+read again alone; if it breaks the pool alone it fails, and the slides behind it are re-planned.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from eagle_index.config import TilingSettings
+from eagle_index.errors import SlideError
+from eagle_index.slides.tiling import TileBatch, TileGrid
+
+log = logging.getLogger(__name__)
+
+SLOT_TILES = 32  # tiles per shared-memory slot: a read job never holds more
+OPEN_SLIDES = 4  # slides a reader process keeps open (the current one and those read ahead)
+
+
+def default_workers() -> int:
+    """One reader process per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# -- the reader process side ------------------------------------------------------------------
+_slots: np.ndarray | None = None  # (n_slots, SLOT_TILES, tile_px, tile_px, 3) view of the shared block
+_shm: shared_memory.SharedMemory | None = None
+_open: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()
+
+
+def _init_reader(shm_name: str, shape: tuple[int, ...]) -> None:
+    """Attach the shared block; leave Ctrl-C to the parent (it shuts the pool down)."""
+    global _slots, _shm
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already; same pixels either way
+    # forkserver children share the parent's resource tracker: the parent alone unlinks the block
+    _shm = shared_memory.SharedMemory(name=shm_name)
+    _slots = np.ndarray(shape, dtype=np.uint8, buffer=_shm.buf)
+
+
+def _slide(path: str, mpp_override: float | None, settings: TilingSettings):
+    """The open slide (and its readers by level), opened once per reader process."""
+    from eagle_index.slides.reader import open_slide
+
+    key = (path, mpp_override, settings)
+    entry = _open.get(key)
+    if entry is None:
+        while len(_open) >= OPEN_SLIDES:
+            _, (old, _) = _open.popitem(last=False)
+            old.close()
+        entry = _open[key] = (open_slide(path, mpp_override=mpp_override, settings=settings), {})
+    else:
+        _open.move_to_end(key)
+    return entry
+
+
+def _forget(path: str) -> None:
+    for key in [k for k in _open if k[0] == path]:
+        _open.pop(key)[0].close()
+
+
+@dataclass(frozen=True)
+class SlidePlan:
+    """What the consumer needs of a slide before its tiles: the candidate grid and the metadata."""
+
+    grid: TileGrid
+    jobs: tuple[np.ndarray, ...]  # positions in `grid` of each read job, in grid order
+    lx: np.ndarray  # level origins of the grid's tiles
+    ly: np.ndarray
+    mpp: float
+    mpp_source: str
+    level: int
+    width_px: int
+    height_px: int
+    format: str
+
+
+def _plan_task(path: str, mpp_override: float | None, settings: TilingSettings, use_mask: bool) -> SlidePlan:
+    from eagle_index.slides.tiling import _plan_jobs, _Reader, candidate_grid
+
+    try:
+        slide, readers = _slide(path, mpp_override, settings)
+        grid = candidate_grid(slide, settings, use_mask)
+        reader = readers[(grid.level, grid.level_box_px)] = _Reader.make(slide, grid.level, grid.level_box_px, grid.tile_px, settings)
+        lx, ly = reader.level_origin(grid.x_px, grid.y_px)
+        jobs = []
+        for job in _plan_jobs(reader, lx, ly) if len(grid) else []:
+            jobs.extend(job[i:i + SLOT_TILES] for i in range(0, len(job), SLOT_TILES))  # crops are exact: see tiling.py
+        return SlidePlan(grid, tuple(jobs), lx, ly, slide.mpp, slide.mpp_source, grid.level, slide.dimensions[0],
+                         slide.dimensions[1], slide.format)
+    except BaseException:
+        _forget(path)
+        raise
+
+
+def _read_task(slot: int, path: str, mpp_override: float | None, settings: TilingSettings, level: int, box_px: int,
+               lx: np.ndarray, ly: np.ndarray, canny: bool) -> np.ndarray | None:
+    """Read tiles at level origins into `slot`; their Canny keep flags (or None)."""
+    from eagle_index.slides.tiling import _Reader
+    from eagle_index.slides.tissue import keep_tiles
+
+    try:
+        slide, readers = _slide(path, mpp_override, settings)
+        reader = readers.get((level, box_px))
+        if reader is None:
+            reader = readers[(level, box_px)] = _Reader.make(slide, level, box_px, settings.tile_px, settings)
+        images = reader.read_job(lx, ly)
+        _slots[slot, : len(lx)] = images
+        return keep_tiles(images, settings) if canny else None
+    except BaseException:
+        _forget(path)
+        raise
+
+
+def _tiles_task(slot: int, path: str, mpp_override: float | None, settings: TilingSettings,
+                x_um: np.ndarray, y_um: np.ndarray) -> int:
+    """`tiling.read_tiles` (the Virchow2 re-read) into `slot`."""
+    from eagle_index.slides.tiling import read_tiles
+
+    try:
+        slide, _ = _slide(path, mpp_override, settings)
+        _slots[slot, : len(x_um)] = read_tiles(slide, x_um, y_um, settings)
+        return len(x_um)
+    except BaseException:
+        _forget(path)
+        raise
+
+
+def _close_task(path: str) -> None:
+    _forget(path)
+
+
+class _no_main_module:
+    """Hide `__main__` while reader processes start, so they do not import the caller's script."""
+
+    def __enter__(self):
+        import types
+
+        self._main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+
+    def __exit__(self, *exc):
+        sys.modules["__main__"] = self._main
+
+
+# -- the parent side -----------------------------------------------------------------------------
+class ReaderPool:
+    """Reader processes and the shared slots their tiles come back in. Close it (or use `with`).
+
+    Slots are handed out with the pool's generation: after a restart (a reader process died),
+    slots taken before it are free again, and handing one back late changes nothing.
+    """
+
+    def __init__(self, workers: int | None = None, tile_px: int = 224, buffer_mb: int = 512):
+        self.workers = workers or default_workers()
+        self.tile_px = tile_px
+        slot_bytes = SLOT_TILES * tile_px * tile_px * 3
+        # enough slots to keep every process busy with work queued behind it, within the memory cap;
+        # `reserve` of them only priority reads (the top-k re-read) may take, so they never wait for
+        # tiles read ahead for later slides
+        self.reserve = self.workers
+        self.n_slots = max(2 * self.workers + 2, min(5 * self.workers + 4, (buffer_mb << 20) // slot_bytes))
+        self._shape = (self.n_slots, SLOT_TILES, tile_px, tile_px, 3)
+        self._shm = shared_memory.SharedMemory(create=True, size=int(np.prod(self._shape)))
+        self.slots = np.ndarray(self._shape, dtype=np.uint8, buffer=self._shm.buf)
+        self._free = list(range(self.n_slots))
+        self._lock = threading.Lock()  # streams of several threads (a Ray actor's slides) share one pool
+        self.generation = 0
+        self._executor = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        """Start every reader process now, from a forkserver (never a fork of this process: it may
+        hold CUDA, Ray's threads, a server's locks) that has imported the readers' modules once."""
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["eagle_index.slides.pool", "eagle_index.slides.tiling", "openslide"])
+        executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_reader,
+                                       initargs=(self._shm.name, self._shape))
+        # Processes start lazily, one per submit, and a started process would re-run this program's
+        # main script (a CLI, a Ray worker, pytest): start them all here with no main to re-run.
+        with _no_main_module():
+            started = [executor.submit(os.getpid) for _ in range(self.workers)]
+        wait(started)
+        return executor
+
+    def restart(self, generation: int) -> None:
+        """A reader process died (the executor killed the others): start fresh processes, once
+        per breakage however many streams noticed it."""
+        with self._lock:
+            if generation != self.generation:
+                return
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = self._start()
+            self._free = list(range(self.n_slots))
+            self.generation += 1
+
+    def submit(self, fn, *args) -> Future:
+        """Submit a task; on a broken pool, a future that already holds BrokenProcessPool (so
+        every caller handles a dead reader in one place: where it reads the result)."""
+        try:
+            return self._executor.submit(fn, *args)
+        except BrokenProcessPool as exc:
+            failed: Future = Future()
+            failed.set_exception(exc)
+            return failed
+
+    def take_slot(self, priority: bool = False) -> tuple[int, int] | None:
+        """(slot, generation), or None when none is free (for ordinary reads: beyond the reserve)."""
+        with self._lock:
+            if len(self._free) > (0 if priority else self.reserve):
+                return self._free.pop(), self.generation
+            return None
+
+    def give_slot(self, token: tuple[int, int]) -> None:
+        slot, generation = token
+        with self._lock:
+            if generation == self.generation:
+                self._free.append(slot)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+            self.slots = None
+            self._shm.close()
+            self._shm.unlink()
+
+    def __enter__(self) -> "ReaderPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def stream(self, items: Iterable, settings: TilingSettings, prefetch: int = 2, use_mask: bool = True) -> "SlideStream":
+        return SlideStream(self, items, settings, prefetch, use_mask)
+
+
+_shared: ReaderPool | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_pool(workers: int | None, tile_px: int, buffer_mb: int = 512) -> ReaderPool:
+    """This process's reader pool (started on first use, closed at exit), so a daemon or a Ray
+    actor pays the start-up of its reader processes once."""
+    global _shared
+    import atexit
+
+    with _shared_lock:
+        want = workers or default_workers()
+        if _shared is not None and (_shared.workers != want or _shared.tile_px != tile_px):
+            _shared.close()
+            _shared = None
+        if _shared is None:
+            _shared = ReaderPool(want, tile_px, buffer_mb)
+            atexit.register(close_shared_pool)
+        return _shared
+
+
+def close_shared_pool() -> None:
+    global _shared
+    with _shared_lock:
+        if _shared is not None:
+            _shared.close()
+            _shared = None
+
+
+class ReadRestart(Exception):
+    """The pool broke under this slide and was restarted: read the slide again from the start."""
+
+
+@dataclass
+class _Work:
+    """One slide in the stream's window: its plan, its read jobs, the ones submitted."""
+
+    path: str
+    mpp_override: float | None
+    item: object
+    plan_future: Future | None = None
+    plan: SlidePlan | None = None
+    next_job: int = 0
+    submitted: collections.deque = field(default_factory=collections.deque)  # (future, slot token, positions)
+
+
+def _settle(future: Future) -> None:
+    """Cancel `future`, or wait until its process is done with its slot."""
+    if not future.cancel():
+        try:
+            future.exception()
+        except BaseException:  # noqa: BLE001 - cancelled, broken: either way the slot is free
+            pass
+
+
+class SlideStream:
+    """Slides in order, each read by the pool while the ones before it are consumed.
+
+    `items` yields `(path, mpp_override, anything)`; iterating gives a `PooledSlide` per item,
+    valid until the next one. A slide's own error is raised by its `plan` / `tissue_batches`.
+    """
+
+    def __init__(self, pool: ReaderPool, items: Iterable, settings: TilingSettings, prefetch: int = 2, use_mask: bool = True):
+        self.pool = pool
+        self.settings = settings
+        self.prefetch = max(0, prefetch)
+        self.use_mask = use_mask
+        self._items = iter(items)
+        self._window: collections.deque[_Work] = collections.deque()
+        self._alone = False  # after a broken pool: read the current slide with nothing ahead of it
+        self._exhausted = False
+        self._max_inflight = 2 * pool.workers  # tasks submitted but unfinished, across the window
+
+    def __iter__(self) -> Iterator["PooledSlide"]:
+        try:
+            while True:
+                self._fill_window()
+                if not self._window:
+                    return
+                yield PooledSlide(self, self._window[0])
+                self._release(self._window.popleft())
+                self._alone = False
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        while self._window:
+            self._release(self._window.popleft())
+
+    def _fill_window(self) -> None:
+        depth = 1 if self._alone else 1 + self.prefetch
+        while not self._exhausted and len(self._window) < depth:
+            try:
+                path, mpp_override, item = next(self._items)
+            except StopIteration:
+                self._exhausted = True
+                break
+            self._window.append(_Work(str(path), mpp_override, item))
+        self._pump()
+
+    def _release(self, work: _Work) -> None:
+        while work.submitted:
+            future, token, _ = work.submitted.popleft()
+            _settle(future)
+            self.pool.give_slot(token)
+        if work.plan_future is not None:
+            work.plan_future.cancel()
+        try:
+            self.pool.submit(_close_task, work.path)  # reader processes drop their handle of it
+        except (RuntimeError, BrokenProcessPool):
+            pass
+
+    def _inflight(self) -> int:
+        return sum(1 for w in self._window for f, _, _ in w.submitted if not f.done()) + sum(
+            1 for w in self._window if w.plan_future is not None and not w.plan_future.done())
+
+    def _pump(self) -> None:
+        """Submit plans and read jobs in slide order while slots and the in-flight bound allow.
+        A later slide's jobs are submitted only when every job of the slides before it is."""
+        budget = self._max_inflight - self._inflight()
+        for work in list(self._window)[: 1 if self._alone else None]:
+            if work.plan_future is None:
+                work.plan_future = self.pool.submit(_plan_task, work.path, work.mpp_override, self.settings, self.use_mask)
+                budget -= 1
+            if work.plan is None and work.plan_future.done() and not work.plan_future.cancelled() \
+                    and work.plan_future.exception() is None:
+                work.plan = work.plan_future.result()
+            if work.plan is None:
+                return
+            plan = work.plan
+            while work.next_job < len(plan.jobs):
+                if budget <= 0:
+                    return
+                token = self.pool.take_slot()
+                if token is None:
+                    return
+                positions = plan.jobs[work.next_job]
+                future = self.pool.submit(_read_task, token[0], work.path, work.mpp_override, self.settings, plan.level,
+                                          plan.grid.level_box_px, plan.lx[positions], plan.ly[positions], True)
+                work.submitted.append((future, token, positions))
+                work.next_job += 1
+                budget -= 1
+
+    def _wait(self, future: Future) -> None:
+        """Wait for `future`, submitting the window's next work whenever a plan finishes."""
+        while not future.done():
+            plans = [w.plan_future for w in self._window if w.plan is None and w.plan_future is not None
+                     and not w.plan_future.done()]
+            wait([future, *plans], return_when=FIRST_COMPLETED)
+            self._pump()
+
+    def _broken(self, work: _Work) -> None:
+        """A reader process died: restart the pool; the current slide is read again, alone.
+        Raises SlideError if it broke the pool while read alone (it is the culprit)."""
+        generation = self.pool.generation
+        for other in self._window:
+            other.submitted.clear()
+            other.plan_future, other.plan, other.next_job = None, None, 0
+        self.pool.restart(generation)
+        if self._alone:
+            raise SlideError(f"{work.path}: a reader process died reading this slide (corrupt file?)")
+        log.warning("a reader process died while %s was read; reading it again alone", work.path)
+        self._alone = True
+        raise ReadRestart(work.path)
+
+
+class PooledSlide:
+    """One slide of a `SlideStream`: its plan, its tissue tiles in grid order, tiles by µm.
+
+    Any method may raise `ReadRestart` (read the slide again from the start) or the slide's
+    `SlideError`."""
+
+    def __init__(self, stream: SlideStream, work: _Work):
+        self._stream = stream
+        self._work = work
+        self.path = Path(work.path)
+        self.item = work.item
+
+    @property
+    def plan(self) -> SlidePlan:
+        stream, work = self._stream, self._work
+        while work.plan is None:
+            if work.plan_future is None:
+                stream._pump()
+            stream._wait(work.plan_future)
+            try:
+                work.plan = work.plan_future.result()
+            except BrokenProcessPool:
+                stream._broken(work)
+        return work.plan
+
+    def tissue_batches(self, batch_size: int) -> Iterator[TileBatch]:
+        """The slide's tissue tiles (Canny rule) in grid order as batches; `index` counts kept
+        tiles, as `tiling.iter_tissue_batches` gives them."""
+        plan = self.plan
+        stream, work, grid = self._stream, self._work, plan.grid
+        tile = grid.tile_px
+        out = np.empty((batch_size, tile, tile, 3), np.uint8)
+        pos_buf = np.empty(batch_size, np.int64)
+        filled = emitted = 0
+        for _ in range(len(plan.jobs)):
+            if not work.submitted:
+                stream._pump()
+            future, token, positions = work.submitted[0]
+            stream._wait(future)
+            try:
+                keep = future.result()
+            except BrokenProcessPool:
+                stream._broken(work)
+            rows = np.flatnonzero(keep)
+            images = stream.pool.slots[token[0]]
+            src = 0
+            while src < len(rows):
+                n = min(batch_size - filled, len(rows) - src)
+                out[filled:filled + n] = images[rows[src:src + n]]
+                pos_buf[filled:filled + n] = positions[rows[src:src + n]]
+                filled, src = filled + n, src + n
+                if filled == batch_size:
+                    yield _batch(grid, out, pos_buf, filled, emitted)
+                    emitted += filled
+                    filled, out = 0, np.empty_like(out)
+            work.submitted.popleft()
+            stream.pool.give_slot(token)
+            stream._pump()
+        if filled:
+            yield _batch(grid, out[:filled], pos_buf, filled, emitted)
+
+    def read_tiles(self, x_um, y_um) -> np.ndarray:
+        """Tiles at µm coordinates exactly as `tiling.read_tiles` gives them (the Virchow2 re-read),
+        spread over the reader processes ahead of any read-ahead work."""
+        stream, work = self._stream, self._work
+        x_um, y_um = np.atleast_1d(x_um), np.atleast_1d(y_um)
+        tile = self.plan.grid.tile_px
+        out = np.empty((len(x_um), tile, tile, 3), np.uint8)
+        chunk = max(1, min(SLOT_TILES, -(-len(x_um) // stream.pool.workers)))
+        pending: collections.deque = collections.deque()
+        try:
+            for start in range(0, len(x_um), chunk):
+                token = stream.pool.take_slot(priority=True)
+                while token is None:  # another stream holds the reserve: wait for one of ours or theirs
+                    if pending:
+                        self._collect(pending.popleft(), out)
+                    else:
+                        busy = [f for w in stream._window for f, _, _ in w.submitted if not f.done()]
+                        if busy:
+                            wait(busy, return_when=FIRST_COMPLETED)
+                    token = stream.pool.take_slot(priority=True)
+                sl = slice(start, start + chunk)
+                future = stream.pool.submit(_tiles_task, token[0], work.path, work.mpp_override, stream.settings, x_um[sl], y_um[sl])
+                pending.append((future, token, sl))
+            while pending:
+                self._collect(pending.popleft(), out)
+        except BrokenProcessPool:
+            pending.clear()
+            stream._broken(work)
+        finally:
+            for future, token, _ in pending:
+                _settle(future)
+                stream.pool.give_slot(token)
+        return out
+
+    def _collect(self, entry, out: np.ndarray) -> None:
+        future, token, sl = entry
+        try:
+            n = future.result()
+            out[sl] = self._stream.pool.slots[token[0], :n]
+        finally:
+            self._stream.pool.give_slot(token)
+
+
+def _batch(grid: TileGrid, images: np.ndarray, pos_buf: np.ndarray, n: int, emitted: int) -> TileBatch:
+    pos = pos_buf[:n].copy()
+    return TileBatch(images=images[:n], index=np.arange(emitted, emitted + n, dtype=np.int64),
+                     x_px=grid.x_px[pos], y_px=grid.y_px[pos], x_um=grid.x_um[pos], y_um=grid.y_um[pos])
+
+
+def pooled_tissue_grid(path, mpp_override: float | None, settings: TilingSettings, candidates: TileGrid) -> TileGrid:
+    """`tiling.tissue_grid` with the reads and the Canny rule in this process's reader pool."""
+    pool = shared_pool(settings.read_workers, settings.tile_px, settings.read_buffer_mb)
+    keep = np.zeros(len(candidates), dtype=bool)
+    where = {(int(x), int(y)): i for i, (x, y) in enumerate(zip(candidates.x_px, candidates.y_px))}
+    for handle in pool.stream([(path, mpp_override, None)], settings, prefetch=0):
+        for batch in handle.tissue_batches(256):
+            keep[[where[(int(x), int(y))] for x, y in zip(batch.x_px, batch.y_px)]] = True
+    return candidates.subset(keep)
