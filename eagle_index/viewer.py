@@ -181,14 +181,20 @@ class _Open:
 
 # -- the disk cache ------------------------------------------------------------------------------------
 class TileCache:
-    """Encoded tiles under `root`, at most about `cap_bytes` (LRU by modification time, which a hit
-    refreshes). Writes are atomic (temp file + rename); a failed write or eviction is logged, never raised."""
+    """Encoded tiles under `root`, at most about `cap_bytes`, the least recently used evicted first.
+
+    The order is kept here (a hit or a write makes a tile the most recent), not read back from
+    file times, whose resolution (a clock tick) ties tiles used in a row. The files already there
+    at the first write (an earlier run's) come first, oldest modification time first; a hit also
+    refreshes the file's time so that the order survives a restart. Writes are atomic (temp file
+    + rename); a failed write or eviction is logged, never raised."""
 
     def __init__(self, root: Path, cap_bytes: int):
         self.root = Path(root)
         self.cap = int(cap_bytes)
         self._lock = threading.Lock()
-        self._size: int | None = None
+        self._order: OrderedDict[Path, int] | None = None  # path -> size, least recently used first
+        self._size = 0  # sum of self._order's sizes
 
     @property
     def enabled(self) -> bool:
@@ -202,6 +208,9 @@ class TileCache:
             data = path.read_bytes()
         except OSError:
             return None
+        with self._lock:
+            if self._order is not None and path in self._order:
+                self._order.move_to_end(path)
         try:
             os.utime(path)
         except OSError:
@@ -219,14 +228,20 @@ class TileCache:
             self.evict(target=self.cap // 2)  # a full disk: make room for the next writes
             return False
         with self._lock:
-            if self._size is None:
-                self._size = self._scan_size()
-            else:
-                self._size += len(data)
+            order = self._known()
+            self._size += len(data) - order.pop(path, 0)
+            order[path] = len(data)
             over = self._size > self.cap
         if over:
             self.evict()
         return True
+
+    def _known(self) -> OrderedDict[Path, int]:
+        """The tiles in LRU order (under the lock); the first call reads them from disk, by modification time."""
+        if self._order is None:
+            self._order = OrderedDict((path, size) for _, size, path in sorted(self._files(), key=lambda f: f[0]))
+            self._size = sum(self._order.values())
+        return self._order
 
     def _files(self) -> list[tuple[float, int, Path]]:
         out = []
@@ -240,22 +255,19 @@ class TileCache:
                 out.append((st.st_mtime, st.st_size, path))
         return out
 
-    def _scan_size(self) -> int:
-        return sum(size for _, size, _ in self._files())
-
     def size(self) -> int:
-        return self._scan_size()
+        """Bytes on disk now."""
+        return sum(size for _, size, _ in self._files())
 
     def evict(self, target: int | None = None) -> int:
         """Delete least recently used tiles until the cache holds at most `target` bytes (default 80 % of the cap)."""
         target = int(self.cap * 0.8) if target is None else target
         removed = 0
         with self._lock:
-            files = sorted(self._files(), key=lambda f: f[0])
-            total = sum(size for _, size, _ in files)
-            for _, size, path in files:
-                if total <= target:
-                    break
+            order = self._known()
+            kept = []  # tiles that could not be deleted: still there, still counted
+            while self._size > target and order:
+                path, size = order.popitem(last=False)
                 try:
                     path.unlink()
                     removed += 1
@@ -263,9 +275,12 @@ class TileCache:
                     pass
                 except OSError as exc:
                     log.warning("tile cache: cannot delete %s (%s)", path, exc)
+                    kept.append((path, size))
                     continue
-                total -= size
-            self._size = total
+                self._size -= size
+            for path, size in reversed(kept):
+                order[path] = size
+                order.move_to_end(path, last=False)
         return removed
 
 

@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import threading
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def test_tiles_are_the_deep_zoom_generators_pixels_cached_with_an_etag(client, e
     assert etag.startswith('"') and "max-age" in jpeg.headers["Cache-Control"]
     cached = list((env["data"] / "cache" / "dzi" / str(sid)).rglob(f"{top}/2_2_q80.jpeg"))
     assert len(cached) == 1 and cached[0].read_bytes() == jpeg.data
-    assert not list((env["data"] / "cache" / "dzi").rglob(".tmp-*"))
+    assert not list((env["data"] / "cache" / "dzi").rglob(".*.tmp"))  # atomic.py's temp names
     again = client.get(f"/api/v1/slides/{sid}/tiles/{top}/2_2.jpeg")
     assert again.data == jpeg.data and again.headers["ETag"] == etag
     unchanged = client.get(f"/api/v1/slides/{sid}/tiles/{top}/2_2.jpeg", headers={"If-None-Match": etag})
@@ -240,28 +241,48 @@ def test_open_slides_are_kept_in_a_bounded_lru_and_reopened_when_the_file_change
 
 # -- the disk cache ----------------------------------------------------------------------------------------
 def test_cache_is_capped_evicts_least_recently_used_and_survives_a_full_disk(tmp_path, monkeypatch):
-    import time
-
     from eagle_index.viewer import TileCache
 
-    cache = TileCache(tmp_path / "dzi", 10_000)
-    for i in range(30):
-        assert cache.put(f"1/sig/10/{i}_0_q80.jpeg", bytes([i]) * 1000)
-        if i == 3:
-            time.sleep(0.02)
-            assert cache.get("1/sig/10/0_0_q80.jpeg") is not None  # a hit makes tile 0 recent
-        time.sleep(0.002)
+    root = tmp_path / "dzi"
+
+    def name(i: int) -> str:
+        return f"1/sig/10/{i}_0_q80.jpeg"
+
+    def on_disk() -> list[int]:
+        return sorted(int(p.name.split("_")[0]) for p in root.rglob("*.jpeg"))
+
+    cache = TileCache(root, 10_000)
+    for i in range(10):
+        assert cache.put(name(i), bytes([i]) * 1000)
+    assert cache.get(name(0)) == bytes([0]) * 1000  # a hit makes tile 0 the most recent
+    assert cache.put(name(10), bytes([10]) * 1000)  # over the cap: down to 80 %, the 3 least recently used go
+    assert on_disk() == [0, *range(4, 11)]
+    for i in range(11, 30):
+        assert cache.put(name(i), bytes([i]) * 1000)
     assert cache.size() <= 10_000
-    assert cache.get("1/sig/10/29_0_q80.jpeg") == bytes([29]) * 1000
-    assert cache.get("1/sig/10/1_0_q80.jpeg") is None  # old and never read again: evicted
-    assert not list((tmp_path / "dzi").rglob(".tmp-*"))
+    assert cache.get(name(29)) == bytes([29]) * 1000
+    assert cache.get(name(1)) is None  # old and never read again: evicted
+    assert not list(root.rglob(".*.tmp"))  # atomic.py's temp names: .NAME.XXXXXXXX.tmp
+
+    # A restart takes the order from the files' modification times (set here, not waited for);
+    # a hit refreshes the time, so the order survives.
+    kept = on_disk()
+    now = time.time()
+    for rank, i in enumerate(reversed(kept)):  # the highest-numbered tile is the least recently used
+        os.utime(root / name(i), (now - 1000 + rank, now - 1000 + rank))
+    restarted = TileCache(root, 10_000)
+    assert restarted.get(name(kept[-1])) is not None and (root / name(kept[-1])).stat().st_mtime > now - 100
+    new_tiles = list(range(100, 100 + 11 - len(kept)))  # to 11 tiles: over the cap
+    for i in new_tiles:
+        assert restarted.put(name(i), bytes([i % 256]) * 1000)
+    assert on_disk() == sorted([*kept[:-4], kept[-1], *new_tiles])  # kept[-2], [-3], [-4] were the oldest
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", full)
     assert cache.put("1/sig/10/99_0_q80.jpeg", b"x" * 100) is False  # logged, not raised
-    assert not list((tmp_path / "dzi").rglob(".tmp-*"))
+    assert not list(root.rglob(".*.tmp"))
     assert TileCache(tmp_path / "off", 0).put("a.jpeg", b"x") is False
 
 
