@@ -21,6 +21,7 @@ from slide_fixtures import write_pyramidal_tiff
 FIXTURES = SHARED_DATA / "openslide-fixtures"
 BOX = 448.0
 TIMEOUT = 240
+SETTLE = 1.5  # the daemon's --settle-seconds
 
 
 def _slide(folder: Path, name: str, cols: int = 6, rows: int = 5, seed: int = 0, texture: str = "cells") -> Path:
@@ -44,7 +45,7 @@ class Daemon:
         self.log = open(data.parent / f"daemon-{data.name}-{time.time_ns()}.log", "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "eagle_index", "daemon", "--watch", str(inbox), "--models", "tiny", "--device", "cpu",
-             "--settle-seconds", "1.5", "--poll-seconds", "0.3", "--retry-backoff", "0.2", "--max-attempts", "2",
+             "--settle-seconds", str(SETTLE), "--poll-seconds", "0.3", "--retry-backoff", "0.2", "--max-attempts", "2",
              "--data-dir", str(data), *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=env,
         )
@@ -98,14 +99,55 @@ def _catalog_state(data: Path) -> tuple[dict, dict]:
         return {names[int(i)]: row for i, row in zip(ids, matrix)}, counts
 
 
-def _slow_copy(src: Path, dst: Path, seconds: float = 4.0, chunks: int = 8) -> None:
+def _slow_copy(src: Path, dst: Path, chunks: int = 16, pause: float = SETTLE / 15) -> None:
+    """A copy that takes longer than the settle time, with pauses far shorter than it: the watcher
+    must not take the growing file. (The settle rule itself is tested on a clock the test moves, in
+    test_a_file_being_written_is_enqueued_only_once_it_has_settled; the daemon test checks the
+    partial file never got a job of its own.)"""
     data = src.read_bytes()
     step = len(data) // chunks + 1
     with open(dst, "wb") as handle:
         for start in range(0, len(data), step):
             handle.write(data[start:start + step])
             handle.flush()
-            time.sleep(seconds / chunks)
+            time.sleep(pause)
+
+
+def test_a_file_being_written_is_enqueued_only_once_it_has_settled(tmp_path, good_slides, monkeypatch):
+    """The watcher's settle rule, in process, on a clock the test moves (no race with the writer):
+    each chunk of a slow copy sits unchanged for just under the settle time, and nothing is queued
+    until the complete file has been unchanged for the whole settle time."""
+    from types import SimpleNamespace
+
+    from eagle_index.config import Settings
+    from eagle_index.fingerprint import slide_fingerprint
+    from eagle_index.ingest import watcher as watching
+    from eagle_index.ingest.patients import PatientResolver
+    from eagle_index.service import EagleService
+
+    clock = [1000.0]
+    monkeypatch.setattr(watching, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    source, target = good_slides[4], inbox / good_slides[4].name
+    with EagleService(Settings(data_dir=tmp_path / "data", models="tiny", device="cpu")) as service:
+        watcher = watching.Watcher([inbox], service.jobs, PatientResolver(None, None), settle_seconds=SETTLE)
+        data = source.read_bytes()
+        step = len(data) // 8 + 1
+        with open(target, "wb") as handle:
+            for start in range(0, len(data), step):
+                handle.write(data[start:start + step])
+                handle.flush()
+                for _ in range(3):  # scans while this chunk stays unchanged for 0.98 x the settle time
+                    assert watcher.scan_once() == [], f"enqueued after {start + step} of {len(data)} bytes"
+                    clock[0] += SETTLE * 0.98 / 3
+        assert watcher.scan_once() == []  # complete, but not yet unchanged for the settle time
+        clock[0] += SETTLE * 0.02 + 1e-6
+        [queued] = watcher.scan_once()
+        assert queued["state"] == "queued" and queued["file"] == str(target)
+        assert watcher.scan_once() == []  # once
+        assert [(j["file"], j["state"]) for j in service.jobs.jobs()] == [(str(target), "queued")]
+        assert service.jobs.known_path(str(target)).fingerprint == slide_fingerprint(source)  # the whole file
 
 
 @pytest.mark.skipif(not FIXTURES.exists(), reason="../shared/data/openslide-fixtures absent")
@@ -142,11 +184,12 @@ def test_daemon_ingests_good_slides_once_and_survives_bad_ones(tmp_path, good_sl
     from sqlalchemy import select
 
     from eagle_index.store.catalog import Catalog
-    from eagle_index.store.models import Slide
+    from eagle_index.store.models import Job, Slide
 
     catalog = Catalog.open(data / "catalog.duckdb")
     with catalog.transaction() as session:
         rows = session.execute(select(Slide.name, Slide.status)).all()
+        jobs = session.execute(select(Job.path, Job.state)).all()
     catalog.close()
     done = sorted(name for name, state in rows if state == "done")
     expected = sorted(("renamed-copy-of-0004" if copy_won and p.stem.startswith("TCGA-AA-0004") else p.stem) for p in good_slides)
@@ -158,23 +201,73 @@ def test_daemon_ingests_good_slides_once_and_survives_bad_ones(tmp_path, good_sl
     with EagleService(Settings(data_dir=data), create=False) as service:
         stats = service.stats()
     assert stats["failed"] == 3 and stats["patients"] == 4  # no patient was made from a failed slide
+    slow = str(inbox / good_slides[4].name)
+    assert [(path, state) for path, state in jobs if path == slow] == [(slow, "done")]  # its partial content never got a job
+
+
+def _tissue_tiles(path: Path) -> int:
+    """How many tiles the worker will embed for this slide (the daemon tiles with the default settings)."""
+    from eagle_index.slides import open_slide, tissue_grid
+
+    with open_slide(path) as slide:
+        return len(tissue_grid(slide))
+
+
+def _mid_job(daemon: "Daemon", slide: Path, total: int) -> int:
+    """Wait for the worker's progress on `slide` and check most of it is still to do.
+
+    The worker reports progress every 2 s of embedding; seen at most half way, the job has seconds
+    of work left (half of `total` tiles), against the milliseconds between this answer and the
+    test's next step. A machine so fast that the first report comes later fails here, loudly
+    (make the slide bigger), instead of the test passing on a job that had already finished."""
+    def tiles(status: dict) -> int:
+        return max([(r.get("progress") or {}).get("tiles", 0) for r in status["running"] if Path(r["file"]).name == slide.name] or [0])
+
+    def finished() -> bool:
+        return any('"job_done"' in line and slide.name in line for line in Path(daemon.log.name).read_text().splitlines())
+
+    seen = tiles(daemon.wait(lambda s: tiles(s) > 0 or finished(), f"{slide.name} in progress"))
+    assert 0 < seen <= total // 2, (f"{slide.name}: {seen} of {total} tiles embedded at the first progress report "
+                                    "(0: finished before any); use a bigger slide")
+    return seen
+
+
+def _jobs_of(data: Path) -> dict[str, tuple[str, int]]:
+    """file name -> (state, attempts), read from the catalog with the owner stopped (or killed)."""
+    from sqlalchemy import select
+
+    from eagle_index.store.catalog import Catalog
+    from eagle_index.store.models import Job
+
+    catalog = Catalog.open(data / "catalog.duckdb")
+    try:
+        with catalog.transaction() as session:
+            return {Path(path).name: (state, attempts) for path, state, attempts in
+                    session.execute(select(Job.path, Job.state, Job.attempts)).all()}
+    finally:
+        catalog.close()
 
 
 def test_sigkill_mid_job_then_restart_equals_uninterrupted_run(tmp_path, good_slides):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     big = _slide(tmp_path, "TCGA-BB-0001-01Z-00-DX1", cols=28, rows=24, seed=7)  # several seconds of work
+    total = _tissue_tiles(big)
     for slide in [big, *good_slides[:2]]:
         shutil.copy(slide, inbox / slide.name)
     daemon = Daemon(tmp_path / "killed", inbox)
-    daemon.wait(lambda s: any((r.get("progress") or {}).get("tiles", 0) > 0 for r in s["running"]), "a job in progress")
+    _mid_job(daemon, big, total)
     daemon.stop(signal.SIGKILL)
+    # Really interrupted: the killed process left the job running (first attempt), its slide not stored.
+    assert _jobs_of(tmp_path / "killed")[big.name] == ("running", 1)
     restarted = Daemon(tmp_path / "killed", inbox)
     restarted.wait(lambda s: s["queue"]["done"] == 3 and s["queue"]["queued"] == 0 and s["queue"]["running"] == 0, "3 done")
     assert restarted.stop() == 0
+    assert _jobs_of(tmp_path / "killed")[big.name] == ("done", 2)  # embedded again after the restart
     reference = Daemon(tmp_path / "clean", inbox)
     reference.wait(lambda s: s["queue"]["done"] == 3 and s["queue"]["queued"] == 0 and s["queue"]["running"] == 0, "3 done")
     assert reference.stop() == 0
+    assert _jobs_of(tmp_path / "clean")[big.name] == ("done", 1)
     killed_vectors, killed_counts = _catalog_state(tmp_path / "killed")
     clean_vectors, clean_counts = _catalog_state(tmp_path / "clean")
     assert sorted(killed_vectors) == sorted(clean_vectors) == ["TCGA-AA-0001", "TCGA-BB-0001"]
@@ -187,18 +280,23 @@ def test_sigterm_during_a_job_requeues_it_and_exits_cleanly(tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     big = _slide(tmp_path, "TCGA-CC-0001-01Z-00-DX1", cols=28, rows=24, seed=3)
+    total = _tissue_tiles(big)
     shutil.copy(big, inbox / big.name)
     daemon = Daemon(tmp_path / "data", inbox)
-    daemon.wait(lambda s: any((r.get("progress") or {}).get("tiles", 0) > 0 for r in s["running"]), "a job in progress")
+    _mid_job(daemon, big, total)
     started = time.time()
     assert daemon.stop(signal.SIGTERM, timeout=60) == 0
     assert time.time() - started < 60
+    # Requeued, not finished: back in the queue, the interrupted attempt not counted, no slide stored.
+    assert _jobs_of(tmp_path / "data") == {big.name: ("queued", 0)}
     from eagle_index.config import Settings
     from eagle_index.service import EagleService
 
     with EagleService(Settings(data_dir=tmp_path / "data")) as service:
         queue = service.status()["queue"]
-    assert queue["running"] == 0 and queue["queued"] + queue["done"] == 1
+        assert service.catalog.stats()["patients"] == 0
+    assert queue["running"] == 0 and queue["queued"] == 1 and queue["done"] == 0
+    assert '"event": "job_requeued"' in Path(daemon.log.name).read_text()
 
 
 def test_cli_goes_through_the_running_daemon(tmp_path, good_slides):
