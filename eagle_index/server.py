@@ -168,8 +168,8 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
 
 
 HTTP_THREADS = 8
-# Temp names this project writes (formats.h5util.atomic_path, store.vectors._atomic_write: mkstemp's
-# 8 random characters; owner.Ownership.publish): `.NAME.XXXXXXXX.tmp` and `owner.json.tmp`.
+# Temp names this project writes (eagle_index.atomic.atomic_path, used by formats.h5util, store.vectors,
+# owner.Ownership.publish, ...): `.NAME.XXXXXXXX.tmp` beside the target (mkstemp's 8 random characters).
 _TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 STALE_TEMP_SECONDS = 60.0
 
@@ -237,13 +237,13 @@ def _one_compute_thread_per_request(app):
 
 
 def remove_stale_temp_files(settings: Settings, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
-    """Delete temp files a killed run left in index/ and artifacts/ (and owner.json.tmp).
+    """Delete temp files a killed run left in index/ and artifacts/ (and owner.json's, `.owner.json.XXXXXXXX.tmp`).
 
     Only names this project writes, and only files untouched for `older_than` seconds; called by
     the owner right after it takes the data folder, so no other eagle-index writer is alive.
     """
     cutoff = time.time() - older_than
-    candidates = [settings.data_dir / "owner.json.tmp"]
+    candidates = [p for p in settings.data_dir.glob(".owner.json.*.tmp") if _TEMP_NAME.match(p.name)]
     for folder in (settings.index_dir, settings.artifacts_dir):
         if folder.is_dir():
             candidates.extend(p for p in folder.rglob(".*.tmp") if _TEMP_NAME.match(p.name))

@@ -199,19 +199,44 @@ def test_a_job_that_killed_its_process_max_attempts_times_is_failed(tmp_path):
 
 
 # -- 8. leftovers ------------------------------------------------------------------------------------------
+def _atomic_temp_name(target: Path) -> Path:
+    """The temp file eagle_index.atomic writes for `target` (caught before its rename)."""
+    from unittest import mock
+
+    from eagle_index.atomic import atomic_write_bytes
+
+    names = []
+
+    def replace(src, dst):
+        names.append(Path(src))
+        raise OSError("stop here")
+
+    with mock.patch("os.replace", replace), pytest.raises(OSError):
+        atomic_write_bytes(target, b"x")
+    return names[0]
+
+
 def test_temp_files_of_killed_runs_are_removed_at_owner_start(tmp_path):
     data = tmp_path / "data"
     (data / "index").mkdir(parents=True)
     (data / "artifacts" / "ab").mkdir(parents=True)
     old = time.time() - 3600
     stale = [data / "index" / ".eagle-abc.faiss.k2j3h4g5.tmp", data / "index" / ".eagle-abc.json.q8w7e6r5.tmp",
-             data / "artifacts" / "ab" / ".ab12cd.h5.zx9_cv8b.tmp", data / "owner.json.tmp"]
-    kept = [data / "index" / "notes.tmp", data / "artifacts" / "ab" / "ab12cd.h5", data / "index" / ".eagle-new.faiss.a1b2c3d4.tmp",
-            data / "artifacts" / "ab" / ".mine.tmp"]
+             data / "artifacts" / "ab" / ".ab12cd.h5.zx9_cv8b.tmp", data / ".owner.json.p0o9i8u7.tmp"]
+    # the stale names above are the ones eagle_index.atomic really writes (its temp files, caught before the rename)
+    from eagle_index.server import _TEMP_NAME
+
+    written = [_atomic_temp_name(data / "index" / "eagle-abc.faiss"), _atomic_temp_name(data / "owner.json")]
+    assert all(_TEMP_NAME.match(p.name) for p in written) and not any(p.exists() for p in written)
+    assert [p.name[:-len("k2j3h4g5.tmp")] for p in written] == [".eagle-abc.faiss.", ".owner.json."]
+    fresh = [data / "index" / ".eagle-new.faiss.a1b2c3d4.tmp", data / ".owner.json.fresh123.tmp"]  # too recent
+    kept = [data / "index" / "notes.tmp", data / "artifacts" / "ab" / "ab12cd.h5", data / "artifacts" / "ab" / ".mine.tmp",
+            data / "owner.json.tmp", *fresh]
     for path in stale + kept:
         path.write_bytes(b"x" * 10)
-    for path in stale + kept[:2] + kept[3:]:
-        os.utime(path, (old, old))
+    for path in stale + kept:
+        if path not in fresh:
+            os.utime(path, (old, old))
     log = open(tmp_path / "daemon.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "eagle_index", "daemon", "--models", "tiny", "--device", "cpu",
                              "--data-dir", str(data)], stdout=log, stderr=subprocess.STDOUT,
