@@ -108,13 +108,14 @@ def test_search_post_by_patient_and_vector(client, env):
     for key in ("query_tile_url", "hit_tile_url"):
         image = client.get(pair[key])
         assert image.status_code == 200 and image.data.startswith(PNG)
-    imported = next((h for h in result["hits"] if h["patient"].startswith("IMP")), None)
-    assert imported is None or imported["thumbnail_url"] is None
+    assert all(h["thumbnail_url"] == f"/api/v1/patients/{h['patient']}/thumbnail.png" for h in result["hits"]
+               if h["patient"].startswith("CASE"))
     svc = env["service"]
     eagle = svc.catalog.vector_sets("eagle")[0]
     _, vectors = svc.catalog.load_vectors("eagle", eagle.signature, list(svc.catalog.patient_ids(["IMP-001"]).values()))
     by_vector = client.post("/api/v1/search", json={"vector": vectors[0].tolist(), "k": 2}).get_json()
     assert [h["patient"] for h in by_vector["hits"]] == ["IMP-001", "IMP-002"]
+    assert [h["thumbnail_url"] for h in by_vector["hits"]] == [None, None]  # imported patients: no slide to draw
     error_of(client.post("/api/v1/search", json={"patient": "CASE-001", "vector": [1.0]}), 400, "patient")
     error_of(client.post("/api/v1/search", json={}), 400, "patient")
     error_of(client.post("/api/v1/search", json={"vector": ["a"]}), 400, "vector")
