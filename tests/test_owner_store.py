@@ -138,6 +138,18 @@ def test_as_stored_is_what_the_artifact_reads_back(tmp_path, results):
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), key
 
 
+def test_the_owners_aggregation_is_the_pipelines_bit_for_bit(results):
+    from eagle_index.ingest.storing import aggregate
+    from eagle_index.store.artifacts import as_stored
+
+    slides = [as_stored(results[name]) for name in ("P-DX0", "P-DX1", "P-DX2", "P-DX3")]
+    for chosen in (slides[:1], slides[1:3], slides):
+        want, got = pipeline.aggregate_patient(chosen, 25), aggregate(chosen, 25)
+        for kind, vector in want.by_kind().items():
+            assert vector.dtype == got.by_kind()[kind].dtype and vector.tobytes() == got.by_kind()[kind].tobytes(), kind
+        assert got.selection == want.selection
+
+
 def test_new_path_and_batches_store_bit_identical_results(tmp_path, results):
     snaps, selections = {}, {}
     for how in ("old", "new", "batch"):

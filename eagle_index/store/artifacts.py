@@ -83,8 +83,8 @@ def read_slide_artifact(path: Path) -> SlideResult:
         attrs = {k: handle.attrs[k] for k in handle.attrs}
         return SlideResult(
             name=cand.slide_name, x_um=coords[:, 0].astype(np.float64), y_um=coords[:, 1].astype(np.float64),
-            feats=read_dataset(handle, "feats", path).astype(np.float32),
-            scores=read_dataset(handle, "attention", path).astype(np.float32), candidates=cand,
+            feats=read_dataset(handle, "feats", path).astype(np.float32, copy=False),
+            scores=read_dataset(handle, "attention", path).astype(np.float32, copy=False), candidates=cand,
             tile_um=float(attrs["tile_size_um"]), tile_px=int(attrs["tile_size_px"]),
             mpp=float(attrs["mpp"]) if "mpp" in attrs else None, mpp_source=text_attr(attrs.get("mpp_source")),
             level=int(attrs["level"]) if "level" in attrs else None,
@@ -98,18 +98,22 @@ def as_stored(result: SlideResult) -> SlideResult:
     """What `read_slide_artifact` returns for the artifact `write_slide_artifact` makes of `result`:
     the same dtypes and roundings (coordinates through float32, candidates named after the slide),
     without writing or reading the file. The owner aggregates a new slide from this view, so its
-    patient vectors are bit-identical to those read back from the artifact."""
+    patient vectors are bit-identical to those read back from the artifact. Arrays already of the
+    stored dtype are shared with `result`, not copied (neither is changed afterwards)."""
     cand = result.candidates
-    coords = np.stack([result.x_um, result.y_um], axis=1).astype(np.float32)
-    stored = SlideCandidates(
-        slide_name=str(result.name), tile_index=np.asarray(cand.tile_index).astype(np.int64),
-        x_um=np.asarray(cand.x_um).astype(np.float64), y_um=np.asarray(cand.y_um).astype(np.float64),
-        scores=np.asarray(cand.scores).astype(np.float32), class_tokens=np.asarray(cand.class_tokens).astype(np.float32),
+
+    def stored(array, dtype):
+        return np.asarray(array).astype(dtype, copy=False)
+
+    x_um = stored(stored(result.x_um, np.float32), np.float64)
+    y_um = stored(stored(result.y_um, np.float32), np.float64)
+    candidates = SlideCandidates(
+        slide_name=str(result.name), tile_index=stored(cand.tile_index, np.int64), x_um=stored(cand.x_um, np.float64),
+        y_um=stored(cand.y_um, np.float64), scores=stored(cand.scores, np.float32), class_tokens=stored(cand.class_tokens, np.float32),
     )
     return SlideResult(
-        name=str(result.name), x_um=coords[:, 0].astype(np.float64), y_um=coords[:, 1].astype(np.float64),
-        feats=np.asarray(result.feats).astype(np.float32), scores=np.asarray(result.scores).astype(np.float32),
-        candidates=stored, tile_um=float(result.tile_um), tile_px=int(result.tile_px),
+        name=str(result.name), x_um=x_um, y_um=y_um, feats=stored(result.feats, np.float32),
+        scores=stored(result.scores, np.float32), candidates=candidates, tile_um=float(result.tile_um), tile_px=int(result.tile_px),
         mpp=float(result.mpp) if result.mpp is not None else None, mpp_source=result.mpp_source,
         level=int(result.level) if result.level is not None else None,
         width_px=int(result.width_px) if result.width_px is not None else None,

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 
 from eagle_index.store.catalog import Catalog
 from eagle_index.store.models import Job, utcnow
@@ -106,6 +106,21 @@ class JobQueue:
         session.execute(update(Job).where(Job.id == job_id).values(
             state="done", slide_id=slide_id, duration_s=duration_s, finished_at=now, updated_at=now,
             lease_until=None, last_error=None))
+
+    @staticmethod
+    def mark_many_done(session, done: list[tuple[int, int | None, float]]) -> None:
+        """`mark_done` for several (job id, slide id, seconds) in one statement (a batch of stored results)."""
+        if not done:
+            return
+        if len(done) == 1:
+            JobQueue.mark_done(session, *done[0])
+            return
+        now = utcnow()
+        ids = [int(job_id) for job_id, _, _ in done]
+        session.execute(update(Job).where(Job.id.in_(ids)).values(
+            state="done", slide_id=case({int(j): s for j, s, _ in done}, value=Job.id),
+            duration_s=case({int(j): float(d) for j, _, d in done}, value=Job.id), finished_at=now, updated_at=now,
+            lease_until=None, last_error=None).execution_options(synchronize_session=False))
 
     def fail(self, job_id: int, error: str, max_attempts: int, backoff_s: float) -> str:
         """Back to the queue with exponential backoff, or `failed` after max_attempts."""

@@ -76,48 +76,54 @@ def put_patient_tiles(session: Session, patient_id: int, signature: str, slides:
     """Make the patient's tile rows of `signature` match its slides' candidates; inside the caller's transaction.
 
     slides: (slide id, SlideCandidates with class_tokens) of every embedded slide of the patient.
-    A handful of statements whatever the number of tiles (it runs inside the catalog's exclusive
-    write): the rows' light columns are read (no tokens), removed rows go in one DELETE, new rows
-    get their ids from the sequence in one query and their patient ranks before they are inserted
-    (one multi-row INSERT), and changed ranks of kept rows are one UPDATE.
     """
+    put_patients_tiles(session, signature, [(patient_id, slides)], top_k)
+
+
+def put_patients_tiles(session: Session, signature: str, patients: list[tuple[int, list[tuple[int, object]]]], top_k: int) -> None:
+    """`put_patient_tiles` for several patients (distinct ids) at once, in a handful of statements
+    whatever the number of patients and tiles (it runs inside the catalog's exclusive write): the
+    rows' light columns are read (no tokens), removed rows go in one DELETE, new rows get their
+    ids from the sequence in one query and their patient ranks before one INSERT, changed ranks
+    of kept rows are one UPDATE, and the tile set's generation moves on once."""
     from eagle_index import aggregation
 
-    slides = [(sid, c) for sid, c in slides if c.class_tokens is not None and len(c)]
-    existing: dict[int, list] = {}
-    for row in session.execute(select(TileToken.id, TileToken.slide_id, TileToken.x_um, TileToken.y_um, TileToken.patient_rank)
-                               .where(TileToken.patient_id == patient_id, TileToken.signature == signature)
-                               .order_by(TileToken.slide_id, TileToken.slide_rank)):
-        existing.setdefault(row.slide_id, []).append(row)
-    wanted = {sid for sid, _ in slides}
-    removed: list[int] = [r.id for sid, rows in existing.items() if sid not in wanted for r in rows]
-    kept: dict[int, list] = {}  # slide id -> its rows, unchanged
-    fresh: set[int] = set()  # slides whose rows are (re)inserted
-    for sid, cand in slides:
-        rows = existing.get(sid, [])
-        same = len(rows) == len(cand) and all(
-            abs(r.x_um - float(x)) < 1e-3 and abs(r.y_um - float(y)) < 1e-3 for r, x, y in zip(rows, cand.x_um, cand.y_um))
-        if same:
-            kept[sid] = rows
-        else:
-            removed += [r.id for r in rows]
-            fresh.add(sid)
-    # patient ranks: the same selection (and tie rule) as the patient's EAGLE vector
-    ranks: dict[tuple[int, int], int] = {}  # (slide id, row in its candidates) -> rank
-    if slides:
-        selection = aggregation.select_patient_tiles([c for _, c in slides], top_k)
-        for rank, (s, r) in enumerate(zip(selection.slide, selection.row), start=1):
-            ranks[(slides[int(s)][0], int(r))] = rank
+    patients = [(pid, [(sid, c) for sid, c in slides if c.class_tokens is not None and len(c)]) for pid, slides in patients]
+    existing: dict[tuple[int, int], list] = {}  # (patient id, slide id) -> its rows by slide rank
+    for row in session.execute(select(TileToken.id, TileToken.patient_id, TileToken.slide_id, TileToken.x_um, TileToken.y_um,
+                                      TileToken.patient_rank)
+                               .where(TileToken.patient_id.in_([pid for pid, _ in patients]), TileToken.signature == signature)
+                               .order_by(TileToken.patient_id, TileToken.slide_id, TileToken.slide_rank)):
+        existing.setdefault((row.patient_id, row.slide_id), []).append(row)
+    removed: list[int] = []
+    changed: dict[int, int | None] = {}  # kept row id -> its new patient rank
+    fresh: list[tuple[int, int, object, dict]] = []  # (patient id, slide id, candidates, row -> rank) to insert
+    for pid, slides in patients:
+        wanted = {sid for sid, _ in slides}
+        removed += [r.id for (p, sid), rows in existing.items() if p == pid and sid not in wanted for r in rows]
+        # patient ranks: the same selection (and tie rule) as the patient's EAGLE vector
+        ranks: dict[tuple[int, int], int] = {}  # (slide id, row in its candidates) -> rank
+        if slides:
+            selection = aggregation.select_patient_tiles([c for _, c in slides], top_k)
+            for rank, (s, r) in enumerate(zip(selection.slide, selection.row), start=1):
+                ranks[(slides[int(s)][0], int(r))] = rank
+        for sid, cand in slides:
+            rows = existing.get((pid, sid), [])
+            same = len(rows) == len(cand) and all(
+                abs(r.x_um - float(x)) < 1e-3 and abs(r.y_um - float(y)) < 1e-3 for r, x, y in zip(rows, cand.x_um, cand.y_um))
+            if same:
+                changed.update({r.id: ranks.get((sid, i)) for i, r in enumerate(rows) if r.patient_rank != ranks.get((sid, i))})
+            else:
+                removed += [r.id for r in rows]
+                fresh.append((pid, sid, cand, {i: ranks.get((sid, i)) for i in range(len(cand))}))
     added: list[dict] = []
-    n_new = sum(len(c) for sid, c in slides if sid in fresh)
+    n_new = sum(len(cand) for _, _, cand, _ in fresh)
     if n_new:
         ids = iter(sorted(int(i) for i in session.scalars(select(tile_token_id_seq.next_value()).select_from(func.range(n_new)))))
-        for sid, cand in slides:
-            if sid not in fresh:
-                continue
+        for pid, sid, cand, ranks_of in fresh:
             tokens = np.asarray(cand.class_tokens, dtype=np.float32)
-            added += [dict(id=next(ids), patient_id=patient_id, slide_id=sid, signature=signature, x_um=float(cand.x_um[i]),
-                           y_um=float(cand.y_um[i]), slide_rank=i + 1, patient_rank=ranks.get((sid, i)),
+            added += [dict(id=next(ids), patient_id=pid, slide_id=sid, signature=signature, x_um=float(cand.x_um[i]),
+                           y_um=float(cand.y_um[i]), slide_rank=i + 1, patient_rank=ranks_of[i],
                            attention=float(cand.scores[i]), dim=int(tokens.shape[1]), token=tokens[i].tobytes())
                       for i in range(len(cand))]
     table = TileToken.__table__
@@ -125,8 +131,6 @@ def put_patient_tiles(session: Session, patient_id: int, signature: str, slides:
         session.execute(delete(table).where(table.c.id.in_(removed)))
     if added:
         session.execute(insert(table), added)
-    changed = {r.id: ranks.get((sid, i)) for sid, rows in kept.items() for i, r in enumerate(rows)
-               if r.patient_rank != ranks.get((sid, i))}
     if changed:  # one statement (an UPDATE per row costs DuckDB about a millisecond each)
         session.execute(update(table).where(table.c.id.in_(list(changed)))
                         .values(patient_rank=cast(case(changed, value=table.c.id), Integer)))
