@@ -222,8 +222,23 @@ def test_probes_page_trains(page, demo):
 
 
 def test_ingestion_page(page, demo):
-    goto(page, "/ingestion")
-    all_images_loaded(page)
+    """The queue page shows what the server reports (read from the API first; the demo server is idle):
+    its queue counts, index sizes, patients and jobs. It draws no image."""
+    status = _get(f"{page.base}/api/v1/status")
+    jobs = _get(f"{page.base}/api/v1/jobs?limit=25")
+    goto(page, "/ingestion")  # returns once the first refresh has filled the page
+    assert all_images_loaded(page) == 0
+    states = ["queued", "running", "done", "failed", "skipped"]
+    assert page.locator("#queue-stats .stat span").all_text_contents() == states
+    assert page.locator("#queue-stats .stat b").all_text_contents() == [f"{status['queue'][s]:,}" for s in states]
+    assert page.locator("#index-facts dt").all_text_contents() == [i["kind"] for i in status["index"]] + ["patients", "last hour", "mean per slide"]
+    assert status["index"] and status["patients"] > 0  # the demo's archive is there
+    assert page.locator("#index-facts dd").nth(len(status["index"])).text_content() == f"{status['patients']:,}"
+    rows = page.locator("#job-rows tr")
+    if jobs:
+        assert rows.locator("td:first-child").all_text_contents() == [str(j["id"]) for j in jobs]
+    else:
+        assert rows.all_text_contents() == ["No jobs yet."]
     shot(page, demo, "ingestion")
 
 

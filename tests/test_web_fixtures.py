@@ -103,7 +103,9 @@ def archive_copy(tmp_path_factory, name: str) -> Path:
 
 # -- helpers of the API test modules ---------------------------------------------------------------
 PNG = b"\x89PNG\r\n\x1a\n"
-CALLED: set[tuple[str, str]] = set()  # (method, rule) of every /api/v1 route the API tests called
+# (method, rule) of every /api/v1 route requested from an api_env app -> node ids of the tests that
+# requested it (the route-coverage check counts only the API modules' own tests that passed).
+CALLED: dict[tuple[str, str], set[str]] = {}
 
 
 def rule_path(rule: str) -> str:
@@ -115,6 +117,8 @@ def rule_path(rule: str) -> str:
 
 def api_env(tmp_path_factory, name: str):
     """A service on a private archive copy and an app whose API calls are recorded in CALLED (a generator)."""
+    import os
+
     from flask import request
 
     from eagle_index.config import Settings
@@ -130,7 +134,8 @@ def api_env(tmp_path_factory, name: str):
     @app.after_request
     def _record(response):
         if request.url_rule is not None and request.url_rule.rule.startswith("/api/v1"):
-            CALLED.add((request.method, request.url_rule.rule))
+            test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]  # "path::name (call)"
+            CALLED.setdefault((request.method, request.url_rule.rule), set()).add(test)
         return response
 
     yield {"app": app, "client": app.test_client(), "service": service, "data": data, "inbox": inbox, "outside": outside,
