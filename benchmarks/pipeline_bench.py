@@ -106,8 +106,9 @@ def render_base(size_um: tuple[float, float], boxes, seed: int) -> np.ndarray:
     return np.clip(image + 0.5, 0, 255).astype(np.uint8)
 
 
-def write_bench_slide(path: Path, n_tiles: int, mpp: float, seed: int = 0) -> int:
-    """A generic pyramidal TIFF (downsample 2 per level) whose tissue covers `n_tiles` grid tiles."""
+def write_bench_slide(path: Path, n_tiles: int, mpp: float, seed: int = 0, level_step: int = 2) -> int:
+    """A pyramidal TIFF (downsample `level_step` per level: 2 generic, 4 Aperio-like) whose tissue
+    covers `n_tiles` grid tiles."""
     import cv2
     import imagecodecs
     import tifffile
@@ -118,7 +119,7 @@ def write_bench_slide(path: Path, n_tiles: int, mpp: float, seed: int = 0) -> in
     width, height = round(size_um[0] / mpp), round(size_um[1] / mpp)
     sizes = [(width, height)]
     while max(sizes[-1]) > FILE_TILE_PX:
-        sizes.append((-(-sizes[-1][0] // 2), -(-sizes[-1][1] // 2)))
+        sizes.append((-(-sizes[-1][0] // level_step), -(-sizes[-1][1] // level_step)))
 
     def level_tiles(px_um: float, w: int, h: int):
         scale = px_um / BASE_UM  # base pixels per level pixel
@@ -141,7 +142,7 @@ def write_bench_slide(path: Path, n_tiles: int, mpp: float, seed: int = 0) -> in
     tmp = path.with_suffix(".tmp.tiff")
     with tifffile.TiffWriter(tmp, bigtiff=width * height > 2**31) as tif:
         for k, (w, h) in enumerate(sizes):
-            px_um = mpp * 2**k
+            px_um = mpp * level_step**k
             tif.write(level_tiles(px_um, w, h), shape=(h, w, 3), dtype=np.uint8, tile=(FILE_TILE_PX, FILE_TILE_PX),
                       compression="jpeg", subsampling=(2, 2), photometric="rgb", subfiletype=1 if k else 0,
                       metadata=None, resolution=(1e4 / px_um, 1e4 / px_um), resolutionunit="CENTIMETER")
@@ -344,7 +345,11 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--tiles", type=int, default=None, help="tissue tiles of the slide (default 200 on CPU, 2000 on CUDA)")
     parser.add_argument("--mpp", type=float, default=0.25, help="level-0 µm/px of the generated slide")
-    parser.add_argument("--batch-size", type=int, default=32, help="tiles per batch handed to CTransPath")
+    parser.add_argument("--batch-size", type=int, default=None, help="tiles per CTransPath batch (default: 32 on CPU, from free memory on CUDA)")
+    parser.add_argument("--read-workers", type=int, default=None, help="reader processes (default: one per core; 0: threads)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="CTransPath precision (bf16: autocast)")
+    parser.add_argument("--baseline", action="store_true", help="also run the in-process threaded reader (read_workers 0, "
+                        "batch 32) in this process and print the ratio")
     parser.add_argument("--read-threads", type=int, default=None, help="reader threads (default: the settings' default)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs; the median by total is shown (default 1 on CPU, 3 on CUDA)")
@@ -367,12 +372,15 @@ def main() -> None:
         sys.exit("--device cuda: no CUDA device visible to torch")
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    tiling = TilingSettings(**({"read_threads": args.read_threads} if args.read_threads else {}))
+    tiling = TilingSettings(**({"read_threads": args.read_threads} if args.read_threads else {}),
+                            **({"read_workers": args.read_workers} if args.read_workers is not None else {}))
 
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else "none used"
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({_cpu_model()}), GPU: {gpu}; python {platform.python_version()}, "
-          f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, read threads {tiling.read_threads}, batch {args.batch_size}")
+          f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, read threads {tiling.read_threads}, "
+          f"read workers {tiling.read_workers if tiling.read_workers is not None else 'one per core'}, batch {args.batch_size or 'auto'}, "
+          f"precision {args.precision}")
 
     slide = args.workdir / f"pipeline-bench-{n_tiles}tiles-{args.mpp}mpp.tiff"
     if not slide.exists():
@@ -383,7 +391,10 @@ def main() -> None:
     try:
         folder, _ = prepare_weights(args.weights_dir, scratch)
         # digests of random files stay out of ~/.cache (unless EAGLE_INDEX_CACHE names a cache)
-        settings = Settings.load(models="default", weights_dir=folder, device=args.device, tiling=tiling)
+        from eagle_index.config import InferenceSettings
+
+        settings = Settings.load(models="default", weights_dir=folder, device=args.device, tiling=tiling,
+                                 inference=InferenceSettings(precision=args.precision))
         if not os.environ.get("EAGLE_INDEX_CACHE"):
             settings = settings.model_copy(update={"cache_dir": args.workdir / "cache"})
         t0 = time.perf_counter()
@@ -398,8 +409,14 @@ def main() -> None:
               f"{result.level}, {result.n_tiles} tissue tiles; device {args.device}")
         print_split([t for t, _ in runs], result.n_tiles, k)
         print(f"  seconds per slide (median run): {timings['total']:.3f} ({result.n_tiles / timings['total']:.1f} tiles/s end to end)")
+        if args.baseline:
+            threaded = settings.model_copy(update={"tiling": tiling.model_copy(update={"read_workers": 0})})
+            base, _ = run_once(slide, models, threaded, 32)
+            print(f"  baseline (threaded reader, {tiling.read_threads} threads, batch 32): {base['total']:.3f} s/slide "
+                  f"(read_wait {base['read_wait']:.3f}, ctranspath {base['ctranspath']:.3f}); "
+                  f"ratio baseline / this: {base['total'] / timings['total']:.2f}x")
         if args.device == "cpu":
-            references(slide, models, tiling, args.batch_size, timings)
+            references(slide, models, tiling, args.batch_size or 32, timings)
         if args.bf16:
             if args.device != "cpu":
                 print("--bf16 measures CPU autocast; skipped on", args.device)

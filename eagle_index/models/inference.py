@@ -172,7 +172,10 @@ class FeatureStream:
         import torch
 
         if self.device.type != "cuda":  # as `encode_tiles` always did on the CPU
-            self._out.append(torch.from_numpy(encode_tiles(self.encoder, images, precision=self.precision)))
+            if self.precision == "fp32":
+                self._out.append(torch.from_numpy(self.encoder.encode(images)))
+            else:
+                self._out.append(torch.from_numpy(encode_tiles(self.encoder, images, precision=self.precision)))
             return
         images = _as_uint8_batch(images)
         slot = self._next % self.RING
