@@ -232,8 +232,11 @@ class ReaderPool:
     def submit(self, fn, *args) -> Future:
         """Submit a task; on a broken pool, a future that already holds BrokenProcessPool (so
         every caller handles a dead reader in one place: where it reads the result)."""
+        executor = self._executor
+        if executor is None:
+            raise RuntimeError("the reader pool is closed")
         try:
-            return self._executor.submit(fn, *args)
+            return executor.submit(fn, *args)
         except BrokenProcessPool as exc:
             failed: Future = Future()
             failed.set_exception(exc)
