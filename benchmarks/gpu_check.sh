@@ -29,11 +29,18 @@ if [ ! -d ../shared/manifests ]; then mkdir -p ../shared && cp -r "$MANIFESTS" .
 
 bench() { echo; echo "== $*"; timeout "${STEP_TIMEOUT:-200}" $PY "$@" --workdir "$WORK" --weights-dir "$WORK/weights" \
   | tee -a "$OUT/results.txt"; }
-bench benchmarks/pipeline_bench.py --device cuda --tiles 2000 --mpp 0.5 --repeats 3 --baseline
-bench benchmarks/throughput_bench.py --device cuda --slides 16 --tiles 2000 --mpp 0.5 --baseline --baseline-slides 4
-bench benchmarks/throughput_bench.py --device cuda --slides 16 --tiles 500 --mpp 0.25 --level-step 4
-bench benchmarks/throughput_bench.py --device cuda --slides 16 --tiles 500 --mpp 0.25 --level-step 4 --dct
-bench benchmarks/throughput_bench.py --device cuda --slides 16 --tiles 2000 --mpp 0.5 --precision bf16
+# STEPS picks and orders the runs (default: all of them); "sweep" is the reader alone at 8 and 24 processes.
+STEPS=${STEPS:-"pipeline throughput aperio aperio-dct bf16 sweep"}
+for step in $STEPS; do case $step in
+  pipeline) bench benchmarks/pipeline_bench.py --device cuda --tiles 2000 --mpp 0.5 --repeats 3 --baseline ;;
+  throughput) bench benchmarks/throughput_bench.py --device cuda --slides 16 --tiles 2000 --mpp 0.5 ${BASELINE:---baseline --baseline-slides 4} ;;
+  aperio) bench benchmarks/throughput_bench.py --device cuda --slides 16 --tiles 500 --mpp 0.25 --level-step 4 ;;
+  aperio-dct) bench benchmarks/throughput_bench.py --device cuda --slides 16 --tiles 500 --mpp 0.25 --level-step 4 --dct ;;
+  bf16) bench benchmarks/throughput_bench.py --device cuda --slides 16 --tiles 2000 --mpp 0.5 --precision bf16 ;;
+  sweep) for w in 8 24; do
+           bench benchmarks/throughput_bench.py --device cuda --slides 8 --tiles 2000 --mpp 0.5 --read-workers $w --reader-only
+         done ;;
+esac; done
 
 echo; echo "== summary (one line per run)"
-grep -E "^command:|seconds per slide \(median|ratio baseline|^RESULT|ratio:" "$OUT/results.txt"
+grep -E "^command:|seconds per slide \(median|ratio baseline|^RESULT|ratio:|busy" "$OUT/results.txt"

@@ -92,6 +92,7 @@ def read_only(paths: list[Path], tiling) -> tuple[int, float]:
 
     t0 = time.perf_counter()
     n = 0
+    busy0 = _busy(tiling)
     if tiling.read_workers == 0:
         for path in paths:
             with open_slide(path, settings=tiling) as slide:
@@ -100,7 +101,28 @@ def read_only(paths: list[Path], tiling) -> tuple[int, float]:
         pool = shared_pool(tiling.read_workers, tiling.tile_px, tiling.read_buffer_mb)
         for handle in pool.stream(((p, None, None) for p in paths), tiling, prefetch=tiling.prefetch_slides):
             n += sum(len(b) for b in handle.tissue_batches(64))
-    return n, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    _print_busy(tiling, busy0, seconds)
+    return n, seconds
+
+
+def _busy(tiling) -> float | None:
+    """Seconds the reader processes have spent in tasks so far (None: threaded reader)."""
+    if tiling.read_workers == 0:
+        return None
+    from eagle_index.slides.pool import shared_pool
+
+    return shared_pool(tiling.read_workers, tiling.tile_px, tiling.read_buffer_mb).busy.value
+
+
+def _print_busy(tiling, before: float | None, wall: float) -> None:
+    if before is None:
+        return
+    from eagle_index.slides.pool import shared_pool
+
+    pool = shared_pool(tiling.read_workers, tiling.tile_px, tiling.read_buffer_mb)
+    busy = pool.busy.value - before
+    print(f"    reader processes busy {busy / (pool.workers * wall):.1%} of {pool.workers} x {wall:.2f} s")
 
 
 def run(paths: list[Path], models, settings, label: str) -> dict:
@@ -108,6 +130,7 @@ def run(paths: list[Path], models, settings, label: str) -> dict:
 
     sync = _cuda_sync(models)
     sync()
+    busy0 = _busy(settings.tiling)
     t0 = time.perf_counter()
     totals = dict.fromkeys(("read_wait", "ctranspath", "chief", "virchow2_read", "virchow2"), 0.0)
     tiles = 0
@@ -120,6 +143,7 @@ def run(paths: list[Path], models, settings, label: str) -> dict:
     sync()
     wall = time.perf_counter() - t0
     n = len(paths)
+    _print_busy(settings.tiling, busy0, wall)
     model = totals["ctranspath"] + totals["chief"] + totals["virchow2"]
     waits = totals["read_wait"] + totals["virchow2_read"]
     row = {"label": label, "slides": n, "tiles": tiles, "wall": wall, "s_per_slide": wall / n, "slides_h": 3600 * n / wall,
@@ -156,6 +180,7 @@ def main() -> None:
     parser.add_argument("--simulate-fraction", type=float, default=None, metavar="F",
                         help="measure the reader alone, then simulate a model at F x its tiles/s")
     parser.add_argument("--baseline", action="store_true", help="also run the threaded in-process reader and print the ratio")
+    parser.add_argument("--reader-only", action="store_true", help="measure the reader alone and stop")
     parser.add_argument("--baseline-slides", type=int, default=None, help="slides for the baseline run (default: all)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "eagle-throughput-bench")
     parser.add_argument("--weights-dir", type=Path, default=None, help="real-size random weights (CUDA): reuse or keep here")
@@ -181,6 +206,9 @@ def main() -> None:
 
     n, seconds = read_only(paths, tiling)
     print(f"  reader alone ({workers} processes): {n / seconds:,.0f} tiles/s ({n} tiles in {seconds:.2f} s)")
+    if args.reader_only:
+        print(f"RESULT reader {n / seconds:,.0f} tiles/s with {workers} processes")
+        return
     if args.simulate_fraction:
         args.simulate_model = args.simulate_fraction * n / seconds
     inference = InferenceSettings(precision=args.precision, gpu_batch=args.batch_size)

@@ -62,9 +62,13 @@ _shm: shared_memory.SharedMemory | None = None
 _open: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()
 
 
-def _init_reader(shm_name: str, shape: tuple[int, ...]) -> None:
+_busy = None  # multiprocessing.Value: seconds all reader processes spent in tasks (benchmarks read it)
+
+
+def _init_reader(shm_name: str, shape: tuple[int, ...], busy=None) -> None:
     """Attach the shared block; leave Ctrl-C to the parent (it shuts the pool down)."""
-    global _slots, _shm
+    global _slots, _shm, _busy
+    _busy = busy
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import cv2
 
@@ -111,7 +115,7 @@ class SlidePlan:
     format: str
 
 
-def _plan_task(path: str, mpp_override: float | None, settings: TilingSettings, use_mask: bool) -> SlidePlan:
+def _plan_slide(path: str, mpp_override: float | None, settings: TilingSettings, use_mask: bool) -> SlidePlan:
     from eagle_index.slides.tiling import _plan_jobs, _Reader, candidate_grid
 
     try:
@@ -129,7 +133,32 @@ def _plan_task(path: str, mpp_override: float | None, settings: TilingSettings, 
         raise
 
 
-def _read_task(slot: int, path: str, mpp_override: float | None, settings: TilingSettings, level: int, box_px: int,
+class _Timed:
+    """A task whose wall time counts into the pool's busy seconds (pickled by its module name)."""
+
+    def __init__(self, name: str, task):
+        self.name, self.task = name, task
+
+    def __call__(self, *args):
+        import time
+
+        started = time.perf_counter()
+        try:
+            return self.task(*args)
+        finally:
+            if _busy is not None:
+                with _busy.get_lock():
+                    _busy.value += time.perf_counter() - started
+
+    def __reduce__(self):
+        return (_task_named, (self.name,))
+
+
+def _task_named(name: str) -> "_Timed":
+    return globals()[name]
+
+
+def _read_job(slot: int, path: str, mpp_override: float | None, settings: TilingSettings, level: int, box_px: int,
                lx: np.ndarray, ly: np.ndarray, canny: bool) -> np.ndarray | None:
     """Read tiles at level origins into `slot`; their Canny keep flags (or None)."""
     from eagle_index.slides.tiling import _Reader
@@ -148,7 +177,7 @@ def _read_task(slot: int, path: str, mpp_override: float | None, settings: Tilin
         raise
 
 
-def _tiles_task(slot: int, path: str, mpp_override: float | None, settings: TilingSettings,
+def _read_top_tiles(slot: int, path: str, mpp_override: float | None, settings: TilingSettings,
                 x_um: np.ndarray, y_um: np.ndarray) -> int:
     """`tiling.read_tiles` (the Virchow2 re-read) into `slot`."""
     from eagle_index.slides.tiling import read_tiles
@@ -160,6 +189,12 @@ def _tiles_task(slot: int, path: str, mpp_override: float | None, settings: Tili
     except BaseException:
         _forget(path)
         raise
+
+
+# what the reader processes run, each counted into the pool's busy seconds
+_plan_task = _Timed("_plan_task", _plan_slide)
+_read_task = _Timed("_read_task", _read_job)
+_tiles_task = _Timed("_tiles_task", _read_top_tiles)
 
 
 def _close_task(path: str) -> None:
@@ -202,6 +237,7 @@ class ReaderPool:
         self._free = list(range(self.n_slots))
         self._lock = threading.Lock()  # streams of several threads (a Ray actor's slides) share one pool
         self.generation = 0
+        self.busy = multiprocessing.get_context("forkserver").Value("d", 0.0)  # seconds in tasks, all processes
         self._executor = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
@@ -210,7 +246,7 @@ class ReaderPool:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["eagle_index.slides.pool", "eagle_index.slides.tiling", "openslide"])
         executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_reader,
-                                       initargs=(self._shm.name, self._shape))
+                                       initargs=(self._shm.name, self._shape, self.busy))
         # Processes start lazily, one per submit, and a started process would re-run this program's
         # main script (a CLI, a Ray worker, pytest): start them all here with no main to re-run.
         with _no_main_module():
@@ -344,7 +380,7 @@ class SlideStream:
         self._window: collections.deque[_Work] = collections.deque()
         self._alone = False  # after a broken pool: read the current slide with nothing ahead of it
         self._exhausted = False
-        self._max_inflight = 2 * pool.workers  # tasks submitted but unfinished, across the window
+        self._max_inflight = 3 * pool.workers  # tasks submitted but unfinished: each process has work queued
 
     def __iter__(self) -> Iterator["PooledSlide"]:
         try:
@@ -417,11 +453,14 @@ class SlideStream:
                 budget -= 1
 
     def _wait(self, future: Future) -> None:
-        """Wait for `future`, submitting the window's next work whenever a plan finishes."""
+        """Wait for `future`, submitting the window's next work whenever any task finishes, so
+        the reader processes never run dry behind a slow head-of-line job."""
+        self._pump()
         while not future.done():
-            plans = [w.plan_future for w in self._window if w.plan is None and w.plan_future is not None
+            busy = [f for w in self._window for f, _, _ in w.submitted if not f.done()]
+            busy += [w.plan_future for w in self._window if w.plan is None and w.plan_future is not None
                      and not w.plan_future.done()]
-            wait([future, *plans], return_when=FIRST_COMPLETED)
+            wait(busy or [future], return_when=FIRST_COMPLETED)
             self._pump()
 
     def _broken(self, work: _Work) -> None:
