@@ -361,7 +361,7 @@ class RegionSearchService:
                 raise NotFoundError("the archive holds no tiles yet (ingest slides first)")
             return None
         try:
-            signature = self.service.models.signature("eagle")
+            signature = self._models(sets).signature("eagle")
         except Exception:
             if required:
                 raise
@@ -373,8 +373,13 @@ class RegionSearchService:
             return None
         return signature
 
+    def _models(self, sets=None):
+        """The models that encode queries: the ones the archive's tiles were made with, unless --models says."""
+        sets = tiles_repo.tile_sets(self.catalog) if sets is None else sets
+        return self.service.query_models(s.signature for s in sets)
+
     def _encode(self, tiles: np.ndarray) -> np.ndarray:
-        tokens = np.asarray(self.service.models.virchow2.encode(tiles), dtype=np.float32)
+        tokens = np.asarray(self._models().virchow2.encode(tiles), dtype=np.float32)
         return tokens.astype(np.float64).mean(axis=0).astype(np.float32)
 
     # -- top tiles ---------------------------------------------------------------------------------

@@ -451,8 +451,10 @@ class SearchService:
             if len(names) != 1:
                 raise InputError(f"these slides belong to {len(names)} patients ({', '.join(names)}); pass --patient")
             return self.search_patient(names[0], k, kind, None, filters, explain, vote, pairs)
+        models = self.service.query_models(s.signature for s in self.catalog.vector_sets() if s.kind == kind)
         with tempfile.TemporaryDirectory(prefix="eagle-query-") as tmp:
-            embedded = self.service.embed(list(paths), patient=patient, artifacts_dir=Path(tmp) if explain else None, mpp=mpp)
+            embedded = self.service.embed(list(paths), patient=patient, artifacts_dir=Path(tmp) if explain else None, mpp=mpp,
+                                          models=models)
             if len(embedded) != 1:
                 raise InputError(f"these slides belong to {len(embedded)} patients ({', '.join(sorted(embedded))}); pass --patient")
             name, vectors = next(iter(embedded.items()))
@@ -460,7 +462,7 @@ class SearchService:
         by_kind = vectors.by_kind()
         if kind not in by_kind:
             raise InputError(f"slides give vectors of kind {', '.join(by_kind)}, not {kind!r}")
-        signature = self.service.models.signature(kind)
+        signature = models.signature(kind)
         self.catalog.vector_set(kind, signature)  # NotFoundError: nothing stored with these models
         existing = self.catalog.patient_ids([name]).get(name)
         query = {"slides": [str(p) for p in paths], "patient": name, "kind": kind, "signature": signature,

@@ -30,6 +30,7 @@ class EagleService:
         # Set by the owner while Ray workers embed for it (eagle_index.cluster): () -> list of
         # {"id", "node", "device", "slides_done", "seconds_per_slide"}; shown by `status`.
         self.worker_stats = None
+        self._query_models: dict[str, object] = {}  # preset -> LoadedModels that encode queries (query_models)
 
     @cached_property
     def catalog(self) -> Catalog:
@@ -71,6 +72,29 @@ class EagleService:
         from eagle_index.models import load_models
 
         return load_models(self.settings)
+
+    def query_models(self, signatures):
+        """The models that encode a query (slide, region, image) against vectors of `signatures`.
+
+        The preset `--models` named when the user gave one; else the preset the archive's vectors
+        were made with (`models.signature_preset`: a demo archive's `tiny:` vectors get the tiny
+        models, not a search for official weights). Vectors of several presets: an `InputError`
+        asking for `--models`.
+        """
+        from eagle_index.errors import InputError
+        from eagle_index.models import load_models, signature_preset
+
+        presets = sorted({signature_preset(str(s)) for s in signatures})
+        if "models" in self.settings.model_fields_set or not presets or presets == [self.settings.models]:
+            return self.models
+        if len(presets) > 1:
+            names = ", ".join("real" if p == "default" else p for p in presets)
+            raise InputError(f"the archive holds vectors made with the model presets {names}: "
+                             "choose the one to encode the query with --models")
+        preset = presets[0]
+        if preset not in self._query_models:
+            self._query_models[preset] = load_models(self.settings.model_copy(update={"models": preset}))
+        return self._query_models[preset]
 
     # Topic services: each lives in its own module and gets this facade (catalog, vectors,
     # models, settings) so the front ends still call one object.
@@ -211,11 +235,14 @@ class EagleService:
 
     # -- embedding and ingestion --------------------------------------------------------------
     def embed(self, slides: list[Path], patient: str | None = None, artifacts_dir: Path | None = None,
-              mpp: float | None = None, progress=None):
-        """Embed slides without touching the catalog: {patient: PatientVectors}, and the provenance."""
+              mpp: float | None = None, progress=None, models=None):
+        """Embed slides without touching the catalog: {patient: PatientVectors}, and the provenance.
+
+        `models`: loaded models to use instead of the settings' preset (a query's, `query_models`)."""
         from eagle_index.ingest import steps as ingestion
 
-        return ingestion.embed_files(lambda: self.models, self.settings, slides, patient, artifacts_dir, mpp, progress)
+        return ingestion.embed_files((lambda: models) if models is not None else (lambda: self.models), self.settings,
+                                     slides, patient, artifacts_dir, mpp, progress)
 
     def ingest(self, paths: list[Path], patient: str | None = None, slide_table: Path | None = None,
                mpp: float | None = None, progress=None) -> IngestReport:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, ModelsOpt, JsonOpt, WeightsDirOpt, settings_from, KindOpt
+from eagle_index.cli.options import DataDirOpt, ModelsOpt, JsonOpt, QueryModelsOpt, WeightsDirOpt, settings_from, KindOpt
 from eagle_index.limits import MAX_K
 
 
@@ -122,7 +122,7 @@ def register(app: typer.Typer) -> None:
         vote: Annotated[Optional[str], typer.Option("--vote", help="Predict this label from the neighbours (majority and score-weighted); --json then prints {hits, vote}.")] = None,
         store: Annotated[bool, typer.Option("--store", help="With --slide: ingest the slides into the catalog, then search.")] = False,
         mpp: Annotated[Optional[float], typer.Option("--mpp", help="With --slide: µm/px when the slide records none.")] = None,
-        models: ModelsOpt = "default",
+        models: QueryModelsOpt = None,
         data_dir: DataDirOpt = None,
         weights_dir: WeightsDirOpt = None,
         as_json: JsonOpt = False,
@@ -139,7 +139,7 @@ def register(app: typer.Typer) -> None:
                                       exclude_patients=exclude_patient or (), exclude_same_site=exclude_site,
                                       site_label=site_label, exclude_same=exclude_same or ())
         query_vector = read_query_vector(vector) if vector is not None else None
-        extra = {"models": models} if slide else {}
+        extra = {"models": models} if slide and models is not None else {}
         with _service(data_dir, weights_dir if slide else None, create=False, **extra) as service:
             try:
                 result = service.search(patient=patient, vector=query_vector, slides=slide or None, k=k, kind=kind,

@@ -24,6 +24,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 ModelsOpt = Annotated[
     str, typer.Option("--models", show_default="real", help="Model preset: real (official weights; alias default) or tiny (small random models, tests/demo).")
 ]
+QueryModelsOpt = Annotated[
+    Optional[str],
+    typer.Option("--models", show_default="the archive's", help="Model preset that encodes the query: real or tiny "
+                 "(default: the preset the archive's vectors were made with)."),
+]
 KindOpt = Annotated[
     Optional[str],
     typer.Option("--kind", help="Vector kind: eagle, chief, mean-ctranspath… (default: eagle if stored, else the only kind; "

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from eagle_index.cli.options import DataDirOpt, JsonOpt, ModelsOpt, WeightsDirOpt, settings_from
+from eagle_index.cli.options import DataDirOpt, JsonOpt, QueryModelsOpt, WeightsDirOpt, settings_from
 
 
 def _parse_box(text: str) -> list[float]:
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         exclude_same: Annotated[Optional[list[str]], typer.Option("--exclude-same", help="Leave out patients sharing the query patient's value of this label (repeatable).")] = None,
         exclude_patient: Annotated[Optional[list[str]], typer.Option("--exclude-patient", help="Never return this patient (repeatable).")] = None,
         include_same_patient: Annotated[bool, typer.Option("--include-same-patient", help="Also return tiles of the query's own patient.")] = False,
-        models: ModelsOpt = "default",
+        models: QueryModelsOpt = None,
         data_dir: DataDirOpt = None,
         weights_dir: WeightsDirOpt = None,
         as_json: JsonOpt = False,
@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
                                       exclude_patients=exclude_patient or (), exclude_same_site=exclude_site,
                                       site_label=site_label, exclude_same=exclude_same or ())
         encodes = modes[0] in ("image", "box", "point")
-        extra = {"models": models} if encodes else {}
+        extra = {"models": models} if encodes and models is not None else {}
         settings = settings_from(data_dir, weights_dir if encodes else None, **extra)
         with service_for(settings, create=False) as service:
             result = service.regions.search(query, k, per_patient, filters, include_same_patient,
