@@ -496,7 +496,7 @@ class SearchService:
             if site is not None:
                 excluded |= {pid for pid, s in site_map(self.catalog, filters.site_label).items() if s == site}
         for name in filters.exclude_same:
-            value = query_labels.get(name)
+            value = query_labels.get(self.catalog.label_name(name))
             if value is not None:
                 excluded |= repo.patients_with_labels(self.catalog, {name: [value]})
         return excluded
@@ -595,7 +595,8 @@ class SearchService:
                     explained.append(hit)
                 hits = tuple(explained)
         if vote:
-            result_vote = {"label": vote, **knn_vote([h.labels.get(vote) for h in hits], [h.score for h in hits])}
+            name = self.catalog.label_name(vote)
+            result_vote = {"label": vote, **knn_vote([h.labels.get(name) for h in hits], [h.score for h in hits])}
         return replace(result, hits=hits, notes=tuple(notes), vote=result_vote)
 
     def _stored_tiles(self, patient_id: int) -> PatientTiles | None:

@@ -149,6 +149,7 @@ def _cases(w) -> list[tuple[str, list, str]]:
         ("search vector wrong dims", ["search", "--vector", w["dim32_npy"], *d], "32"),
         ("search vector matrix", ["search", "--vector", w["matrix_npy"], *d], "matrix.npy"),
         ("search bad label filter", ["search", "--patient", "P0", "--label", "TISSUE", *d], "TISSUE"),
+        ("search unknown label", ["search", "--patient", "P0", "--label", "NOSUCH=x", *d], "known labels: TISSUE"),
         ("search min-score not a number", ["search", "--patient", "P0", "--min-score", "high", *d], "high"),
         ("search unknown cohort", ["search", "--patient", "P0", "--cohort", "nocohort", *d], "nocohort"),
         ("search slide missing", ["search", "--slide", w["missing_slide"], "--models", "tiny", *d], "missing.svs"),

@@ -62,3 +62,27 @@ def test_queries_that_encode_use_the_archives_preset_without_models(demo, tmp_pa
     result = run("search-tiles", "--slide", "DEMO-001-S1", "--box", "0,0,1344,896", "--models", "real",
                  "--weights-dir", tmp_path, *d)
     assert result.returncode == 5 and "weights not found" in result.stderr
+
+
+# -- 2. label names match in any case; an unknown one is an error; skipped rows are said ---------------
+def test_label_names_match_in_any_case_and_unknown_ones_are_errors(demo, tmp_path):
+    d = ["--data-dir", demo]
+    hits = json.loads(run("search", "--patient", "DEMO-001", "--label", "tissue=pale", "--json", *d).stdout)
+    assert [h["patient"] for h in hits] == ["DEMO-002"]  # stored as TISSUE
+    line = one_error_line(run("search", "--patient", "DEMO-001", "--label", "NOSUCH=x", *d))
+    assert "NOSUCH" in line and "SITE, TISSUE" in line
+    line = one_error_line(run("search-tiles", "--patient", "DEMO-001", "--tile", "1", "--label", "NOSUCH=x", *d))
+    assert "NOSUCH" in line and "TISSUE" in line
+    vote = json.loads(run("search", "--patient", "DEMO-001", "--vote", "Tissue", "--json", *d).stdout)["vote"]
+    assert vote["unlabelled"] == 0 and sum(vote["counts"].values()) == 2
+    created = run("cohort", "create", "pale-ones", "--label", "tissue=pale", *d)
+    assert created.returncode == 0, created.stderr
+    shown = run("cohort", "show", "pale-ones", "--json", *d)
+    assert [m["patient"] for m in json.loads(shown.stdout)["members"]] == ["DEMO-002"]
+    # a label imported in another spelling joins the stored one (one name, not two)
+    (tmp_path / "more.csv").write_text("PATIENT,tissue\nDEMO-003,fatty\nNOPE-9,dense\n")
+    imported = run("labels", "import", tmp_path / "more.csv", *d)
+    assert imported.returncode == 0, imported.stderr
+    assert "1 row(s) skipped" in imported.stdout and "NOPE-9" in imported.stdout
+    stats = json.loads(run("stats", "--json", *d).stdout)
+    assert stats["labels"] == 6, stats  # DEMO-003's TISSUE replaced, no `tissue` beside it

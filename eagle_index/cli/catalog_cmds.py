@@ -28,7 +28,10 @@ def _print_report(report, as_json: bool) -> None:
         typer.echo(f"{data['source']}: already imported, nothing changed")
         return
     vectors = ", ".join(f"{n} {k}" for k, n in data["vectors"].items()) or "no vectors"
-    typer.echo(f"imported {data['source']}: {data['patients']} patients, {data['slides']} slides, {vectors}, {data['labels']} labels")
+    skipped = len(data.get("unknown_patients") or ())
+    skipped_text = f"; {skipped} row(s) skipped (patients not in the catalog)" if skipped else ""
+    typer.echo(f"imported {data['source']}: {data['patients']} patients, {data['slides']} slides, {vectors}, {data['labels']} labels"
+               f"{skipped_text}")
     for note in data["notes"]:
         typer.echo(f"note: {note}")
 

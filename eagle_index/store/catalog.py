@@ -385,8 +385,33 @@ class Catalog:
         return self._cached(("ids", kind, signature), compute)
 
     # -- labels -------------------------------------------------------------------
+    # Label names match case-insensitively (`tissue` finds `TISSUE`): the one rule of every filter,
+    # cohort, probe, vote, evaluation and import, on every front end. A name is stored in the spelling
+    # it was first imported with; later spellings of the same name use that one.
     @staticmethod
-    def put_label(session: Session, patient_id: int, name: str, value: str | None, source: str) -> None:
+    def stored_label_name(session: Session, name: str) -> str | None:
+        """The spelling the catalog stores label `name` under (exact first, else any case), or None."""
+        names = session.scalars(select(Label.name).distinct().where(func.lower(Label.name) == name.lower())).all()
+        return name if name in names else (sorted(names)[0] if names else None)
+
+    def label_names(self) -> list[str]:
+        """Every label name the catalog holds, sorted."""
+        with self.transaction() as session:
+            return sorted(session.scalars(select(Label.name).distinct()).all())
+
+    def label_name(self, name: str) -> str:
+        """The stored spelling of a label name a user gave (any case); unknown: NotFoundError listing the known ones."""
+        with self.transaction() as session:
+            stored = self.stored_label_name(session, str(name).strip())
+        if stored is None:
+            known = self.label_names()
+            raise NotFoundError(f"unknown label {name!r}; known labels: "
+                                f"{', '.join(known) if known else 'none (import a table with `eagle-index labels import`)'}")
+        return stored
+
+    @classmethod
+    def put_label(cls, session: Session, patient_id: int, name: str, value: str | None, source: str) -> None:
+        name = cls.stored_label_name(session, name) or name
         row = session.scalar(select(Label).where(Label.patient_id == patient_id, Label.name == name))
         if row is None:
             session.add(Label(patient_id=patient_id, name=name, value=value, source=source))

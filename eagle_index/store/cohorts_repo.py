@@ -49,9 +49,11 @@ def external_id_map(catalog: Catalog) -> dict[int, str]:
 def patients_with_labels(catalog: Catalog, labels: dict[str, list[str]]) -> set[int]:
     """Patients whose label NAME has one of the given values, for every NAME (AND over names, OR over values).
 
-    The value "*" matches any (non-empty) value of that label: "has this label".
+    The value "*" matches any (non-empty) value of that label: "has this label". Names match in any
+    case (`Catalog.label_name`); an unknown name is a NotFoundError listing the known ones.
     """
     result: set[int] | None = None
+    labels = {catalog.label_name(name): values for name, values in labels.items()}
     with catalog.transaction() as session:
         for name, values in labels.items():
             query = select(Label.patient_id).where(Label.name == name)
@@ -67,7 +69,9 @@ def patients_with_labels(catalog: Catalog, labels: dict[str, list[str]]) -> set[
 
 
 def label_values(catalog: Catalog, name: str, patient_ids=None) -> dict[int, str]:
-    """{patient id: value} of one label (patients without it, or with an empty value, left out)."""
+    """{patient id: value} of one label (patients without it, or with an empty value, left out); the name in any
+    case, an unknown one is a NotFoundError listing the known ones."""
+    name = catalog.label_name(name)
     with catalog.transaction() as session:
         query = select(Label.patient_id, Label.value).where(Label.name == name, Label.value.is_not(None))
         if patient_ids is not None:
@@ -76,8 +80,7 @@ def label_values(catalog: Catalog, name: str, patient_ids=None) -> dict[int, str
 
 
 def label_names(catalog: Catalog) -> list[str]:
-    with catalog.transaction() as session:
-        return sorted(session.scalars(select(Label.name).distinct()).all())
+    return catalog.label_names()
 
 
 # -- slides ---------------------------------------------------------------------------------

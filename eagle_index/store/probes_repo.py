@@ -154,14 +154,14 @@ class ProbeRepo:
 
     # -- reads for training and applying ----------------------------------------------------
     def label_values(self, name: str) -> dict[int, str]:
-        """{patient id: value} of one label; patients with an empty value are left out."""
+        """{patient id: value} of one label (the name in any case: `Catalog.label_name`); empty values left out."""
+        name = self.catalog.label_name(name)
         with self.catalog.transaction() as session:
             rows = session.execute(select(Label.patient_id, Label.value).where(Label.name == name)).all()
         return {int(pid): value for pid, value in rows if value is not None and str(value).strip() != ""}
 
     def label_names(self) -> list[str]:
-        with self.catalog.transaction() as session:
-            return list(session.scalars(select(Label.name).distinct().order_by(Label.name)))
+        return self.catalog.label_names()
 
     def cohort_members(self, cohort: str) -> list[int]:
         """Patient ids of a cohort's materialised member list (NotFoundError if no such cohort)."""

@@ -64,7 +64,11 @@ $("#labels-form").addEventListener("submit", async (event) => {
   form.append("create_missing", String($("#labels-create").checked));
   try {
     const report = await api("/labels", { method: "POST", form });
-    status.textContent = report.already_imported ? "already imported, nothing changed" : `${report.labels} labels for ${report.patients} patients`;
+    const skipped = (report.unknown_patients || []).length;
+    status.textContent = report.already_imported ? "already imported, nothing changed"
+      : `${report.labels} labels for ${report.patients} patients` + (skipped
+        ? `; ${skipped} row(s) skipped, patients not in the catalog: ${report.unknown_patients.slice(0, 10).join(", ")}`
+          + `${skipped > 10 ? ", …" : ""} (tick "add patients the archive does not know yet" to add them)` : "");
     loadStats();
   } catch (err) { status.textContent = err.message; }
 });
