@@ -162,3 +162,57 @@ def test_searches_during_commits_and_removals(service):
         expected = row / np.linalg.norm(row)
         np.testing.assert_allclose(live.index.reconstruct(int(pid)), expected, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(rebuilt.index.reconstruct(int(pid)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_readers_waiting_for_a_writer_go_before_the_next_writer():
+    """Writes queued back to back (the owner storing batches from several threads) must not
+    starve searches: the readers blocked by one write get in before the next write starts."""
+    lock = ReadWriteLock()
+    order: list[str] = []
+    first_holds, release_first = threading.Event(), threading.Event()
+
+    def first():
+        with lock.write():
+            first_holds.set()
+            release_first.wait(10)
+            order.append("write 1")
+
+    def second():
+        with lock.write():
+            order.append("write 2")
+
+    def search():
+        with lock.read():
+            order.append("read")
+
+    t1 = threading.Thread(target=first)
+    t1.start()
+    first_holds.wait(10)
+    readers = [threading.Thread(target=search) for _ in range(3)]
+    for t in readers:
+        t.start()
+    t2 = threading.Thread(target=second)
+    deadline = time.monotonic() + 10
+    while lock._blocked_readers < 3 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    t2.start()
+    while lock._writers_waiting < 1 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    release_first.set()
+    for t in [t1, t2, *readers]:
+        t.join(10)
+    assert order == ["write 1", "read", "read", "read", "write 2"]
+    # and a writer still goes before readers that come while it waits (no writer starvation)
+    before = len(order)
+    with lock.read():
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        while lock._writers_waiting < 1 and time.monotonic() < deadline + 10:
+            time.sleep(0.001)
+        late = threading.Thread(target=search)
+        late.start()
+        time.sleep(0.05)
+        assert len(order) == before  # neither the writer (our read holds it off) nor the late reader is in yet
+    waiting.join(10)
+    late.join(10)
+    assert order[-2:] == ["write 2", "read"]

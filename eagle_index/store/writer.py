@@ -27,7 +27,9 @@ class ReadWriteLock:
 
     A waiting writer goes before new readers (so a steady stream of searches cannot starve
     it), but a thread that already reads may read again (so nested reads cannot deadlock).
-    The writer thread may also read while it holds the exclusive side.
+    The writer thread may also read while it holds the exclusive side. When a writer lets go,
+    the readers that were waiting for it go before the next writer (so writes queued back to
+    back, e.g. the owner storing batches from several threads, cannot starve searches either).
     """
 
     def __init__(self) -> None:
@@ -36,6 +38,8 @@ class ReadWriteLock:
         self._writer: int | None = None
         self._writer_depth = 0
         self._writers_waiting = 0
+        self._blocked_readers = 0  # readers waiting for the lock right now
+        self._admit = 0  # readers still to let in before the next writer (those blocked when the last writer let go)
 
     def holds_read(self) -> bool:
         with self._cond:
@@ -46,8 +50,17 @@ class ReadWriteLock:
         me = threading.get_ident()
         with self._cond:
             if me not in self._readers:
-                while (self._writer is not None and self._writer != me) or (self._writers_waiting and self._writer != me):
+                blocked = False
+                while (self._writer is not None and self._writer != me) or (
+                        self._writers_waiting and self._writer != me and not self._admit):
+                    if not blocked:
+                        self._blocked_readers += 1
+                        blocked = True
                     self._cond.wait()
+                if blocked:
+                    self._blocked_readers -= 1
+                if self._admit and self._writer is None:
+                    self._admit -= 1
             self._readers[me] = self._readers.get(me, 0) + 1
         try:
             yield
@@ -66,12 +79,14 @@ class ReadWriteLock:
                 raise RuntimeError("a thread holding the read lock cannot take the write lock (it would deadlock)")
             self._writers_waiting += 1
             try:
-                while (self._writer is not None and self._writer != me) or self._readers:
+                while (self._writer is not None and self._writer != me) or (
+                        self._writer != me and (self._readers or (self._admit and self._blocked_readers))):
                     self._cond.wait()
             finally:
                 self._writers_waiting -= 1
             self._writer = me
             self._writer_depth += 1
+            self._admit = 0
         try:
             yield
         finally:
@@ -79,6 +94,7 @@ class ReadWriteLock:
                 self._writer_depth -= 1
                 if not self._writer_depth:
                     self._writer = None
+                    self._admit = self._blocked_readers
                 self._cond.notify_all()
 
 
