@@ -428,11 +428,12 @@ class SlideStream:
     def _pump(self) -> None:
         """Submit plans and read jobs in slide order while slots and the in-flight bound allow.
         A later slide's jobs are submitted only when every job of the slides before it is."""
-        budget = self._max_inflight - self._inflight()
-        for work in list(self._window)[: 1 if self._alone else None]:
+        window = list(self._window)[: 1 if self._alone else None]
+        for work in window:  # every slide of the window is planned (opened, masked) at once, ahead of reads
             if work.plan_future is None:
                 work.plan_future = self.pool.submit(_plan_task, work.path, work.mpp_override, self.settings, self.use_mask)
-                budget -= 1
+        budget = self._max_inflight - self._inflight()
+        for work in window:
             if work.plan is None and work.plan_future.done() and not work.plan_future.cancelled() \
                     and work.plan_future.exception() is None:
                 work.plan = work.plan_future.result()
