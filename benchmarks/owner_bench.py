@@ -18,11 +18,12 @@ and times storing them:
   inside `catalog.write`: slide row, reading all of the patient's artifacts, aggregation,
   vectors, tile rows, job done; one FAISS sync per slide. One result at a time, as
   `ClusterWorker` stores them;
-- "new": `store_job_results` (eagle_index/ingest/storing.py): artifact write, reading the
-  patient's other artifacts and aggregation before the write, only rows inside it; up to
-  `--batch` results per transaction and FAISS sync, `--store-threads` threads storing batches
-  (while one commits, the others write artifacts and aggregate; artifact writes wait on
-  fsync, so more threads than cores help).
+- "new": results handed one by one to a `BatchStorer` (eagle_index/ingest/worker.py), whose
+  `--store-threads` threads each take whatever is ready (up to `--batch`) into one
+  `store_job_results` call (eagle_index/ingest/storing.py): artifact write, reading the
+  patient's other artifacts and aggregation before the write, only rows inside it, one
+  transaction and FAISS sync per batch (while one thread commits, the others write artifacts
+  and aggregate; artifact writes wait on fsync, so more threads than cores help).
 
 Jobs are queued and claimed before the clock starts. While storing, `--search-threads` threads
 search (`service.search_patient`, k=10, a random patient stored so far) every
@@ -39,7 +40,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import queue
 import random
 import shutil
 import statistics
@@ -137,7 +137,7 @@ class Searcher(threading.Thread):
 
 
 def run_path(how: str, results, data_dir: Path, args) -> dict:
-    from eagle_index.ingest.worker import store_job_result_in_writer, store_job_results
+    from eagle_index.ingest.worker import BatchStorer, store_job_result_in_writer
     from eagle_index.service import EagleService
 
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -163,30 +163,13 @@ def run_path(how: str, results, data_dir: Path, args) -> dict:
             for job, result in jobs:
                 store_job_result_in_writer(ctx, job, result, 2.27, identity=IDENTITY)
                 stored.append(job.patient)
-        else:
-            batches: queue.Queue = queue.Queue()
-            for i in range(0, len(jobs), args.batch):
-                batches.put(jobs[i:i + args.batch])
-            failures: list = []
-
-            def store() -> None:
-                while True:
-                    try:
-                        batch = batches.get_nowait()
-                    except queue.Empty:
-                        return
-                    try:
-                        out = store_job_results(ctx, [(job, result, 2.27) for job, result in batch], identity=IDENTITY)
-                    except BaseException as exc:  # noqa: BLE001 - reported below
-                        out = [exc]
-                    failures.extend(o for o in out if isinstance(o, BaseException))
-                    stored.extend(job.patient for job, _ in batch)
-
-            threads = [threading.Thread(target=store) for _ in range(args.store_threads)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+        else:  # handed over one by one, as results arrive; the storer's threads batch whatever is ready
+            with BatchStorer(ctx, threads=args.store_threads, batch=args.batch) as storer:
+                futures = []
+                for job, result in jobs:
+                    futures.append(storer.submit(job, result, 2.27, identity=IDENTITY))
+                    futures[-1].add_done_callback(lambda f, p=job.patient: f.exception() is None and stored.append(p))
+            failures = [f.exception() for f in futures if f.exception() is not None]
             if failures:
                 raise RuntimeError(f"{len(failures)} results failed: {failures[0]}")
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started

@@ -19,7 +19,7 @@ import pytest
 from eagle_index import aggregation, pipeline
 from eagle_index.config import Settings
 from eagle_index.ingest.steps import ModelIdentity, SlideJob
-from eagle_index.ingest.worker import store_job_result, store_job_result_in_writer, store_job_results
+from eagle_index.ingest.worker import BatchStorer, store_job_result, store_job_result_in_writer, store_job_results
 from eagle_index.service import EagleService
 from eagle_index.store import tiles_repo
 
@@ -76,6 +76,10 @@ def _store_all(service, results, how: str, batch: int = 2) -> None:
     elif how == "new":
         for job, result in jobs:
             store_job_result(ctx, job, result, 1.0, identity=IDENTITY)
+    elif how == "pool":  # results handed over one by one; threads store whatever is ready in batches
+        with BatchStorer(ctx, threads=3, batch=batch) as storer:
+            futures = [storer.submit(job, result, 1.0, identity=IDENTITY) for job, result in jobs]
+        assert all(isinstance(f.result(), int) for f in futures)
     else:
         for start in range(0, len(jobs), batch):
             out = store_job_results(ctx, [(job, result, 1.0) for job, result in jobs[start:start + batch]], identity=IDENTITY)
@@ -152,7 +156,7 @@ def test_the_owners_aggregation_is_the_pipelines_bit_for_bit(results):
 
 def test_new_path_and_batches_store_bit_identical_results(tmp_path, results):
     snaps, selections = {}, {}
-    for how in ("old", "new", "batch"):
+    for how in ("old", "new", "batch", "pool"):
         with _open(tmp_path, how) as service:
             _store_all(service, results, how, batch=3)
             snaps[how] = snapshot(service)
@@ -161,7 +165,7 @@ def test_new_path_and_batches_store_bit_identical_results(tmp_path, results):
             assert [h.patient for h in service.search_patient("P", k=3)] == ["Q"]
     assert len(snaps["old"]["tiles"]["P"]) == 4 * 25 and len(selections["old"]) == 25
     assert {r[0] for r in snaps["old"]["tiles"]["P"] if r[4] is not None} >= {"P-DX0", "P-DX1"}  # a multi-slide selection
-    for how in ("new", "batch"):
+    for how in ("new", "batch", "pool"):
         for key in ("vectors", "tiles", "artifacts", "sets"):
             assert snaps[how][key] == snaps["old"][key], (how, key)
         assert selections[how] == selections["old"], how
