@@ -247,8 +247,11 @@ class EagleService:
     def ingest(self, paths: list[Path], patient: str | None = None, slide_table: Path | None = None,
                mpp: float | None = None, progress=None) -> IngestReport:
         """Embed and store slides (skipping ones already ingested); re-aggregate touched patients."""
+        from eagle_index.errors import InputError
         from eagle_index.ingest import steps as ingestion
 
+        if not ingestion.find_slides(paths):  # before the catalog is opened (or created)
+            raise InputError(f"no slides found in {', '.join(str(p) for p in paths)}")
         self.regions.follow()  # loaded tile indexes follow the ingest's commits in place
         report = ingestion.ingest_files(self.ingest_context(), paths, patient, slide_table, mpp, progress)
         self.vectors.sync_all()

@@ -120,6 +120,7 @@ def _cases(w) -> list[tuple[str, list, str]]:
         ("ingest missing slide", ["ingest", w["missing_slide"], *tiny, *d], "missing.svs"),
         ("ingest not a slide", ["ingest", w["fake_slide"], *tiny, "--data-dir", root / "ingest-data"], "fake.tiff"),
         ("ingest slide table missing", ["ingest", slide, "--slide-table", root / "missing.csv", *tiny, *d], "missing.csv"),
+        ("ingest empty folder", ["ingest", w["folder"], *tiny, "--data-dir", root / "ingest-empty"], "no slides found in"),
         ("ingest missing weights", ["ingest", slide, "--weights-dir", w["folder"], "--device", "cpu", "--data-dir", root / "ingest-w"], "weight"),
         # import-embeddings
         ("import missing file", ["import-embeddings", w["missing"], *d], "missing.h5"),

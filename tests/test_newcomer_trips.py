@@ -86,3 +86,14 @@ def test_label_names_match_in_any_case_and_unknown_ones_are_errors(demo, tmp_pat
     assert "1 row(s) skipped" in imported.stdout and "NOPE-9" in imported.stdout
     stats = json.loads(run("stats", "--json", *d).stdout)
     assert stats["labels"] == 6, stats  # DEMO-003's TISSUE replaced, no `tissue` beside it
+
+
+# -- 3. an empty folder is not a successful ingest ------------------------------------------------------
+def test_ingest_of_a_folder_without_slides_fails_in_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no slides here\n")
+    line = one_error_line(run("ingest", tmp_path / "empty", "--models", "tiny", "--device", "cpu",
+                              "--data-dir", tmp_path / "data"))
+    assert line == f"error: no slides found in {tmp_path / 'empty'}"
+    assert not (tmp_path / "data").exists()  # no empty archive left behind
+

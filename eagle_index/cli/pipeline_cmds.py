@@ -78,6 +78,8 @@ def register(app: typer.Typer) -> None:
             if slide_table is not None or mpp is not None:
                 raise InputError(f"{client.owner.describe()} holds the catalog: give --slide-table/--mpp to it (daemon/serve options)")
             queued = client.enqueue(paths, patient)
+            if not queued["jobs"]:
+                raise InputError(f"no slides found in {', '.join(str(p) for p in paths)}")
             typer.echo(json.dumps(queued, indent=1) if as_json else
                        f"queued {len(queued['jobs'])} slide(s) with {client.owner.describe()}; follow with `eagle-index status`")
             return
