@@ -59,6 +59,9 @@ def import_embeddings(
     report = ImportReport(source=", ".join(str(p) for p in paths))
     slide_to_patient = {row.stem: row.patient for row in read_slide_table(slide_table)} if slide_table else {}
     parsed = [read_embedding_file(p) for p in files]
+    if kind is not None:
+        for emb in parsed:
+            _check_given_kind(catalog, kind, emb)
     groups: dict[tuple[str, str], tuple[list[str], list[np.ndarray], list[Path]]] = {}
     provenances: dict[tuple[str, str], dict] = {}
     for emb in parsed:
@@ -103,6 +106,30 @@ def import_embeddings(
         return report
 
     return catalog.write(write)
+
+
+def _kinds_named_by(emb) -> set[str]:
+    """Vector kinds a file's own metadata names: its eagle-index provenance, a `kind` attribute, its STAMP encoder."""
+    named = {str(v) for v in ((provenance_of(emb) or {}).get("kind"), emb.attrs.get("kind")) if v}
+    if emb.encoder:
+        named |= {emb.encoder, emb.encoder.lower(), STAMP_ENCODER_KINDS.get(emb.encoder.lower(), emb.encoder.lower())}
+    return named
+
+
+def _check_given_kind(catalog: Catalog, kind: str, emb) -> None:
+    """`--kind` must be a kind eagle-index knows (or the archive holds) or one the file itself names, and must not
+    contradict the kind the file's eagle-index provenance records."""
+    from eagle_index.models import vector_kinds
+
+    named = _kinds_named_by(emb)
+    recorded = (provenance_of(emb) or {}).get("kind")
+    if recorded and kind != recorded:
+        raise InputError(f"{emb.path}: --kind {kind!r}, but the file's vectors are {recorded!r} vectors "
+                         f"(signed {emb.attrs.get('signature') or 'by eagle-index'}); leave out --kind")
+    known = set(vector_kinds()) | {s.kind for s in catalog.vector_sets()}
+    if kind not in known and kind not in named:
+        raise InputError(f"unknown vector kind {kind!r}; known: {', '.join(sorted(known))} "
+                         "(a new kind only when the file's own metadata names it)")
 
 
 def provenance_of(emb) -> dict | None:

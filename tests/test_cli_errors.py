@@ -129,6 +129,7 @@ def _cases(w) -> list[tuple[str, list, str]]:
         ("import NaN", ["import-embeddings", w["nan_h5"], *d], "nan"),
         ("import wrong dims", ["import-embeddings", w["dim32_h5"], *d], "dim"),
         ("import mixed dims", ["import-embeddings", w["dim32_h5"], root / "good.h5", "--data-dir", root / "mixed"], "dim"),
+        ("import unknown kind", ["import-embeddings", root / "good.h5", "--kind", "foo", *d], "unknown vector kind 'foo'"),
         ("import into a file", ["import-embeddings", root / "good.h5", "--data-dir", w["a_file_dir"]], "data-is-a-file"),
         # import-features
         ("features table missing", ["import-features", "--slide-table", root / "missing.csv", "--ctranspath", w["folder"], *d], "missing.csv"),

@@ -97,3 +97,20 @@ def test_ingest_of_a_folder_without_slides_fails_in_one_line(tmp_path):
     assert line == f"error: no slides found in {tmp_path / 'empty'}"
     assert not (tmp_path / "data").exists()  # no empty archive left behind
 
+
+# -- 4. --kind does not invent vector kinds ---------------------------------------------------------------
+def test_import_with_an_unknown_kind_is_refused(demo, tmp_path):
+    from conftest import clustered_vectors, write_eagle_h5
+
+    write_eagle_h5(tmp_path / "v.h5", ["X1", "X2"], clustered_vectors(2, 64))
+    data = tmp_path / "data"
+    line = one_error_line(run("import-embeddings", tmp_path / "v.h5", "--kind", "foo", "--data-dir", data))
+    assert "unknown vector kind 'foo'" in line and "eagle" in line
+    # a file `embed` wrote records its kind: another --kind would store eagle-signed vectors under it
+    run("embed", demo / "demo-slides" / "DEMO-003-S1.tiff", "--out", tmp_path / "e.h5", "--models", "tiny", "--device", "cpu")
+    line = one_error_line(run("import-embeddings", tmp_path / "e.h5", "--kind", "chief", "--data-dir", data))
+    assert "'eagle' vectors" in line
+    ok = run("import-embeddings", tmp_path / "v.h5", tmp_path / "e.h5", "--data-dir", data)
+    assert ok.returncode == 0, ok.stderr
+    kinds = {s["kind"] for s in json.loads(run("stats", "--json", "--data-dir", data).stdout)["vector_sets"]}
+    assert kinds == {"eagle"}

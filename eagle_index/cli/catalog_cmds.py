@@ -67,7 +67,8 @@ def register(app: typer.Typer) -> None:
     @app.command("import-embeddings")
     def import_embeddings(
         files: Annotated[list[Path], typer.Argument(help="EAGLE output .h5 files, STAMP v2 slide/patient embedding .h5 files, or folders of them.")],
-        kind: Annotated[Optional[str], typer.Option("--kind", help="Vector kind (default: from the file, else eagle).")] = None,
+        kind: Annotated[Optional[str], typer.Option("--kind", help="Vector kind: eagle, chief, mean-ctranspath, one the archive holds, or one the file's "
+                                                       "metadata names (default: from the file, else eagle).")] = None,
         signature: Annotated[Optional[str], typer.Option("--signature", help="Signature to store (default: derived from the file's provenance).")] = None,
         slide_table: Annotated[Optional[Path], typer.Option("--slide-table", help="PATIENT,FILENAME table for slide-level files.")] = None,
         data_dir: DataDirOpt = None,
