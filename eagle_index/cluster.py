@@ -105,12 +105,15 @@ class SlideEmbedder:
             self.error = str(exc)
 
     def info(self) -> dict:
+        import ray
         import torch
 
         device = getattr(getattr(self, "models", None), "device", None) or self.settings.device
         if str(device).startswith("cuda") and torch.cuda.is_available():
             device = f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
-        return {"pid": os.getpid(), "node": socket.gethostname(), "device": str(device), "error": self.error,
+        # node: the host; node_id: the Ray node (several nodes may share one host)
+        return {"pid": os.getpid(), "node": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id(),
+                "device": str(device), "error": self.error,
                 "identity": getattr(self, "identity", None), "threads": torch.get_num_threads()}
 
     def embed(self, path: str, patient: str, mpp: float | None):
@@ -136,6 +139,7 @@ class _Worker:
     ready: bool = False
     alive: bool = True
     node: str | None = None
+    node_id: str | None = None  # the Ray node's id
     device: str | None = None
     pid: int | None = None
     identity: object = None
@@ -170,7 +174,7 @@ class ClusterWorker:
     # -- what `status` shows ------------------------------------------------------------------------
     def stats(self) -> list[dict]:
         with self._lock:
-            return [{"id": w.id, "node": w.node, "device": w.device, "slides_done": w.slides_done,
+            return [{"id": w.id, "node": w.node, "node_id": w.node_id, "device": w.device, "slides_done": w.slides_done,
                      "seconds_per_slide": round(w.busy_seconds / w.slides_done, 3) if w.slides_done else None,
                      "pid": w.pid, "in_flight": len(w.in_flight),
                      "in_flight_files": sorted(job.path for job, _ in w.in_flight.values()),
@@ -311,7 +315,7 @@ class ClusterWorker:
         with self._lock:
             w.slides_done += 1
             w.busy_seconds += result.timings.get("total", seconds)
-        log_job_done(job, slide_job_of(job), result, seconds, worker=w.id, node=w.node,
+        log_job_done(job, slide_job_of(job), result, seconds, worker=w.id, node=w.node, node_id=w.node_id,
                      store_seconds=round(time.perf_counter() - t0, 3))
 
     def _ready(self, w: _Worker, info: dict) -> None:
@@ -323,7 +327,9 @@ class ClusterWorker:
                              f"than the other workers ({first.signature()}); give every node the same weights")
         with self._lock:
             w.ready, w.node, w.device, w.pid, w.identity = True, info["node"], info["device"], info["pid"], info["identity"]
-        log.info(json.dumps({"event": "worker_ready", "worker": w.id, "node": w.node, "device": w.device, "pid": w.pid,
+            w.node_id = info.get("node_id")
+        log.info(json.dumps({"event": "worker_ready", "worker": w.id, "node": w.node, "node_id": w.node_id,
+                             "device": w.device, "pid": w.pid,
                              "threads": info["threads"]}))
 
     def _requeue_lost(self, w: _Worker, job, exc) -> None:
