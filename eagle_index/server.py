@@ -81,6 +81,7 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
             re.compile(options.patient_regex)
         except re.error as exc:
             raise InputError(f"--patient-regex {options.patient_regex!r}: {exc}") from None
+    check_port(options.host, options.port)  # a taken port leaves no new data folder or catalog behind
     ownership = Ownership(settings.data_dir, options.role).acquire()
     stop = threading.Event()
     try:

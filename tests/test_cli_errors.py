@@ -304,6 +304,7 @@ def test_a_taken_port_names_the_port_and_the_option(tmp_path):
         result = run(["serve", "--port", port, "--data-dir", tmp_path / "data"])
         assert _check("serve taken port", result, str(port)) == []
         assert "--port" in result.stderr
+        assert not (tmp_path / "data").exists()  # the port is checked before a new archive is made
         result = run(["demo", "--port", port, "--patients", "3", "--data-dir", tmp_path / "demo"])
         assert _check("demo taken port", result, str(port)) == []
         assert "--port" in result.stderr

@@ -114,3 +114,32 @@ def test_import_with_an_unknown_kind_is_refused(demo, tmp_path):
     assert ok.returncode == 0, ok.stderr
     kinds = {s["kind"] for s in json.loads(run("stats", "--json", "--data-dir", data).stdout)["vector_sets"]}
     assert kinds == {"eagle"}
+
+
+# -- 9. no Python internals in the output ------------------------------------------------------------------
+def test_status_and_duplicates_print_words_not_python_values(demo, tmp_path):
+    import shutil
+
+    from eagle_index.config import Settings
+    from eagle_index.service import EagleService
+
+    data = tmp_path / "data"
+    shutil.copytree(demo, data, ignore=shutil.ignore_patterns("owner.*"))
+    fresh = run("status", "--data-dir", data)
+    assert fresh.returncode == 0 and "None" not in fresh.stdout, fresh.stdout
+    assert "throughput: 0 slides in the last hour\n" in fresh.stdout
+    with EagleService(Settings(data_dir=data)) as service:  # a slide being embedded, as a worker records it
+        service.jobs.enqueue("sha256:" + "ab" * 32, str(data / "x.tiff"), "DEMO-009")
+        job = service.jobs.claim()
+        service.jobs.heartbeat(job.id, {"tiles": 120, "stage": "ctranspath"})
+    out = run("status", "--data-dir", data).stdout
+    assert "running: " in out and "ctranspath, 120 tiles" in out and "{" not in out and "None" not in out, out
+    # Ray workers that have not reported yet (backfill --cluster): no 'on None (None)'
+    from eagle_index.cli.ops_cmds import status_lines
+
+    lines = status_lines({"owner": None, "queue": {"running": 1}, "running": [], "index": [], "failures": [],
+                          "throughput": {"slides_last_hour": 0, "mean_seconds_per_slide": None},
+                          "workers": [{"id": "w0", "node": None, "device": None, "slides_done": 0, "seconds_per_slide": None}]})
+    assert "worker: w0: 0 slides" in lines and not any("None" in line for line in lines), lines
+    dup = run("cohort", "duplicates", "--threshold", "0.5", "--data-dir", data)
+    assert dup.returncode == 0 and "None" not in dup.stdout and "eagle vectors)" in dup.stdout, dup.stdout

@@ -148,7 +148,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             _echo_json(report)
             return
-        typer.echo(f"{len(report['pairs'])} near-duplicate pair(s) among {report['patients']} patients (cosine >= {threshold}, {kind})")
+        typer.echo(f"{len(report['pairs'])} near-duplicate pair(s) among {report['patients']} patients (cosine >= {threshold}, "
+                   f"{report['kind']} vectors)")
         for p in report["pairs"]:
             conflict = "; ".join(f"{n}: {a} vs {b}" for n, (a, b) in p["label_conflicts"].items())
             typer.echo(f"  {p['score']:.4f}  {p['a']}  {p['b']}" + (f"  labels differ: {conflict}" if conflict else ""))

@@ -103,18 +103,48 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(data, indent=1))
             return
-        q = data["queue"]
-        owner = data["owner"]
-        typer.echo(f"owner: {owner['role']} pid {owner['pid']} {owner['url']}" if owner else "owner: none (no daemon or server running)")
-        typer.echo("queue: " + "  ".join(f"{k} {v}" for k, v in q.items()))
-        for job in data["running"]:
-            typer.echo(f"running: {job['file']} (patient {job['patient']}, attempt {job['attempt']}, progress {job['progress']})")
-        t = data["throughput"]
-        typer.echo(f"throughput: {t['slides_last_hour']} slides in the last hour; mean {t['mean_seconds_per_slide']} s/slide")
-        for entry in data["index"]:
-            typer.echo(f"index: {entry['kind']} {entry['vectors']} vectors (dim {entry['dim']})")
-        for worker in data.get("workers", []):
-            typer.echo(f"worker: {worker['id']} on {worker['node']} ({worker['device']}): {worker['slides_done']} slides, "
-                       f"{worker['seconds_per_slide']} s/slide")
-        for failure in data["failures"]:
-            typer.echo(f"failed: {failure['file']}: {failure['error']}")
+        for line in status_lines(data):
+            typer.echo(line)
+
+
+def _progress_words(progress) -> str:
+    """A running job's progress record in words: 'ctranspath, 120 tiles', 'embedding on w0 (node-1)'."""
+    if not progress:
+        return ""
+    if not isinstance(progress, dict):
+        return str(progress)
+    rest = dict(progress)
+    words = [str(rest.pop("stage"))] if rest.get("stage") else []
+    if rest.get("tiles") is not None:
+        words.append(f"{rest.pop('tiles')} tiles")
+    worker, node = rest.pop("worker", None), rest.pop("node", None)
+    if worker:
+        words.append(f"on {worker}" + (f" ({node})" if node else ""))
+    words += [f"{k} {v}" for k, v in rest.items() if v is not None and v != ""]
+    return ", ".join(words)
+
+
+def status_lines(data: dict) -> list[str]:
+    """`eagle-index status` as text: values that are not known yet are left out, never printed as None."""
+    lines = []
+    owner = data.get("owner")
+    lines.append(f"owner: {owner['role']} pid {owner['pid']} {owner['url']}" if owner else "owner: none (no daemon or server running)")
+    lines.append("queue: " + "  ".join(f"{k} {v}" for k, v in data["queue"].items()))
+    for job in data.get("running", []):
+        facts = [f"patient {job['patient']}" if job.get("patient") else "", f"attempt {job['attempt']}" if job.get("attempt") else "",
+                 _progress_words(job.get("progress"))]
+        facts = [f for f in facts if f]
+        lines.append(f"running: {job['file']}" + (f" ({', '.join(facts)})" if facts else ""))
+    t = data.get("throughput") or {}
+    mean = t.get("mean_seconds_per_slide")
+    lines.append(f"throughput: {t.get('slides_last_hour', 0)} slides in the last hour"
+                 + (f"; mean {mean} s/slide" if mean is not None else ""))
+    for entry in data.get("index", []):
+        lines.append(f"index: {entry['kind']} {entry['vectors']} vectors (dim {entry['dim']})")
+    for worker in data.get("workers", []):
+        where = (f" on {worker['node']}" if worker.get("node") else "") + (f" ({worker['device']})" if worker.get("device") else "")
+        pace = f", {worker['seconds_per_slide']} s/slide" if worker.get("seconds_per_slide") is not None else ""
+        lines.append(f"worker: {worker['id']}{where}: {worker.get('slides_done') or 0} slides{pace}")
+    for failure in data.get("failures", []):
+        lines.append(f"failed: {failure['file']}: {failure['error']}")
+    return lines
