@@ -18,7 +18,7 @@ import pytest
 
 from eagle_index import aggregation, pipeline
 from eagle_index.config import Settings
-from eagle_index.ingest.steps import ModelIdentity, SlideJob
+from eagle_index.ingest.steps import ModelIdentity
 from eagle_index.ingest.worker import BatchStorer, store_job_result, store_job_result_in_writer, store_job_results
 from eagle_index.service import EagleService
 from eagle_index.store import tiles_repo
