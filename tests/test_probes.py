@@ -152,7 +152,7 @@ def test_refusals_are_clear(archive):
     archive.catalog.write(_tx)
     with pytest.raises(InputError, match=r"label 'RARE' \(eagle vectors\): class 'yes' \(1\) has fewer patients than the 5 folds"):
         archive.probes.train("RARE")
-    with pytest.raises(NotFoundError, match="no patient has a value of label 'NOPE'"):
+    with pytest.raises(NotFoundError, match="unknown label 'NOPE'; known labels: "):
         archive.probes.train("NOPE")
     with pytest.raises(NotFoundError, match="no vectors of kind 'mean-ctranspath'"):
         archive.probes.train("BRAF", kind="mean-ctranspath")
