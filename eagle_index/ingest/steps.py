@@ -13,6 +13,8 @@ builds. This module never imports the service; catalog writes go through `catalo
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 import os
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ import numpy as np
 
 from eagle_index import pipeline
 from eagle_index.config import Settings
-from eagle_index.errors import EagleIndexError, InputError, ModelError
+from eagle_index.errors import InputError
 from eagle_index.fingerprint import slide_fingerprint
 from eagle_index.formats.tables import read_slide_table
 from eagle_index.results import FailedSlide, IngestedSlide, IngestReport, SkippedSlide
@@ -120,9 +122,13 @@ def embed_files(load_models: Callable[[], "LoadedModels"], settings: Settings, p
     jobs = plan_jobs(paths, patient, None, mpp)
     models = load_models()
     results: dict[str, list[pipeline.SlideResult]] = {}
-    for index, job in enumerate(jobs):
-        _announce(progress, index, len(jobs), job.path)
-        result = pipeline.embed_slide(job.path, models, settings, mpp_override=job.mpp, progress=progress)
+    started = iter(range(len(jobs)))
+    announce = lambda item: _announce(progress, next(started), len(jobs), item[0])  # noqa: E731
+    stream = pipeline.embed_slides(((job.path, job.mpp, None) for job in jobs), models, settings, progress=progress,
+                                   on_start=announce)
+    for job, (_, result) in zip(jobs, stream):  # one outcome per slide, in order
+        if isinstance(result, BaseException):
+            raise result  # `embed` stops at the first slide it cannot read, as before
         if artifacts_dir is not None:
             write_slide_artifact(Path(artifacts_dir) / f"{result.name}.h5", result, provenance(models))
         results.setdefault(job.patient, []).append(result)
@@ -150,23 +156,47 @@ def ingest_files(ctx: IngestContext, paths, patient, slide_table, mpp, progress=
     skipped: list[SkippedSlide] = []
     failed: list[FailedSlide] = []
     touched: set[str] = set()
-    for index, job in enumerate(jobs):
-        _announce(progress, index, len(jobs), job.path)
-        fingerprint = slide_fingerprint(job.path)
+    todo: "collections.deque[tuple[int, SlideJob, str]]" = collections.deque()  # handed to the stream, in order
+    repeats: list[tuple[int, SlideJob, str]] = []  # same bytes as a slide earlier in this run
+    errors: dict[str, str] = {}  # fingerprint -> why that slide failed
+
+    def stored_as(fingerprint: str) -> str | None:
         with catalog.transaction() as session:
             existing = catalog.slide_by_fingerprint(session, fingerprint)
-            if existing is not None and existing.status == "done":
-                skipped.append(SkippedSlide(str(job.path), f"already ingested as {existing.name}"))
-                continue
-        try:
-            result, target = embed_to_artifact(ctx, job, fingerprint, progress)
-        except ModelError:
-            raise  # missing or wrong weights fail every slide alike: one error for the command
-        except EagleIndexError as exc:
-            log.info("slide failed: %s", exc)  # the front end reports it (once)
-            ctx.jobs.record_failure(fingerprint, str(job.path), job.patient, str(exc))
-            failed.append(FailedSlide(str(job.path), str(exc)))
+            return existing.name if existing is not None and existing.status == "done" else None
+
+    def to_embed():
+        """Slides to embed, fingerprinted as the stream asks for them (so the first slide starts at
+        once, not after hashing the whole archive); stored ones are skipped here."""
+        seen: set[str] = set()
+        for index, job in enumerate(jobs):
+            fingerprint = slide_fingerprint(job.path)
+            name = stored_as(fingerprint)
+            if name is not None:
+                _announce(progress, index, len(jobs), job.path)
+                skipped.append(SkippedSlide(str(job.path), f"already ingested as {name}"))
+            elif fingerprint in seen:
+                repeats.append((index, job, fingerprint))
+            else:
+                seen.add(fingerprint)
+                todo.append((index, job, fingerprint))
+                yield job.path, job.mpp, None
+
+    # the next slides are read (pipeline.embed_slides, reader processes) while one is embedded and stored
+    announce = lambda item: _announce(progress, todo[0][0], len(jobs), item[0])  # noqa: E731
+    items = to_embed()
+    first = next(items, None)  # the models load only if there is a slide to embed
+    stream = pipeline.embed_slides(itertools.chain([first], items), ctx.models, ctx.settings, progress=progress,
+                                   on_start=announce) if first is not None else ()
+    for _, result in stream:
+        _, job, fingerprint = todo.popleft()  # one outcome per slide, in order
+        if isinstance(result, BaseException):
+            log.info("slide failed: %s", result)  # the front end reports it (once)
+            ctx.jobs.record_failure(fingerprint, str(job.path), job.patient, str(result))
+            failed.append(FailedSlide(str(job.path), str(result)))
+            errors[fingerprint] = str(result)
             continue
+        target = write_artifact(ctx, fingerprint, result)
         # the patient's re-aggregation runs before the write, only the rows inside it (ingest/storing.py)
         (outcome,) = storing.store_results(ctx, [storing.StoreItem(job, fingerprint, result, target=target)], sync=False)
         if isinstance(outcome, BaseException):
@@ -175,6 +205,13 @@ def ingest_files(ctx: IngestContext, paths, patient, slide_table, mpp, progress=
         touched.add(job.patient)
         ingested.append(IngestedSlide(str(job.path), job.patient, job.source, result.name, result.n_tiles, result.mpp,
                                       result.mpp_source, round(result.timings.get("total", 0.0), 3)))
+    for index, job, fingerprint in repeats:  # its twin was stored (or failed) above
+        _announce(progress, index, len(jobs), job.path)
+        name = stored_as(fingerprint)
+        if name is not None:
+            skipped.append(SkippedSlide(str(job.path), f"already ingested as {name}"))
+        else:
+            failed.append(FailedSlide(str(job.path), errors.get(fingerprint, "its twin in this run was not stored")))
     return IngestReport(tuple(ingested), tuple(skipped), tuple(failed), tuple(sorted(touched)))
 
 
