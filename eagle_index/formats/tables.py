@@ -22,11 +22,25 @@ def read_table(path: Path):
         if path.suffix.lower() in (".xlsx", ".xls"):
             frame = pd.read_excel(path, dtype=str, keep_default_na=False, na_values=[""])
         else:
-            frame = pd.read_csv(path, dtype=str, sep=None, engine="python", keep_default_na=False, na_values=[""])
+            frame = pd.read_csv(path, dtype=str, sep=_delimiter(path), engine="python", keep_default_na=False, na_values=[""])
     except Exception as exc:  # pandas raises many parser types
         raise InputError(f"{path}: cannot read table ({str(exc).splitlines()[0]})") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame.astype(object).where(frame.notna(), None)
+
+
+DELIMITERS = (",", ";", "\t", "|")
+
+
+def _delimiter(path: Path) -> str:
+    """The delimiter of a CSV table: the one of `DELIMITERS` its header line uses most (a comma when it uses none).
+
+    Not csv.Sniffer's guess: on a one-column table (`FILENAME`) it picks a letter of the header."""
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
+        header = handle.readline()
+    counts = {d: header.count(d) for d in DELIMITERS}
+    best = max(DELIMITERS, key=lambda d: counts[d])  # ties: the earlier one (the comma first)
+    return best if counts[best] else ","
 
 
 def _cell(value) -> str:
