@@ -402,10 +402,13 @@ def test_region_search_json_and_image(client, env):
     assert result["query"]["image"] == "region.png" and result["patients"][0]["patient"] == "CASE-001"
     assert result["patients"][0]["score"] > 0.99
     # bad input: one error shape naming the field
-    assert "mpp" in error_of(client.post("/api/v1/search/tiles", data={"file": (io.BytesIO(png), "r.png")},
-                                         content_type="multipart/form-data"), 400)
-    assert "minimum is 448" in error_of(client.post("/api/v1/search/tiles", data={"file": (io.BytesIO(png), "r.png"), "mpp": "1.0"},
-                                                    content_type="multipart/form-data"), 400)
+    # in the form's words, naming the user's file (never the server's temp path or a CLI flag; issue 21 item 5)
+    message = error_of(client.post("/api/v1/search/tiles", data={"file": (io.BytesIO(png), "r.png")},
+                                   content_type="multipart/form-data"), 400, "mpp")
+    assert message.startswith("r.png: ") and "“µm per pixel”" in message and "--" not in message and "/" not in message.split(":")[0]
+    message = error_of(client.post("/api/v1/search/tiles", data={"file": (io.BytesIO(png), "r.png"), "mpp": "1.0"},
+                                   content_type="multipart/form-data"), 400, "file")
+    assert message.startswith("r.png: ") and "minimum is 448" in message
     error_of(client.post("/api/v1/search/tiles", data={"file": (io.BytesIO(b"x"), "r.exe")}, content_type="multipart/form-data"), 400, "file")
     error_of(client.post("/api/v1/search/tiles", json={"k": 5}), 400, "patient")
     error_of(client.post("/api/v1/search/tiles", json={"patient": "CASE-001", "tile": 1, "k": 0}), 400, "k")

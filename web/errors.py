@@ -39,8 +39,12 @@ PAGE_WORDS = {
     "--min-similarity": "“Minimum cosine to a seed”", "--seed": "“Seed patients”", "--positive": "“Positive class”",
     "--vs-rest": "“positive class vs all other values”", "--folds": "“Folds”", "--kind": "the vector kind",
     "--signature": "the vector signature", "--cohort": "the cohort", "--label": "the label", "--patient": "the patient",
-    "--min-probability": "“Min. probability”", "--probe": "the probe",
+    "--min-probability": "“Min. probability”", "--probe": "the probe", "--mpp": "“µm per pixel”",
 }
+# Whole phrases first, where a flag is followed by an example value the form does not take that way.
+PAGE_PHRASES = [
+    (re.compile(r"with --mpp \(e\.g\. --mpp ([0-9.]+)\)"), r"in “µm per pixel” (e.g. \1)"),
+]
 _FLAG = re.compile(r"(?:choose one with )?--[a-z][a-z-]*")
 
 
@@ -52,6 +56,8 @@ def page_words(message: str) -> str:
             return "choose another " + PAGE_WORDS.get(text.removeprefix("choose one with "), "setting").removeprefix("the ")
         return PAGE_WORDS.get(text, text)
 
+    for pattern, replacement in PAGE_PHRASES:
+        message = pattern.sub(replacement, message)
     return _FLAG.sub(swap, message)
 
 

@@ -16,12 +16,14 @@ from flask import Blueprint, jsonify, request
 
 from web.api.params import bool_value, float_field, int_field, json_body, service
 from web.api.search import _filters_from_body
-from web.errors import ApiError
+from eagle_index.errors import EagleIndexError
+from web.errors import ApiError, page_words, status_of, user_named
 
 bp = Blueprint("regions", __name__)
 
 MAX_K = 1000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+UPLOAD_STEM = "eagle-region-upload"  # the stored upload's name; messages name the user's file instead
 QUERY_KEYS = ("patient", "tile", "slide", "slide_id", "x_um", "y_um", "box")
 
 
@@ -71,9 +73,14 @@ def search_tiles():
             raise ApiError(400, "filters must be a JSON object", field="filters") from None
         name = Path(upload.filename).name[:200]
         with tempfile.TemporaryDirectory(prefix="eagle-region-") as tmp:
-            path = Path(tmp) / f"query{suffix}"
+            path = Path(tmp) / f"{UPLOAD_STEM}{suffix}"
             upload.save(path)
-            result = svc.regions.search({}, k, per_patient, filters, include, image=path, mpp=mpp)
+            try:
+                result = svc.regions.search({}, k, per_patient, filters, include, image=path, mpp=mpp)
+            except EagleIndexError as exc:  # name the user's file and the form's field, never the server's path or a CLI flag
+                message = page_words(user_named(str(exc), path, name))
+                field = "mpp" if "“µm per pixel”" in message else "file" if message.startswith(name) else None
+                raise ApiError(status_of(exc), message, field=field) from None
         out = result.as_dict()
         out["query"]["image"] = name
         return jsonify(out)
