@@ -290,3 +290,41 @@ def test_region_upload_errors_name_the_users_file_and_the_forms_field(page, demo
     text = alert.text_content()
     assert text.startswith("my region.png:") and "query" not in text and "--" not in text, text
     _expected_errors(page, 400, "/api/v1/search/tiles")
+
+
+def test_unknown_patient_page_is_a_404(page, demo):
+    """Item 6: /patients/NOPE-999 is a 404 page saying so, not an empty patient page with a viewer and forms."""
+    response = page.goto(f"{page.base}/patients/NOPE-999")
+    assert response.status == 404
+    assert "unknown patient 'NOPE-999'" in page.locator("main").inner_text()
+    for gone in ("#viewer", "#label-form", "#gallery"):
+        assert page.locator(gone).count() == 0, gone
+    assert page.get_by_role("link", name="Find look-alikes").count() == 0
+    _expected_errors(page, 404, "/patients/NOPE-999")
+
+
+def test_search_clears_old_results_when_a_new_query_fails(page, demo):
+    """Item 6: a failing query leaves no look-alikes of the previous patient on the page."""
+    goto(page, "/search?patient=DEMO-001")
+    page.wait_for_selector("#hits article")
+    page.locator("#patient").fill("NOPE-999")
+    page.locator("#run-search").click()
+    page.wait_for_selector("#results .alert")
+    assert page.locator("#hits article").count() == 0
+    assert page.locator("#results-download").count() == 0
+    assert "unknown patient 'NOPE-999'" in page.locator("#results").inner_text()
+    assert "DEMO-001" not in page.locator("#results").inner_text()
+    _expected_errors(page, 404, "/api/v1/search", "/api/v1/patients/NOPE-999")
+
+
+def test_compare_without_patients_says_how_to_choose_them(page, demo):
+    """Item 6: /compare with no parameters: a clear empty state and no API call failing."""
+    goto(page, "/compare")
+    text = page.locator("main").inner_text()
+    assert "Compare and" not in text and "Choose two patients" in text, text
+    assert page.locator(".viewer").count() == 0
+    page.get_by_label("Query patient").fill("DEMO-001")
+    page.get_by_label("Look-alike patient").fill("DEMO-004")
+    page.get_by_role("button", name="Compare").click()
+    page.wait_for_url("**/compare?query=DEMO-001&hit=DEMO-004")
+    page.wait_for_selector("#pairs li")

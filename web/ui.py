@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 
+from web.api.params import service
 from web.security import csrf_token, record_failure, safe_next, token_matches, token_required
 
 ui = Blueprint("ui", __name__, template_folder="templates", static_folder=None)
@@ -35,6 +36,7 @@ def patients():
 
 @ui.get("/patients/<patient>")
 def patient(patient: str):
+    service().browse.patient_id(patient)  # an unknown patient is a 404 page (NotFoundError), not an empty patient page
     return render_template("patient.html", page="patient", title=f"Patient {patient}", patient=patient)
 
 
@@ -81,5 +83,9 @@ def logout():
 @ui.get("/compare")
 def compare():
     """Two patients side by side (`?query=ID&hit=ID`): viewers with overlays and the matching tile pairs."""
-    query, hit = request.args.get("query", "")[:200], request.args.get("hit", "")[:200]
-    return render_template("compare.html", page="compare", title=f"Compare {query} and {hit}", query=query, hit=hit)
+    query, hit = request.args.get("query", "").strip()[:200], request.args.get("hit", "").strip()[:200]
+    if not (query and hit):  # nothing to compare yet: say how to choose two patients, call no API
+        return render_template("compare.html", page="compare", title="Compare", query=query, hit=hit, empty=True)
+    for name in (query, hit):
+        service().browse.patient_id(name)  # an unknown patient is a 404 page
+    return render_template("compare.html", page="compare", title=f"Compare {query} and {hit}", query=query, hit=hit, empty=False)

@@ -3,9 +3,9 @@
 import { $, api, chips, clear, el, fail, fmt, image, showTile } from "./common.js";
 import { patientViewer, slideButtons } from "./viewer.js";
 
-const head = $("#compare-head");
-const query = head.dataset.query;
-const hit = head.dataset.hit;
+const head = $("#compare-head");  // absent on the empty state (no patients chosen): nothing to load
+const query = head?.dataset.query;
+const hit = head?.dataset.hit;
 const viewers = {};
 let syncing = false;
 
@@ -76,4 +76,5 @@ async function load() {
   document.body.dataset.ready = "1";
 }
 
-load();
+if (head) load();
+else document.body.dataset.ready = "1";

@@ -162,8 +162,8 @@ async function searchPatient() {
     $("#search-status").textContent = `${result.hits.length} hits`;
   } catch (err) {
     $("#search-status").textContent = "";
+    fail(err, $("#results"));  // the previous query's look-alikes never stay under a failed query
     if (err.status === 404 || err.field === "patient") { error.textContent = err.message; error.hidden = false; }
-    else fail(err, $("#results"));
   }
 }
 
