@@ -57,20 +57,26 @@ def write_demo_slides(folder: Path, patients: int = 12, seed: int = 0) -> tuple[
     return slide_table, table
 
 
+INBOX = "inbox"  # the demo server's watch folder, inside the data folder: drop a slide there to see it embedded
+
+
 def run_demo(settings: Settings, patients: int = 12, echo=print) -> dict:
-    """Generate, ingest (tiny models), label, search; returns what it printed as data."""
+    """Generate, embed through the job queue (tiny models), label, search; returns what it printed as data.
+
+    The slides go through the same job queue as the server's worker (one job per slide, recorded), so
+    the Ingestion page of the demo server shows them; `DATA/inbox` is made for the server to watch."""
     from eagle_index.service import EagleService
 
     slides_dir = settings.data_dir / "demo-slides"
     echo(f"writing {patients} demo patients' slides to {slides_dir}")
     slide_table, table = write_demo_slides(slides_dir, patients)
+    inbox = settings.data_dir / INBOX
+    inbox.mkdir(exist_ok=True)
     with EagleService(settings) as service:
         echo("embedding with the tiny models (random weights: the pipeline is real, the numbers are not)")
-        report = service.ingest([slides_dir], slide_table=slide_table)
-        for item in report.ingested:
-            echo(f"  {Path(item.file).name}: {item.tiles} tiles, {item.seconds} s")
-        if report.skipped:
-            echo(f"  {len(report.skipped)} slide(s) already ingested")
+        report = embed_through_queue(service, slides_dir, slide_table, echo)
+        if report["skipped"]:
+            echo(f"  {len(report['skipped'])} slide(s) already ingested")
         service.import_labels(table)
         stats = service.stats()
         echo(f"catalog: {stats['patients']} patients, {stats['slides']} slides, {stats['labels']} labels, vectors {stats['vectors']}")
@@ -78,4 +84,35 @@ def run_demo(settings: Settings, patients: int = 12, echo=print) -> dict:
         echo("look-alikes of DEMO-001 (tissue: dense):")
         for hit in hits:
             echo(f"  {hit.rank}. {hit.patient}  cosine {hit.score:.4f}  tissue={hit.labels.get('TISSUE')}")
-    return {"ingest": report.as_dict(), "stats": stats, "hits": [h.as_dict() for h in hits]}
+    echo(f"watch folder: {inbox} (while the demo serves, a slide dropped there is embedded; the Ingestion page shows it)")
+    return {"ingest": report, "stats": stats, "hits": [h.as_dict() for h in hits], "inbox": str(inbox)}
+
+
+def embed_through_queue(service, slides_dir: Path, slide_table: Path, echo=print) -> dict:
+    """Queue every demo slide as an ingestion job and run them with the worker the server uses.
+
+    A slide queued before (an earlier demo run in this folder) is not queued again: skipped."""
+    import threading
+    import time
+
+    from eagle_index.backfill import plan
+    from eagle_index.fingerprint import slide_fingerprint
+    from eagle_index.ingest.worker import Worker
+
+    skipped = []
+    for job in plan([slides_dir], slide_table, None):
+        state, _ = service.jobs.enqueue(slide_fingerprint(job.path), str(job.path.resolve()), job.patient, job.mpp)
+        if state != "queued":
+            skipped.append(str(job.path))
+    service.regions.follow()  # loaded tile indexes follow the commits in place
+    worker = Worker(service.ingest_context(), service.jobs, threading.Event(), max_attempts=1, backoff_seconds=0.0)
+    ingested, failed = [], []
+    while (job := service.jobs.claim()) is not None:
+        started = time.perf_counter()
+        state = worker.process(job)
+        seconds = round(time.perf_counter() - started, 3)
+        echo(f"  {Path(job.path).name}: {state}, {seconds} s (job {job.id})")
+        (ingested if state == "done" else failed).append({"file": job.path, "patient": job.patient, "job": job.id,
+                                                          "state": state, "seconds": seconds})
+    service.vectors.sync_all()
+    return {"ingested": ingested, "skipped": skipped, "failed": failed}

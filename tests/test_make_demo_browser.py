@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -328,3 +329,29 @@ def test_compare_without_patients_says_how_to_choose_them(page, demo):
     page.get_by_role("button", name="Compare").click()
     page.wait_for_url("**/compare?query=DEMO-001&hit=DEMO-004")
     page.wait_for_selector("#pairs li")
+
+
+def test_demo_ingestion_shows_its_jobs_and_embeds_a_slide_dropped_in_its_inbox(page, demo, tmp_path):
+    """Item 7: the demo's 15 slides went through the job queue (15 done jobs on the Ingestion page),
+    queueing is enabled with the demo's watch folder DATA/inbox, and a slide dropped there is embedded."""
+    from eagle_index.slides.synthetic import write_pyramidal_tiff
+
+    inbox = demo["data"] / "inbox"
+    assert inbox.is_dir()
+    stats = _get(f"{page.base}/api/v1/stats")
+    jobs = _get(f"{page.base}/api/v1/jobs?limit=100")
+    assert [j["state"] for j in jobs].count("done") == stats["slides"] == 15
+    goto(page, "/ingestion")
+    assert page.locator("#queue-stats .stat.done b").text_content() == "15"
+    assert page.locator("#job-rows tr").count() == 15 and "No jobs yet" not in page.locator("#job-rows").inner_text()
+    assert str(inbox) in page.locator("main").inner_text()
+    assert page.locator("#paths").is_enabled()
+    assert "no ingest folder" not in page.locator("main").inner_text()
+    # a newcomer drops a slide into the inbox and watches it being embedded
+    staged = tmp_path / "NEWCOMER-001.tiff"
+    write_pyramidal_tiff(staged, mpp=0.5, size_um=(6 * 448.0, 5 * 448.0), tissue_boxes_um=[(448.0, 448.0, 4 * 448.0, 3 * 448.0)],
+                         texture="cells", seed=7, palette={"stroma": (230, 160, 200), "nucleus": (80, 50, 130)})
+    shutil.copy(staged, inbox / staged.name)  # the watcher waits until the file has settled
+    page.wait_for_function("() => [...document.querySelectorAll('#job-rows tr')].some(r => r.textContent.includes('NEWCOMER-001.tiff')"
+                           " && r.textContent.includes('done'))", timeout=600_000)
+    assert _get(f"{page.base}/api/v1/stats")["patients"] == 13

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate demo slides, embed them with the tiny models, import labels, search, then serve the web UI."""
         from eagle_index.cli.options import setup_logging
-        from eagle_index.demo import run_demo
+        from eagle_index.demo import INBOX, run_demo
 
         settings = settings_from(data_dir, models="tiny", device="cpu")
         if serve:
@@ -34,4 +34,5 @@ def register(app: typer.Typer) -> None:
 
         setup_logging(settings, "WARNING")
         typer.echo(f"\nweb UI: http://127.0.0.1:{port}/search?patient=DEMO-001  (Ctrl-C stops the server)")
-        raise typer.Exit(run_owner(settings, OwnerOptions(role="serve", host="127.0.0.1", port=port, token=settings.token)))
+        raise typer.Exit(run_owner(settings, OwnerOptions(role="serve", host="127.0.0.1", port=port, token=settings.token,
+                                                          watch=[settings.data_dir / INBOX])))
