@@ -331,6 +331,40 @@ def test_compare_without_patients_says_how_to_choose_them(page, demo):
     page.wait_for_selector("#pairs li")
 
 
+def test_every_page_says_the_demo_is_synthetic(page, demo):
+    """Item 11: an archive signed by the tiny preset says so on every page; attention numbers are
+    labelled raw CHIEF attention."""
+    for path in ("/search", "/patients", "/patients/DEMO-001", "/compare?query=DEMO-001&hit=DEMO-002", "/cohorts", "/probes",
+                 "/ingestion"):
+        goto(page, path)
+        banner = page.locator("#demo-note").inner_text()
+        assert "procedurally drawn" in banner and "random" in banner, (path, banner)
+    page.goto(f"{page.base}/no/such/page")
+    assert "procedurally drawn" in page.locator("#demo-note").inner_text()
+    _expected_errors(page, 404, "/no/such/page")
+    goto(page, "/patients/DEMO-001")
+    page.wait_for_selector(".gallery button")
+    for node in (page.locator(".gallery button").first, page.locator(".slide-view rect.tile-box").first):
+        assert "raw CHIEF attention" in node.get_attribute("aria-label")
+    assert page.locator(".gallery button span.num").first.get_attribute("title") == "raw CHIEF attention"
+
+
+def test_label_chips_keep_the_users_case(page, demo):
+    """Item 11: a label saved as `Grade = High` reads `Grade` and `High` in the chips and the label table."""
+    goto(page, "/patients/DEMO-012")
+    page.get_by_label("Name", exact=True).fill("Grade")
+    page.get_by_label("Value", exact=True).fill("High")
+    page.get_by_role("button", name="Save label").click()
+    page.wait_for_selector("#label-status:has-text('saved Grade')")
+    assert "Grade" in page.locator("#patient-labels").inner_text() and "High" in page.locator("#patient-labels").inner_text()
+    names = page.locator("#label-rows th").all_inner_texts()
+    assert "Grade" in names and "GRADE" not in names, names
+    goto(page, "/patients?q=DEMO-012")
+    page.wait_for_selector("#patient-rows tr a")
+    assert page.locator("#patient-rows th").first.inner_text() == "DEMO-012"
+    assert "Grade" in page.locator("#patient-rows").inner_text()
+
+
 def test_demo_ingestion_shows_its_jobs_and_embeds_a_slide_dropped_in_its_inbox(page, demo, tmp_path):
     """Item 7: the demo's 15 slides went through the job queue (15 done jobs on the Ingestion page),
     queueing is enabled with the demo's watch folder DATA/inbox, and a slide dropped there is embedded."""

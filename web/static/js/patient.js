@@ -38,9 +38,9 @@ function slideView(slide, tiles) {
         const rect = document.createElementNS(NS, "rect");
         for (const [k, v] of Object.entries({ x: tile.x_um, y: tile.y_um, width: tileUm, height: tileUm, class: "tile-box", tabindex: "0", role: "button" })) rect.setAttribute(k, v);
         rect.dataset.rank = tile.rank;
-        rect.setAttribute("aria-label", `tile ${tile.rank}, attention ${fmt(tile.attention, 3)}`);
+        rect.setAttribute("aria-label", `tile ${tile.rank}, raw CHIEF attention ${fmt(tile.attention, 3)}`);
         const title = document.createElementNS(NS, "title");
-        title.textContent = `#${tile.rank} · attention ${fmt(tile.attention, 4)} · (${fmt(tile.x_um, 0)}, ${fmt(tile.y_um, 0)}) µm`;
+        title.textContent = `#${tile.rank} · raw CHIEF attention ${fmt(tile.attention, 4)} · (${fmt(tile.x_um, 0)}, ${fmt(tile.y_um, 0)}) µm`;
         rect.append(title);
         rect.addEventListener("click", () => openTile(tile));
         rect.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") { event.preventDefault(); openTile(tile); } });
@@ -73,10 +73,10 @@ function gallery(tiles) {
   if (!tiles.length) return el("div", { class: "empty", text: "No tiles: this patient's vectors were imported, not computed from slides here." });
   return tiles.map((tile) => {
     const picture = tile.tile_url ? image(tile.tile_url, `tile ${tile.rank}`) : el("div", { class: "tile-missing" });
-    const button = el("button", { type: "button", "data-rank": tile.rank, "aria-label": `tile ${tile.rank} from ${tile.slide}, attention ${fmt(tile.attention, 3)}`,
+    const button = el("button", { type: "button", "data-rank": tile.rank, "aria-label": `tile ${tile.rank} from ${tile.slide}, raw CHIEF attention ${fmt(tile.attention, 3)}`,
       onclick: () => focusTile(tile), onmouseenter: () => highlight(tile.rank, true), onmouseleave: () => highlight(tile.rank, false),
       onfocus: () => highlight(tile.rank, true), onblur: () => highlight(tile.rank, false) },
-    picture, el("span", {}, el("b", { text: `#${tile.rank}` }), el("span", { class: "num", text: fmt(tile.attention, 3) })));
+    picture, el("span", {}, el("b", { text: `#${tile.rank}` }), el("span", { class: "num", title: "raw CHIEF attention", text: fmt(tile.attention, 3) })));
     const region = tile.slide_id !== null && tile.slide_id !== undefined ? regionLink(tile.slide_id, tile.x_um, tile.y_um) : null;
     return el("div", { class: "gallery-item" }, button, region);
   });
