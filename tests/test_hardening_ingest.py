@@ -370,3 +370,60 @@ def test_lock_messages_name_the_holder(tmp_path):
     finally:
         held.kill()
         held.wait()
+
+
+# -- read-ahead in the daemon's worker (issue 19) --------------------------------------------------
+def _three_queued(tmp_path, service) -> list[Path]:
+    from eagle_index.fingerprint import slide_fingerprint
+
+    paths = [_slide(tmp_path / f"TCGA-AA-00{20 + i}-01Z-00-DX1.tiff", seed=i) for i in range(3)]
+    for path in paths:
+        service.jobs.enqueue(slide_fingerprint(path), str(path), path.stem[:12], None)
+    return paths
+
+
+def test_the_worker_claims_the_next_slides_while_one_is_embedded_and_stores_each_once(tmp_path):
+    from eagle_index.ingest.worker import Worker
+    import threading
+
+    with _service(tmp_path / "data") as service:
+        _three_queued(tmp_path, service)
+        claim, done_at_claim = service.jobs.claim, []
+
+        def claim_and_count():
+            done_at_claim.append(service.status()["queue"]["done"])
+            return claim()
+
+        service.jobs.claim = claim_and_count
+        worker = Worker(service.ingest_context(), service.jobs, threading.Event(), max_attempts=1, backoff_seconds=0)
+        assert worker.process(service.jobs.claim(), read_ahead=True) == "done"
+        # the 2nd and 3rd slides were claimed (and read) before the 1st was stored
+        assert done_at_claim[:3] == [0, 0, 0], done_at_claim
+        jobs = _jobs(service)
+        assert [(j["state"], j["attempts"]) for j in jobs] == [("done", 1)] * 3, jobs
+        assert service.stats()["slides"] == 3
+
+
+def test_stopping_the_worker_gives_every_claimed_slide_back_untouched(tmp_path):
+    from eagle_index.ingest.worker import Worker
+    import threading
+
+    with _service(tmp_path / "data") as service:
+        _three_queued(tmp_path, service)
+        stop, claim = threading.Event(), service.jobs.claim
+        claims = []
+
+        def claim_then_stop():
+            job = claim()
+            claims.append(job)
+            if len(claims) == 2:  # the first slide is being read, the second was just claimed ahead
+                stop.set()
+            return job
+
+        service.jobs.claim = claim_then_stop
+        worker = Worker(service.ingest_context(), service.jobs, stop, max_attempts=1, backoff_seconds=0)
+        assert worker.process(service.jobs.claim(), read_ahead=True) == "queued"
+        jobs = _jobs(service)
+        # both claimed slides went back with their attempt uncounted; the third was never claimed
+        assert [(j["state"], j["attempts"]) for j in jobs] == [("queued", 0)] * 3, jobs
+        assert service.stats()["slides"] == 0

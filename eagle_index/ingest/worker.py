@@ -1,5 +1,9 @@
 """The worker: takes queued jobs in order, embeds, stores, retries with backoff.
 
+While one slide is embedded, the next ones are claimed and read ahead by the reader processes
+(`pipeline.embed_slides`); on shutdown every claimed slide not yet stored goes back to the
+queue with its attempt uncounted.
+
 Each finished job commits its slide row, the patient's re-aggregated vectors and the job's
 `done` state in one transaction; the FAISS indexes are synced right after (and reconciled at
 start, so a crash between the two is repaired). Any error of one slide — even an unexpected
@@ -8,6 +12,7 @@ one — fails that job only; the worker keeps going.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import shutil
@@ -16,9 +21,10 @@ import time
 from datetime import timezone
 from pathlib import Path
 
+from eagle_index import pipeline
 from eagle_index.errors import EagleIndexError
 from eagle_index.fingerprint import companion_files, slide_fingerprint
-from eagle_index.ingest.steps import IngestContext, SlideJob, compute_slide
+from eagle_index.ingest.steps import IngestContext, SlideJob
 from eagle_index.ingest.storing import StoreItem, store_results
 from eagle_index.store.jobs import ClaimedJob, JobQueue
 
@@ -65,40 +71,81 @@ class Worker:
                 self.wake.wait(self.poll_seconds)
                 self.wake.clear()
                 continue
-            self.process(job)
+            self.process(job, read_ahead=True)
 
-    def process(self, job: ClaimedJob) -> str:
-        started = time.perf_counter()
-        path = Path(job.path)
-        tiles = 0
-        last_beat = time.monotonic()
+    def process(self, job: ClaimedJob, read_ahead: bool = False) -> str:
+        """Embed and store `job`; its final state. With `read_ahead`, the next queued jobs are
+        claimed while it runs and read by the reader processes ahead of their turn
+        (`pipeline.embed_slides`); each is stored as it finishes, and any not finished when
+        `stop` is set go back to the queue."""
+        states: list[str] = []
+        pending: collections.deque = collections.deque()  # (job, file state, started) handed to the stream
+        current: list = [None]
+        tiles = [0]
+        last_beat = [time.monotonic()]
+
+        def jobs():
+            nxt = job
+            while nxt is not None:
+                path = Path(nxt.path)
+                if changed_since_enqueued(nxt, path):
+                    states.append(superseded(self.queue, nxt, path, "changed after it was queued"))
+                elif not path.exists():
+                    states.append(fail_job(self.queue, nxt, f"{path}: file disappeared before it was embedded",
+                                           self.max_attempts, self.backoff_seconds, self.quarantine))
+                else:
+                    pending.append((nxt, file_state(path), time.perf_counter()))
+                    yield path, nxt.mpp, None
+                if not read_ahead or self.stop.is_set():
+                    return
+                nxt = self.queue.claim()
+
+        def start(item) -> None:
+            current[0], tiles[0], last_beat[0] = pending[0][0], 0, time.monotonic()
 
         def progress(n: int) -> None:
-            nonlocal tiles, last_beat
-            tiles += n
+            tiles[0] += n
             if self.stop.is_set():
                 raise Interrupted()
-            if time.monotonic() - last_beat >= self.heartbeat_seconds:
-                self.queue.heartbeat(job.id, {"tiles": tiles, "stage": "ctranspath"})
-                last_beat = time.monotonic()
+            if time.monotonic() - last_beat[0] >= self.heartbeat_seconds:
+                self.queue.heartbeat(current[0].id, {"tiles": tiles[0], "stage": "ctranspath"})
+                last_beat[0] = time.monotonic()
 
-        slide_job = slide_job_of(job)
-        before = file_state(path)
-        if changed_since_enqueued(job, path):
-            return superseded(self.queue, job, path, "changed after it was queued")
+        stream = pipeline.embed_slides(jobs(), self.ctx.models, self.ctx.settings, progress=progress, on_start=start)
         try:
-            if not path.exists():
-                raise EagleIndexError(f"{path}: file disappeared before it was embedded")
-            result = compute_slide(self.ctx.models, self.ctx.settings, slide_job, progress)
-            if self.stop.is_set():
-                raise Interrupted()
+            for _, result in stream:
+                claimed, before, started = pending.popleft()
+                states.append(self._finish(claimed, before, started, result))
+                if self.stop.is_set():
+                    break
+        except Interrupted:
+            pass
+        except Exception as exc:  # noqa: BLE001 - one bad slide must never stop the worker
+            if pending:
+                claimed, _, _ = pending.popleft()
+                message = str(exc) if isinstance(exc, EagleIndexError) else f"{claimed.path}: {type(exc).__name__}: {exc}"
+                if not isinstance(exc, EagleIndexError):
+                    log.exception("unexpected error on %s", claimed.path)
+                states.append(fail_job(self.queue, claimed, message, self.max_attempts, self.backoff_seconds, self.quarantine))
+        finally:
+            stream.close()
+            for claimed, _, _ in pending:  # claimed (read ahead or interrupted), not stored: back to the queue
+                self.queue.requeue(claimed.id, "interrupted by shutdown")
+                log.info(json.dumps({"event": "job_requeued", "job": claimed.id, "file": str(claimed.path)}))
+                states.append("queued")
+            pending.clear()
+        return states[0] if states else "queued"
+
+    def _finish(self, job: ClaimedJob, before, started: float, result) -> str:
+        """One slide's outcome: stored, superseded (the file changed meanwhile) or failed."""
+        path = Path(job.path)
+        slide_job = slide_job_of(job)
+        try:
+            if isinstance(result, BaseException):
+                raise result
             if file_state(path) != before:  # the result is of content that is no longer there
                 return superseded(self.queue, job, path, "changed while it was embedded")
             store_job_result(self.ctx, job, result, time.perf_counter() - started)
-        except Interrupted:
-            self.queue.requeue(job.id, "interrupted by shutdown")
-            log.info(json.dumps({"event": "job_requeued", "job": job.id, "file": str(path)}))
-            return "queued"
         except Exception as exc:  # noqa: BLE001 - one bad slide must never stop the worker
             message = str(exc) if isinstance(exc, EagleIndexError) else f"{path}: {type(exc).__name__}: {exc}"
             if not isinstance(exc, EagleIndexError):
