@@ -125,7 +125,8 @@ def test_status_and_duplicates_print_words_not_python_values(demo, tmp_path):
 
     data = tmp_path / "data"
     shutil.copytree(demo, data, ignore=shutil.ignore_patterns("owner.*"))
-    fresh = run("status", "--data-dir", data)
+    run("db", "upgrade", "--data-dir", tmp_path / "fresh")  # nothing embedded yet: no mean time per slide
+    fresh = run("status", "--data-dir", tmp_path / "fresh")
     assert fresh.returncode == 0 and "None" not in fresh.stdout, fresh.stdout
     assert "throughput: 0 slides in the last hour\n" in fresh.stdout
     with EagleService(Settings(data_dir=data)) as service:  # a slide being embedded, as a worker records it
