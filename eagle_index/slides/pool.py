@@ -360,7 +360,7 @@ def _settle(future: Future) -> None:
     if not future.cancel():
         try:
             future.exception()
-        except BaseException:  # noqa: BLE001 - cancelled, broken: either way the slot is free
+        except Exception:  # noqa: BLE001 - cancelled, broken: either way the slot is free (Ctrl-C goes through)
             pass
 
 
