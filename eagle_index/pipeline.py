@@ -110,22 +110,94 @@ def embed_slides(items, models, settings: Settings, batch_size: int | None = Non
 
     pool = shared_pool(tiling.read_workers, tiling.tile_px, tiling.read_buffer_mb)
     depth = tiling.prefetch_slides if prefetch is None else prefetch
-    for handle in pool.stream(((p, mpp, (p, mpp, name)) for p, mpp, name in items), tiling, prefetch=depth):
-        item = handle.item
-        if on_start is not None:
-            on_start(item)
-        while True:
-            started = time.perf_counter()
+    # Slide i's Virchow2 half waits until slide i+1's CTransPath half is done: its top-k re-read
+    # runs in the reader processes meanwhile instead of stalling the GPU (results keep their order).
+    deferred: _Deferred | None = None
+    try:
+        for handle in pool.stream(((p, mpp, (p, mpp, name)) for p, mpp, name in items), tiling, prefetch=depth):
+            item = handle.item
+            if on_start is not None:
+                on_start(item)
+            while True:
+                started = time.perf_counter()
+                try:
+                    source = _PooledSource(handle)
+                    half = _encode(source, item[2] or slide_name(item[0]), models, settings, batch, progress, started)
+                    half.meta = source.meta()
+                    t0 = time.perf_counter()
+                    half.pixels = handle.read_tiles_async(half.candidates.x_um, half.candidates.y_um)
+                    half.timings["virchow2_read"] = time.perf_counter() - t0
+                    outcome: object = half
+                except ReadRestart:
+                    continue  # a reader process died under it: read it again, alone (pool.py)
+                except EagleIndexError as exc:
+                    if isinstance(exc, ModelError):
+                        raise  # missing or wrong weights fail every slide alike
+                    outcome = exc
+                break
+            if deferred is not None:
+                yield deferred.item, deferred.finish(models, settings)
+                deferred = None
+            if isinstance(outcome, _Half):
+                deferred = _Deferred(item, outcome, tiling)
+            else:
+                yield item, outcome
+        if deferred is not None:
+            yield deferred.item, deferred.finish(models, settings)
+            deferred = None
+    finally:
+        if deferred is not None:  # the consumer stopped (Ctrl-C, shutdown): free the re-read's slots
+            deferred.half.pixels.cancel()
+
+
+@dataclass
+class _Half:
+    """A slide after CTransPath and CHIEF, before Virchow2 on its top-k tiles."""
+
+    name: str
+    path: Path
+    x_um: np.ndarray
+    y_um: np.ndarray
+    feats: np.ndarray
+    scores: np.ndarray
+    candidates: aggregation.SlideCandidates
+    timings: dict
+    started: float
+    meta: dict = field(default_factory=dict)
+    pixels: object = None  # np.ndarray, or the pool's PendingTiles
+    encoded_at: float = 0.0  # when CTransPath + CHIEF were done
+    idle: float = 0.0  # waited for the next slide's CTransPath half: not this slide's time
+
+
+@dataclass
+class _Deferred:
+    """A slide whose Virchow2 half waits for the next slide's CTransPath half."""
+
+    item: tuple
+    half: _Half
+    tiling: object
+
+    def finish(self, models, settings: Settings):
+        """The SlideResult, or the slide's SlideError if its top-k tiles could not be read."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        t0 = time.perf_counter()
+        self.half.idle = t0 - self.half.encoded_at
+        try:
+            pixels = self.half.pixels.result()
+        except BrokenProcessPool:  # a reader process died since: read the 25 tiles here (same pixels)
+            from eagle_index.slides import open_slide, read_tiles
+
             try:
-                result = _embed(_PooledSource(handle), item[2] or slide_name(item[0]), models, settings, batch, progress, started)
-            except ReadRestart:
-                continue  # a reader process died under it: read it again, alone (pool.py)
-            except EagleIndexError as exc:
-                if isinstance(exc, ModelError):
-                    raise  # missing or wrong weights fail every slide alike
-                result = exc
-            break
-        yield item, result
+                with open_slide(self.item[0], mpp_override=self.item[1], settings=self.tiling) as slide:
+                    pixels = read_tiles(slide, self.half.candidates.x_um, self.half.candidates.y_um, self.tiling)
+            except SlideError as exc:
+                return exc
+        except SlideError as exc:
+            return exc
+        self.half.timings["virchow2_read"] += time.perf_counter() - t0
+        self.half.pixels = pixels
+        return _complete(self.half, models, settings)
 
 
 def _batch_size(models, settings: Settings) -> int:
@@ -195,7 +267,17 @@ class _PooledSource:
 
 
 def _embed(source, name: str, models, settings: Settings, batch_size: int, progress, started: float) -> SlideResult:
-    """One slide from its tile source: CTransPath per batch, CHIEF, top-k, Virchow2 on the re-read."""
+    """One slide from its tile source, start to end (the in-process reader)."""
+    half = _encode(source, name, models, settings, batch_size, progress, started)
+    t0 = time.perf_counter()
+    half.pixels = source.read_tiles(half.candidates.x_um, half.candidates.y_um)
+    half.timings["virchow2_read"] = time.perf_counter() - t0
+    half.meta = source.meta()
+    return _complete(half, models, settings)
+
+
+def _encode(source, name: str, models, settings: Settings, batch_size: int, progress, started: float) -> _Half:
+    """CTransPath per batch as tiles arrive, then CHIEF and the slide's top-k candidates."""
     from eagle_index.models.inference import FeatureStream
 
     path = getattr(source, "slide", None) and source.slide.path or source.handle.path
@@ -229,17 +311,21 @@ def _embed(source, name: str, models, settings: Settings, batch_size: int, progr
     scores = models.chief.raw_attention(feats_all).astype(np.float32)
     timings["chief"] = time.perf_counter() - t0
     candidates = aggregation.slide_candidates(name, scores, x_um, y_um, settings.eagle.top_k)
-    t0 = time.perf_counter()
-    pixels = source.read_tiles(candidates.x_um, candidates.y_um)
+    return _Half(name, Path(path), x_um, y_um, feats_all, scores, candidates, timings, started,
+                 encoded_at=time.perf_counter())
+
+
+def _complete(half: _Half, models, settings: Settings) -> SlideResult:
+    """Virchow2 on the top-k tiles (already read): the slide's result."""
     t1 = time.perf_counter()
-    timings["virchow2_read"] = t1 - t0
-    candidates.class_tokens = models.virchow2.encode(pixels).astype(np.float32)
+    half.candidates.class_tokens = models.virchow2.encode(half.pixels).astype(np.float32)
+    timings = half.timings
     timings["virchow2"] = time.perf_counter() - t1
-    meta = source.meta()
-    result = SlideResult(name=name, x_um=x_um, y_um=y_um, feats=feats_all, scores=scores, candidates=candidates,
-                         tile_um=settings.tiling.tile_um, tile_px=settings.tiling.tile_px, timings=timings, **meta)
-    timings["total"] = time.perf_counter() - started
-    log.info("embedded %s: %d tiles in %.2fs (%s)", Path(path).name, result.n_tiles, timings["total"],
+    result = SlideResult(name=half.name, x_um=half.x_um, y_um=half.y_um, feats=half.feats, scores=half.scores,
+                         candidates=half.candidates, tile_um=settings.tiling.tile_um, tile_px=settings.tiling.tile_px,
+                         timings=timings, **half.meta)
+    timings["total"] = time.perf_counter() - half.started - half.idle
+    log.info("embedded %s: %d tiles in %.2fs (%s)", half.path.name, result.n_tiles, timings["total"],
              ", ".join(f"{k} {v:.2f}s" for k, v in timings.items() if k != "total"))
     return result
 

@@ -157,6 +157,7 @@ def ingest_files(ctx: IngestContext, paths, patient, slide_table, mpp, progress=
     failed: list[FailedSlide] = []
     touched: set[str] = set()
     todo: "collections.deque[tuple[int, SlideJob, str]]" = collections.deque()  # handed to the stream, in order
+    unannounced: "collections.deque[int]" = collections.deque()  # their indexes, until each starts
     repeats: list[tuple[int, SlideJob, str]] = []  # same bytes as a slide earlier in this run
     errors: dict[str, str] = {}  # fingerprint -> why that slide failed
 
@@ -180,10 +181,11 @@ def ingest_files(ctx: IngestContext, paths, patient, slide_table, mpp, progress=
             else:
                 seen.add(fingerprint)
                 todo.append((index, job, fingerprint))
+                unannounced.append(index)
                 yield job.path, job.mpp, None
 
     # the next slides are read (pipeline.embed_slides, reader processes) while one is embedded and stored
-    announce = lambda item: _announce(progress, todo[0][0], len(jobs), item[0])  # noqa: E731
+    announce = lambda item: _announce(progress, unannounced.popleft(), len(jobs), item[0])  # noqa: E731
     items = to_embed()
     first = next(items, None)  # the models load only if there is a slide to embed
     stream = pipeline.embed_slides(itertools.chain([first], items), ctx.models, ctx.settings, progress=progress,

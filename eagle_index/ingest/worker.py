@@ -80,6 +80,7 @@ class Worker:
         `stop` is set go back to the queue."""
         states: list[str] = []
         pending: collections.deque = collections.deque()  # (job, file state, started) handed to the stream
+        to_start: collections.deque = collections.deque()  # the same jobs until each starts (heartbeats name it)
         current: list = [None]
         tiles = [0]
         last_beat = [time.monotonic()]
@@ -95,13 +96,14 @@ class Worker:
                                            self.max_attempts, self.backoff_seconds, self.quarantine))
                 else:
                     pending.append((nxt, file_state(path), time.perf_counter()))
+                    to_start.append(nxt)
                     yield path, nxt.mpp, None
                 if not read_ahead or self.stop.is_set():
                     return
                 nxt = self.queue.claim()
 
         def start(item) -> None:
-            current[0], tiles[0], last_beat[0] = pending[0][0], 0, time.monotonic()
+            current[0], tiles[0], last_beat[0] = to_start.popleft(), 0, time.monotonic()
 
         def progress(n: int) -> None:
             tiles[0] += n

@@ -543,44 +543,72 @@ class PooledSlide:
     def read_tiles(self, x_um, y_um) -> np.ndarray:
         """Tiles at µm coordinates exactly as `tiling.read_tiles` gives them (the Virchow2 re-read),
         spread over the reader processes ahead of any read-ahead work."""
+        try:
+            return self.read_tiles_async(x_um, y_um).result()
+        except BrokenProcessPool:
+            self._stream._broken(self._work)
+            raise  # pragma: no cover - _broken raises
+
+    def read_tiles_async(self, x_um, y_um) -> "PendingTiles":
+        """Start the re-read; `result()` of what it returns waits for the tiles. The slide's
+        handle may be moved past meanwhile (the reads name the file, not the handle)."""
         stream, work = self._stream, self._work
         x_um, y_um = np.atleast_1d(x_um), np.atleast_1d(y_um)
         tile = self.plan.grid.tile_px
-        out = np.empty((len(x_um), tile, tile, 3), np.uint8)
+        pending = PendingTiles(stream.pool, np.empty((len(x_um), tile, tile, 3), np.uint8))
         chunk = max(1, min(SLOT_TILES, -(-len(x_um) // stream.pool.workers)))
-        pending: collections.deque = collections.deque()
         try:
             for start in range(0, len(x_um), chunk):
                 token = stream.pool.take_slot(priority=True)
                 while token is None:  # another stream holds the reserve: wait for one of ours or theirs
-                    if pending:
-                        self._collect(pending.popleft(), out)
-                    else:
+                    if not pending.collect_one():
                         busy = [f for w in stream._window for f, _, _ in w.submitted if not f.done()]
                         if busy:
                             wait(busy, return_when=FIRST_COMPLETED)
                     token = stream.pool.take_slot(priority=True)
                 sl = slice(start, start + chunk)
-                future = stream.pool.submit(_tiles_task, token[0], work.path, work.mpp_override, stream.settings, x_um[sl], y_um[sl])
-                pending.append((future, token, sl))
-            while pending:
-                self._collect(pending.popleft(), out)
-        except BrokenProcessPool:
-            pending.clear()
-            stream._broken(work)
-        finally:
-            for future, token, _ in pending:
-                _settle(future)
-                stream.pool.give_slot(token)
-        return out
+                future = stream.pool.submit(_tiles_task, token[0], work.path, work.mpp_override, stream.settings,
+                                            x_um[sl], y_um[sl])
+                pending.chunks.append((future, token, sl))
+        except BaseException:
+            pending.cancel()
+            raise
+        return pending
 
-    def _collect(self, entry, out: np.ndarray) -> None:
-        future, token, sl = entry
+
+class PendingTiles:
+    """Tiles the reader processes are reading into priority slots; `result()` collects them."""
+
+    def __init__(self, pool: ReaderPool, out: np.ndarray):
+        self.pool, self.out = pool, out
+        self.chunks: collections.deque = collections.deque()  # (future, slot token, slice of out)
+
+    def collect_one(self) -> bool:
+        """Copy the oldest chunk out of its slot (waiting for it); False if none is left."""
+        if not self.chunks:
+            return False
+        future, token, sl = self.chunks.popleft()
         try:
             n = future.result()
-            out[sl] = self._stream.pool.slots[token[0], :n]
+            self.out[sl] = self.pool.slots[token[0], :n]
+        except BaseException:
+            self.cancel()
+            raise
         finally:
-            self._stream.pool.give_slot(token)
+            self.pool.give_slot(token)
+        return True
+
+    def result(self) -> np.ndarray:
+        """The tiles; raises the slide's SlideError, or BrokenProcessPool if a reader process died."""
+        while self.collect_one():
+            pass
+        return self.out
+
+    def cancel(self) -> None:
+        while self.chunks:
+            future, token, _ = self.chunks.popleft()
+            _settle(future)
+            self.pool.give_slot(token)
 
 
 def _batch(grid: TileGrid, images: np.ndarray, pos_buf: np.ndarray, n: int, emitted: int) -> TileBatch:
