@@ -92,11 +92,10 @@ class RegionSearchResult:
 # -- image input -----------------------------------------------------------------------------
 def image_resolution(path: Path) -> float | None:
     """µm/px recorded in an image file (PNG pHYs, TIFF/JPEG resolution), if it is a plausible scan resolution."""
-    from PIL import Image
-
+    from eagle_index.limits import open_image
     from eagle_index.slides.mpp import MPP_MAX_UM, MPP_MIN_UM
 
-    with Image.open(path) as img:
+    with open_image(path) as img:  # the header only; an image over the pixel limit is refused here
         dpi = img.info.get("dpi")
     if not dpi:
         return None
@@ -111,17 +110,22 @@ def image_resolution(path: Path) -> float | None:
 
 
 def read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    """The image as RGB; its size is checked from the header (limits.MAX_IMAGE_PIXELS) before it is decoded."""
+    from PIL import Image
 
-    try:
-        with Image.open(path) as img:
+    from eagle_index.limits import open_image
+
+    with open_image(path) as img:
+        try:
             return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"{path}: not a readable image ({exc})") from None
+        except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+            raise InputError(f"{path}: not a readable image ({exc})") from None
 
 
 def image_tiles(rgb: np.ndarray, mpp: float, target_mpp: float, tile_px: int, source: str) -> tuple[np.ndarray, dict]:
-    """Resample an RGB region to target_mpp with the pipeline's filter and centre-crop it into whole tiles."""
+    """Centre-crop an RGB region to whole tiles (at most 4 x 4) and resample only that crop to target_mpp
+    with the pipeline's filter: the resampled pixels are bounded by the tiles (896 x 896 px at most),
+    never by the image's size in µm (a small image at a coarse µm/px is not blown up whole)."""
     import cv2
 
     from eagle_index.slides.tiling import RESIZE_FILTER
@@ -129,14 +133,22 @@ def image_tiles(rgb: np.ndarray, mpp: float, target_mpp: float, tile_px: int, so
     height, width = rgb.shape[:2]
     tile_um = target_mpp * tile_px
     w_um, h_um = width * mpp, height * mpp
-    new_w, new_h = int(round(w_um / target_mpp)), int(round(h_um / target_mpp))
+    new_w, new_h = int(round(w_um / target_mpp)), int(round(h_um / target_mpp))  # the image's size at target_mpp
     if new_w < tile_px or new_h < tile_px:
         raise InputError(f"{source}: {w_um:.0f} × {h_um:.0f} µm ({width} × {height} px at {mpp:g} µm/px) is smaller than one tile; "
                          f"the minimum is {tile_um:.0f} × {tile_um:.0f} µm ({tile_px} px at {target_mpp:g} µm/px)")
-    resized = rgb if (new_w, new_h) == (width, height) else cv2.resize(np.ascontiguousarray(rgb), (new_w, new_h), interpolation=RESIZE_FILTER)
     cols, rows = min(new_w // tile_px, MAX_QUERY_TILES_SIDE), min(new_h // tile_px, MAX_QUERY_TILES_SIDE)
-    x0, y0 = (new_w - cols * tile_px) // 2, (new_h - rows * tile_px) // 2
-    tiles = np.stack([resized[y0 + r * tile_px:y0 + (r + 1) * tile_px, x0 + c * tile_px:x0 + (c + 1) * tile_px]
+    x0, y0 = (new_w - cols * tile_px) // 2, (new_h - rows * tile_px) // 2  # the crop, in target pixels
+    out_w, out_h = cols * tile_px, rows * tile_px
+    if (new_w, new_h) == (width, height):  # already at target_mpp: a plain crop
+        region = rgb[y0:y0 + out_h, x0:x0 + out_w]
+    else:  # the crop's edges mapped back to source pixels; only that crop is resampled
+        sx, sy = width / new_w, height / new_h
+        left, top = int(round(x0 * sx)), int(round(y0 * sy))
+        right = min(width, max(left + 1, int(round((x0 + out_w) * sx))))
+        bottom = min(height, max(top + 1, int(round((y0 + out_h) * sy))))
+        region = cv2.resize(np.ascontiguousarray(rgb[top:bottom, left:right]), (out_w, out_h), interpolation=RESIZE_FILTER)
+    tiles = np.stack([region[r * tile_px:(r + 1) * tile_px, c * tile_px:(c + 1) * tile_px]
                       for r in range(rows) for c in range(cols)])
     facts = {"size_um": [round(w_um, 1), round(h_um, 1)], "mpp": mpp, "grid": [cols, rows],
              "crop_um": [round(x0 * target_mpp, 1), round(y0 * target_mpp, 1), cols * tile_um, rows * tile_um]}
@@ -185,9 +197,7 @@ class RegionSearchService:
         self.backfill()
         out = []
         for info in tiles_repo.tile_sets(self.catalog):
-            loaded = self.index.rebuild(info) if force else self.index.get(info.signature)
-            if force:
-                self.index._loaded[info.signature] = loaded
+            loaded = self.index.rebuild(info) if force else self.index.get(info.signature)  # rebuild swaps it in
             out.append({"kind": "tiles", "signature": info.signature, "count": loaded.ntotal, "index_type": loaded.index_type})
         return out
 
@@ -327,8 +337,8 @@ class RegionSearchService:
     def _image_query(self, path: Path, mpp: float | None):
         from eagle_index.slides import keep_tiles
 
-        if not path.is_file():
-            raise InputError(f"{path}: file not found")
+        if not path.is_file():  # is_file() is True only for regular files: a FIFO is never opened
+            raise InputError(f"{path}: not a regular file" if path.exists() else f"{path}: file not found")
         settings = self.service.settings
         source = "given"
         if mpp is None:
@@ -384,6 +394,13 @@ class RegionSearchService:
 
     # -- top tiles ---------------------------------------------------------------------------------
     def _top_tiles(self, token, signature, k, per_patient, filters, query_pid, include_same_patient) -> list[PatientRegions]:
+        """The grouped, named hits; all under one read section of the catalog's lock: the loaded index's
+        tile ids and patients, the searches, the grouping and the naming see one generation (the writer
+        changes them in place under the exclusive side), so no hit names a tile removed meanwhile."""
+        with self.catalog.reading():
+            return self._top_tiles_read(token, signature, k, per_patient, filters, query_pid, include_same_patient)
+
+    def _top_tiles_read(self, token, signature, k, per_patient, filters, query_pid, include_same_patient) -> list[PatientRegions]:
         from eagle_index.search import allowed_ids
         from eagle_index.store.tile_index import group_tiles
 

@@ -145,6 +145,17 @@ def _store_upload(svc, upload) -> tuple[str, Path]:
     except BaseException:  # client gone mid-upload, disk full: nothing half-written stays
         target.unlink(missing_ok=True)
         raise
+    if suffix in (".png", ".jpg", ".jpeg"):  # plain images are decoded whole: a decompression bomb is a 400 now
+        from eagle_index.errors import InputError
+        from eagle_index.limits import ImageTooLarge, open_image, slide_image_pixels
+
+        try:
+            open_image(target, Path(upload.filename).name[:200], slide_image_pixels()).close()
+        except ImageTooLarge as exc:
+            target.unlink(missing_ok=True)
+            raise ApiError(400, str(exc), field="file") from None
+        except InputError:  # unreadable: the embedding task reports it, as for any other slide
+            pass
     old = sorted((p for p in folder.iterdir() if len(p.stem) == 32 and p.is_file()), key=lambda p: p.stat().st_mtime)
     for stale in old[:-KEEP_UPLOADS]:
         stale.unlink(missing_ok=True)
