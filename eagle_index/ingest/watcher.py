@@ -64,8 +64,12 @@ class Watcher:
             for path in root.rglob("*"):
                 if not is_candidate(path) or not self._inside_roots(path):
                     continue
-                if path.is_file() and not _inside_mrxs_folder(path):
-                    yield path
+                if path.is_file():  # True only for regular files (links followed): never a FIFO, socket or device
+                    if not _inside_mrxs_folder(path):
+                        yield path
+                elif path.exists() and not path.is_dir() and path not in self._refused:
+                    self._refused.add(path)  # a FIFO would block the scan in open(): listed once, never opened
+                    log.warning("watch: %s is not a regular file; ignored", path)
 
     def _inside_roots(self, path: Path) -> bool:
         """Resolve links, then check containment: a link out of the watched folders is never followed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, request
@@ -41,6 +42,12 @@ def _resolve_inside(raw: str, roots: list[Path]) -> Path:
         raise ApiError(400, f"{raw}: not a usable path", field="paths") from None
     if not Path(raw).is_absolute() or not inside(path, roots):
         raise ApiError(400, f"{raw} is outside the folders this server ingests from ({where})", field="paths")
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise ApiError(400, f"{raw}: file not found", field="paths") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a FIFO would block this thread in open() for ever
+        raise ApiError(400, f"{raw}: not a regular file (nor a folder)", field="paths")
     return path
 
 
