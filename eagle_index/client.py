@@ -55,6 +55,28 @@ class OwnerClient:
     def stats(self) -> dict:
         return self._request("GET", "/stats")
 
+    def run_task(self, path: str, body: dict, progress=None, what: str = "the task"):
+        """POST `body` to an endpoint that answers 202 with a task; poll it (reporting progress) until done.
+
+        The finished task (its `result`, `meta`); `what` names the work in a failure (formatted with the 202 answer)."""
+        import time
+
+        started = self._request("POST", path, body=_json_body(body), content_type="application/json")
+        while True:
+            task = self._request("GET", f"/tasks/{_quoted(started['task'])}")
+            if progress is not None and task["progress"]["total"]:
+                progress(task["progress"]["done"], task["progress"]["total"], task["progress"]["message"] or "")
+            if task["state"] == "failed":
+                raise EagleIndexError(f"{what.format(**started)} failed on the server: {task['error']}")
+            if task["state"] == "done":
+                return task
+            time.sleep(0.3)
+
+    def schema_revision(self) -> tuple[str | None, str]:
+        """(the catalog's schema revision, the newest) as the owner reports them in GET /status."""
+        schema = self.status().get("schema") or {}
+        return schema.get("current"), schema.get("head")
+
     def status(self) -> dict:
         return self._request("GET", "/status")
 
@@ -132,6 +154,9 @@ class RemoteService:
 
     def status(self) -> dict:
         return self.client.status()
+
+    def schema_revision(self) -> tuple[str | None, str]:
+        return self.client.schema_revision()
 
     @property
     def cohorts(self) -> "RemoteCohorts":
@@ -232,6 +257,13 @@ class RemoteCohorts(_RemoteTopic):
     def leakage(self, a: str, b: str, threshold: float = 0.95, kind: str | None = None, signature: str | None = None) -> dict:
         return self.client._request("GET", "/quality/leakage", {"a": a, "b": b, "threshold": threshold, "kind": kind})
 
+    def umap(self, name: str, kind: str | None = None, signature: str | None = None, seed: int = 0) -> dict:
+        """The owner's map of the cohort (computed and cached there); `path` is None: the file is the server's."""
+        out = self.client._request("GET", f"/cohorts/{_quoted(name)}/map", {"kind": kind, "signature": signature, "seed": seed})
+        for point in out.get("points", []):
+            point.pop("cohorts", None)  # the map page's extra; `cohort umap` has the same points as without a server
+        return {**out, "path": None}
+
 
 class RemoteProbes(_RemoteTopic):
     """`service.probes` of a running owner (same methods and results as `ProbeService`)."""
@@ -259,20 +291,26 @@ class RemoteProbes(_RemoteTopic):
     def train(self, label: str, kind: str | None = None, model: str = "logreg", folds: int = 5, seed: int = 0,
               progress=None, **options) -> ProbeResult:
         """Submitted as a server task (the server trains and stores it); polled until done, then its summary."""
-        import time
-
         body = {"label": label, "kind": kind, "model": model, "folds": folds, "seed": seed,
                 **{k: v for k, v in options.items() if k in ("name", "signature", "positive", "vs_rest", "cohort")}}
-        started = self.client._request("POST", "/probes", body=_json_body(body), content_type="application/json")
-        while True:
-            task = self.client._request("GET", f"/tasks/{_quoted(started['task'])}")
-            if progress is not None and task["progress"]["total"]:
-                progress(task["progress"]["done"], task["progress"]["total"], task["progress"]["message"] or "")
-            if task["state"] == "failed":
-                raise EagleIndexError(f"training probe {started['probe']!r} failed on the server: {task['error']}")
-            if task["state"] == "done":
-                return self.get(started["probe"])
-            time.sleep(0.5)
+        task = self.client.run_task("/probes", body, progress, what="training probe {probe!r}")
+        return self.get(task["meta"]["probe"])
+
+    def fewshot(self, label: str, kind: str | None = None, ks=(1, 2, 4, 8, 16, 32), draws: int = 10, seed: int = 0,
+                signature: str | None = None, positive: str | None = None, vs_rest: bool = False, cohort: str | None = None,
+                progress=None) -> dict:
+        """POST /fewshot (a server task), polled until done."""
+        body = {"label": label, "kind": kind, "ks": [int(k) for k in ks], "draws": draws, "seed": seed, "signature": signature,
+                "positive": positive, "vs_rest": vs_rest, "cohort": cohort}
+        return self.client.run_task("/fewshot", body, progress, what="the few-shot curve")["result"]
+
+    def compare(self, labels: list[str], kind: str | None = None, against: str = "chief", model: str = "logreg",
+                against_model: str | None = None, folds: int = 5, seed: int = 0, signature: str | None = None,
+                against_signature: str | None = None, positive: str | None = None, progress=None) -> dict:
+        """POST /compare (a server task), polled until done."""
+        body = {"labels": list(labels), "kind": kind, "against": against, "model": model, "against_model": against_model,
+                "folds": folds, "seed": seed, "signature": signature, "against_signature": against_signature, "positive": positive}
+        return self.client.run_task("/compare", body, progress, what="comparing probes")["result"]
 
 
 class RemoteRegions:

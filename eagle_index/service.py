@@ -60,6 +60,9 @@ class EagleService:
         ]
         summary["patients"] = self.catalog.stats()["patients"]
         summary["workers"] = self.worker_stats() if self.worker_stats is not None else []
+        from eagle_index.store import schema
+
+        summary["schema"] = {"current": schema.current_revision(self.catalog.engine), "head": schema.head_revision()}
         return summary
 
     @cached_property

@@ -80,3 +80,63 @@ def test_read_commands_through_a_running_daemon(data, tmp_path):
         log.close()
     assert not (data / "owner.json").exists()
     np.testing.assert_equal(json.loads(run_cli("stats", "--json", "--data-dir", data).stdout)["patients"], N)
+
+
+@pytest.fixture(scope="module")
+def two_kinds(tmp_path_factory):
+    """An archive with eagle and chief vectors and a label: what `probe compare` needs."""
+    from eagle_index.config import Settings
+    from eagle_index.service import EagleService
+
+    data = tmp_path_factory.mktemp("served2") / "data"
+    with EagleService(Settings(data_dir=data)) as service:
+        catalog = service.catalog
+
+        def write(session):
+            ids = [catalog.patient_id(session, n, create=True) for n in NAMES]
+            catalog.put_vectors(session, "eagle", "sig", ids, clustered_vectors(N, DIM, seed=3, clusters=2), source="test")
+            catalog.put_vectors(session, "chief", "sigc", ids, clustered_vectors(N, DIM, seed=4, clusters=2), source="test")
+            for i, pid in enumerate(ids):
+                catalog.put_label(session, pid, "organ", "lung" if i % 2 else "colon", "test")
+
+        catalog.write(write)
+        service.vectors.sync_all()
+    return data
+
+
+def _ui_commands(data) -> dict:
+    """The CLI twins of what the UI does through a running server: few-shot, compare, cohort map, schema revision."""
+    return {
+        "fewshot": json.loads(run_cli("probe", "fewshot", "organ", "--ks", "1,2", "--draws", "2", "--json", "--data-dir", data).stdout),
+        "compare": json.loads(run_cli("probe", "compare", "organ", "--folds", "3", "--json", "--data-dir", data).stdout),
+        "umap": json.loads(run_cli("cohort", "umap", "everyone", "--json", "--data-dir", data).stdout),
+        "db": run_cli("db", "current", "--data-dir", data).stdout,
+    }
+
+
+def test_ui_twins_through_a_running_server(two_kinds, tmp_path):
+    data = two_kinds
+    run_cli("cohort", "create", "everyone", "--data-dir", data)
+    offline = _ui_commands(data)
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "eagle_index", "serve", "--port", "0", "--models", "tiny", "--device", "cpu",
+                             "--data-dir", str(data)], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "EAGLE_INDEX_LOG": "WARNING"})
+    try:
+        deadline = time.time() + 120
+        while not (data / "owner.json").exists() or "url" not in (data / "owner.json").read_text():
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.2)
+        served = _ui_commands(data)
+        assert served["db"] == offline["db"] and offline["db"].startswith("current: ")
+        for key in ("curve", "counts", "positive", "kind"):
+            assert served["fewshot"][key] == offline["fewshot"][key]
+        assert served["compare"]["results"] == offline["compare"]["results"]
+        assert served["compare"]["a"] == offline["compare"]["a"] and served["compare"]["b"]["kind"] == "chief"
+        assert {p["patient"]: (p["x"], p["y"]) for p in served["umap"]["points"]} == \
+            {p["patient"]: (p["x"], p["y"]) for p in offline["umap"]["points"]}
+        text = run_cli("cohort", "umap", "everyone", "--data-dir", data).stdout  # the text form names no server path
+        assert "map of 40 patients" in text
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        log.close()

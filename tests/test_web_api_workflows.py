@@ -153,6 +153,18 @@ def test_fewshot_curve_and_probe_delete(client):
     error_of(client.get("/api/v1/probes/tissue"), 404)
 
 
+def test_probe_comparison_route(client, env):
+    """POST /compare (the CLI's `probe compare` while a server holds the catalog): a task whose result is the service's."""
+    body = {"labels": ["MSI"], "kind": "eagle", "against": "eagle", "model": "logreg", "against_model": "mlp", "folds": 3}
+    started = client.post("/api/v1/compare", json=body)
+    assert started.status_code == 202
+    result = wait_task(client, started.get_json()["task"])["result"]
+    assert result == env["service"].probes.compare(["MSI"], "eagle", "eagle", "logreg", "mlp", 3)
+    error_of(client.post("/api/v1/compare", json={"labels": []}), 400, "labels")
+    error_of(client.post("/api/v1/compare", json={"labels": ["MSI"], "model": "svm"}), 400, "model")
+    error_of(client.post("/api/v1/compare", json={"labels": ["MSI"], "against": "nope"}), 404)
+
+
 def test_retrieval_evaluation_route(client, env):
     report = client.get("/api/v1/eval/retrieval?label=TISSUE&k=1,3").get_json()
     assert report == env["service"].searcher.evaluate_retrieval("TISSUE", [1, 3])

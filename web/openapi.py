@@ -73,7 +73,7 @@ ROUTES = [
     ("get", "/cohorts/{name}/export/{fmt}", "cohorts", "Download: stamp | clinical | eagle-h5 | parquet",
      ["name:path:string", "fmt:path:string", "kind:query:string"], None, 200, "application/octet-stream"),
     ("get", "/cohorts/{name}/map", "cohorts", "2-D map (UMAP, else PCA) of the members, with cohort membership",
-     ["name:path:string", "kind:query:string", "seed:query:integer"], None, 200, JSON),
+     ["name:path:string", "kind:query:string", "signature:query:string", "seed:query:integer"], None, 200, JSON),
     ("get", "/quality/duplicates", "cohorts", "Near-duplicate patients with label conflicts",
      ["threshold:query:number", "kind:query:string", "cohort:query:string"], None, 200, JSON),
     ("get", "/eval/retrieval", "search", "Leave-one-patient-out retrieval metrics (the CLI's `eval retrieval --json`)",
@@ -90,9 +90,12 @@ ROUTES = [
      ["name:path:string"], None, 200, JSON),
     ("post", "/probes/{name}/apply", "probes", "Score the archive or a cohort; the top candidates", ["name:path:string"], "apply", 200, JSON),
     ("get", "/probes/{name}/candidates", "probes", "Ranked candidates of the latest application (paged)",
-     ["name:path:string", *PAGE], None, 200, JSON),
-    ("get", "/probes/{name}/candidates.csv", "probes", "Ranked candidates as CSV", ["name:path:string"], None, 200, "text/csv"),
+     ["name:path:string", "exclude_training:query:boolean", *PAGE], None, 200, JSON),
+    ("get", "/probes/{name}/candidates.csv", "probes", "Ranked candidates as CSV (all of them)",
+     ["name:path:string", "exclude_training:query:boolean"], None, 200, "text/csv"),
     ("post", "/fewshot", "probes", "Few-shot curve (k labelled patients per class); 202 with a task", [], "fewshot", 202, JSON),
+    ("post", "/compare", "probes", "Two probes per label on the same folds (DeLong, Benjamini-Hochberg); 202 with a task",
+     [], "compare", 202, JSON),
     ("get", "/jobs", "ingestion", "Ingestion jobs", ["state:query:string", "limit:query:integer"], None, 200, JSON),
     ("post", "/jobs", "ingestion", "Queue slide files inside the server's ingest folders", [], "jobs", 202, JSON),
     ("post", "/jobs/{job_id}/retry", "ingestion", "Re-queue a failed job", ["job_id:path:integer"], None, 200, JSON),
@@ -125,7 +128,12 @@ BODIES = {
     "fewshot": {"type": "object", "required": ["label"], "properties": {
         "label": {"type": "string"}, "kind": {"type": "string"}, "ks": {"type": "array", "items": {"type": "integer"}},
         "draws": {"type": "integer"}, "seed": {"type": "integer"}, "positive": {"type": "string"}, "vs_rest": {"type": "boolean"},
-        "cohort": {"type": "string"}}},
+        "cohort": {"type": "string"}, "signature": {"type": "string"}}},
+    "compare": {"type": "object", "required": ["labels"], "properties": {
+        "labels": {"type": "array", "items": {"type": "string"}}, "kind": {"type": "string"}, "against": {"type": "string"},
+        "model": {"type": "string", "enum": ["logreg", "mlp"]}, "against_model": {"type": "string", "enum": ["logreg", "mlp"]},
+        "folds": {"type": "integer"}, "seed": {"type": "integer"}, "signature": {"type": "string"},
+        "against_signature": {"type": "string"}, "positive": {"type": "string"}}},
     "jobs": {"type": "object", "required": ["paths"], "properties": {
         "paths": {"type": "array", "items": {"type": "string"}}, "patient": {"type": "string"}}},
 }

@@ -53,10 +53,16 @@ def register(app: typer.Typer) -> None:
 
     @db.command("current")
     def db_current(data_dir: DataDirOpt = None) -> None:
-        """Show the catalog's schema revision and the newest one."""
+        """Show the catalog's schema revision and the newest one (asked of the server while one holds the catalog)."""
+        from eagle_index.client import owner_client
         from eagle_index.service import EagleService
 
         settings = settings_from(data_dir)
+        client = owner_client(settings)
+        if client is not None:
+            current, head = client.schema_revision()
+            typer.echo(f"current: {current or 'empty'}  head: {head}")
+            return
         if not settings.catalog_path.exists():
             from eagle_index.errors import NotFoundError
 

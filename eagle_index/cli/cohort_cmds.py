@@ -201,6 +201,7 @@ def register(app: typer.Typer) -> None:
             return
         if out["note"]:
             typer.echo(f"note: {out['note']}")
-        typer.echo(f"{out['method']} map of {len(out['points'])} patients {'(cached) ' if out['cached'] else ''}-> {out['path']}")
+        where = f"-> {out['path']}" if out.get("path") else "(kept by the running server for its map page)"
+        typer.echo(f"{out['method']} map of {len(out['points'])} patients {'(cached) ' if out['cached'] else ''}{where}")
         for p in out["points"][:20]:
             typer.echo(f"  {p['x']:8.3f} {p['y']:8.3f}  {p['patient']}")

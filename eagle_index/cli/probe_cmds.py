@@ -21,7 +21,7 @@ METRIC_NAMES = ("auroc", "auprc", "balanced_accuracy", "f1")
 
 
 def _service(data_dir: Path | None, create: bool = False):
-    """The local service; while a daemon/server holds the catalog, probe commands fail naming it."""
+    """The local service, or the running daemon/server's API when one holds the catalog."""
     from eagle_index.client import service_for
 
     return service_for(settings_from(data_dir), create=create)

@@ -123,9 +123,10 @@ def export(name: str, fmt: str):
 def cohort_map(name: str):
     """2-D UMAP (PCA without umap-learn) of the members; each point lists the saved cohorts it belongs to."""
     svc = service()
-    kind = request.args.get("kind") or "eagle"
+    kind = request.args.get("kind") or None  # None: the cohort's kind, as in `cohort umap`
+    signature = request.args.get("signature") or None
     seed = int_arg("seed", 0, 0, 2**31 - 1)
-    result = svc.cohorts.umap(name, kind=kind, seed=seed)
+    result = svc.cohorts.umap(name, kind=kind, signature=signature, seed=seed)
     membership: dict[str, list[str]] = {}
     for other in svc.cohorts.list():
         for patient in svc.cohorts.members(other["name"]):

@@ -8,7 +8,7 @@ import uuid
 import numpy as np
 from flask import Blueprint, jsonify, send_file
 
-from web.api.params import bool_value, int_field, json_body, page_args, service, str_field, tasks
+from web.api.params import bool_arg, bool_value, choice, int_field, json_body, page_args, service, str_field, tasks
 from web.errors import ApiError
 
 bp = Blueprint("probes", __name__)
@@ -113,10 +113,11 @@ def roc(name: str):
 
 @bp.post("/fewshot")
 def fewshot():
-    """Few-shot curve {"label", "kind", "ks", "draws", "seed", "positive", "vs_rest", "cohort"}: 202 with a task."""
+    """Few-shot curve {"label", "kind", "signature", "ks", "draws", "seed", "positive", "vs_rest", "cohort"}: 202 with a task."""
     body = json_body()
     label = str_field(body, "label", required=True)
-    kind = str_field(body, "kind", default="eagle")
+    kind = str_field(body, "kind")  # None: the default set (eagle if stored), as in `probe fewshot`
+    signature = str_field(body, "signature")
     raw_ks = body.get("ks", [1, 2, 4, 8, 16, 32])
     if not isinstance(raw_ks, list) or not raw_ks or len(raw_ks) > 12 or not all(
             isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 10000 for k in raw_ks):
@@ -127,13 +128,48 @@ def fewshot():
     vs_rest = bool_value(body.get("vs_rest"), "vs_rest")
     cohort = str_field(body, "cohort")
     svc = service()
-    svc.probes.dataset(label, kind, None, positive, vs_rest, cohort)  # input errors now, not in the task
+    svc.probes.dataset(label, kind, signature, positive, vs_rest, cohort)  # input errors now, not in the task
 
     def work(progress):
-        return svc.probes.fewshot(label, kind, ks=sorted(set(raw_ks)), draws=draws, seed=seed, positive=positive,
-                                  vs_rest=vs_rest, cohort=cohort, progress=progress)
+        return svc.probes.fewshot(label, kind, ks=sorted(set(raw_ks)), draws=draws, seed=seed, signature=signature,
+                                  positive=positive, vs_rest=vs_rest, cohort=cohort, progress=progress)
 
     task = tasks().submit("fewshot", work, label=label, kind=kind)
+    return jsonify({"task": task.id, "status_url": f"/api/v1/tasks/{task.id}"}), 202
+
+
+@bp.post("/compare")
+def compare():
+    """Two probes per label on the same patients and folds (DeLong, Benjamini-Hochberg) {"labels", "kind", "against",
+    "model", "against_model", "folds", "seed", "signature", "against_signature", "positive"}: 202 with a task
+    (`probe compare` of the CLI while a server holds the catalog)."""
+    from eagle_index.probing.models import MODELS
+
+    body = json_body()
+    labels = body.get("labels")
+    if not isinstance(labels, list) or not labels or len(labels) > 100 or not all(isinstance(x, str) and x for x in labels):
+        raise ApiError(400, "labels must be a list of 1 to 100 label names", field="labels")
+    options = {
+        "kind": str_field(body, "kind"),
+        "against": str_field(body, "against", default="chief"),
+        "model": choice(str_field(body, "model", default="logreg"), "model", tuple(MODELS)),
+        "against_model": str_field(body, "against_model"),
+        "folds": int_field(body, "folds", 5, 2, FOLDS_MAX),
+        "seed": int_field(body, "seed", 0, 0, 2**31 - 1),
+        "signature": str_field(body, "signature"),
+        "against_signature": str_field(body, "against_signature"),
+        "positive": str_field(body, "positive"),
+    }
+    if options["against_model"] is not None:
+        choice(options["against_model"], "against_model", tuple(MODELS))
+    svc = service()
+    svc.catalog.resolve_vector_set(options["kind"], options["signature"])  # unknown vector sets: an error now, not in the task
+    svc.catalog.resolve_vector_set(options["against"], options["against_signature"])
+
+    def work(progress):
+        return svc.probes.compare(labels, progress=progress, **options)
+
+    task = tasks().submit("compare", work, labels=labels)
     return jsonify({"task": task.id, "status_url": f"/api/v1/tasks/{task.id}"}), 202
 
 
