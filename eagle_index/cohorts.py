@@ -333,6 +333,10 @@ class CohortService:
         """Near-duplicate patients (cosine >= threshold) in the whole catalog or one cohort, with
         the labels on which each pair disagrees (a rescanned slide filed with other labels)."""
         _check_threshold(threshold)
+        with self.catalog.reading():  # the ids, the index searches and the naming see one catalog generation
+            return self._duplicates_read(threshold, kind, signature, cohort, max_pairs)
+
+    def _duplicates_read(self, threshold, kind, signature, cohort, max_pairs) -> dict:
         if cohort:
             _, kind, signature, ids, raw = self._member_vectors(cohort, kind, signature)
         else:
@@ -364,6 +368,10 @@ class CohortService:
         """Train/test leakage between two cohorts: patients in both, and near-duplicate pairs
         (a member of A, another patient that is a member of B, cosine >= threshold)."""
         _check_threshold(threshold)
+        with self.catalog.reading():  # both cohorts' vectors and the naming see one catalog generation
+            return self._leakage_read(a, b, threshold, kind, signature)
+
+    def _leakage_read(self, a, b, threshold, kind, signature) -> dict:
         members_a, kind, signature, ids_a, raw_a = self._member_vectors(a, kind, signature)
         members_b, _, _, ids_b, raw_b = self._member_vectors(b, kind, signature)
         shared = sorted({ext for _, ext, _ in members_a} & {ext for _, ext, _ in members_b})

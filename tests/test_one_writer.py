@@ -1,8 +1,10 @@
 """One writer: catalog writes run on the writer thread; searches never see a half-applied commit.
 
-The stress test searches from 8 threads while another thread adds, replaces and removes
-vectors for `EAGLE_STRESS_SECONDS` (default 20 s); every answer is checked against the
-catalog inside the same read lock, and the final in-memory index must equal a rebuild.
+The stress tests search from several threads while another thread adds, replaces and removes
+rows for `EAGLE_STRESS_SECONDS` (default 20 s for patient vectors, half that for tiles); every
+answer is checked against the catalog inside the same read lock, and the final in-memory index
+must equal the catalog. The region-search one also has threads that search without an outer read
+lock: their answers must be consistent on their own (the service's own read section).
 """
 
 from __future__ import annotations
@@ -216,3 +218,146 @@ def test_readers_waiting_for_a_writer_go_before_the_next_writer():
     waiting.join(10)
     late.join(10)
     assert order[-2:] == ["write 2", "read"]
+
+
+TILE_SIG = "tiny:stress-tiles"
+
+
+def _candidates(slide_name: str, tokens: np.ndarray, first_x: int):
+    from eagle_index.aggregation import SlideCandidates
+
+    n = len(tokens)
+    x_um = (first_x + np.arange(n)) * 448.0  # every tile ever stored has its own coordinates
+    return SlideCandidates(slide_name, np.arange(n, dtype=np.int64), x_um, np.zeros(n), np.linspace(1.0, 0.5, n).astype(np.float32),
+                           tokens.astype(np.float32))
+
+
+def test_region_searches_during_tile_commits_and_removals(service, monkeypatch):
+    """Region searches from 6 threads while another adds, replaces and removes patients' tiles.
+
+    Two searchers hold `catalog.reading()` around the search and check every hit against the
+    catalog inside it. Four search without an outer lock: their answers must hold together on
+    their own (each hit a tile stored for that patient, its score the cosine with the query, no
+    exception), which needs the service to find, group and name hits in one read section. At the
+    end the tile index, followed in place all along, must equal the catalog."""
+    from eagle_index.store import tiles_repo
+
+    seconds = float(os.environ.get("EAGLE_STRESS_SECONDS", "20")) / 2
+    catalog, regions = service.catalog, service.regions
+    rng = np.random.default_rng(7)
+    anchors = [f"Q{i}" for i in range(3)]  # query patients: never changed
+    others = [f"T{i:03d}" for i in range(16)]  # few: most commits touch tiles that searches return
+    stored: dict[tuple[int, float], tuple[str, np.ndarray]] = {}  # (slide id, x µm) -> (patient, unit token), ever stored
+    next_x = [0]
+
+    def fresh(name: str, sid: int, n: int):
+        tokens = clustered_vectors(n, DIM, seed=int(rng.integers(1 << 30)))
+        cand = _candidates(f"{name}-S", tokens, next_x[0])
+        next_x[0] += n
+        for x, t in zip(cand.x_um, tokens):
+            stored[(sid, float(x))] = (name, t / np.linalg.norm(t))
+        return cand
+
+    def setup(session):
+        out = {}
+        for name in anchors + others:
+            pid = catalog.patient_id(session, name, create=True)
+            out[name] = (pid, catalog.add_slide(session, pid, f"{name}-S", f"fp-{name}"))
+        return out
+
+    slides = catalog.write(setup)
+    initial = [(slides[n][0], [(slides[n][1], fresh(n, slides[n][1], 6))]) for n in anchors + others[:12]]
+    catalog.write(lambda s: tiles_repo.put_patients_tiles(s, TILE_SIG, initial, 25))
+    first = regions.index.get(TILE_SIG)
+    stop = threading.Event()
+    committed = threading.Condition()
+    read_rows = tiles_repo.tile_rows
+
+    def tile_rows_after_a_commit(*args, **kwargs):
+        """Naming hits outside the read lock lets commits land between the search and the naming; make
+        that window certain (wait for the next commit) instead of a matter of timing. Inside the read
+        lock no commit can land, so nothing waits."""
+        if not catalog.lock.holds_read():
+            with committed:
+                seen = commits[0]
+                committed.wait_for(lambda: commits[0] > seen or stop.is_set(), timeout=2)
+        return read_rows(*args, **kwargs)
+
+    monkeypatch.setattr(tiles_repo, "tile_rows", tile_rows_after_a_commit)
+    errors: list[BaseException] = []
+    answers, commits = [0, 0], [0]
+
+    def check(result, k=8, per_patient=3):
+        (qsid, qx) = result.query["slide_id"], result.query["x_um"]
+        query = stored[(qsid, float(qx))][1]
+        assert sum(len(p.tiles) for p in result.patients) <= k
+        for p in result.patients:
+            assert p.patient not in (result.query["patient"],) and 1 <= len(p.tiles) <= per_patient
+            assert p.score == p.tiles[0].score
+            for tile in p.tiles:
+                owner, token = stored[(tile.slide_id, tile.x_um)]  # KeyError: a tile never stored
+                assert owner == p.patient, (owner, p.patient)
+                assert abs(tile.score - float(token @ query)) < 1e-4, (tile.score, float(token @ query))
+        scores = [p.score for p in result.patients]
+        assert scores == sorted(scores, reverse=True)
+
+    def search_loop(seed: int, outer_lock: bool) -> None:
+        r = np.random.default_rng(seed)
+        try:
+            while not stop.is_set():
+                query = {"patient": anchors[int(r.integers(len(anchors)))], "tile": int(r.integers(1, 7))}
+                if outer_lock:
+                    with catalog.reading():  # the check sees the catalog the answer was given from
+                        result = regions.search(query, k=8, per_patient=3)
+                        for p in result.patients:
+                            pid = catalog.patient_ids([p.patient])[p.patient]
+                            present = {(t.slide_id, t.x_um) for t in tiles_repo.patient_tiles(catalog, pid, TILE_SIG)}
+                            missing = [(t.slide_id, t.x_um) for t in p.tiles if (t.slide_id, t.x_um) not in present]
+                            assert not missing, f"hits of {p.patient} not in the catalog: {missing}"
+                else:
+                    result = regions.search(query, k=8, per_patient=3)
+                check(result)
+                answers[outer_lock] += 1
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            stop.set()
+
+    def mutate_loop() -> None:
+        r = np.random.default_rng(99)
+        try:
+            while not stop.is_set():
+                chosen = [others[i] for i in r.choice(len(others), size=int(r.integers(1, 4)), replace=False)]
+                change = []
+                for name in chosen:
+                    pid, sid = slides[name]
+                    # removed (no slide left with tiles) or replaced by new tiles (a patient without tiles gets some)
+                    change.append((pid, [] if r.random() < 0.4 else [(sid, fresh(name, sid, int(r.integers(2, 8))))]))
+                catalog.write(lambda s, c=change: tiles_repo.put_patients_tiles(s, TILE_SIG, c, 25))
+                with committed:
+                    commits[0] += 1
+                    committed.notify_all()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            stop.set()
+
+    threads = ([threading.Thread(target=search_loop, args=(i, i % 3 == 0)) for i in range(6)]
+               + [threading.Thread(target=mutate_loop)])
+    for t in threads:
+        t.start()
+    stop.wait(seconds)
+    stop.set()
+    with committed:
+        committed.notify_all()
+    for t in threads:
+        t.join(60)
+    assert not errors, repr(errors[0])
+    assert min(answers) > 10 and commits[0] > 10, (answers, commits[0])
+
+    info = tiles_repo.tile_set(catalog, TILE_SIG)
+    live = regions.index.get(TILE_SIG)
+    assert live is first and live.info.generation == info.generation  # followed in place, never rebuilt
+    ids, patients, raw = tiles_repo.load_tokens(catalog, TILE_SIG)
+    np.testing.assert_array_equal(live.ids, ids)
+    np.testing.assert_array_equal(live.patients, patients)
+    for tid, row in zip(ids, raw):
+        np.testing.assert_allclose(live.index.reconstruct(int(tid)), row / np.linalg.norm(row), rtol=1e-5, atol=1e-6)

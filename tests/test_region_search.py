@@ -120,7 +120,7 @@ def test_deleted_stale_or_corrupt_index_file_is_rebuilt(world, caplog):
     reference = service.regions.search(query, k=5).as_dict()
 
     def reopen():
-        tiles._loaded.clear()
+        tiles.unload()
         with caplog.at_level(logging.INFO, logger="eagle_index.store.tile_index"):
             caplog.clear()
             got = service.regions.search(query, k=5).as_dict()

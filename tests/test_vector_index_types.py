@@ -130,7 +130,7 @@ def test_store_records_the_index_it_built_and_searches_it(tmp_path, kind, count,
         _, meta_path = service.vectors.paths("eagle", "sig")
         assert json.loads(meta_path.read_text())["index_type"] == expected
 
-        service.vectors._loaded.clear()  # reopen from disk
+        service.vectors.unload()  # reopen from disk
         reopened = service.vectors.get("eagle", "sig")
         assert index_type_of(reopened.index) == expected
         queries = vectors[:20]

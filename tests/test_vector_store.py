@@ -64,7 +64,7 @@ def test_deleted_index_file_is_rebuilt(service, settings):
     service.vectors.get("eagle", "sig")
     index_path, _ = service.vectors.paths("eagle", "sig")
     index_path.unlink()
-    service.vectors._loaded.clear()
+    service.vectors.unload()
     assert len(service.search_patient("P001", k=3, kind="eagle")) == 3
     assert index_path.exists()
 
@@ -79,7 +79,7 @@ def test_index_from_an_older_generation_is_rebuilt(service):
     # put back the files of the older generation, as a restored backup would
     index_path.write_bytes(old_index)
     meta_path.write_text(old_meta)
-    service.vectors._loaded.clear()
+    service.vectors.unload()
     loaded = service.vectors.get("eagle", "sig")
     assert loaded.ntotal == 15
     assert json.loads(meta_path.read_text())["generation"] == 2
@@ -93,7 +93,7 @@ def test_sidecar_that_lies_about_ids_is_caught(service):
     meta = json.loads(meta_path.read_text())
     meta["ids_sha256"] = "0" * 64
     meta_path.write_text(json.dumps(meta))
-    service.vectors._loaded.clear()
+    service.vectors.unload()
     service.vectors.get("eagle", "sig")
     assert json.loads(meta_path.read_text())["ids_sha256"] != "0" * 64
 
@@ -103,7 +103,7 @@ def test_corrupt_index_file_is_rebuilt(service):
     service.vectors.get("eagle", "sig")
     index_path, _ = service.vectors.paths("eagle", "sig")
     index_path.write_bytes(b"garbage")
-    service.vectors._loaded.clear()
+    service.vectors.unload()
     assert service.vectors.get("eagle", "sig").ntotal == 10
 
 
@@ -137,5 +137,25 @@ def test_committed_writes_update_a_loaded_index_in_place(service):
     assert [h.patient for h in service.search_patient("N1", k=5, kind="eagle")] == expected
     _, meta_path = service.vectors.paths("eagle", "sig")
     assert json.loads(meta_path.read_text())["generation"] == after.info.generation == 2
-    service.vectors._loaded.clear()
+    service.vectors.unload()
     assert service.vectors._read_valid(service.catalog.vector_set("eagle", "sig")) is not None  # saved file is current
+
+
+def test_forced_reindex_swaps_the_rebuilt_index_in(service):
+    """`reindex --force` rebuilds each index and the process then uses the rebuilt one (searches,
+    later commits), not the index it had loaded before: so a changed index kind takes effect."""
+    from eagle_index.config import IndexSettings
+
+    names, _ = _put(service, n=12)
+    before = service.vectors.get("eagle", "sig")
+    assert before.index_type == "flat"
+    service.vectors.settings = IndexSettings(kind="hnsw")
+    (entry,) = [e for e in service.reindex(force=True) if e["kind"] == "eagle"]
+    assert entry["index_type"] == "hnsw" and entry["count"] == 12
+    after = service.vectors.get("eagle", "sig")
+    assert after is not before and after.index_type == "hnsw"
+    assert len(service.search_patient("P003", k=5, kind="eagle")) == 5
+    _put(service, n=2, seed=3, names=["N1", "N2"])  # a later commit: the file keeps what reindex built
+    assert service.vectors.get("eagle", "sig").index_type == "hnsw"
+    _, meta_path = service.vectors.paths("eagle", "sig")
+    assert json.loads(meta_path.read_text())["index_type"] == "hnsw"

@@ -1,46 +1,33 @@
 """FAISS indexes over stored tile tokens (region search): one per signature, ids = tile token ids.
 
-They follow the catalog exactly like the patient indexes (`store/vectors.py`): the catalog is
-the source of truth (`tile_tokens`, `tile_sets`); an index file `index/tiles--<hash>.faiss`
-is saved atomically (temp file + rename, index first, sidecar second) with a JSON sidecar
-recording the set's generation, count and a digest of the ids it holds; any disagreement
-at open (or a missing/corrupt file) rebuilds it from the catalog. Committed changes (a
-slide ingested, a patient re-aggregated) are applied to a loaded index in place (remove +
-add), or it is dropped and rebuilt on any doubt. Tokens are L2-normalized, so inner product
-is cosine. Above `IndexSettings.approximate_above` tiles the index is IVF + 4-bit PQ with
-exact re-ranking (`build_faiss_index`), like the patient indexes.
+They are `DerivedIndex`es (`store/derived_index.py`), the same class as the patient indexes
+(`store/vectors.py`): the catalog is the source of truth (`tile_tokens`, `tile_sets`); an index
+file `index/tiles--<hash>.faiss` is saved atomically (index first, sidecar second) with a JSON
+sidecar recording the set's generation, count and a digest of the ids it holds; any
+disagreement at open (or a missing/corrupt file) rebuilds it from the catalog. Committed
+changes (a slide ingested, a patient re-aggregated) are applied to a loaded index in place
+(remove + add, via `Catalog.add_tile_listener`), or it is dropped and rebuilt on any doubt.
+Tokens are L2-normalized, so inner product is cosine. Above `IndexSettings.approximate_above`
+tiles the index is IVF + 4-bit PQ with exact re-ranking (`build_faiss_index`).
 
 Besides the FAISS index, a loaded set keeps the sorted tile ids and their patient ids in
-memory, so grouping hits by patient needs no SQL (`group_tiles`).
+memory, so grouping hits by patient needs no SQL (`group_tiles`). The writer changes them
+(in place, with the index) only under the catalog's exclusive lock: read them, search, group
+and name the hits inside one `catalog.reading()` section.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from eagle_index.atomic import atomic_path, atomic_write_text
 from eagle_index.config import IndexSettings
 from eagle_index.store import tiles_repo
+from eagle_index.store.derived_index import DerivedIndex, Loaded, Rows
 from eagle_index.store.tiles_repo import TileSetInfo
-from eagle_index.store.validation import as_vector_matrix, l2_normalized
-from eagle_index.store.vectors import (
-    SAVE_AT_ONCE_BELOW,
-    SAVE_INTERVAL_S,
-    build_faiss_index,
-    choose_index_type,
-    configure_search,
-    ids_digest,
-    index_type_of,
-    read_current_sidecar,
-)
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +51,12 @@ def tile_index_basename(signature: str) -> str:
     return f"tiles--{hashlib.sha256(signature.encode()).hexdigest()[:16]}"
 
 
-@dataclass
-class LoadedTiles:
-    info: TileSetInfo
-    index_type: str
-    index: object  # faiss.IndexIDMap2
-    ids: np.ndarray  # sorted tile ids
-    patients: np.ndarray  # patient id of each tile id
+class LoadedTiles(Loaded):
+    """A loaded tile index: `ids` sorted tile ids, `owners` (also `patients`) their patient ids."""
 
     @property
-    def ntotal(self) -> int:
-        return int(self.index.ntotal)
+    def patients(self) -> np.ndarray:
+        return self.owners
 
     def patients_of(self, tile_ids: np.ndarray) -> np.ndarray:
         pos = np.clip(np.searchsorted(self.ids, tile_ids), 0, max(len(self.ids) - 1, 0))
@@ -111,147 +93,66 @@ def group_tiles(tile_ids: np.ndarray, scores: np.ndarray, patients: np.ndarray, 
     return out
 
 
-class TileIndex:
-    """Opens, validates, rebuilds, updates and queries the tile indexes under `DATA/index/`."""
+class TileIndex(DerivedIndex):
+    """The tile indexes under `DATA/index/`: `get(signature)`, `rebuild(info)`, `search(signature, query, want)`."""
+
+    what = "tile index"
+    unit = "tiles"
+    index_format = TILE_INDEX_FORMAT
+    loaded_class = LoadedTiles
+    log = log
 
     def __init__(self, index_dir: Path, catalog, settings: IndexSettings | None = None):
-        self.index_dir = Path(index_dir)
-        self.catalog = catalog
-        self.settings = tile_index_settings(settings or IndexSettings())
-        self._loaded: dict[str, LoadedTiles] = {}
-        self._dirty: dict[str, float] = {}
-        self._lock = threading.RLock()
+        super().__init__(index_dir, catalog, tile_index_settings(settings or IndexSettings()))
         catalog.add_tile_listener(self._follow_commit)
 
-    def paths(self, signature: str) -> tuple[Path, Path]:
-        base = self.index_dir / tile_index_basename(signature)
-        return base.with_suffix(".faiss"), base.with_suffix(".json")
+    # -- the catalog side ------------------------------------------------------------------------
+    def key_of(self, info: TileSetInfo) -> tuple[str]:
+        return (info.signature,)
 
-    # -- files ----------------------------------------------------------------------------------
-    def _read_valid(self, info: TileSetInfo) -> LoadedTiles | None:
-        import faiss
+    def change_key(self, change) -> tuple[str]:
+        return (change.signature,)
 
-        index_path, meta_path = self.paths(info.signature)
-        meta = read_current_sidecar(index_path, meta_path, {"format": TILE_INDEX_FORMAT, "signature": info.signature,
-                                                            "generation": info.generation, "count": info.count}, "tile index", log)
-        if meta is None:
-            return None
-        ids, patients = tiles_repo.tile_ids(self.catalog, info.signature)
-        if meta.get("ids_sha256") != ids_digest(ids):
-            log.info("tile index %s holds other ids than the catalog: rebuilding", index_path.name)
-            return None
-        try:
-            index = faiss.read_index(str(index_path))
-        except RuntimeError as exc:
-            log.warning("tile index file %s unreadable (%s): rebuilding", index_path, str(exc).splitlines()[0])
-            return None
-        if index.ntotal != info.count or index.d != info.dim:
-            log.info("tile index %s has %d vectors of dim %d, catalog %d of dim %d: rebuilding",
-                     index_path.name, index.ntotal, index.d, info.count, info.dim)
-            return None
-        configure_search(index, self.settings)
-        return LoadedTiles(info, meta.get("index_type", "flat"), index, ids, patients)
+    def basename(self, key) -> str:
+        return tile_index_basename(*key)
 
-    def _save(self, loaded: LoadedTiles) -> None:
-        import faiss
+    def current_info(self, key) -> TileSetInfo:
+        return tiles_repo.tile_set(self.catalog, *key)
 
-        self.index_dir.mkdir(parents=True, exist_ok=True)
-        index_path, meta_path = self.paths(loaded.info.signature)
-        meta = {
-            "format": TILE_INDEX_FORMAT, "what": "tile tokens", "signature": loaded.info.signature,
-            "generation": loaded.info.generation, "count": loaded.info.count, "dim": loaded.info.dim,
-            "index_type": loaded.index_type, "ids_sha256": ids_digest(loaded.ids),
-        }
-        with atomic_path(index_path) as tmp:
-            faiss.write_index(loaded.index, str(tmp))
-        atomic_write_text(meta_path, json.dumps(meta, indent=1))
+    def all_infos(self) -> list[TileSetInfo]:
+        return tiles_repo.tile_sets(self.catalog)
 
-    # -- build / open -----------------------------------------------------------------------------
-    def rebuild(self, info: TileSetInfo, index_type: str | None = None) -> LoadedTiles:
+    def sidecar_identity(self, info: TileSetInfo) -> dict:
+        return {"what": "tile tokens", "signature": info.signature}
+
+    def catalog_ids(self, info: TileSetInfo):
+        return tiles_repo.tile_ids(self.catalog, info.signature)
+
+    def load_rows(self, info: TileSetInfo) -> Rows:
         ids, patients, raw = tiles_repo.load_tokens(self.catalog, info.signature)
-        info = TileSetInfo(info.signature, info.dim, info.generation, len(ids))
-        vectors = l2_normalized(as_vector_matrix(raw, info.dim, "catalog tile tokens")) if len(ids) else None
-        index = build_faiss_index(index_type or choose_index_type(self.settings, len(ids)), info.dim, self.settings, train=vectors)
-        if len(ids):
-            index.add_with_ids(vectors, ids)
-        loaded = LoadedTiles(info, index_type_of(index), index, ids, patients)
-        self._save(loaded)
-        log.info("built %s tile index %s: %d tiles", loaded.index_type, self.paths(info.signature)[0].name, len(ids))
-        return loaded
+        return Rows(ids, patients, raw)
 
-    def get(self, signature: str) -> LoadedTiles:
-        """The index of one tile set, current with the catalog (rebuilt if needed)."""
-        info = tiles_repo.tile_set(self.catalog, signature)
-        with self._lock:
-            cached = self._loaded.get(signature)
-            if cached is not None and cached.info == info:
-                return cached
-            loaded = self._read_valid(info) or self.rebuild(info)
-            self._loaded[signature] = loaded
-            return loaded
+    def change_rows(self, loaded, change):
+        if change.added:
+            ids, patients, raw = tiles_repo.load_tokens(self.catalog, change.signature, change.added)
+        else:
+            ids, patients, raw = np.zeros(0, np.int64), np.zeros(0, np.int64), None
+        if len(ids) != len(change.added):
+            return None
+        return np.asarray(change.removed, np.int64), Rows(ids, patients, raw)
 
-    def sync_all(self) -> list[LoadedTiles]:
-        return [self.get(info.signature) for info in tiles_repo.tile_sets(self.catalog)]
-
-    def flush(self) -> None:
-        with self._lock:
-            for key in list(self._dirty):
-                if key in self._loaded:
-                    self._save(self._loaded[key])
-                self._dirty.pop(key, None)
-
-    # -- following commits ------------------------------------------------------------------------------
-    def _follow_commit(self, changes) -> None:
-        with self._lock:
-            for change in changes:
-                cached = self._loaded.get(change.signature)
-                if cached is None:
-                    continue
-                if cached.info.generation != change.old_generation or not self._apply(cached, change):
-                    self._loaded.pop(change.signature, None)
-                    self._dirty.pop(change.signature, None)
-                    continue
-                last_save = self._dirty.get(change.signature, 0.0)
-                if cached.ntotal < SAVE_AT_ONCE_BELOW or time.monotonic() - last_save > SAVE_INTERVAL_S:
-                    self._save(cached)
-                    self._dirty.pop(change.signature, None)
-                else:
-                    self._dirty.setdefault(change.signature, last_save)
-
-    def _apply(self, loaded: LoadedTiles, change) -> bool:
-        ids, patients, raw = tiles_repo.load_tokens(self.catalog, change.signature, change.added) if change.added else (
-            np.zeros(0, np.int64), np.zeros(0, np.int64), None)
-        if len(ids) != len(change.added) or (len(ids) and raw.shape[1] != loaded.info.dim):
-            return False
-        try:
-            if change.removed:
-                loaded.index.remove_ids(np.asarray(change.removed, dtype=np.int64))
-            if len(ids):
-                loaded.index.add_with_ids(l2_normalized(raw), ids)
-        except RuntimeError as exc:
-            log.info("tile index cannot be updated in place (%s): rebuilding", str(exc).splitlines()[0])
-            return False
-        keep = ~np.isin(loaded.ids, np.asarray(change.removed, np.int64))
-        all_ids = np.concatenate([loaded.ids[keep], ids])
-        all_pids = np.concatenate([loaded.patients[keep], patients])
-        order = np.argsort(all_ids, kind="stable")
-        loaded.ids, loaded.patients = all_ids[order], all_pids[order]
-        loaded.info = TileSetInfo(loaded.info.signature, loaded.info.dim, change.new_generation, loaded.ntotal)
-        return loaded.ntotal == len(loaded.ids)
-
-    # -- query ------------------------------------------------------------------------------
+    # -- query ------------------------------------------------------------------------------------
     def search(self, signature: str, query: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(tile ids, cosine scores, patient ids) of the `want` nearest tiles to one query vector.
 
-        Under the catalog's read lock: the writer changes loaded indexes in place only while it
-        holds the exclusive side (see store/writer.py)."""
+        Under the catalog's read lock: the writer changes loaded indexes (and their id and patient
+        arrays) in place only while it holds the exclusive side (see store/writer.py). Callers that
+        go on to read those arrays or name the tiles hold `catalog.reading()` around all of it."""
         with self.catalog.reading():
             loaded = self.get(signature)
-            query = l2_normalized(as_vector_matrix(np.asarray(query, np.float32).reshape(1, -1), loaded.info.dim, "query token"))
-            want = min(loaded.ntotal, want)
-            if want <= 0:
+            scores, ids = self.search_loaded(loaded, np.asarray(query, np.float32).reshape(1, -1), want, "query token")
+            if ids.shape[1] == 0:
                 return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
-            scores, ids = loaded.index.search(query, want)
             valid = ids[0] >= 0
             tids = ids[0][valid].astype(np.int64)
             return tids, scores[0][valid].astype(np.float32), loaded.patients_of(tids)
