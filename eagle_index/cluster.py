@@ -185,7 +185,12 @@ class ClusterWorker:
     def run(self) -> None:
         if self.stop.is_set():
             return
+        from eagle_index.ingest.worker import BatchStorer
+
         self.ray = connect(self.options)
+        # results are stored off this loop, in batches (one transaction and one FAISS sync each),
+        # so the owner keeps up with many GPUs; close() stores what was handed over before stopping
+        self._storer = BatchStorer(self.ctx, threads=2, batch=8)
         try:
             self._plan()
             for _ in range(self.workers):
@@ -205,6 +210,7 @@ class ClusterWorker:
                     self._heartbeat()
                     last_beat = time.monotonic()
         finally:
+            self._storer.close()
             self._shutdown()
 
     def _plan(self) -> None:
@@ -302,14 +308,18 @@ class ClusterWorker:
         self._store(w, job, payload, time.perf_counter() - started)
 
     def _store(self, w: _Worker, job, result, seconds: float) -> None:
-        from eagle_index.ingest.worker import fail_job, log_job_done, slide_job_of, store_job_result
-
+        """Hand a result to the storer; its job is done (and logged) once the batch commits."""
         t0 = time.perf_counter()
-        try:
-            store_job_result(self.ctx, job, result, seconds, identity=w.identity)
-        except Exception as exc:  # noqa: BLE001 - the owner could not store this slide: its job fails, not the run
+        future = self._storer.submit(job, result, seconds, identity=w.identity)
+        future.add_done_callback(lambda stored: self._stored(w, job, result, seconds, t0, stored))
+
+    def _stored(self, w: _Worker, job, result, seconds: float, t0: float, stored) -> None:
+        from eagle_index.ingest.worker import fail_job, log_job_done, slide_job_of
+
+        exc = stored.exception()
+        if exc is not None:  # the owner could not store this slide: its job fails, not the run
             message = str(exc) if isinstance(exc, EagleIndexError) else f"{job.path}: {type(exc).__name__}: {exc}"
-            log.exception("could not store %s", job.path)
+            log.error("could not store %s: %s", job.path, message)
             fail_job(self.queue, job, message, self.max_attempts, self.backoff_seconds, self.quarantine)
             return
         with self._lock:

@@ -7,6 +7,7 @@ also after a Ray worker is SIGKILLed, after Ctrl-C and after the owner is SIGKIL
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -112,6 +113,22 @@ def _assert_same_numbers(got: dict, want: dict) -> None:
         assert g[0] == slides and 0 < len(slides) <= 25
         for a, b in zip(g[1:], (xs, ys, scores)):
             np.testing.assert_array_equal(a, b)
+
+
+@contextlib.contextmanager
+def frozen(pids: list[int], then: int = signal.SIGCONT):
+    """Ray workers stopped (SIGSTOP) for the block: none can finish a slide, so a status read
+    inside it is still true when the next signal lands. `then` is sent to them afterwards."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, then)
+            except ProcessLookupError:
+                pass
 
 
 class Backfill:
@@ -279,20 +296,11 @@ def test_killed_ray_worker_requeues_its_slide_and_a_corrupt_slide_fails_alone(ar
         assert worker["device"] == "cpu" and worker["node"]
     # Freeze both workers: none can finish a slide now, so the status read after this is not stale
     # when the kill lands (each frozen worker keeps holding the good slide it was given).
-    pids = [w["pid"] for w in run.status()["workers"] if w["pid"]]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with frozen([w["pid"] for w in run.status()["workers"] if w["pid"]]):
         status = run.wait_for(lambda s: any(w["in_flight_files"] for w in s["workers"]), "a frozen worker holding a slide")
         victim = next(w for w in status["workers"] if w["in_flight_files"])
         assert all(Path(f).name != "broken.tiff" for f in victim["in_flight_files"])
         os.kill(victim["pid"], signal.SIGKILL)
-    finally:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
     assert run.finish() == 1, run.text()[-4000:]  # 1: the corrupt slide failed
     out = run.text()
     died = run.events("worker_died")
@@ -320,18 +328,9 @@ def test_ctrl_c_then_owner_sigkill_then_resume_embeds_each_slide_once(archive, r
     busy = first.wait_for(lambda s: s["queue"]["done"] >= 2 and s["queue"]["queued"] >= 1 and all(w["pid"] for w in s["workers"])
                           and any(w["in_flight_files"] for w in s["workers"]), "2 slides done, one in flight")
     # Ctrl-C lands while a slide is certainly in flight: the workers are frozen from this read until after it.
-    pids = [w["pid"] for w in busy["workers"]]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with frozen([w["pid"] for w in busy["workers"]]):
         first.wait_for(lambda s: any(w["in_flight_files"] for w in s["workers"]), "a frozen worker holding a slide")
         first.proc.send_signal(signal.SIGINT)
-    finally:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
     assert first.finish(120) == 130, first.text()[-4000:]
     assert "run the same command again to resume" in first.text()
     after_int = _state(data)
@@ -346,19 +345,10 @@ def test_ctrl_c_then_owner_sigkill_then_resume_embeds_each_slide_once(archive, r
                            "2 more slides done, one in flight")
     # Freeze the Ray workers so no in-flight slide can finish between this read and the owner's death:
     # the killed owner then certainly leaves a `running` job behind.
-    pids = [w["pid"] for w in busy["workers"]]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with frozen([w["pid"] for w in busy["workers"]], then=signal.SIGKILL):  # the dead owner's workers go too
         second.wait_for(lambda s: any(w["in_flight_files"] for w in s["workers"]), "a frozen worker holding a slide")
         second.proc.send_signal(signal.SIGKILL)
         second.finish(60)
-    finally:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)  # the owner's local Ray cluster goes with it; frozen workers too
-            except ProcessLookupError:
-                pass
     after_kill = _state(data)
     assert "running" in {j["state"] for j in after_kill["jobs"].values()}  # the dead owner left jobs running
 
