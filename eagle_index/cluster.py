@@ -167,6 +167,7 @@ class ClusterWorker:
         self._lock = threading.Lock()
         self._workers: dict[str, _Worker] = {}
         self._deaths: dict[int, int] = {}  # job id -> workers lost while embedding it
+        self._before: dict[int, tuple] = {}  # job id -> its file's state when it was sent (ingest.worker.admit)
         self._spawned = 0
         self._replacements = 0
         self.ray = None
@@ -254,11 +255,17 @@ class ClusterWorker:
         return refs
 
     def _fill(self) -> None:
+        from eagle_index.ingest.worker import admit
+
         for w in list(self._workers.values()):
             while w.alive and w.ready and len(w.in_flight) < w.slots and not self.stop.is_set():
                 job = self.queue.claim()
                 if job is None:
                     return
+                ended, before = admit(self.queue, job, self.max_attempts, self.backoff_seconds, self.quarantine)
+                if ended is not None:  # superseded (changed since queued) or gone: as the in-process worker does
+                    continue
+                self._before[job.id] = before
                 ref = w.actor.embed.remote(job.path, job.patient or Path(job.path).stem, job.mpp)
                 with self._lock:
                     w.in_flight[ref] = (job, time.perf_counter())
@@ -300,10 +307,16 @@ class ClusterWorker:
         if self.stop.is_set():  # shutting down: whatever came back is redone next time
             self.queue.requeue(job.id, "interrupted by shutdown")
             return
+        before = self._before.pop(job.id, None)
         if status != "ok":
             from eagle_index.ingest.worker import fail_job
 
             fail_job(self.queue, job, payload, self.max_attempts, self.backoff_seconds, self.quarantine)
+            return
+        from eagle_index.ingest.worker import file_state, superseded
+
+        if before is not None and file_state(Path(job.path)) != before:  # the result is of content no longer there
+            superseded(self.queue, job, Path(job.path), "changed while it was embedded")
             return
         self._store(w, job, payload, time.perf_counter() - started)
 

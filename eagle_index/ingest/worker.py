@@ -89,13 +89,11 @@ class Worker:
             nxt = job
             while nxt is not None:
                 path = Path(nxt.path)
-                if changed_since_enqueued(nxt, path):
-                    states.append(superseded(self.queue, nxt, path, "changed after it was queued"))
-                elif not path.exists():
-                    states.append(fail_job(self.queue, nxt, f"{path}: file disappeared before it was embedded",
-                                           self.max_attempts, self.backoff_seconds, self.quarantine))
+                ended, before = admit(self.queue, nxt, self.max_attempts, self.backoff_seconds, self.quarantine)
+                if ended is not None:
+                    states.append(ended)
                 else:
-                    pending.append((nxt, file_state(path), time.perf_counter()))
+                    pending.append((nxt, before, time.perf_counter()))
                     to_start.append(nxt)
                     yield path, nxt.mpp, None
                 if not read_ahead or self.stop.is_set():
@@ -274,6 +272,20 @@ def store_job_result_in_writer(ctx: IngestContext, job: ClaimedJob, result, seco
     slide_id = ctx.catalog.write(write)
     ctx.sync_index()
     return slide_id
+
+
+def admit(queue: JobQueue, job: ClaimedJob, max_attempts: int, backoff_seconds: float,
+          quarantine: Path | None = None) -> tuple[str | None, tuple | None]:
+    """A claimed job, before it is embedded here or on a Ray worker: (None, the file's state to
+    compare after embedding), or (the state it ended in, None) - superseded if the file changed
+    since it was queued, failed if the file is gone. Both job loops use it."""
+    path = Path(job.path)
+    if changed_since_enqueued(job, path):
+        return superseded(queue, job, path, "changed after it was queued"), None
+    if not path.exists():
+        return fail_job(queue, job, f"{path}: file disappeared before it was embedded", max_attempts, backoff_seconds,
+                        quarantine), None
+    return None, file_state(path)
 
 
 def changed_since_enqueued(job: ClaimedJob, path: Path) -> bool:
