@@ -154,6 +154,8 @@ def leakage():
         raise ApiError(400, "a (the first cohort) is required", field="a")
     if not b:
         raise ApiError(400, "b (the second cohort) is required", field="b")
+    if a == b:
+        raise ApiError(400, f"a and b are the same cohort ({a!r}): every member would count as leaked; choose two cohorts", field="b")
     threshold = float_arg("threshold", 0.95, -1.0, 1.0)
     kind = request.args.get("kind") or "eagle"
     return jsonify(service().cohorts.leakage(a, b, threshold=threshold, kind=kind))

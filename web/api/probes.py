@@ -186,10 +186,14 @@ def apply(name: str):
     return jsonify(result)
 
 
-def _stored_candidates(svc, name: str) -> list[dict]:
+def _stored_candidates(svc, name: str, exclude_training: bool = False) -> list[dict]:
+    """The stored scores by rank; without the probe's training patients when `exclude_training` (ranks kept),
+    as `apply` lists them: the page's table and its CSV download agree."""
     summary = svc.probes.get(name)
     rows = svc.probes.scores(name)
     training = set(svc.probes.training_set(name).get("patient_ids", []))
+    if exclude_training:
+        rows = [r for r in rows if r["patient_id"] not in training]
     labels = svc.browse.labels_of([r["patient_id"] for r in rows])
     return [{"rank": r["rank"], "patient": r["patient"], "probability": r["probability"], "predicted": r["predicted"],
              "label_value": labels[r["patient_id"]].get(summary["label"]), "in_training": r["patient_id"] in training}
@@ -198,10 +202,11 @@ def _stored_candidates(svc, name: str) -> list[dict]:
 
 @bp.get("/probes/<name>/candidates")
 def candidates(name: str):
-    """The stored scores of the probe's latest application, by rank (paged), with known label values."""
+    """The stored scores of the probe's latest application, by rank (paged), with known label values;
+    ?exclude_training=1 leaves the training patients out (ranks kept)."""
     svc = service()
     limit, offset = page_args(50, 1000)
-    rows = _stored_candidates(svc, name)
+    rows = _stored_candidates(svc, name, bool_arg("exclude_training"))
     page = _thumbnails(svc, rows[offset:offset + limit])
     return jsonify({"probe": name, "total": len(rows), "limit": limit, "offset": offset, "candidates": page})
 
@@ -211,8 +216,8 @@ def candidates_csv(name: str):
     from eagle_index.probes import write_candidates_csv
 
     svc = service()
-    rows = _stored_candidates(svc, name)
-    if not rows:
+    rows = _stored_candidates(svc, name, bool_arg("exclude_training"))
+    if not rows and not svc.probes.scores(name, 1):
         raise ApiError(404, f"probe {name!r} has not been applied yet: apply it to the archive first")
     folder = svc.settings.data_dir / "cache" / "exports"
     out = write_candidates_csv(rows, folder / f"{uuid.uuid4().hex}.csv")

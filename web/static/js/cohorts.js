@@ -62,13 +62,33 @@ function describe(def) {
   return parts.join("; ") || "all patients";
 }
 
+// Leakage compares two different cohorts: A and B never default to the same one (a cohort against
+// itself "leaks" every member); the choices made are kept when the list is reloaded.
+function fillLeakage() {
+  const [a, b] = [$("#leak-a").value, $("#leak-b").value];
+  const names = meta.cohorts;
+  const first = names.includes(a) ? a : names[0];
+  const second = names.includes(b) && b !== first ? b : names.find((n) => n !== first);
+  fillSelect($("#leak-a"), names, { selected: first });
+  fillSelect($("#leak-b"), names, { placeholder: names.length < 2 ? "(save a second cohort)" : "(choose)", selected: second });
+  checkLeakagePair();
+}
+
+function checkLeakagePair() {
+  const [a, b] = [$("#leak-a").value, $("#leak-b").value];
+  const problem = !a || !b ? "Choose two cohorts: e.g. a training and a test set." : a === b ? "Cohort A and B are the same cohort: choose two different ones." : "";
+  $("#leak-form button[type=submit]").disabled = Boolean(problem);
+  const hint = $("#leak-hint");
+  hint.textContent = problem;
+  hint.hidden = !problem;
+}
+
 async function loadList(select) {
   const rows = await api("/cohorts");
   meta.cohorts = rows.map((r) => r.name);
   fillSelect($("#member-of"), meta.cohorts, { placeholder: "(any)" });
   fillSelect($("#dup-cohort"), meta.cohorts, { placeholder: "the whole archive" });
-  fillSelect($("#leak-a"), meta.cohorts, { selected: meta.cohorts[0] });
-  fillSelect($("#leak-b"), meta.cohorts, { selected: meta.cohorts[1] || meta.cohorts[0] });
+  fillLeakage();
   if (!rows.length) { clear($("#cohort-rows"), el("tr", {}, el("td", { colspan: "5", class: "muted", text: "No cohorts yet: build one on the left." }))); return; }
   clear($("#cohort-rows"), rows.map((row) => el("tr", { class: current === row.name ? "selected" : null, "data-cohort": row.name },
     el("td", {}, el("button", { type: "button", class: "btn btn-small btn-quiet", onclick: () => open(row.name), "aria-label": `open cohort ${row.name}` }, el("b", { text: row.name }))),
@@ -166,6 +186,8 @@ async function init() {
           : null);
     } catch (err) { fail(err, out); }
   });
+  $("#leak-a").addEventListener("change", checkLeakagePair);
+  $("#leak-b").addEventListener("change", checkLeakagePair);
   $("#leak-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const out = $("#leak-result");

@@ -91,11 +91,27 @@ async function select(name) {
     METRICS.map(([key]) => el("td", { class: "num", text: fmt(f[key]) })))));
   showRoc(name);
   $("#apply-panel").hidden = false;
-  $("#export-candidates").href = `/api/v1/probes/${encodeURIComponent(name)}/candidates.csv`;
-  const stored = await api(`/probes/${encodeURIComponent(name)}/candidates?limit=50`);
-  $("#export-candidates").hidden = !stored.total;
-  $("#apply-note").textContent = stored.total ? `${stored.total} patients scored; showing the top ${stored.candidates.length}.` : "Not applied yet.";
-  clear($("#candidate-rows"), stored.total ? candidateRows(stored.candidates) : []);
+  await showStored(name);
+}
+
+// The table, its note and the CSV link all read the stored scores with the same choice of
+// "hide training patients" (ranks are archive-wide either way), so what is shown and what is
+// exported agree; the CSV holds every listed patient, the table the top N of them.
+async function showStored(name, applied = null) {
+  const hide = $("#apply-exclude").checked;
+  const query = hide ? "exclude_training=1" : "";
+  const base = `/probes/${encodeURIComponent(name)}/candidates`;
+  const link = $("#export-candidates");
+  link.href = `/api/v1${base}.csv${query ? `?${query}` : ""}`;
+  const stored = await api(`${base}?limit=${Number($("#apply-top").value)}${query ? `&${query}` : ""}`);
+  const scored = applied ? applied.scored : null;
+  link.hidden = !(stored.total || applied);
+  link.textContent = `Export all ${stored.total} as CSV`;
+  link.title = `${stored.total} patients by rank${hide ? ", training patients hidden" : ""}: the list below continued`;
+  $("#apply-note").textContent = stored.total || applied
+    ? `${scored !== null ? `${scored} patients scored${applied.positive ? ` by P(${applied.positive})` : ""}; ` : ""}${stored.total} listed${hide ? " (training patients hidden)" : ""}; showing the top ${stored.candidates.length}. The CSV holds all ${stored.total}, in the same order.`
+    : "Not applied yet.";
+  clear($("#candidate-rows"), stored.total ? candidateRows(stored.candidates) : (applied ? candidateRows([]) : []));
 }
 
 async function train(event) {
@@ -144,11 +160,12 @@ async function init() {
     try {
       const result = await api(`/probes/${encodeURIComponent(current)}/apply`, { method: "POST",
         body: { top: Number($("#apply-top").value), exclude_training: $("#apply-exclude").checked } });
-      clear($("#candidate-rows"), candidateRows(result.candidates));
-      $("#apply-note").textContent = `${result.scored} patients scored by P(${result.positive}); showing ${result.candidates.length}${$("#apply-exclude").checked ? ", training patients hidden" : ""}.`;
-      $("#export-candidates").hidden = false;
+      await showStored(current, result);
     } catch (err) { fail(err); } finally { button.disabled = false; }
   });
+  for (const id of ["#apply-exclude", "#apply-top"]) {
+    $(id).addEventListener("change", () => { if (current) showStored(current).catch(fail); });
+  }
   try {
     meta = await api("/meta");
     fillSelect($("#probe-label"), meta.labels.map((l) => l.name));
