@@ -16,7 +16,8 @@ class TilePair:
     """A query tile and a hit tile whose Virchow2 class tokens are close (cosine `similarity`).
 
     `*_slide_id` is the catalog id of the slide the tile lies in (None for a slide embedded on
-    the fly), so a front end can show the tile image.
+    the fly), so a front end can show the tile image; `*_tile_rank` is the tile's attention rank
+    among its patient's selected tiles (1 = highest), so a reader knows how much the tile weighs.
     """
 
     similarity: float
@@ -28,6 +29,10 @@ class TilePair:
     hit_y_um: float
     query_slide_id: int | None = None
     hit_slide_id: int | None = None
+    query_tile_rank: int | None = None  # 1 = the patient's tile with the highest attention among its selected tiles
+    hit_tile_rank: int | None = None
+    query_tiles: int | None = None  # how many selected tiles the query's ranks are out of
+    hit_tiles: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -217,6 +217,13 @@ def match_tiles(query: PatientTiles, hit: PatientTiles, pairs: int = 5) -> list[
     """The most similar (query tile, hit tile) pairs by class-token cosine, chosen greedily one-to-one."""
     sims = query.tokens @ hit.tokens.T
     order = np.argsort(-sims, axis=None, kind="stable")
+
+    def attention_ranks(tiles: PatientTiles) -> np.ndarray:
+        ranks = np.empty(len(tiles), dtype=np.int64)
+        ranks[np.argsort(-np.asarray(tiles.attention, dtype=np.float64), kind="stable")] = np.arange(1, len(tiles) + 1)
+        return ranks
+
+    q_rank, h_rank = attention_ranks(query), attention_ranks(hit)
     used_q, used_h, out = set(), set(), []
     for flat in order:
         qi, hi = divmod(int(flat), sims.shape[1])
@@ -228,6 +235,7 @@ def match_tiles(query: PatientTiles, hit: PatientTiles, pairs: int = 5) -> list[
             similarity=float(sims[qi, hi]),
             query_slide=query.slide[qi], query_x_um=float(query.x_um[qi]), query_y_um=float(query.y_um[qi]),
             hit_slide=hit.slide[hi], hit_x_um=float(hit.x_um[hi]), hit_y_um=float(hit.y_um[hi]),
+            query_tile_rank=int(q_rank[qi]), hit_tile_rank=int(h_rank[hi]), query_tiles=len(query), hit_tiles=len(hit),
         ))
         if len(out) >= pairs:
             break

@@ -93,3 +93,20 @@ def test_leakage_check_never_defaults_to_one_cohort_against_itself(page, server)
     with pytest.raises(urllib.error.HTTPError) as refused:
         _fetch(f"{server['url']}/api/v1/quality/leakage?a={a}&b={a}")
     assert refused.value.code == 400
+
+
+def test_matching_tile_pairs_name_each_tiles_slide_position_and_rank(page, server):
+    top = _get(f"{server['url']}/api/v1/search?patient=CASE-001&k=10")["hits"][0]["patient"]
+    pairs = _get(f"{server['url']}/api/v1/patients/CASE-001/matches/{top}?pairs=4")["pairs"]
+    assert pairs and all(1 <= p["query_tile_rank"] <= p["query_tiles"] and 1 <= p["hit_tile_rank"] <= p["hit_tiles"] for p in pairs)
+    goto(page, "/search?patient=CASE-001")
+    page.wait_for_selector("#hits article")
+    page.locator("#hits article").first.get_by_role("button", name="Matching tiles").click()
+    page.wait_for_selector("#hits article .pair figcaption")
+    first = pairs[0]
+    captions = page.locator("#hits article").first.locator(".pair").first.locator("figcaption")
+    query, match = captions.nth(0).inner_text(), captions.nth(1).inner_text()
+    assert first["query_slide"] in query and f"x {round(first['query_x_um'])} µm" in query
+    assert f"tile #{first['query_tile_rank']} of {first['query_tiles']}" in query
+    assert first["hit_slide"] in match and f"tile #{first['hit_tile_rank']} of {first['hit_tiles']}" in match
+    assert "pair 1" in page.locator("#hits article").first.locator(".pair-sim").first.inner_text()

@@ -49,19 +49,25 @@ function voteView(vote, k) {
 
 function pairsView(pairs) {
   if (!pairs?.length) return el("p", { class: "muted small", text: "No tile pairs: one side has no slide artifacts (imported vectors)." });
-  return pairs.map((pair) => {
-    const tile = (url, slide, x, y, who) => {
+  return pairs.map((pair, i) => {
+    const tile = (url, slide, x, y, who, rank, of) => {
       const img = url ? image(url, `${who} tile, ${slide} at (${Math.round(x)}, ${Math.round(y)}) µm`, { lazy: false }) : el("div", { class: "tile-missing" });
       const slideId = tileSlideId(url);
       const region = slideId !== null ? { slide_id: slideId, x_um: x, y_um: y } : null;
       const button = el("button", { type: "button", title: "show larger", onclick: () => url && showTile({
-        url, title: `${who} tile`, facts: { slide, "x (µm)": fmt(x, 0), "y (µm)": fmt(y, 0), "pair similarity": fmt(pair.similarity, 3) }, region }) }, img);
-      return el("figure", {}, button, el("figcaption", { text: `${who}: ${slide}` }), region ? regionLink(slideId, x, y) : null);
+        url, title: `${who} tile`, facts: { slide, "x (µm)": fmt(x, 0), "y (µm)": fmt(y, 0), ...(rank ? { "attention rank": `${rank} of ${of}` } : {}), "pair similarity": fmt(pair.similarity, 3) }, region }) }, img);
+      // each tile says where it lies (slide, position) and how much it weighs (its attention rank among the patient's selected tiles)
+      const caption = el("figcaption", { class: "tile-where" },
+        el("b", { text: `${who}: ${slide}` }), el("br"),
+        el("span", { text: `x ${fmt(x, 0)} µm, y ${fmt(y, 0)} µm` }),
+        rank ? el("span", { class: "tile-rank", title: "attention rank among the patient's selected tiles (1 = weighs most)", text: ` · tile #${rank} of ${of}` }) : null);
+      return el("figure", {}, button, caption, region ? regionLink(slideId, x, y) : null);
     };
-    return el("div", { class: "pair" },
-      tile(pair.query_tile_url, pair.query_slide, pair.query_x_um, pair.query_y_um, "query"),
-      el("div", { class: "pair-sim", title: "cosine similarity of the two tiles' Virchow2 class tokens" }, el("span", { "aria-hidden": "true", text: "⟷" }), fmt(pair.similarity, 3)),
-      tile(pair.hit_tile_url, pair.hit_slide, pair.hit_x_um, pair.hit_y_um, "match"));
+    return el("div", { class: "pair", "aria-label": `tile pair ${i + 1}` },
+      tile(pair.query_tile_url, pair.query_slide, pair.query_x_um, pair.query_y_um, "query", pair.query_tile_rank, pair.query_tiles),
+      el("div", { class: "pair-sim", title: "cosine similarity of the two tiles' Virchow2 class tokens" },
+        el("span", { class: "pair-no", text: `pair ${i + 1}` }), el("span", { "aria-hidden": "true", text: "⟷" }), fmt(pair.similarity, 3)),
+      tile(pair.hit_tile_url, pair.hit_slide, pair.hit_x_um, pair.hit_y_um, "match", pair.hit_tile_rank, pair.hit_tiles));
   });
 }
 
