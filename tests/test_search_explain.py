@@ -101,8 +101,13 @@ def test_query_by_slide_is_not_stored_and_never_returns_itself(slide_archive):
         assert "TCGA-AA-0001" not in [h.patient for h in again.hits]
         assert again.query["stored"] is False and len(again.query["selection"]) > 0
         assert again.hits[0].explanation and {"query_slide", "hit_slide", "similarity"} <= set(again.hits[0].explanation[0].as_dict())
-        new = service.searcher.search_slides([paths["TCGA-CC-0003-01Z-00-DX1"]], k=5, vote="none")
+        new = service.searcher.search_slides([paths["TCGA-CC-0003-01Z-00-DX1"]], k=5)
         assert {h.patient for h in new.hits} == {"TCGA-AA-0001", "TCGA-BB-0002"}
+        # a vote on a label the archive does not have is an error naming it (issue 21 item 2)
+        from eagle_index.errors import NotFoundError
+
+        with pytest.raises(NotFoundError, match="unknown label 'none'"):
+            service.searcher.search_slides([paths["TCGA-CC-0003-01Z-00-DX1"]], k=5, vote="none")
         assert service.stats() == before  # nothing stored
         explained = service.search_patient("TCGA-BB-0002", k=1, explain=True, pairs=2)
         assert len(explained[0].explanation) == 2
