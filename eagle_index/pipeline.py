@@ -136,15 +136,15 @@ def embed_slides(items, models, settings: Settings, batch_size: int | None = Non
                     outcome = exc
                 break
             if deferred is not None:
-                yield deferred.item, deferred.finish(models, settings)
-                deferred = None
+                done, deferred = deferred, None
+                yield done.item, done.finish(models, settings)
             if isinstance(outcome, _Half):
                 deferred = _Deferred(item, outcome, tiling)
             else:
                 yield item, outcome
         if deferred is not None:
-            yield deferred.item, deferred.finish(models, settings)
-            deferred = None
+            done, deferred = deferred, None
+            yield done.item, done.finish(models, settings)
     finally:
         if deferred is not None:  # the consumer stopped (Ctrl-C, shutdown): free the re-read's slots
             deferred.half.pixels.cancel()

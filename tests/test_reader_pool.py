@@ -133,3 +133,20 @@ def test_a_dead_reader_process_is_replaced_and_the_slide_read_again(slides):
         (got, _), = list(_one(pool, path, mpp, settings))
         assert pool.generation == 1  # the pool restarted once and the slide was read again, alone
     np.testing.assert_array_equal(np.concatenate([b.images for b in got]), np.concatenate([b.images for b in want]))
+
+
+def test_stopping_early_leaves_no_error_behind(slides, tiny, capfd):
+    """A consumer that stops after a result (the daemon on shutdown, `embed` on an error) closes
+    the stream: the slide read ahead is given back quietly, with no 'Exception ignored' on stderr."""
+    import gc
+
+    pooled = Settings(models="tiny", device="cpu", tiling=TilingSettings(read_workers=2, prefetch_slides=2))
+    order = [slides["generic"][0], slides["aperio"][0], slides["generic"][0]]
+    for stop_after in (1, 2, 3):
+        stream = pipeline.embed_slides(((p, None, None) for p in order), tiny, pooled)
+        got = [next(stream) for _ in range(stop_after)]
+        assert all(not isinstance(result, BaseException) for _, result in got)
+        stream.close()
+        del stream
+        gc.collect()
+    assert "Exception ignored" not in capfd.readouterr().err
