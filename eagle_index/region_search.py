@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from eagle_index.errors import InputError, NotFoundError
+from eagle_index.formats.suffixes import IMAGE_SUFFIXES
 from eagle_index.limits import MAX_K
 from eagle_index.store import tiles_repo
 from eagle_index.store.validation import l2_normalized
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 
 MAX_QUERY_TILES_SIDE = 4  # an image or box query uses at most 4 x 4 central tiles
 EXACT_TILE_LIMIT = 50_000  # an allowed set with at most this many tiles is scored exactly
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
 # -- results ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eagle_index.errors import InputError
+from eagle_index.formats.suffixes import STEM_SUFFIXES
 
 
 def read_table(path: Path):
@@ -63,7 +64,7 @@ class SlideRow:
     def stem(self) -> str:
         """The slide name STAMP uses for its feature file (file name without extension)."""
         name = Path(self.filename).name
-        for suffix in (".svs", ".ndpi", ".mrxs", ".tiff", ".tif", ".scn", ".dcm", ".h5", ".png", ".jpg", ".jpeg", ".bif", ".vms", ".svslide"):
+        for suffix in STEM_SUFFIXES:
             if name.lower().endswith(suffix):
                 return name[: -len(suffix)]
         return name

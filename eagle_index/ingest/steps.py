@@ -27,6 +27,7 @@ from eagle_index import pipeline
 from eagle_index.config import Settings
 from eagle_index.errors import InputError
 from eagle_index.fingerprint import slide_fingerprint
+from eagle_index.formats.suffixes import SLIDE_SUFFIXES  # also imported from here by ingest.watcher
 from eagle_index.formats.tables import read_slide_table
 from eagle_index.results import FailedSlide, IngestedSlide, IngestReport, SkippedSlide
 from eagle_index.signatures import patient_from_name
@@ -68,8 +69,6 @@ class IngestContext:
     @property
     def models(self) -> "LoadedModels":
         return self.load_models()
-
-SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".dcm", ".bif", ".vms", ".vmu", ".svslide", ".png", ".jpg", ".jpeg")
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from flask import Blueprint, jsonify, request
 from web.api.params import bool_value, float_field, int_field, json_body, service
 from web.api.search import _filters_from_body
 from eagle_index.errors import EagleIndexError
+from eagle_index.formats.suffixes import IMAGE_SUFFIXES
 from eagle_index.limits import MAX_K
 from web.errors import ApiError, page_words, status_of, user_named
 
 bp = Blueprint("regions", __name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 UPLOAD_STEM = "eagle-region-upload"  # the stored upload's name; messages name the user's file instead
 QUERY_KEYS = ("patient", "tile", "slide", "slide_id", "x_um", "y_um", "box")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from flask import Blueprint, jsonify, request
 
+from eagle_index.formats.suffixes import UPLOAD_SUFFIXES
 from eagle_index.limits import MAX_K  # one limit for the CLI, the API and the service
 from web.api.params import (bool_arg, bool_value, check_object, float_arg, int_arg, int_field, json_body, label_args, service,
                             str_field, tasks)
@@ -17,7 +18,6 @@ from web.errors import ApiError, user_named
 
 bp = Blueprint("search", __name__)
 
-UPLOAD_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".scn", ".bif", ".svslide", ".png", ".jpg", ".jpeg")
 KEEP_UPLOADS = 50
 
 
