@@ -313,9 +313,9 @@ class ClusterWorker:
 
             fail_job(self.queue, job, payload, self.max_attempts, self.backoff_seconds, self.quarantine)
             return
-        from eagle_index.ingest.worker import file_state, superseded
+        from eagle_index.ingest.worker import changed_since, superseded
 
-        if before is not None and file_state(Path(job.path)) != before:  # the result is of content no longer there
+        if before is not None and changed_since(job, Path(job.path), before):  # the result is of content no longer there
             superseded(self.queue, job, Path(job.path), "changed while it was embedded")
             return
         self._store(w, job, payload, time.perf_counter() - started)

@@ -326,6 +326,8 @@ class ViewerService:
 
     @staticmethod
     def _file_problem(record: _Record) -> str | None:
+        if record.status == "superseded":  # its path holds other content now (issue 24): never show that as this slide
+            return f"slide {record.name!r} was superseded: its file {Path(record.path).name!r} now holds another slide"
         if not record.path:
             return f"slide {record.name!r} has no slide file on this server (its features or vectors were imported)"
         if not Path(record.path).is_file():
@@ -464,7 +466,8 @@ class ViewerService:
         now = time.monotonic()
         with self.catalog.transaction() as session:
             patient = session.scalar(select(Patient.external_id).where(Patient.id == patient_id))
-            rows = session.scalars(select(Slide).where(Slide.patient_id == patient_id).order_by(Slide.name, Slide.id)).all()
+            rows = session.scalars(select(Slide).where(Slide.patient_id == patient_id, Slide.status != "superseded")  # issue 24
+                                   .order_by(Slide.name, Slide.id)).all()
             return [_Record(r.id, r.patient_id, patient, r.name, r.path, r.fingerprint, r.status, r.mpp, r.width_px, r.height_px,
                             r.artifact_path, now) for r in rows]
 

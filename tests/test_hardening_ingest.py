@@ -427,3 +427,131 @@ def test_stopping_the_worker_gives_every_claimed_slide_back_untouched(tmp_path):
         # both claimed slides went back with their attempt uncounted; the third was never claimed
         assert [(j["state"], j["attempts"]) for j in jobs] == [("queued", 0)] * 3, jobs
         assert service.stats()["slides"] == 0
+
+
+# -- issue 24 item 2: a path holds one slide -------------------------------------------------------
+def _versions(tmp_path) -> list[Path]:
+    """Three different slides, each file an hour older than the one before (`cp -p` of older files)."""
+    (tmp_path / "src").mkdir()
+    paths = [_slide(tmp_path / "src" / f"v{i}.tiff", seed=i) for i in range(3)]
+    for i, path in enumerate(paths):
+        stamp = time.time() - 3600 * (i + 1)
+        os.utime(path, (stamp, stamp))
+    return paths
+
+
+def _alone(tmp_path, content: Path, name: str, patient: str) -> dict:
+    """Vectors of a fresh catalog that ingested only `content` (at a path of the same name)."""
+    import shutil
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy2(content, alone / name)
+    with _service(tmp_path / "data-alone") as service:
+        service.ingest([alone / name], patient=patient)
+        return _vectors(service, patient)
+
+
+def _vectors(service, patient: str) -> dict:
+    catalog = service.catalog
+    (pid,) = catalog.patient_ids([patient]).values()
+    out = {}
+    for info in catalog.vector_sets():
+        ids, matrix = catalog.load_vectors(info.kind, info.signature, [pid])
+        if len(ids):
+            out[info.kind] = matrix[0].copy()
+    return out
+
+
+def _one_slide_at(service, path: Path, content: Path, patient: str) -> tuple[int, list[int]]:
+    from sqlalchemy import select
+
+    from eagle_index.fingerprint import slide_fingerprint
+    from eagle_index.store import tiles_repo
+    from eagle_index.store.models import Slide
+
+    catalog = service.catalog
+    (pid,) = catalog.patient_ids([patient]).values()
+    with catalog.transaction() as session:
+        rows = session.execute(select(Slide.id, Slide.path, Slide.fingerprint, Slide.status).where(Slide.patient_id == pid)
+                               .order_by(Slide.id)).all()
+    done = [r for r in rows if r.status == "done"]
+    assert [(r.path, r.fingerprint) for r in done] == [(str(path), slide_fingerprint(content))], rows
+    old = [r.id for r in rows if r.status != "done"]
+    assert old and all(tiles_repo.slide_tiles(catalog, sid) == [] for sid in old)
+    tiles = tiles_repo.patient_tiles(catalog, pid)
+    assert tiles and {t.slide_id for t in tiles} == {done[0].id}
+    for info in tiles_repo.tile_sets(catalog):  # the tile index holds the new slide's tiles only
+        _, patients = tiles_repo.tile_ids(catalog, info.signature)
+        assert int((patients == pid).sum()) == len(tiles)
+    assert service.stats()["slides"] == 1
+    return done[0].id, old
+
+
+def _assert_same_vectors(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want)
+    for kind in want:
+        assert np.array_equal(got[kind], want[kind]), kind  # bit-identical
+
+
+def test_overwriting_a_watched_slide_supersedes_the_old_one(tmp_path):
+    import shutil
+    import threading
+
+    from eagle_index.ingest.patients import PatientResolver
+    from eagle_index.ingest.watcher import Watcher
+    from eagle_index.ingest.worker import Worker
+
+    versions = _versions(tmp_path)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    target = inbox / "TCGA-AA-0031-01Z-00-DX1.tiff"
+    with _service(tmp_path / "data") as service:
+        watcher = Watcher([inbox], service.jobs, PatientResolver(), settle_seconds=0)
+        worker = Worker(service.ingest_context(), service.jobs, threading.Event(), max_attempts=1, backoff_seconds=0)
+        for version in versions:  # A, then B and C copied over it with their (older) times, like `cp -p`
+            shutil.copy2(version, target)
+            watcher.scan_once()
+            assert [e["state"] for e in watcher.scan_once()] == ["queued"], version
+            assert worker.process(service.jobs.claim()) == "done"
+        current, old = _one_slide_at(service, target, versions[-1], "TCGA-AA-0031")
+        got = _vectors(service, "TCGA-AA-0031")
+        from eagle_index.errors import NotFoundError
+
+        assert [s.id for s in service.viewer.patient("TCGA-AA-0031").slides] == [current]
+        service.viewer.dzi(current)
+        for slide_id in old:  # an old id never shows the new file's pixels
+            with pytest.raises(NotFoundError, match="superseded"):
+                service.viewer.dzi(slide_id)
+    _assert_same_vectors(got, _alone(tmp_path, versions[-1], target.name, "TCGA-AA-0031"))
+
+
+def test_ingesting_an_overwritten_path_supersedes_the_old_slide(tmp_path):
+    import shutil
+
+    versions = _versions(tmp_path)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    target = inbox / "TCGA-AA-0032-01Z-00-DX1.tiff"
+    keep = _slide(inbox / "TCGA-AA-0032-01Z-00-DX2.tiff", seed=7)  # another slide of the patient stays
+    with _service(tmp_path / "data") as service:
+        for version in versions:
+            shutil.copy2(version, target)
+            report = service.ingest([target], patient="TCGA-AA-0032")
+            assert len(report.ingested) == 1, report
+        service.ingest([keep], patient="TCGA-AA-0032")
+        service.ingest([target], patient="TCGA-AA-0032")  # unchanged: nothing to do
+        shutil.copy2(versions[0], target)  # the path now holds A again, given to another patient
+        service.ingest([target], patient="TCGA-AA-0033")
+        catalog = service.catalog
+        assert len(_vectors(service, "TCGA-AA-0033")) == 3
+        from sqlalchemy import select
+
+        from eagle_index.store.models import Slide
+
+        (pid,) = catalog.patient_ids(["TCGA-AA-0032"]).values()
+        with catalog.transaction() as session:
+            done = session.scalars(select(Slide.path).where(Slide.patient_id == pid, Slide.status == "done")).all()
+        assert done == [str(keep)]
+        got = _vectors(service, "TCGA-AA-0032")
+    _assert_same_vectors(got, _alone(tmp_path, keep, keep.name, "TCGA-AA-0032"))

@@ -267,8 +267,48 @@ def store_slide(ctx: IngestContext, session: "Session", job: SlideJob, fingerpri
         size_bytes=_size(job.path), width_px=result.width_px, height_px=result.height_px, mpp=result.mpp,
         mpp_source=result.mpp_source, n_tiles=result.n_tiles, status="done", error=None, artifact_path=str(target),
     )
+    left = supersede_paths(session, {str(job.path): fingerprint})
     reaggregate_patient(ctx, session, pid, identity)
+    settle_patients(ctx, session, left - {pid}, identity)
     return slide_id
+
+
+def supersede_paths(session: "Session", held: dict[str, str]) -> set[int]:
+    """A path holds one slide (issue 24): `held` maps paths to the fingerprint each now holds; any
+    other `done` slide stored at one of them becomes `superseded` and its tile rows go, in the
+    caller's transaction. Returns the patients those slides left (to re-aggregate: `settle_patients`)."""
+    from sqlalchemy import select
+
+    from eagle_index.store import tiles_repo
+    from eagle_index.store.models import Slide
+
+    if not held:
+        return set()
+    old = [s for s in session.scalars(select(Slide).where(Slide.path.in_(list(held)), Slide.status == "done"))
+           if s.fingerprint != held[s.path]]
+    for slide in old:
+        log.info("slide %d (%s) superseded: %s now holds other content", slide.id, slide.name, slide.path)
+        slide.status, slide.error = "superseded", f"superseded: {slide.path} now holds {held[slide.path]}"
+    if old:
+        session.flush()
+        tiles_repo.remove_slides_tiles(session, [s.id for s in old])
+    return {int(s.patient_id) for s in old}
+
+
+def settle_patients(ctx: IngestContext, session: "Session", patient_ids, identity: Identity | None = None) -> None:
+    """Patients a slide left: re-aggregated from the slides they keep, or, with none left, their
+    ingested vectors removed (their tile rows went with the slides)."""
+    from sqlalchemy import select
+
+    from eagle_index.store.models import Vector
+
+    for pid in sorted(patient_ids):
+        if ctx.catalog.done_artifacts(session, pid):
+            reaggregate_patient(ctx, session, pid, identity)
+            continue
+        sets = session.execute(select(Vector.kind, Vector.signature).where(Vector.patient_id == pid, Vector.source == "ingest")).all()
+        for kind, signature in sets:
+            ctx.catalog.delete_vectors(session, kind, signature, [pid])
 
 
 def _size(path: Path) -> int | None:

@@ -37,7 +37,8 @@ import numpy as np
 
 from eagle_index import pipeline
 from eagle_index.errors import InputError
-from eagle_index.ingest.steps import IngestContext, Identity, SlideJob, reaggregate_patient, write_artifact
+from eagle_index.ingest.steps import (IngestContext, Identity, SlideJob, reaggregate_patient, settle_patients, supersede_paths,
+                                     write_artifact)
 from eagle_index.store.artifacts import as_stored, read_slide_artifact
 
 if TYPE_CHECKING:
@@ -124,14 +125,17 @@ def _prepare_patient(ctx: IngestContext, plan: PatientPlan) -> None:
     with ctx.catalog.transaction() as session:  # a read: what the patient has now
         pid = session.scalar(select(Patient.id).where(Patient.external_id == plan.patient))
         stored = [] if pid is None else session.execute(
-            select(Slide.id, Slide.fingerprint, Slide.name, Slide.artifact_path).where(
+            select(Slide.id, Slide.fingerprint, Slide.name, Slide.artifact_path, Slide.path).where(
                 Slide.patient_id == pid, Slide.status == "done", Slide.artifact_path.is_not(None))).all()
         known = dict(session.execute(select(Slide.fingerprint, Slide.id).where(Slide.fingerprint.in_(fingerprints))).all())
-    # the slide set after the commit: stored slides not replaced, then the new ones (last result of a fingerprint wins)
+    # the slide set after the commit: stored slides not replaced (same content, or other content at the
+    # same path: superseded, `held_paths`), then the new ones (last result of a fingerprint, and of a path, wins)
     newest = {fp: i for i, fp in enumerate(fingerprints)}
-    entries = [((name, sid, 0), fp, path, None) for sid, fp, name, path in stored if fp not in newest]
+    held = held_paths(plan.items)
+    entries = [((name, sid, 0), fp, path, None) for sid, fp, name, path, at in stored
+               if fp not in newest and at not in held]
     for i, item in enumerate(plan.items):
-        if newest[item.fingerprint] != i:
+        if newest[item.fingerprint] != i or held[str(item.job.path)] != item.fingerprint:
             continue
         sid = known.get(item.fingerprint)
         key = (item.result.name, sid, 0) if sid is not None else (item.result.name, float("inf"), i)  # new ids come last
@@ -141,6 +145,11 @@ def _prepare_patient(ctx: IngestContext, plan: PatientPlan) -> None:
     plan.slides = tuple((fp, path) for _, fp, path, _ in entries)
     plan.candidates = [s.candidates for s in slides]
     plan.vectors = aggregate(slides, ctx.settings.eagle.top_k)
+
+
+def held_paths(items: list[StoreItem]) -> dict[str, str]:
+    """Path -> the fingerprint it holds after these items are stored (the last item at a path wins)."""
+    return {str(item.job.path): item.fingerprint for item in items}
 
 
 def aggregate(slides: list[pipeline.SlideResult], top_k: int) -> pipeline.PatientVectors:
@@ -178,6 +187,7 @@ def commit(ctx: IngestContext, session: "Session", prepared: Prepared) -> list[i
     pids = _patient_ids(session, [plan.patient for plan in live])
     slide_ids = _upsert_slides(session, [(item, target, size, pids[plan.patient])
                                          for plan in live for item, target, size in zip(plan.items, plan.targets, plan.sizes)])
+    left = supersede_paths(session, held_paths([item for plan in live for item in plan.items]))  # a path holds one slide
     done: dict[int, list] = {pid: [] for pid in pids.values()}  # the patients' done slides now, in catalog order
     for row in session.execute(select(Slide.patient_id, Slide.id, Slide.fingerprint, Slide.artifact_path).where(
             Slide.patient_id.in_(list(done)), Slide.status == "done", Slide.artifact_path.is_not(None))
@@ -197,6 +207,8 @@ def commit(ctx: IngestContext, session: "Session", prepared: Prepared) -> list[i
             entry[1].append(vector.astype(np.float32))
         tiles.setdefault(plan.identity.signature("eagle"), []).append(
             (pid, [(int(r.id), cand) for r, cand in zip(rows, plan.candidates)]))
+    others = left - set(pids.values())  # patients a superseded slide left, none of this batch: re-aggregated here
+    settle_patients(ctx, session, others, live[0].identity if live else None)
     for signature, patients in tiles.items():
         tiles_repo.put_patients_tiles(session, signature, patients, top_k)
     for (kind, signature), (patient_ids, matrix, prov) in vectors.items():

@@ -1,6 +1,6 @@
 """Watch folders for complete slide files and enqueue them by content fingerprint.
 
-A file is complete when its size and mtime (and, for MRXS, those of its data folder) have
+A file is complete when its size, mtime, inode and ctime (and, for MRXS, those of its data folder) have
 not changed for `settle_seconds`. Temp and partial names are ignored. A link is followed only
 when its target (resolved) lies inside a watched folder: nothing outside is ever hashed or
 opened. Times are compared as UTC instants (the catalog stores naive UTC), whatever `TZ` says. Filesystem events
@@ -35,10 +35,11 @@ def is_candidate(path: Path) -> bool:
 
 
 def file_state(path: Path) -> tuple | None:
-    """(size, mtime) of the file and its companions; None if it vanished."""
+    """(size, mtime, inode, ctime) of the file and its companions; None if it vanished. The ctime
+    moves on every write, so content copied in with an older mtime (`cp -p`) is a change too."""
     try:
         parts = [path, *companion_files(path)]
-        return tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in parts)
+        return tuple((st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) for st in (p.stat() for p in parts))
     except OSError:
         return None
 
@@ -115,7 +116,7 @@ class Watcher:
             return None
         known = self.queue.known_path(str(path))
         queued_at = known.created_at.replace(tzinfo=timezone.utc).timestamp() if known is not None and known.created_at else None
-        if queued_at is not None and path.stat().st_mtime < queued_at - 1:
+        if queued_at is not None and _last_change(path) < queued_at - 1:
             return None  # enqueued by an earlier run and unchanged since: no need to hash it again
         try:
             fingerprint = slide_fingerprint(path)
@@ -162,6 +163,12 @@ class Watcher:
         observer.daemon = True
         observer.start()
         return observer
+
+
+def _last_change(path: Path) -> float:
+    """When the file last changed: its mtime, or its ctime when later (`cp -p` keeps an older mtime)."""
+    st = path.stat()
+    return max(st.st_mtime, st.st_ctime)
 
 
 def _inside_mrxs_folder(path: Path) -> bool:

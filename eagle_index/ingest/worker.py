@@ -32,11 +32,24 @@ log = logging.getLogger(__name__)
 
 
 def file_state(path: Path) -> tuple | None:
-    """(size, mtime) of the file and its companions; None if it vanished."""
+    """(size, mtime, inode, ctime) of the file and its companions; None if it vanished (the ctime
+    catches content copied in with an older mtime, `cp -p`)."""
     try:
-        return tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in [path, *companion_files(path)])
+        return tuple((st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+                     for st in (p.stat() for p in [path, *companion_files(path)]))
     except OSError:
         return None
+
+
+def changed_since(job: ClaimedJob, path: Path, before) -> bool:
+    """True when the file no longer holds the job's content: its state moved since `before` and its
+    fingerprint differs (a mere `chmod` or `touch` moves the state, not the content)."""
+    if file_state(path) == before:
+        return False
+    try:
+        return slide_fingerprint(path) != job.fingerprint
+    except EagleIndexError:
+        return True
 
 
 class Interrupted(Exception):
@@ -143,7 +156,7 @@ class Worker:
         try:
             if isinstance(result, BaseException):
                 raise result
-            if file_state(path) != before:  # the result is of content that is no longer there
+            if changed_since(job, path, before):  # the result is of content that is no longer there
                 return superseded(self.queue, job, path, "changed while it was embedded")
             store_job_result(self.ctx, job, result, time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 - one bad slide must never stop the worker
@@ -294,10 +307,10 @@ def changed_since_enqueued(job: ClaimedJob, path: Path) -> bool:
     if job.created_at is None:
         return False
     try:
-        mtime = path.stat().st_mtime
+        st = path.stat()
     except OSError:
         return False
-    if mtime <= job.created_at.replace(tzinfo=timezone.utc).timestamp():
+    if max(st.st_mtime, st.st_ctime) <= job.created_at.replace(tzinfo=timezone.utc).timestamp():  # ctime: `cp -p`
         return False
     try:
         return slide_fingerprint(path) != job.fingerprint

@@ -83,15 +83,28 @@ def _slide(path: str, mpp_override: float | None, settings: TilingSettings):
     from eagle_index.slides.reader import open_slide
 
     key = (path, mpp_override, settings)
+    stamp = _stamp(path)  # a file rewritten at the same path (issue 24) is opened afresh, never read through stale IFDs
     entry = _open.get(key)
+    if entry is not None and entry[2] != stamp:
+        _forget(path)
+        entry = None
     if entry is None:
         while len(_open) >= OPEN_SLIDES:
-            _, (old, _) = _open.popitem(last=False)
+            _, (old, *_) = _open.popitem(last=False)
             old.close()
-        entry = _open[key] = (open_slide(path, mpp_override=mpp_override, settings=settings), {})
+        entry = _open[key] = (open_slide(path, mpp_override=mpp_override, settings=settings), {}, stamp)
     else:
         _open.move_to_end(key)
-    return entry
+    return entry[:2]
+
+
+def _stamp(path: str) -> tuple | None:
+    """The file's identity and state: inode, size, mtime, ctime (ctime moves even under `cp -p`)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _forget(path: str) -> None:

@@ -212,7 +212,7 @@ class Catalog:
         ids = [int(i) for i in patient_ids]
         out: dict[int, list[str]] = {i: [] for i in ids}
         with self.transaction() as session:
-            for pid, name in session.execute(select(Slide.patient_id, Slide.name).where(Slide.patient_id.in_(ids)).order_by(Slide.id)):
+            for pid, name in session.execute(select(Slide.patient_id, Slide.name).where(Slide.patient_id.in_(ids), Slide.status != "superseded").order_by(Slide.id)):
                 out[pid].append(name)
         return out
 

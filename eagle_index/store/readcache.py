@@ -86,7 +86,7 @@ class CachedReads:
             ids = dict(connection.execute(text("SELECT external_id, id FROM patients")).all())
             for pid, name, value in connection.execute(text("SELECT patient_id, name, value FROM labels ORDER BY id")):
                 labels.setdefault(pid, {})[name] = value
-            for pid, name in connection.execute(text("SELECT patient_id, name FROM slides ORDER BY id")):
+            for pid, name in connection.execute(text("SELECT patient_id, name FROM slides WHERE status <> 'superseded' ORDER BY id")):
                 slides.setdefault(pid, []).append(name)
         names = {v: k for k, v in ids.items()}
         return ids, names, labels, {k: tuple(v) for k, v in slides.items()}

@@ -138,6 +138,21 @@ def put_patients_tiles(session: Session, signature: str, patients: list[tuple[in
         _bump(session, signature, added[0]["dim"] if added else None, tuple(r["id"] for r in added), tuple(int(i) for i in removed))
 
 
+def remove_slides_tiles(session: Session, slide_ids: list[int]) -> None:
+    """Drop every tile row of these slides (all signatures), inside the caller's transaction: a
+    slide that left its patient (superseded by new content at its path) leaves the tile index."""
+    ids = [int(i) for i in slide_ids]
+    if not ids:
+        return
+    by_signature: dict[str, list[int]] = {}
+    for tid, sig in session.execute(select(TileToken.id, TileToken.signature).where(TileToken.slide_id.in_(ids))):
+        by_signature.setdefault(sig, []).append(int(tid))
+    table = TileToken.__table__
+    for sig, removed in by_signature.items():
+        session.execute(delete(table).where(table.c.id.in_(removed)))
+        _bump(session, sig, None, (), tuple(removed))
+
+
 def _bump(session: Session, signature: str, dim: int | None, added: tuple[int, ...], removed: tuple[int, ...]) -> None:
     tile_set = session.scalar(select(TileSet).where(TileSet.signature == signature))
     if tile_set is None:
