@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from eagle_index.model_names import MODEL_IDS, PRESETS
+
 ENV_DATA_DIR = "EAGLE_INDEX_DATA"
 ENV_WEIGHTS_DIR = "EAGLE_INDEX_WEIGHTS"
 ENV_DEVICE = "EAGLE_INDEX_DEVICE"
@@ -171,8 +173,6 @@ def _environment() -> dict[str, Any]:
         if raw.strip().lower() not in _TRUE + _FALSE:
             raise _env_error(ENV_ALLOW_MISMATCH, raw, "1/true/yes/on or 0/false/no/off")
         values["allow_digest_mismatch"] = raw.strip().lower() in _TRUE
-    from eagle_index.models.registry import MODEL_IDS
-
     hub = {}
     for model_id in MODEL_IDS:
         name = ENV_HUB_PREFIX + model_id.upper()
@@ -298,8 +298,6 @@ class Settings(BaseModel):
     @classmethod
     def _preset_alias(cls, value: str) -> str:
         """'real' is accepted as another name for the official-weights preset; others must be registered."""
-        from eagle_index.models.registry import PRESETS
-
         value = "default" if value == "real" else value
         if value not in PRESETS:
             raise ValueError(f"unknown model preset {value!r} (one of: real, {', '.join(PRESETS)})")

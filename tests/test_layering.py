@@ -38,3 +38,12 @@ def test_the_walk_sees_imports_inside_functions(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("def f():\n    from eagle_index.store import catalog\n    import sqlalchemy.orm\n")
     assert {m for _, m in _imports(sample)} == {"eagle_index.store", "sqlalchemy.orm"}
+
+
+def test_config_imports_nothing_from_models():
+    """`config` is the ground floor: it checks presets and model ids against `eagle_index.model_names`,
+    never against `eagle_index.models` (which imports config)."""
+    offenders = [f"eagle_index/config.py:{line} imports {module}"
+                 for line, module in _imports(ROOT / "eagle_index" / "config.py")
+                 if module == "eagle_index.models" or module.startswith("eagle_index.models.")]
+    assert not offenders, "\n".join(offenders)

@@ -61,6 +61,15 @@ def test_unknown_preset_is_a_model_error():
         specs_for("huge")
 
 
+def test_registry_names_are_the_ground_floor_names():
+    """`config` checks settings against `eagle_index.model_names`; the registry builds its specs under the same names."""
+    from eagle_index import model_names
+    from eagle_index.models.registry import PRESET_SPECS, PRESETS
+
+    assert tuple(PRESET_SPECS) == PRESETS == model_names.PRESETS
+    assert tuple(REGISTRY) == MODEL_IDS == model_names.MODEL_IDS
+
+
 def test_expand_digest_only_expands_official_prefixes():
     assert expand_digest("ctranspath", "7c998680") == CTRANSPATH_DIGEST
     assert expand_digest("ctranspath", "7C998680060C") == CTRANSPATH_DIGEST

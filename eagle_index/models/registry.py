@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal, Mapping
 
+from eagle_index.model_names import MODEL_IDS, PRESETS  # the names, defined on the ground floor
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-MODEL_IDS = ("ctranspath", "chief", "virchow2")
 
 
 @dataclass(frozen=True)
@@ -237,9 +237,7 @@ TINY_REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
 )
 
 PRESET_SPECS: Mapping[str, Mapping[str, ModelSpec]] = MappingProxyType({"default": REGISTRY, "tiny": TINY_REGISTRY})
-"""Every preset, by name: CLI choices and `Settings.models` are checked against these keys."""
-
-PRESETS = tuple(PRESET_SPECS)
+"""Every preset, by name (the keys are `PRESETS`, which CLI choices and `Settings.models` are checked against)."""
 
 
 def specs_for(preset: str) -> Mapping[str, ModelSpec]:
