@@ -115,6 +115,21 @@ def _assert_same_numbers(got: dict, want: dict) -> None:
             np.testing.assert_array_equal(a, b)
 
 
+
+def log_events(text: str, name: str) -> list[dict]:
+    """The JSON events called `name` in a log (one per line, after the logging prefix)."""
+    found = []
+    for line in text.splitlines():
+        start = line.find("{\"event\"")
+        if start >= 0:
+            try:
+                event = json.loads(line[start:])
+            except ValueError:
+                continue
+            if event["event"] == name:
+                found.append(event)
+    return found
+
 @contextlib.contextmanager
 def frozen(pids: list[int], then: int = signal.SIGCONT):
     """Ray workers stopped (SIGSTOP) for the block: none can finish a slide, so a status read
@@ -182,17 +197,7 @@ class Backfill:
             self.log.close()
 
     def events(self, name: str) -> list[dict]:
-        found = []
-        for line in self.text().splitlines():
-            start = line.find("{\"event\"")
-            if start >= 0:
-                try:
-                    event = json.loads(line[start:])
-                except ValueError:
-                    continue
-                if event["event"] == name:
-                    found.append(event)
-        return found
+        return log_events(self.text(), name)
 
 
 def test_ingest_daemon_and_plain_backfill_never_import_ray(archive, tmp_path):

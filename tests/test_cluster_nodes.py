@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from slide_fixtures import write_pyramidal_tiff
-from test_cluster import _state
+from test_cluster import _state, log_events
 
 BOX = 448.0
 SLIDES = 4
@@ -198,17 +198,7 @@ def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
 
 
 def _events(text: str, name: str) -> list[dict]:
-    found = []
-    for line in text.splitlines():
-        start = line.find("{\"event\"")
-        if start >= 0:
-            try:
-                event = json.loads(line[start:])
-            except ValueError:
-                continue
-            if event["event"] == name:
-                found.append(event)
-    return found
+    return log_events(text, name)
 
 
 def _assert_same_numbers(got: dict, want: dict) -> None:
