@@ -24,7 +24,8 @@ all starting together, `--requests` requests in all, to the server `eagle-index 
 (`eagle_index.server.make_http_server`: waitress with its thread pool) in this process. Prints
 requests/s over the whole run, p50/p90/p99 latency, errors (non-200 answers or failed
 connections) and wrong answers: every answer is compared with the in-process
-`EagleService.search_patient` result for its patient, computed before the run.
+`EagleService.search` result for its patient in the route's shape (`{"hits": [...], "vote": null}`),
+computed before the run. Exits non-zero when any answer differs (both modes).
 
     .venv/bin/python benchmarks/api_bench.py --concurrency 16 --requests 3000 [--data-dir DIR]
 
@@ -101,6 +102,13 @@ def percentiles(ms: list[float]) -> dict:
             "mean": float(a.mean())}
 
 
+def expected_answer(service: EagleService, patient: str, k: int) -> dict:
+    """What `GET /api/v1/search?patient=&k=&kind=eagle` must answer, from the in-process service:
+    {"hits": [hit JSON, ...], "vote": null} (the route's shape), through JSON as the client sees it."""
+    result = service.search(patient=patient, k=k, kind="eagle")
+    return json.loads(json.dumps({"hits": [h.as_dict() for h in result.hits], "vote": result.vote}))
+
+
 def client_process(port: int, k: int, queries: list[str], start_at: float) -> list[tuple[str, int, float, str]]:
     """One client (its own process): (patient, HTTP status, latency ms, body) per request."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
@@ -138,7 +146,7 @@ def concurrent(service: EagleService, names: list[str], args) -> None:
     rng = np.random.default_rng(3)
     pool = [names[i] for i in rng.choice(len(names), min(args.pool, len(names)), replace=False)]
     started = time.perf_counter()
-    expected = {p: json.loads(json.dumps(service.search_patient(p, k=args.k, kind="eagle"))) for p in pool}
+    expected = {p: expected_answer(service, p, args.k) for p in pool}
     print(f"in-process answers for {len(pool)} pool patients: {time.perf_counter() - started:.1f} s", flush=True)
     per_client = [list(rng.choice(pool, args.requests // args.concurrency)) for _ in range(args.concurrency)]
     warm = [list(rng.choice(pool, 5)) for _ in range(args.concurrency)]
@@ -169,6 +177,8 @@ def concurrent(service: EagleService, names: list[str], args) -> None:
           f"({server_cpu / wall:.2f} of the {os.cpu_count()} cores over the run)")
     if errors:
         print("first error:", errors[0][1], errors[0][3][:300])
+    if wrong:
+        raise SystemExit(f"{wrong} of {len(flat)} answers differ from the in-process search")
 
 
 def prepared(data_dir: Path, args) -> tuple[EagleService, list[str]]:
@@ -226,7 +236,7 @@ def main() -> None:
 
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
-            def over_http(patient: str) -> list[dict]:
+            def over_http(patient: str) -> dict:
                 connection.request("GET", f"/api/v1/search?patient={patient}&k={args.k}&kind=eagle")
                 response = connection.getresponse()
                 body = response.read()
@@ -234,8 +244,8 @@ def main() -> None:
                     raise SystemExit(f"HTTP {response.status}: {body[:200]!r}")
                 return json.loads(body)
 
-            def in_process(patient: str) -> list[dict]:
-                return service.search_patient(patient, k=args.k, kind="eagle")
+            def in_process(patient: str):
+                return service.search_patient(patient, k=args.k, kind="eagle")  # typed hits (JSON-ed below, untimed)
 
             def health(_patient: str) -> dict:
                 connection.request("GET", "/api/v1/health")
@@ -261,7 +271,8 @@ def main() -> None:
             server.close()
 
     (http_stats, http_hits), (local_stats, local_hits), _ = results.values()
-    same = sum(json.loads(json.dumps(a)) == json.loads(json.dumps(b)) for a, b in zip(http_hits, local_hits))
+    same = sum(a == {"hits": json.loads(json.dumps([h.as_dict() for h in b])), "vote": None}
+               for a, b in zip(http_hits, local_hits))
     print(f"\n{args.requests} requests, top-{args.k}, {args.patients:,} patients, {args.dim}-d; "
           f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}\n")
     print("| path | p50 ms | p90 ms | p99 ms | mean ms |\n|---|---:|---:|---:|---:|")
@@ -269,6 +280,8 @@ def main() -> None:
         print(f"| {name} | {stats['p50']:.2f} | {stats['p90']:.2f} | {stats['p99']:.2f} | {stats['mean']:.2f} |")
     print(f"\nHTTP overhead: median of paired differences {np.median(paired):.2f} ms; "
           f"HTTP / in-process p50 = {http_stats['p50'] / local_stats['p50']:.2f}; identical hits: {same}/{len(queries)}")
+    if same != len(queries):
+        raise SystemExit(f"{len(queries) - same} of {len(queries)} HTTP answers differ from the in-process search")
 
 
 if __name__ == "__main__":

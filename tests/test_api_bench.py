@@ -1,0 +1,36 @@
+"""benchmarks/api_bench.py runs (issue 24 item 12): both modes, on a tiny catalog, as a user runs it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks" / "api_bench.py"
+
+
+def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(BENCH), "--patients", "300", "--dim", "16", *args],
+                            capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT)
+    assert result.returncode == 0, f"api_bench {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def test_concurrent_mode_answers_every_request_correctly(tmp_path):
+    out = _run("--concurrency", "2", "--requests", "40", "--pool", "12", "--data-dir", str(tmp_path / "data")).stdout
+    row = re.search(r"^\| 2 \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| (\d+) \| (\d+) \|$", out, re.M)
+    assert row, out
+    assert float(row.group(1)) > 0
+    assert (row.group(5), row.group(6)) == ("0", "0"), out  # no errors, no wrong answers
+    # a second run reuses the filled catalog
+    again = _run("--concurrency", "2", "--requests", "20", "--pool", "6", "--data-dir", str(tmp_path / "data")).stdout
+    assert "set-up: reusing" in again and "| 2 |" in again, again
+
+
+def test_sequential_mode_finds_identical_hits(tmp_path):
+    out = _run("--requests", "12", "--data-dir", str(tmp_path / "data")).stdout
+    assert "identical hits: 12/12" in out, out
+    assert "| HTTP GET /api/v1/search (waitress, loopback) |" in out, out
