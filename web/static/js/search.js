@@ -1,5 +1,6 @@
 // Search page: query by patient (type-ahead) or uploaded slide; hits as evidence cards.
 import { $, api, chips, clear, el, fail, fillSelect, fmt, image, patientUrl, pollTask, progressBar, regionLink, showTile, tileSlideId, typeahead } from "./common.js";
+import { renderRegions } from "./regions.js";
 
 let meta = { labels: [], kinds: ["eagle"] };
 let mode = "patient";
@@ -204,45 +205,6 @@ async function searchUpload() {
 }
 
 // -- region search: tiles like a stored tile or an uploaded image, grouped by patient -------------
-const tileImage = (slideId, x, y) => `/api/v1/slides/${slideId}/tile.png?x_um=${Number(x).toFixed(3)}&y_um=${Number(y).toFixed(3)}`;
-
-function regionTile(tile, patient) {
-  const url = tileImage(tile.slide_id, tile.x_um, tile.y_um);
-  const facts = { patient, slide: tile.slide, "x, y (µm)": `${fmt(tile.x_um, 0)}, ${fmt(tile.y_um, 0)}`, similarity: fmt(tile.score, 4),
-    "selected tile": tile.patient_rank ? `#${tile.patient_rank}` : "no (a candidate of its slide)", "attention (raw CHIEF)": fmt(tile.attention, 4) };
-  const button = el("button", { type: "button", title: "show larger",
-    onclick: () => showTile({ url, title: `${patient} · ${tile.slide}`, facts, region: tile }) },
-  image(url, `tile of ${patient}, ${tile.slide} at (${Math.round(tile.x_um)}, ${Math.round(tile.y_um)}) µm`));
-  return el("figure", { class: "region-tile" }, button,
-    el("figcaption", {}, el("span", { class: "num", text: fmt(tile.score, 3) }), " ", tile.slide), regionLink(tile.slide_id, tile.x_um, tile.y_um, "similar"));
-}
-
-function renderRegions(result) {
-  const q = result.query;
-  const picture = q.slide_id !== undefined && q.stored_tile !== false && q.x_um !== undefined
-    ? image(tileImage(q.slide_id, q.x_um, q.y_um), "query tile", { lazy: false }) : el("div", { class: "tile-missing" });
-  const what = q.image ? `image ${q.image} (${fmt(q.mpp, 3)} µm/px, ${q.tiles} tile${q.tiles === 1 ? "" : "s"})`
-    : q.box ? `region of ${q.slide} (${q.box.map((v) => Math.round(v)).join(", ")} µm)`
-      : `tile of ${q.patient} · ${q.slide} at (${Math.round(q.x_um)}, ${Math.round(q.y_um)}) µm`;
-  const head = el("section", { class: "panel region-query", "aria-label": "query" }, picture,
-    el("div", {}, el("h2", { text: "Similar regions" }), el("p", { class: "muted", text: what }),
-      el("p", { class: "muted small mono", text: q.signature })));
-  const notes = (result.notes || []).map((n) => el("p", { class: "note", text: n }));
-  const cards = result.patients.length
-    ? el("div", { class: "results", id: "region-hits" }, result.patients.map((hit, i) => {
-      const bar = el("div", { class: "score-bar", title: "best tile's cosine similarity" }, el("span"));
-      bar.firstChild.style.width = `${Math.max(0, Math.min(1, hit.score)) * 100}%`;
-      return el("article", { class: "card region-patient", "data-patient": hit.patient },
-        el("div", { class: "card-body" },
-          el("div", { class: "card-title" }, el("span", { class: "rank", text: `#${i + 1}` }), el("a", { href: patientUrl(hit.patient), text: hit.patient }),
-            el("span", { class: "score", title: "best tile's cosine similarity", text: fmt(hit.score, 4) })),
-          bar, chips(hit.labels || {})),
-        el("div", { class: "region-tiles" }, hit.tiles.map((t) => regionTile(t, hit.patient))));
-    }))
-    : el("div", { class: "empty", text: "No tiles match these filters." });
-  clear($("#results"), head, notes, cards);
-}
-
 async function searchRegion() {
   const opts = options();
   const k = Number($("#region-k").value) || 20;
@@ -268,7 +230,7 @@ async function searchRegion() {
       $("#region-file").focus();
       return;
     }
-    renderRegions(result);
+    renderRegions(result, $("#results"));
     status.textContent = `${result.patients.length} patients`;
   } catch (err) {
     status.textContent = "";
