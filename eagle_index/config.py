@@ -38,6 +38,8 @@ DEFAULT_MAX_UPLOAD_MB = 4096  # whole-slide images are large; JSON bodies have t
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 ENV_DCT_DECODE = "EAGLE_INDEX_DCT_DECODE"
+ENV_READ_LEASE = "EAGLE_INDEX_READ_LEASE_S"  # issue 24 item 3: how long a slide's reads may take
+ENV_READ_LEASE_PER_GB = "EAGLE_INDEX_READ_LEASE_PER_GB_S"
 
 
 class TilingSettings(BaseModel):
@@ -59,10 +61,19 @@ class TilingSettings(BaseModel):
     dct_scaled_decode: bool = Field(
         False, description="decode JPEG tiles at 1/2, 1/4 or 1/8 scale in the inverse DCT when the read level is exactly "
                            "that much finer than target_mpp (TIFF/SVS JPEG levels only; see docs/pipeline.md)")
+    read_lease_s: float = Field(
+        600.0, gt=0, description="a slide's read lease, seconds: the time the embedding may wait for its tiles before "
+                                 "the read is abandoned (reader processes restarted, the job failed); env EAGLE_INDEX_READ_LEASE_S")
+    read_lease_per_gb_s: float = Field(
+        600.0, ge=0, description="seconds added to the read lease per GB of slide file; env EAGLE_INDEX_READ_LEASE_PER_GB_S")
 
     @property
     def tile_um(self) -> float:
         return self.target_mpp * self.tile_px
+
+    def read_lease(self, size_bytes: int) -> float:
+        """Seconds a slide of `size_bytes` may keep its embedding waiting for tiles (issue 24 item 3)."""
+        return self.read_lease_s + self.read_lease_per_gb_s * max(0, size_bytes) / 1e9
 
 
 class EagleSettings(BaseModel):
@@ -200,9 +211,23 @@ def _environment() -> dict[str, Any]:
             raise _env_error(ENV_MAX_UPLOAD_MB, raw, "a whole number of MiB, 1 or more") from None
         if values["max_upload_mb"] < 1:
             raise _env_error(ENV_MAX_UPLOAD_MB, raw, "a whole number of MiB, 1 or more")
+    from pydantic import ValidationError
+
+    tiling: dict[str, Any] = {}
     dct = _flag_env(ENV_DCT_DECODE)
     if dct is not None:
-        values["tiling"] = TilingSettings(dct_scaled_decode=dct)
+        tiling["dct_scaled_decode"] = dct
+    for key, name, least in (("read_lease_s", ENV_READ_LEASE, "more than 0"),
+                             ("read_lease_per_gb_s", ENV_READ_LEASE_PER_GB, "0 or more")):
+        raw = env.get(name, "").strip()
+        if raw:
+            try:
+                tiling[key] = float(raw)
+                TilingSettings(**{key: tiling[key]})
+            except (ValueError, ValidationError):
+                raise _env_error(name, raw, f"a number of seconds, {least}") from None
+    if tiling:
+        values["tiling"] = TilingSettings(**tiling)
     return values
 
 
