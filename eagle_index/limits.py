@@ -63,3 +63,9 @@ def open_image(path, source: str | None = None, max_pixels: int = MAX_IMAGE_PIXE
         img.close()
         raise _too_large(source, width, height, max_pixels)
     return img
+
+
+# -- identifiers and names (eagle_index/identifiers.py) ----------------------------------------
+# Patient ids, cohort and probe names, label names: at most 200 characters; label values: 1000.
+MAX_IDENTIFIER_CHARS = 200
+MAX_LABEL_VALUE_CHARS = 1000

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from eagle_index.errors import InputError, NotFoundError
 from eagle_index.store import schema
 from eagle_index.store.models import ImportRecord, Label, Patient, Slide, Vector, VectorSet, utcnow
+from eagle_index.identifiers import check_identifier, check_label_name, check_label_value
 from eagle_index.store.validation import as_vector_matrix
 from eagle_index.store.writer import ReadWriteLock, SingleWriter
 
@@ -156,6 +157,7 @@ class Catalog:
             return found
         if not create:
             raise NotFoundError(f"unknown patient {external_id!r}")
+        check_identifier("patient id", external_id)  # the last line of defence: entry points check first, naming their source
         patient = Patient(external_id=external_id)
         session.add(patient)
         session.flush()
@@ -411,6 +413,9 @@ class Catalog:
 
     @classmethod
     def put_label(cls, session: Session, patient_id: int, name: str, value: str | None, source: str) -> None:
+        name = check_label_name(name)
+        if value is not None and str(value).strip():
+            value = check_label_value(str(value), name=name)
         name = cls.stored_label_name(session, name) or name
         row = session.scalar(select(Label).where(Label.patient_id == patient_id, Label.name == name))
         if row is None:
