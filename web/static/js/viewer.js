@@ -67,13 +67,14 @@ export class SlideViewer {
       gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true }, crossOriginPolicy: false, immediateRender: false,
     });
     this.root.eagleViewer = this.viewer;
+    this.root.slideViewer = this;  // annotations.js draws and searches on this viewer
     this.canvas = el("canvas", { class: "viewer-overlay", "aria-hidden": "true" });
     this.viewer.canvas.append(this.canvas);
     const redraw = () => { this.draw(); this.report(); };
     for (const name of ["update-viewport", "animation-finish", "resize", "open"]) this.viewer.addHandler(name, redraw);
     this.viewer.addHandler("zoom", () => this.listeners.forEach((fn) => fn(this)));
     this.viewer.addHandler("canvas-click", (event) => {
-      if (!event.quick || !this.layers.boxes || !this.data) return;
+      if (this.tool || !event.quick || !this.layers.boxes || !this.data) return;  // a drawing/search tool takes the clicks
       const item = this.viewer.world.getItemAt(0);
       if (!item) return;
       const p = item.viewerElementToImageCoordinates(event.position);
@@ -106,6 +107,7 @@ export class SlideViewer {
     this.draw();
     this.report();
     this.legendUpdate?.();
+    this.root.dispatchEvent(new CustomEvent("slide-shown", { detail: data }));
     return data;
   }
 
@@ -260,6 +262,9 @@ export async function patientViewer(root, note, view, options = {}) {
   const viewer = await new SlideViewer(root, options).init();
   const first = shown.reduce((best, s) => (s.selected_tiles > best.selected_tiles ? s : best), shown[0]);
   await viewer.show(first.id);
+  if (root.dataset.annotations !== undefined) {  // the patient page: drawing, annotations, click/box region search
+    import("./annotations.js").then((m) => m.attachAnnotations(viewer)).catch((error) => clear(note, el("p", { class: "alert", text: error.message })));
+  }
   const problems = view.slides.filter((s) => !s.viewable).map((s) => s.reason);
   clear(note, problems.map((text) => el("p", { class: "muted small", text })));
   return viewer;
