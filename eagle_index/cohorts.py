@@ -484,9 +484,11 @@ def _conflicts(a: dict, b: dict) -> dict[str, list]:
 
 
 def _write_csv(path: Path, header: list[str], rows) -> None:
+    from eagle_index.formats.tables import csv_row  # formula-like cells neutralised (read back by read_table)
+
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow(csv_row(header))
+    writer.writerows(csv_row(row) for row in rows)
     with atomic_path(path) as tmp:
         Path(tmp).write_text(buffer.getvalue(), encoding="utf-8")

@@ -395,10 +395,12 @@ def write_candidates_csv(candidates: list[dict], path: Path) -> Path:
     columns = ["rank", "patient", "probability", "predicted", "label_value", "in_training"]
     from eagle_index.atomic import atomic_path
 
+    from eagle_index.formats.tables import csv_row  # formula-like cells (patient ids, label values) neutralised
+
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(candidates)
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        writer.writerows(csv_row(row.get(c) for c in columns) for row in candidates)
     return path
 
 

@@ -1,12 +1,43 @@
-"""Slide tables (`PATIENT,FILENAME[,MPP]`) and clinical tables (`PATIENT` + label columns)."""
+"""Slide tables (`PATIENT,FILENAME[,MPP]`) and clinical tables (`PATIENT` + label columns).
+
+Patient ids, label names and label values follow `eagle_index.identifiers`' rule; errors name the
+file, the line and the column. Every CSV eagle-index writes goes through `csv_cell`: a cell that a
+spreadsheet would run as a formula (starting with =, +, -, @, a tab or a carriage return, and not
+a plain number) is written with a leading apostrophe, and `read_table` takes that apostrophe off
+again, so the app's own exports re-import to the same values.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from eagle_index.errors import InputError
 from eagle_index.formats.suffixes import STEM_SUFFIXES
+from eagle_index.identifiers import check_identifier, check_label_name, check_label_value
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def csv_cell(value) -> str:
+    """A value as a CSV cell no spreadsheet runs as a formula (None: empty)."""
+    text = "" if value is None else str(value)
+    if text[:1] in FORMULA_PREFIXES and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def csv_row(values) -> list[str]:
+    return [csv_cell(v) for v in values]
+
+
+def _uncell(text):
+    """What `csv_cell` neutralised, back as it was (other text unchanged)."""
+    if isinstance(text, str) and text[:1] == "'" and text[1:2] in FORMULA_PREFIXES and not _PLAIN_NUMBER.fullmatch(text[1:]):
+        return text[1:]
+    return text
 
 
 def read_table(path: Path):
@@ -26,8 +57,8 @@ def read_table(path: Path):
             frame = pd.read_csv(path, dtype=str, sep=_delimiter(path), engine="python", keep_default_na=False, na_values=[""])
     except Exception as exc:  # pandas raises many parser types
         raise InputError(f"{path}: cannot read table ({str(exc).splitlines()[0]})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    return frame.astype(object).where(frame.notna(), None)
+    frame.columns = [_uncell(str(c)).strip() for c in frame.columns]
+    return frame.astype(object).where(frame.notna(), None).map(_uncell)
 
 
 DELIMITERS = (",", ";", "\t", "|")
@@ -80,6 +111,7 @@ def read_slide_table(path: Path) -> list[SlideRow]:
         filename = _cell(record.get("FILENAME"))
         if not patient or not filename:
             raise InputError(f"{path}: line {number}: empty PATIENT or FILENAME")
+        patient = check_identifier("patient id", patient, where=f"{path}: line {number}")
         mpp = None
         raw_mpp = _cell(record.get("MPP"))
         if raw_mpp:
@@ -112,12 +144,16 @@ def read_clinical_table(path: Path) -> ClinicalTable:
     columns = [c for c in frame.columns if c != "PATIENT" and not c.startswith("Unnamed")]
     if not columns:
         raise InputError(f"{path}: no label columns besides PATIENT")
+    for column in columns:
+        check_label_name(column, where=f"{path}: line 1")
     labels: dict[str, dict[str, str]] = {}
     for number, record in enumerate(frame.to_dict("records"), start=2):
         patient = _cell(record.get("PATIENT"))
         if not patient:
             raise InputError(f"{path}: line {number}: empty PATIENT")
-        values = {c: _cell(record.get(c)) for c in columns if _cell(record.get(c))}
+        patient = check_identifier("patient id", patient, where=f"{path}: line {number}")
+        values = {c: check_label_value(_cell(record.get(c)), where=f"{path}: line {number}", name=c)
+                  for c in columns if _cell(record.get(c))}
         if patient in labels and labels[patient] != values:
             raise InputError(f"{path}: patient {patient!r} appears twice with different values (line {number})")
         labels[patient] = values
