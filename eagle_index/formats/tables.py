@@ -58,7 +58,8 @@ def read_table(path: Path):
     except Exception as exc:  # pandas raises many parser types
         raise InputError(f"{path}: cannot read table ({str(exc).splitlines()[0]})") from None
     frame.columns = [_uncell(str(c)).strip() for c in frame.columns]
-    return frame.astype(object).where(frame.notna(), None).map(_uncell)
+    frame = frame.map(_uncell)
+    return frame.astype(object).where(frame.notna(), None)
 
 
 DELIMITERS = (",", ";", "\t", "|")
