@@ -21,6 +21,7 @@ from eagle_index.formats.embeddings import STAMP_ENCODER_KINDS, read_embedding_f
 from eagle_index.formats.features import TileFeatures, align_rows, read_tile_features
 from eagle_index.formats.h5util import file_sha256
 from eagle_index.formats.tables import SlideRow, read_clinical_table, read_slide_table
+from eagle_index.identifiers import check_identifier
 from eagle_index.store.catalog import Catalog
 from eagle_index import signatures
 
@@ -77,6 +78,7 @@ def import_embeddings(
             ids = [slide_to_patient.get(i) or signatures.patient_from_name(i) for i in ids]
             if len(files) > 1 and len(set(ids)) < len(ids):
                 raise InputError(f"{emb.path}: several slides map to one patient; import patient-level embeddings instead")
+        ids = [check_identifier("patient id", i, where=str(emb.path)) for i in ids]  # named by file, before anything is stored
         patients, vectors, sources = groups.setdefault((file_kind, file_signature), ([], [], []))
         for pid, vec in zip(ids, emb.vectors):
             if vectors and vec.shape != vectors[0].shape:

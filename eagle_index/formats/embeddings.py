@@ -1,7 +1,13 @@
 """Patient/slide embedding files: EAGLE output `.h5` and STAMP v2 encoder outputs.
 
 - EAGLE: one file per cohort, one dataset per patient id, shape (D,), not normalized.
-  Ids containing `/` become nested groups in h5py; we read them back with the full path.
+  Ids containing `/` become nested groups in h5py; they are read back with the full path, and
+  the import then refuses them by name (a patient id must be one URL path segment:
+  `eagle_index.identifiers`).
+
+Each vector is checked as it is read, and a bad one is named by its file and its patient (or
+slide) id: NaN or infinite values, values too large for float32 (how vectors are stored), and
+vectors that are zero once stored as float32.
 - STAMP v2: one file per slide or patient, dataset `feats` (D,) or (1, D), attrs `encoder`
   and `feat_type` ("slide" or "patient").
 """
@@ -52,7 +58,8 @@ def _read_stamp_v2(path: Path, handle, attrs: dict) -> EmbeddingFile:
     level = attrs.get("feat_type") or "patient"
     if level not in ("slide", "patient"):
         raise InputError(f"{path}: feat_type {level!r} is not a slide or patient embedding")
-    return EmbeddingFile(path, "stamp-v2", level, [path.stem], _as_float32(feats[None, :]), attrs.get("encoder"), attrs)
+    return EmbeddingFile(path, "stamp-v2", level, [path.stem], _as_float32(feats[None, :], path, f"{level} {path.stem!r}"),
+                         attrs.get("encoder"), attrs)
 
 
 def _read_eagle(path: Path, handle, attrs: dict) -> EmbeddingFile:
@@ -77,17 +84,30 @@ def _read_eagle(path: Path, handle, attrs: dict) -> EmbeddingFile:
             data = data[0]
         if data.ndim != 1:
             raise InputError(f"{path}: dataset {name!r} has shape {data.shape}, expected one vector (D,) per patient")
-        rows.append(data)
+        rows.append(_as_float32(data, path, f"patient {name!r}"))
     dims = {r.shape[0] for r in rows}
     if len(dims) != 1:
         raise InputError(f"{path}: datasets have different dimensions {sorted(dims)}")
-    return EmbeddingFile(path, "eagle", "patient", names, _as_float32(np.stack(rows)), attrs.get("extractor"), attrs)
+    return EmbeddingFile(path, "eagle", "patient", names, np.stack(rows), attrs.get("extractor"), attrs)
 
 
-def _as_float32(data: np.ndarray) -> np.ndarray:
-    """Cast quietly: a value beyond float32 becomes inf, which the import refuses by name."""
-    with np.errstate(over="ignore"):
-        return data.astype(np.float32)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _as_float32(data: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """The vector(s) as float32, or one InputError naming the file and `what` (e.g. "patient 'P-1'"):
+    NaN or infinite values, values too large for float32, all zeros once stored as float32."""
+    wide = data.astype(np.float64)
+    if not np.isfinite(wide).all():
+        raise InputError(f"{path}: {what}: the vector contains NaN or infinite values")
+    if wide.size and np.abs(wide).max() > FLOAT32_MAX:
+        raise InputError(f"{path}: {what}: value {wide.flat[np.abs(wide).argmax()]:.3g} is too large for float32 "
+                         f"(vectors are stored as float32, |x| at most {FLOAT32_MAX:.3g})")
+    with np.errstate(under="ignore"):
+        out = data.astype(np.float32)
+    if out.size and not np.all(np.any(out, axis=-1)):
+        raise InputError(f"{path}: {what}: the vector is all zeros once stored as float32 (cosine similarity is undefined)")
+    return out
 
 
 def _numeric(data: np.ndarray, name: str, path: Path) -> np.ndarray:

@@ -47,7 +47,7 @@ def as_vector_matrix(values, dim: int | None, where: str) -> np.ndarray:
     finite = np.isfinite(stored).all(axis=1)
     if not finite.all():
         bad = int(np.flatnonzero(~finite)[0])
-        raise InputError(f"{where}: row {bad} has values beyond the float32 range vectors are stored in (|x| > 3.4e38)")
+        raise InputError(f"{where}: row {bad} has values too large for float32, which vectors are stored in (|x| > 3.4e38)")
     norms = _norms64(stored)
     bad_rows = ~(np.isfinite(norms) & (norms > 0))
     if bad_rows.any():
