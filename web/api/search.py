@@ -85,6 +85,9 @@ def _filters_from_body(body: dict):
         raise ApiError(400, "filters must be an object", field="filters")
     raw = check_object(raw, "filters", lists=("cohorts", "exclude_patients", "exclude_same"), numbers=("min_score",),
                        strings=("site_label",), bools=("exclude_same_site",), mappings=("labels",))
+    min_score = raw.get("min_score")
+    if min_score is not None and not -1.0 <= min_score <= 1.0:  # the bounds GET's min_score has: a cosine
+        raise ApiError(400, f"filters.min_score must be between -1 and 1 (a cosine), got {min_score!r}", field="filters")
     try:
         return SearchFilters.from_dict(raw)
     except (InputError, TypeError) as exc:
