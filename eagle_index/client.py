@@ -182,6 +182,10 @@ class RemoteService:
     def regions(self) -> "RemoteRegions":
         return RemoteRegions(self.client)
 
+    @property
+    def annotations(self) -> "RemoteAnnotations":
+        return RemoteAnnotations(self.client)
+
     def __getattr__(self, name: str):
         raise CatalogError(
             f"{name.replace('_', ' ')} needs the catalog, which {self.client.owner.describe()} holds; "
@@ -344,6 +348,52 @@ class RemoteRegions:
             body = {**query, "k": k, "per_patient": per_patient, "include_same_patient": include_same_patient, "filters": filters_dict}
             data = self.client._request("POST", "/search/tiles", body=json.dumps(body).encode(), content_type="application/json")
         return RegionSearchResult.from_dict(data)
+
+
+class RemoteAnnotations(_RemoteTopic):
+    """`service.annotations` of a running owner (same methods and answers as `AnnotationService`)."""
+
+    def _json(self, method: str, path: str, body: dict):
+        return self.client._request(method, path, body=json.dumps(body).encode(), content_type="application/json")
+
+    def of_slide(self, slide) -> dict:
+        return self.client._request("GET", f"/slides/{_quoted(slide)}/annotations")
+
+    def list(self, slide=None, limit: int | None = None) -> list[dict]:
+        return self.client._request("GET", "/annotations", {"slide": slide, "limit": limit})["annotations"]
+
+    def get(self, annotation_id) -> dict:
+        return self.client._request("GET", f"/annotations/{_quoted(annotation_id)}")
+
+    def create(self, slide, geometry, name: str | None = None, class_name: str | None = None, color=None,
+               source: str = "viewer") -> dict:
+        body = {"geometry": geometry, "name": name, "class_name": class_name, "color": color, "source": source}
+        return self._json("POST", f"/slides/{_quoted(slide)}/annotations", body)
+
+    def update(self, annotation_id, **fields) -> dict:
+        return self._json("PUT", f"/annotations/{_quoted(annotation_id)}", fields)
+
+    def delete(self, ids) -> list[int]:
+        ids = list(ids) if isinstance(ids, (list, tuple)) else [ids]
+        if not ids:
+            raise InputError("give the id(s) of the annotations to delete")
+        return self._json("POST", "/annotations/delete", {"ids": ids})["deleted"]
+
+    def import_geojson(self, slide, path: Path | None = None, data=None, source: str | None = None) -> dict:
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise InputError(f"{path}: not a regular file" if path.exists() else f"{path}: file not found")
+            boundary = uuid.uuid4().hex
+            body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+                    "Content-Type: application/geo+json\r\n\r\n".encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode())
+            return self.client._request("POST", f"/slides/{_quoted(slide)}/annotations/import", body=body,
+                                        content_type=f"multipart/form-data; boundary={boundary}")
+        return self._json("POST", f"/slides/{_quoted(slide)}/annotations/import", data)
+
+    def export_geojson(self, slide) -> dict:
+        data, _ = self.client._request_raw("GET", f"/slides/{_quoted(slide)}/annotations.geojson")
+        return json.loads(data)
 
 
 def service_for(settings, create: bool = True):

@@ -29,4 +29,10 @@ class CatalogService(Protocol):
 
     def set_label(self, patient: str, name: str, value: str | None, source: str = "web") -> dict: ...
 
+    @property
+    def annotations(self):
+        """`AnnotationService` / `client.RemoteAnnotations`: list, of_slide, get, create, update, delete,
+        import_geojson, export_geojson, with the same JSON answers on both."""
+        ...
+
     def close(self) -> None: ...

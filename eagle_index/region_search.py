@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MAX_QUERY_TILES_SIDE = 4  # an image or box query uses at most 4 x 4 central tiles
 EXACT_TILE_LIMIT = 50_000  # an allowed set with at most this many tiles is scored exactly
+MAX_ANNOTATION_TILES = 64  # an annotation query averages at most this many of its tiles (evenly spaced)
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -56,6 +57,9 @@ class TileHit:
     patient_rank: int | None
     slide_rank: int
     attention: float
+    x_px: float | None = None  # the tile in its slide's level-0 pixels (None: the slide records no µm/px)
+    y_px: float | None = None
+    size_px: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -245,6 +249,10 @@ class RegionSearchService:
             row = self._preferred(rows)
             ids, sigs, raw = tiles_repo.load_tokens_by_id(self.catalog, [row.id])
             return raw[0], sigs[0], {"patient": patient, "tile": rank, **_row_facts(row)}, pid, []
+        if "annotation" in keys:
+            if not keys <= {"slide", "slide_id", "annotation"}:
+                raise InputError("an annotation query takes the slide and the annotation (name or id) only")
+            return self._annotation_query(query)
         if not keys & {"slide", "slide_id"}:
             raise InputError("give one query: patient + tile, slide + x_um + y_um, slide + box, or an image")
         slide = self._slide(query.get("slide"), query.get("slide_id"))
@@ -295,7 +303,7 @@ class RegionSearchService:
         return token, signature, info, pid, notes
 
     def _box_query(self, slide, box):
-        from eagle_index.slides import keep_tiles, open_slide, read_tiles
+        from eagle_index.slides import open_slide, read_tiles
 
         if not isinstance(box, (list, tuple)) or len(box) != 4:
             raise InputError("box must be X_UM,Y_UM,W_UM,H_UM")
@@ -321,18 +329,86 @@ class RegionSearchService:
                 raise InputError(f"box ({x:.0f}, {y:.0f}, {w:.0f}, {h:.0f}) µm lies outside slide {slide.name!r} "
                                  f"({width_um:.0f} × {height_um:.0f} µm)")
             pixels = read_tiles(handle, xs, ys, settings.tiling)
+        token, signature, notes, used = self._encode_region(pixels, "box")
+        info = {"slide": slide.name, "slide_id": slide.id, "patient": slide.patient, "box": [x, y, w, h],
+                "tiles": used, "grid": [cols, rows]}
+        return token, signature, info, slide.patient_id, notes
+
+    def _encode_region(self, pixels: np.ndarray, what: str):
+        """Tiles read from a slide region -> (mean class token, signature, notes, tiles used): background tiles
+        (Canny rule) are left out unless all are."""
+        from eagle_index.slides import keep_tiles
+
         notes: list[str] = []
-        tissue = keep_tiles(pixels, settings.tiling)
+        tissue = keep_tiles(pixels, self.service.settings.tiling)
         if tissue.any() and not tissue.all():
-            notes.append(f"{int((~tissue).sum())} of {len(pixels)} tiles of the box are background (Canny rule) and were left out")
+            notes.append(f"{int((~tissue).sum())} of {len(pixels)} tiles of the {what} are background (Canny rule) and were left out")
             pixels = pixels[tissue]
         elif not tissue.any():
-            notes.append("no tile of the box passes the tissue rule: all of them were used")
+            notes.append(f"no tile of the {what} passes the tissue rule: all of them were used")
         signature = self._models_signature(required=True)
-        token = self._encode(pixels)
-        info = {"slide": slide.name, "slide_id": slide.id, "patient": slide.patient, "box": [x, y, w, h],
-                "tiles": len(pixels), "grid": [cols, rows]}
-        return token, signature, info, slide.patient_id, notes
+        return self._encode(pixels), signature, notes, len(pixels)
+
+    def _annotation_query(self, query: dict):
+        """An annotation of a slide: a point (Point) is a point query; an area (rectangle, polygon with holes,
+        multipolygon) reads the tile grid over its bounding box (whole tiles centred in it, as a box query lays
+        them) and averages the tissue tiles whose centre lies inside the area, at most MAX_ANNOTATION_TILES
+        (evenly spaced). A rectangle of at most 4 x 4 tiles is the same query as --box over it."""
+        from eagle_index.formats import geojson
+        from eagle_index.slides import open_slide, read_tiles
+        from eagle_index.store import annotations_repo
+
+        annotations = self.service.annotations
+        slide_ref = query.get("slide", query.get("slide_id"))
+        if slide_ref is not None:
+            row = annotations.find(slide_ref, query["annotation"])
+        else:
+            row = annotations_repo.get(self.catalog, _int(query["annotation"], "annotation"))
+        slide = annotations.slide_of(row)
+        label = f"annotation {row.id}" + (f" ({row.name!r})" if row.name else "")
+        facts = {"id": row.id, "name": row.name, "class_name": row.class_name, "shape": row.shape}
+        if row.shape not in ("rectangle", "polygon", "multipolygon", "point") and not (
+                row.shape == "multipoint" and len(geojson.points_of(row.geometry)) == 1):
+            raise InputError(f"{label} is a {row.shape}: region search needs an area (rectangle, polygon) or one point")
+        if not slide.path or not Path(slide.path).is_file():
+            raise NotFoundError(f"slide {slide.name!r}: its file is not available here, so {label} cannot be read")
+        settings = self.service.settings
+        tile_um = settings.tiling.tile_um
+        with open_slide(Path(slide.path), mpp_override=slide.mpp, settings=settings.tiling) as handle:
+            mpp = handle.require_mpp()
+            width_um, height_um = handle.dimensions[0] * mpp, handle.dimensions[1] * mpp
+            if row.shape in ("point", "multipoint"):
+                (px, py), = geojson.points_of(row.geometry)
+                pixels = None
+            else:
+                x0, y0, x1, y1 = (v * mpp for v in geojson.bbox(row.geometry))
+                w, h = x1 - x0, y1 - y0
+                if w < tile_um - 1e-6 or h < tile_um - 1e-6:
+                    raise InputError(f"{label} is {w:.0f} × {h:.0f} µm, smaller than one tile; the minimum is "
+                                     f"{tile_um:.0f} × {tile_um:.0f} µm (query a point instead)")
+                cols, rows = int(w // tile_um + 1e-9), int(h // tile_um + 1e-9)
+                gx, gy = x0 + (w - cols * tile_um) / 2, y0 + (h - rows * tile_um) / 2
+                xs = np.array([gx + c * tile_um for r in range(rows) for c in range(cols)])
+                ys = np.array([gy + r * tile_um for r in range(rows) for c in range(cols)])
+                keep = geojson.contains(row.geometry, (xs + tile_um / 2) / mpp, (ys + tile_um / 2) / mpp)
+                keep &= (xs >= -1) & (ys >= -1) & (xs + tile_um <= width_um + 1) & (ys + tile_um <= height_um + 1)
+                xs, ys = xs[keep], ys[keep]
+                if not len(xs):
+                    raise InputError(f"{label}: no whole tile ({tile_um:.0f} µm) of the slide has its centre inside it")
+                notes_cap = []
+                if len(xs) > MAX_ANNOTATION_TILES:
+                    pick = np.unique(np.round(np.linspace(0, len(xs) - 1, MAX_ANNOTATION_TILES)).astype(int))
+                    notes_cap.append(f"{label} holds {len(xs)} tiles: {len(pick)} of them, evenly spaced, were used")
+                    xs, ys = xs[pick], ys[pick]
+                pixels = read_tiles(handle, xs.tolist(), ys.tolist(), settings.tiling)
+        if pixels is None:
+            token, signature, info, pid, notes = self._point_query(slide, px * mpp, py * mpp)
+            info["annotation"] = facts
+            return token, signature, info, pid, notes
+        token, signature, notes, used = self._encode_region(pixels, "annotation")
+        info = {"slide": slide.name, "slide_id": slide.id, "patient": slide.patient, "annotation": facts,
+                "bbox_um": [x0, y0, w, h], "tiles": used, "grid": [cols, rows]}
+        return token, signature, info, slide.patient_id, notes_cap + notes
 
     def _image_query(self, path: Path, mpp: float | None):
         from eagle_index.slides import keep_tiles
@@ -409,7 +485,7 @@ class RegionSearchService:
         if query_pid is not None and not include_same_patient:
             excluded.add(int(query_pid))
         excluded_arr = np.fromiter(excluded, np.int64, len(excluded))
-        allowed = allowed_ids(self.catalog, filters)
+        allowed = allowed_ids(self.catalog, filters, self.service.settings.tiling.tile_um)
         loaded = self.index.get(signature)
         token = l2_normalized(np.asarray(token, np.float32).reshape(1, -1))[0]
         if allowed is not None:
@@ -460,13 +536,23 @@ class RegionSearchService:
                            None, min_score)
 
     def _hits(self, groups) -> list[PatientRegions]:
+        from eagle_index.store.annotations_repo import slide_mpps
+
         rows = tiles_repo.tile_rows(self.catalog, [tid for _, _, tiles in groups for tid, _ in tiles])
         labels = self.catalog.labels_of([pid for pid, _, _ in groups])
         names = self.catalog.external_ids([pid for pid, _, _ in groups])
+        mpps = slide_mpps(self.catalog, [r.slide_id for r in rows.values()])
+        tile_um = self.service.settings.tiling.tile_um
+
+        def px(value: float, slide_id: int) -> float | None:
+            mpp = mpps.get(slide_id)
+            return round(value / mpp, 3) if mpp else None
+
         out = []
         for pid, best, tiles in groups:
             hits = [TileHit(rows[t].slide, rows[t].x_um, rows[t].y_um, float(s), rows[t].slide_id, rows[t].patient_rank,
-                            rows[t].slide_rank, rows[t].attention) for t, s in tiles]
+                            rows[t].slide_rank, rows[t].attention, px(rows[t].x_um, rows[t].slide_id),
+                            px(rows[t].y_um, rows[t].slide_id), px(tile_um, rows[t].slide_id)) for t, s in tiles]
             out.append(PatientRegions(names[pid], float(best), hits, labels.get(pid, {})))
         return out
 

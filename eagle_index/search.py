@@ -58,6 +58,8 @@ class SearchFilters:
     exclude_same_site: drop hits from the query's site (the `site_label` label, matched
     case-insensitively, else the TCGA tissue-source-site code of the patient id).
     exclude_same: label names whose value a hit must not share with the query.
+    in_annotation: annotation class names; only patients with a selected tile whose centre lies
+    inside an area annotation of one of these classes (any case) on its slide (issue 23).
     """
 
     labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -67,13 +69,17 @@ class SearchFilters:
     exclude_same_site: bool = False
     site_label: str = "site"
     exclude_same: tuple[str, ...] = ()
+    in_annotation: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, labels=(), cohorts=(), min_score=None, exclude_patients=(), exclude_same_site=False,
-              site_label="site", exclude_same=()) -> "SearchFilters":
+              site_label="site", exclude_same=(), in_annotation=()) -> "SearchFilters":
         """From front-end values: labels as "NAME=VALUE" strings or a {name: value(s)} mapping."""
+        if isinstance(in_annotation, str):
+            in_annotation = (in_annotation,)
         return cls(parse_label_filters(labels), tuple(cohorts or ()), min_score, tuple(exclude_patients or ()),
-                   bool(exclude_same_site), site_label or "site", tuple(exclude_same or ()))
+                   bool(exclude_same_site), site_label or "site", tuple(exclude_same or ()),
+                   tuple(c for c in (str(v).strip() for v in in_annotation or ()) if c))
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "SearchFilters":
@@ -86,14 +92,16 @@ class SearchFilters:
     def as_dict(self) -> dict:
         out = asdict(self)
         out["labels"] = {k: list(v) for k, v in self.labels.items()}
-        for key in ("cohorts", "exclude_patients", "exclude_same"):
+        for key in ("cohorts", "exclude_patients", "exclude_same", "in_annotation"):
             out[key] = list(out[key])
+        if not out["in_annotation"]:  # absent unless used: stored cohort definitions and answers keep their shape
+            del out["in_annotation"]
         return out
 
     @property
     def restricts(self) -> bool:
-        """True when the filters name an allowed set (labels or cohorts), not only exclusions."""
-        return bool(self.labels or self.cohorts)
+        """True when the filters name an allowed set (labels, cohorts or annotation classes), not only exclusions."""
+        return bool(self.labels or self.cohorts or self.in_annotation)
 
 
 def parse_label_filters(labels) -> dict[str, tuple[str, ...]]:
@@ -113,14 +121,21 @@ def parse_label_filters(labels) -> dict[str, tuple[str, ...]]:
     return {k: tuple(dict.fromkeys(v)) for k, v in out.items()}
 
 
-def allowed_ids(catalog, filters: SearchFilters) -> set[int] | None:
-    """Patients the label and cohort filters allow (None: no such filter)."""
+def allowed_ids(catalog, filters: SearchFilters, tile_um: float | None = None) -> set[int] | None:
+    """Patients the label, cohort and annotation filters allow (None: no such filter).
+    tile_um: the tile side (settings.tiling.tile_um; default the pipeline's 448 µm) for `in_annotation`."""
     allowed: set[int] | None = None
     if filters.labels:
         allowed = repo.patients_with_labels(catalog, {k: list(v) for k, v in filters.labels.items()})
     if filters.cohorts:
         members = repo.cohort_member_ids(catalog, list(filters.cohorts))
         allowed = members if allowed is None else allowed & members
+    if filters.in_annotation:
+        from eagle_index.config import TilingSettings
+        from eagle_index.store.annotations_repo import patients_in_annotations
+
+        inside = patients_in_annotations(catalog, filters.in_annotation, tile_um or TilingSettings().tile_um)
+        allowed = inside if allowed is None else allowed & inside
     return allowed
 
 
@@ -519,7 +534,7 @@ class SearchService:
         if query_id is not None:
             excluded.add(int(query_id))
         excluded_arr = np.fromiter(excluded, np.int64, len(excluded))
-        allowed = allowed_ids(self.catalog, filters)
+        allowed = allowed_ids(self.catalog, filters, self.service.settings.tiling.tile_um)
         if allowed is not None:
             candidates = np.setdiff1d(np.intersect1d(self.catalog.vector_ids(kind, signature),
                                                      np.fromiter(allowed, np.int64, len(allowed))), excluded_arr)
@@ -652,8 +667,8 @@ class SearchService:
         ]
 
     def allowed_ids(self, filters: SearchFilters) -> set[int] | None:
-        """Patients the label and cohort filters allow (None: no such filter)."""
-        return allowed_ids(self.catalog, filters)
+        """Patients the label, cohort and annotation filters allow (None: no such filter)."""
+        return allowed_ids(self.catalog, filters, self.service.settings.tiling.tile_um)
 
     def match_patients(self, patient: str, other: str, pairs: int = 5) -> tuple[TilePair, ...]:
         """The most similar tile pairs between two stored patients' selected tiles (with slide ids)."""

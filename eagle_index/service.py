@@ -140,6 +140,13 @@ class EagleService:
 
         return RegionSearchService(self)
 
+    @cached_property
+    def annotations(self):
+        """Annotations of slides: QuPath GeoJSON in and out, the viewer's drawings (eagle_index/annotations.py)."""
+        from eagle_index.annotations import AnnotationService
+
+        return AnnotationService(self)
+
     def __enter__(self) -> "EagleService":
         return self
 

@@ -108,7 +108,7 @@ def test_0004_catalog_upgrades_keeping_rows_and_tiles_are_backfilled_from_artifa
         Catalog.open(settings.catalog_path)
     engine = schema.make_engine(settings.catalog_url)
     schema.upgrade(engine)
-    assert schema.current_revision(engine) == "0005"
+    assert schema.current_revision(engine) == schema.head_revision()
     engine.dispose()
     with EagleService(settings) as service:
         assert service.stats() == before  # every patient, slide, vector and set kept
@@ -118,3 +118,34 @@ def test_0004_catalog_upgrades_keeping_rows_and_tiles_are_backfilled_from_artifa
         assert {t["signature"]: t["count"] for t in tiles} == expected == {service.models.signature("eagle"): 24}
         result = service.regions.search({"patient": "P0", "tile": 1}, k=3)
         assert [p.patient for p in result.patients] == ["P1"]
+
+
+def test_0005_catalog_upgrades_to_annotations_keeping_rows_and_downgrades(settings):
+    """Revision 0006 adds the annotations table to a 0005 catalog in place (every row kept); its downgrade drops it."""
+    from alembic import command
+
+    settings.catalog_path.parent.mkdir(parents=True)
+    engine = schema.make_engine(settings.catalog_url)
+    schema.upgrade(engine, "0005")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO patients (id, external_id) VALUES (nextval('patient_id_seq'), 'P1')"))
+        conn.execute(text("INSERT INTO slides (id, patient_id, name, fingerprint, status, mpp) "
+                          "VALUES (nextval('slide_id_seq'), 1, 's1', 'fp1', 'done', 0.5)"))
+    schema.upgrade(engine)
+    assert schema.current_revision(engine) == "0006"
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM slides")).scalar() == 1
+        assert conn.execute(text("SELECT count(*) FROM annotations")).scalar() == 0
+    engine.dispose()
+    with EagleService(settings) as service:
+        made = service.annotations.create("s1", {"type": "Point", "coordinates": [10, 20]}, name="here")
+        assert made["id"] == 1 and made["bbox_um"] == [5.0, 10.0, 5.0, 10.0]
+    engine = schema.make_engine(settings.catalog_url)
+    config = schema.alembic_config(engine)
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0005")
+    with engine.connect() as conn:
+        tables = {r[0] for r in conn.execute(text("SELECT table_name FROM information_schema.tables"))}
+    assert "annotations" not in tables and "slides" in tables
+    engine.dispose()

@@ -22,7 +22,7 @@ def _param(spec: str) -> dict:
 
 
 FILTER_PARAMS = ["label:query:array", "cohort:query:array", "min_score:query:number", "exclude_site:query:boolean",
-                 "site_label:query:string", "exclude_same:query:array", "exclude_patient:query:array"]
+                 "site_label:query:string", "exclude_same:query:array", "exclude_patient:query:array", "in_annotation:query:array"]
 PAGE = ["limit:query:integer", "offset:query:integer"]
 
 # (method, path, tag, summary, parameters, request body kind, success status, success media type)
@@ -109,6 +109,22 @@ ROUTES = [
      ["patient:path:string"], None, 200, JSON),
     ("get", "/compare", "viewer", "Two patients side by side with the matching tile pairs",
      ["query:query:string:required", "hit:query:string:required", "pairs:query:integer"], None, 200, JSON),
+    # annotations (issue 23): <slide> is a slide name, or a slide id (digits that name no slide)
+    ("get", "/slides/{slide}/annotations", "annotations", "A slide's annotations (GeoJSON geometry in level-0 px)",
+     ["slide:path:string"], None, 200, JSON),
+    ("post", "/slides/{slide}/annotations", "annotations", "Draw one {geometry, name, class_name, color}; 201 + the annotation",
+     ["slide:path:string"], "annotation", 201, JSON),
+    ("post", "/slides/{slide}/annotations/import", "annotations", "Import QuPath GeoJSON (multipart file, or the GeoJSON as body)",
+     ["slide:path:string"], "geojson-upload", 200, JSON),
+    ("get", "/slides/{slide}/annotations.geojson", "annotations", "The slide's annotations as a QuPath FeatureCollection (download)",
+     ["slide:path:string"], None, 200, "application/geo+json"),
+    ("get", "/annotations", "annotations", "Every annotation, or one slide's (?slide=)", ["slide:query:string", "limit:query:integer"],
+     None, 200, JSON),
+    ("get", "/annotations/{annotation_id}", "annotations", "One annotation", ["annotation_id:path:integer"], None, 200, JSON),
+    ("put", "/annotations/{annotation_id}", "annotations", "Change any of name, class_name, color, geometry",
+     ["annotation_id:path:integer"], "annotation-edit", 200, JSON),
+    ("delete", "/annotations/{annotation_id}", "annotations", "Delete one annotation", ["annotation_id:path:integer"], None, 200, JSON),
+    ("post", "/annotations/delete", "annotations", "Delete several {ids}: all or none", [], "annotation-ids", 200, JSON),
 ]
 
 BODIES = {
@@ -136,10 +152,19 @@ BODIES = {
         "against_signature": {"type": "string"}, "positive": {"type": "string"}}},
     "jobs": {"type": "object", "required": ["paths"], "properties": {
         "paths": {"type": "array", "items": {"type": "string"}}, "patient": {"type": "string"}}},
+    "annotation": {"type": "object", "required": ["geometry"], "properties": {
+        "geometry": {"type": "object", "description": "GeoJSON Polygon, MultiPolygon, Point, ... in level-0 px"},
+        "name": {"type": "string"}, "class_name": {"type": "string"}, "color": {"type": "string", "description": "#rrggbb"}}},
+    "annotation-edit": {"type": "object", "properties": {
+        "geometry": {"type": "object"}, "name": {"type": ["string", "null"]}, "class_name": {"type": ["string", "null"]},
+        "color": {"type": ["string", "null"]}}},
+    "annotation-ids": {"type": "object", "required": ["ids"], "properties": {"ids": {"type": "array", "items": {"type": "integer"}}}},
 }
 MULTIPART = {
     "labels-upload": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary"}, "create_missing": {"type": "boolean"}}},
+    "geojson-upload": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "QuPath GeoJSON (FeatureCollection or feature list)"}}},
     "slide-upload": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary"}, "k": {"type": "integer"}, "kind": {"type": "string"},
         "patient": {"type": "string"}, "vote": {"type": "string"}, "explain": {"type": "boolean"}, "pairs": {"type": "integer"},
@@ -151,6 +176,8 @@ TILES_BODIES = {
            "properties": {
                "patient": {"type": "string"}, "tile": {"type": "integer", "description": "rank of the patient's selected tile"},
                "slide": {"type": "string"}, "slide_id": {"type": "integer"}, "x_um": {"type": "number"}, "y_um": {"type": "number"},
+               "annotation": {"type": ["integer", "string"], "description": "an annotation of the slide (id or name): its tissue tiles"},
+               "format": {"type": "string", "enum": ["json", "geojson"], "description": "geojson: the hits as a QuPath FeatureCollection"},
                "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4, "description": "[x_um, y_um, w_um, h_um]"},
                "k": {"type": "integer", "description": "tiles returned (default 20)"},
                "per_patient": {"type": "integer", "description": "at most this many tiles per patient (default 3)"},
@@ -168,7 +195,9 @@ SCHEMAS = {
         "labels": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
         "cohorts": {"type": "array", "items": {"type": "string"}}, "min_score": {"type": "number"},
         "exclude_patients": {"type": "array", "items": {"type": "string"}}, "exclude_same_site": {"type": "boolean"},
-        "site_label": {"type": "string"}, "exclude_same": {"type": "array", "items": {"type": "string"}}}},
+        "site_label": {"type": "string"}, "exclude_same": {"type": "array", "items": {"type": "string"}},
+        "in_annotation": {"type": "array", "items": {"type": "string"},
+                          "description": "annotation classes: a selected tile of the patient lies inside one"}}},
     "CohortDefinition": {"type": "object", "properties": {
         "labels": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
         "cohorts": {"type": "array", "items": {"type": "string"}}, "seeds": {"type": "array", "items": {"type": "string"}},

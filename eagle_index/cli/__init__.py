@@ -24,11 +24,11 @@ app = typer.Typer(
 
 def _register_all() -> None:
     """Every topic, named once: a missing module is an error, not a silently absent command."""
-    from eagle_index.cli import (catalog_cmds, cluster_cmds, cohort_cmds, demo_cmds, eval_cmds, models_cmds, ops_cmds, pipeline_cmds,
-                                 probe_cmds, region_cmds, slides_cmds)
+    from eagle_index.cli import (annotation_cmds, catalog_cmds, cluster_cmds, cohort_cmds, demo_cmds, eval_cmds, models_cmds, ops_cmds,
+                                 pipeline_cmds, probe_cmds, region_cmds, slides_cmds)
 
     for module in (catalog_cmds, pipeline_cmds, ops_cmds, slides_cmds, models_cmds, demo_cmds, cohort_cmds, eval_cmds, probe_cmds,
-                   region_cmds, cluster_cmds):
+                   region_cmds, annotation_cmds, cluster_cmds):
         module.register(app)
 
 

@@ -127,6 +127,7 @@ def register(app: typer.Typer) -> None:
         site_label: Annotated[str, typer.Option("--site-label", help="Label that holds the site.")] = "site",
         exclude_same: Annotated[Optional[list[str]], typer.Option("--exclude-same", help="Leave out hits sharing the query's value of this label (repeatable).")] = None,
         exclude_patient: Annotated[Optional[list[str]], typer.Option("--exclude-patient", help="Never return this patient (repeatable).")] = None,
+        in_annotation: Annotated[Optional[list[str]], typer.Option("--in-annotation", help="Only hits with a selected tile inside an annotation of this class (repeatable: any of them).")] = None,
         explain: Annotated[bool, typer.Option("--explain", help="Add the most similar tile pairs (query tile <-> hit tile) when slide artifacts exist.")] = False,
         pairs: Annotated[int, typer.Option("--pairs", min=1, help="Tile pairs per hit with --explain.")] = 5,
         vote: Annotated[Optional[str], typer.Option("--vote", help="Predict this label from the neighbours (majority and score-weighted); --json then prints {hits, vote}.")] = None,
@@ -147,7 +148,7 @@ def register(app: typer.Typer) -> None:
             raise InputError("--store only applies to --slide queries")
         filters = SearchFilters.build(labels=label or (), cohorts=cohort or (), min_score=min_score,
                                       exclude_patients=exclude_patient or (), exclude_same_site=exclude_site,
-                                      site_label=site_label, exclude_same=exclude_same or ())
+                                      site_label=site_label, exclude_same=exclude_same or (), in_annotation=in_annotation or ())
         query_vector = read_query_vector(vector) if vector is not None else None
         extra = {"models": models} if slide and models is not None else {}
         with _service(data_dir, weights_dir if slide else None, create=False, **extra) as service:
@@ -160,7 +161,7 @@ def register(app: typer.Typer) -> None:
                     raise
                 raise type(exc)(f"{vector}: {exc}") from None
         hits = [h.as_dict() for h in result.hits]
-        filtered = bool(label or cohort or min_score is not None or exclude_site or exclude_same or exclude_patient)
+        filtered = bool(label or cohort or min_score is not None or exclude_site or exclude_same or exclude_patient or in_annotation)
         if not hits and not filtered:
             from eagle_index.errors import NotFoundError
 

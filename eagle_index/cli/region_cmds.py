@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
         x_um: Annotated[Optional[float], typer.Option("--x-um", help="With --slide: a point (µm) on the tile to query.")] = None,
         y_um: Annotated[Optional[float], typer.Option("--y-um", help="With --slide: a point (µm) on the tile to query.")] = None,
         box: Annotated[Optional[str], typer.Option("--box", help="With --slide: a region X_UM,Y_UM,W_UM,H_UM, read from the slide file and encoded.")] = None,
+        annotation: Annotated[Optional[str], typer.Option("--annotation", help="With --slide: an annotation of the slide (name or id); its tissue tiles, read from the slide file, averaged.")] = None,
         image: Annotated[Optional[Path], typer.Option("--image", help="Query by an image file (PNG, JPEG, TIFF) of a region.")] = None,
         mpp: Annotated[Optional[float], typer.Option("--mpp", help="With --image: its µm/px (required unless the file records a resolution).")] = None,
         k: Annotated[int, typer.Option("-k", min=1, max=1000, help="Tiles to return (in all).")] = 20,
@@ -44,7 +45,9 @@ def register(app: typer.Typer) -> None:
         site_label: Annotated[str, typer.Option("--site-label", help="Label that holds the site.")] = "site",
         exclude_same: Annotated[Optional[list[str]], typer.Option("--exclude-same", help="Leave out patients sharing the query patient's value of this label (repeatable).")] = None,
         exclude_patient: Annotated[Optional[list[str]], typer.Option("--exclude-patient", help="Never return this patient (repeatable).")] = None,
+        in_annotation: Annotated[Optional[list[str]], typer.Option("--in-annotation", help="Only patients with a selected tile inside an annotation of this class (repeatable: any of them).")] = None,
         include_same_patient: Annotated[bool, typer.Option("--include-same-patient", help="Also return tiles of the query's own patient.")] = False,
+        geojson: Annotated[Optional[Path], typer.Option("--geojson", help="Also write the hits as a QuPath GeoJSON FeatureCollection (each tile a rectangle in its slide's level-0 pixels).")] = None,
         models: QueryModelsOpt = None,
         data_dir: DataDirOpt = None,
         weights_dir: WeightsDirOpt = None,
@@ -53,7 +56,8 @@ def register(app: typer.Typer) -> None:
         """Tiles across the archive that look like a stored tile, a region of a stored slide, or an image.
 
         Results are grouped by patient (best tile first, at most --per-patient tiles each).
-        Query: --patient ID --tile RANK | --slide NAME --x-um X --y-um Y | --slide NAME --box X,Y,W,H | --image FILE [--mpp M].
+        Query: --patient ID --tile RANK | --slide NAME --x-um X --y-um Y | --slide NAME --box X,Y,W,H |
+        --slide NAME --annotation NAME_OR_ID | --image FILE [--mpp M].
         """
         from eagle_index.client import service_for
         from eagle_index.errors import InputError
@@ -66,7 +70,14 @@ def register(app: typer.Typer) -> None:
                 raise InputError("--patient and --tile go together (--patient ID --tile RANK)")
             modes.append("patient")
             query = {"patient": patient, "tile": tile}
-        if slide is not None:
+        if annotation is not None and slide is None:
+            raise InputError("--annotation needs --slide NAME")
+        if slide is not None and annotation is not None:
+            if box is not None or x_um is not None or y_um is not None:
+                raise InputError("give one of --annotation, --box or --x-um/--y-um with --slide")
+            modes.append("annotation")
+            query = {"slide": slide, "annotation": annotation}
+        elif slide is not None:
             if box is not None:
                 if x_um is not None or y_um is not None:
                     raise InputError("give --box or --x-um/--y-um with --slide, not both")
@@ -76,7 +87,7 @@ def register(app: typer.Typer) -> None:
                 modes.append("point")
                 query = {"slide": slide, "x_um": x_um, "y_um": y_um}
             else:
-                raise InputError("--slide needs --x-um X --y-um Y, or --box X_UM,Y_UM,W_UM,H_UM")
+                raise InputError("--slide needs --x-um X --y-um Y, --box X_UM,Y_UM,W_UM,H_UM, or --annotation NAME_OR_ID")
         elif box is not None or x_um is not None or y_um is not None:
             raise InputError("--x-um/--y-um and --box need --slide NAME")
         if image is not None:
@@ -85,17 +96,28 @@ def register(app: typer.Typer) -> None:
             raise InputError("--mpp only applies to --image")
         if len(modes) != 1:
             raise InputError("give exactly one query: --patient ID --tile RANK, --slide NAME --x-um X --y-um Y, "
-                             "--slide NAME --box X,Y,W,H, or --image FILE")
+                             "--slide NAME --box X,Y,W,H, --slide NAME --annotation NAME_OR_ID, or --image FILE")
         filters = SearchFilters.build(labels=label or (), cohorts=cohort or (), min_score=min_score,
                                       exclude_patients=exclude_patient or (), exclude_same_site=exclude_site,
-                                      site_label=site_label, exclude_same=exclude_same or ())
-        encodes = modes[0] in ("image", "box", "point")
+                                      site_label=site_label, exclude_same=exclude_same or (), in_annotation=in_annotation or ())
+        if geojson is not None:
+            from eagle_index.cli.options import output_file
+
+            output_file(geojson, "GeoJSON")
+        encodes = modes[0] in ("image", "box", "point", "annotation")
         extra = {"models": models} if encodes and models is not None else {}
         settings = settings_from(data_dir, weights_dir if encodes else None, **extra)
         with service_for(settings, create=False) as service:
             result = service.regions.search(query, k, per_patient, filters, include_same_patient,
                                             image=image, mpp=mpp)
         data = result.as_dict()
+        if geojson is not None:
+            from eagle_index.atomic import atomic_write_text
+            from eagle_index.formats.geojson import dumps, hits_collection
+
+            collection = hits_collection(data)
+            atomic_write_text(geojson, dumps(collection), mkdir=False)
+            typer.echo(f"wrote {len(collection['features'])} hit tiles as GeoJSON to {geojson}", err=True)
         if as_json:
             typer.echo(json.dumps(data, indent=1))
             return

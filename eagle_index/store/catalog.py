@@ -203,6 +203,20 @@ class Catalog:
         return slide.id
 
     @staticmethod
+    def delete_slides(session: Session, slide_ids) -> int:
+        """Delete slide rows with what hangs on them (inside the caller's write): their tile rows, and their
+        annotations once no slide row of the same patient and name is left (annotations_repo). The patient's
+        vectors are the caller's to re-aggregate or drop. Returns slide rows deleted."""
+        from eagle_index.store import annotations_repo, tiles_repo
+
+        ids = [int(i) for i in slide_ids]
+        if not ids:
+            return 0
+        tiles_repo.remove_slides_tiles(session, ids)
+        annotations_repo.remove_for_slides(session, ids)
+        return session.execute(delete(Slide).where(Slide.id.in_(ids))).rowcount or 0
+
+    @staticmethod
     def done_artifacts(session: Session, patient_id: int) -> list[str]:
         """Artifact paths of a patient's embedded slides, in slide-name order."""
         rows = session.execute(

@@ -262,3 +262,40 @@ class TileToken(Base):
     attention: Mapped[float] = mapped_column(Float)
     dim: Mapped[int] = mapped_column(Integer)
     token: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+annotation_id_seq = Sequence("annotation_id_seq", metadata=Base.metadata)
+
+
+class Annotation(Base):
+    """A region drawn on a slide: QuPath GeoJSON geometry in level-0 pixels (revision 0006).
+
+    The slide is named by (patient_id, slide_name), so re-ingesting it, or new content stored at
+    its path (the old row superseded), keeps its annotations; slide_id is the row it was made on.
+    shape: rectangle | polygon | multipolygon | point | multipoint | line | multiline.
+    properties: the GeoJSON feature's other properties as imported (JSON), feature_id its `id`.
+    """
+
+    __tablename__ = "annotations"
+    id: Mapped[int] = mapped_column(Integer, annotation_id_seq, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(Integer, index=True)
+    slide_name: Mapped[str] = mapped_column(String)
+    slide_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    name: Mapped[str | None] = mapped_column(String, nullable=True)
+    class_name: Mapped[str | None] = mapped_column(String, nullable=True, index=True)
+    color: Mapped[str | None] = mapped_column(String, nullable=True)
+    shape: Mapped[str] = mapped_column(String)
+    geometry: Mapped[str] = mapped_column(Text)
+    properties: Mapped[str | None] = mapped_column(Text, nullable=True)
+    feature_id: Mapped[str | None] = mapped_column(String, nullable=True)
+    source: Mapped[str | None] = mapped_column(String, nullable=True)
+    x0_px: Mapped[float] = mapped_column(Float)
+    y0_px: Mapped[float] = mapped_column(Float)
+    x1_px: Mapped[float] = mapped_column(Float)
+    y1_px: Mapped[float] = mapped_column(Float)
+    x0_um: Mapped[float | None] = mapped_column(Float, nullable=True)
+    y0_um: Mapped[float | None] = mapped_column(Float, nullable=True)
+    x1_um: Mapped[float | None] = mapped_column(Float, nullable=True)
+    y1_um: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -7,10 +7,15 @@ every route registered here, and a test keeps the two in step.
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from flask import Blueprint
 
 from web.api import catalog, cohorts, core, jobs, media, probes, regions, search, viewer
 
+# `from web.api import annotations` would give this module's `from __future__ import annotations` feature
+annotations_api = import_module("web.api.annotations")
+
 api = Blueprint("api", __name__)
-for module in (core, catalog, search, cohorts, probes, jobs, media, viewer, regions):
+for module in (core, catalog, search, cohorts, probes, jobs, media, viewer, regions, annotations_api):
     api.register_blueprint(module.bp)

@@ -24,7 +24,8 @@ from web.errors import ApiError, page_words, status_of, user_named
 bp = Blueprint("regions", __name__)
 
 UPLOAD_STEM = "eagle-region-upload"  # the stored upload's name; messages name the user's file instead
-QUERY_KEYS = ("patient", "tile", "slide", "slide_id", "x_um", "y_um", "box")
+QUERY_KEYS = ("patient", "tile", "slide", "slide_id", "x_um", "y_um", "box", "annotation")
+GEOJSON = "geojson"  # "format": "geojson" (or ?format=geojson): the hits as a QuPath FeatureCollection
 
 
 def _query(body: dict) -> dict:
@@ -42,6 +43,8 @@ def _query(body: dict) -> dict:
         box = query["box"]
         if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
             raise ApiError(400, "box must be [x_um, y_um, w_um, h_um]", field="box")
+    if "annotation" in query and (isinstance(query["annotation"], bool) or not isinstance(query["annotation"], (str, int))):
+        raise ApiError(400, "annotation must be an annotation id or name", field="annotation")
     if "slide_id" in query and "slide" in query:
         raise ApiError(400, "give slide or slide_id, not both", field="slide_id")
     if not query:
@@ -52,8 +55,10 @@ def _query(body: dict) -> dict:
 
 @bp.post("/search/tiles")
 def search_tiles():
-    """Region search; JSON: {patient, tile} | {slide|slide_id, x_um, y_um} | {slide|slide_id, box}, plus k,
-    per_patient, include_same_patient, filters; multipart: file (+ mpp, k, per_patient, filters as JSON)."""
+    """Region search; JSON: {patient, tile} | {slide|slide_id, x_um, y_um} | {slide|slide_id, box} |
+    {slide|slide_id, annotation (id or name)}, plus k, per_patient, include_same_patient, filters, format
+    (json | geojson: the hits as a QuPath FeatureCollection; also ?format=); multipart: file (+ mpp, k,
+    per_patient, filters as JSON, format)."""
     svc = service()
     if request.files or (request.content_type or "").startswith("multipart/"):
         upload = request.files.get("file")
@@ -83,11 +88,32 @@ def search_tiles():
                 raise ApiError(status_of(exc), message, field=field) from None
         out = result.as_dict()
         out["query"]["image"] = name
-        return jsonify(out)
+        return _answer(out, _format(form.get("format")))
     body = json_body()
+    fmt = _format(body.get("format"))
     k = int_field(body, "k", 20, 1, MAX_K)
     per_patient = int_field(body, "per_patient", 3, 1, MAX_K)
     include = bool_value(body.get("include_same_patient"), "include_same_patient")
     filters = _filters_from_body(body)
     result = svc.regions.search(_query(body), k, per_patient, filters, include)
-    return jsonify(result.as_dict())
+    return _answer(result.as_dict(), fmt)
+
+
+def _format(given) -> str:
+    fmt = request.args.get("format") or given or "json"
+    if fmt not in ("json", GEOJSON):
+        raise ApiError(400, f"format must be json or geojson, got {str(fmt)[:20]!r}", field="format")
+    return fmt
+
+
+def _answer(out: dict, fmt: str):
+    """The result as JSON, or its hits as a QuPath FeatureCollection (a download)."""
+    if fmt != GEOJSON:
+        return jsonify(out)
+    from flask import Response
+
+    from eagle_index.formats.geojson import dumps, hits_collection
+
+    response = Response(dumps(hits_collection(out)), mimetype="application/geo+json")
+    response.headers["Content-Disposition"] = 'attachment; filename="eagle-hits.geojson"'
+    return response

@@ -30,11 +30,12 @@ def _filters_from_args():
     exclude_site = bool_arg("exclude_site")
     exclude_same = [v for v in request.args.getlist("exclude_same") if v]
     exclude_patients = [v for v in request.args.getlist("exclude_patient") if v]
-    if not (labels or cohorts or min_score is not None or exclude_site or exclude_same or exclude_patients):
+    in_annotation = [v for v in request.args.getlist("in_annotation") if v]
+    if not (labels or cohorts or min_score is not None or exclude_site or exclude_same or exclude_patients or in_annotation):
         return None
     return SearchFilters.build(labels=labels, cohorts=cohorts, min_score=min_score, exclude_patients=exclude_patients,
                                exclude_same_site=exclude_site, site_label=request.args.get("site_label") or "site",
-                               exclude_same=exclude_same)
+                               exclude_same=exclude_same, in_annotation=in_annotation)
 
 
 @bp.get("/search")
@@ -83,7 +84,7 @@ def _filters_from_body(body: dict):
         return SearchFilters()
     if not isinstance(raw, dict):
         raise ApiError(400, "filters must be an object", field="filters")
-    raw = check_object(raw, "filters", lists=("cohorts", "exclude_patients", "exclude_same"), numbers=("min_score",),
+    raw = check_object(raw, "filters", lists=("cohorts", "exclude_patients", "exclude_same", "in_annotation"), numbers=("min_score",),
                        strings=("site_label",), bools=("exclude_same_site",), mappings=("labels",))
     min_score = raw.get("min_score")
     if min_score is not None and not -1.0 <= min_score <= 1.0:  # the bounds GET's min_score has: a cosine
