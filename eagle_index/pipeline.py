@@ -77,7 +77,7 @@ def embed_slide(path: Path, models, settings: Settings, mpp_override: float | No
 
 
 def embed_slides(items, models, settings: Settings, batch_size: int | None = None, progress=None,
-                 prefetch: int | None = None, on_start=None):
+                 prefetch: int | None = None, on_start=None, stop=None):
     """Embed slides in order, reading each while the ones before it are embedded.
 
     `items` yields `(path, mpp_override, name_or_None)`; yields `(item, SlideResult)` or
@@ -86,6 +86,9 @@ def embed_slides(items, models, settings: Settings, batch_size: int | None = Non
     Reading happens in reader processes (`settings.tiling.read_workers`, default one per core;
     slides/pool.py), or on threads in this process with `read_workers=0` - same tiles either way.
     `on_start(item)` is called as each slide's embedding starts (progress displays).
+    `stop` (a threading.Event, reader processes only): once set, a wait for tiles raises
+    `slides.pool.ReadInterrupted` within half a second (an owner's shutdown; a blocked read is
+    killed); every slide's reads are bounded by its read lease either way (issue 24 item 3).
     """
     from eagle_index.errors import EagleIndexError, ModelError
 
@@ -114,7 +117,7 @@ def embed_slides(items, models, settings: Settings, batch_size: int | None = Non
     # runs in the reader processes meanwhile instead of stalling the GPU (results keep their order).
     deferred: _Deferred | None = None
     try:
-        for handle in pool.stream(((p, mpp, (p, mpp, name)) for p, mpp, name in items), tiling, prefetch=depth):
+        for handle in pool.stream(((p, mpp, (p, mpp, name)) for p, mpp, name in items), tiling, prefetch=depth, stop=stop):
             item = handle.item
             if on_start is not None:
                 on_start(item)

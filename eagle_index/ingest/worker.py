@@ -124,14 +124,17 @@ class Worker:
                 self.queue.heartbeat(current[0].id, {"tiles": tiles[0], "stage": "ctranspath"})
                 last_beat[0] = time.monotonic()
 
-        stream = pipeline.embed_slides(jobs(), self.ctx.models, self.ctx.settings, progress=progress, on_start=start)
+        from eagle_index.slides.pool import ReadInterrupted
+
+        stream = pipeline.embed_slides(jobs(), self.ctx.models, self.ctx.settings, progress=progress, on_start=start,
+                                       stop=self.stop)  # a read blocked at shutdown is abandoned (ReadInterrupted)
         try:
             for _, result in stream:
                 claimed, before, started = pending.popleft()
                 states.append(self._finish(claimed, before, started, result))
                 if self.stop.is_set():
                     break
-        except Interrupted:
+        except (Interrupted, ReadInterrupted):
             pass
         except Exception as exc:  # noqa: BLE001 - one bad slide must never stop the worker
             if pending:

@@ -18,6 +18,14 @@ priority task (the top-k re-read for Virchow2) waits for at most the jobs alread
 Failures. A slide that cannot be read fails alone (its SlideError names the file). A reader
 process that dies (a crashing decoder) breaks the pool: it is restarted and the current slide is
 read again alone; if it breaks the pool alone it fails, and the slides behind it are re-planned.
+
+Leases (issue 24 item 3). A read can block for good (a hung NFS mount, a FIFO where OpenSlide
+opens a file): the consumer waits for a slide's tiles at most its read lease
+(`TilingSettings.read_lease`: a base plus seconds per GB of file, summed over every wait of that
+slide). Past it the reader processes are killed (the blocked one cannot be reached otherwise) and
+started afresh, the slide fails with "read did not finish within N s", and the slides behind it
+are re-planned. A stream given a `stop` event raises `ReadInterrupted` within half a second of it
+being set, from any wait, and kills a blocked read the same way, so an owner stops on SIGTERM.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -45,6 +54,8 @@ from eagle_index.slides.tiling import TileBatch, TileGrid
 log = logging.getLogger(__name__)
 
 SLOT_TILES = 32  # tiles per shared-memory slot: a read job never holds more
+POLL_S = 0.5  # how often a consumer waiting for tiles looks at its stop event
+KILL_GRACE_S = 5.0  # close(): how long reader processes may take to finish their task before they are killed
 OPEN_SLIDES = 4  # slides a reader process keeps open (the current one and those read ahead)
 
 
@@ -251,6 +262,7 @@ class ReaderPool:
         self._lock = threading.Lock()  # streams of several threads (a Ray actor's slides) share one pool
         self.generation = 0
         self.busy = multiprocessing.get_context("forkserver").Value("d", 0.0)  # seconds in tasks, all processes
+        self._closed = False
         self._executor = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
@@ -267,23 +279,34 @@ class ReaderPool:
         wait(started)
         return executor
 
-    def restart(self, generation: int) -> None:
+    def restart(self, generation: int, kill: bool = False) -> None:
         """A reader process died (the executor killed the others): start fresh processes, once
-        per breakage however many streams noticed it."""
+        per breakage however many streams noticed it. With `kill` (a read past its lease, or
+        abandoned on stop), every reader process is killed first - a process blocked in a read
+        never finishes its task - and fresh ones start with the next submit."""
         with self._lock:
-            if generation != self.generation:
+            if generation != self.generation or self._closed:
                 return
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = self._start()
+            if kill:
+                if self._executor is not None:
+                    _kill_executor(self._executor)
+                self._executor = None
+            else:
+                if self._executor is not None:
+                    self._executor.shutdown(wait=True, cancel_futures=True)
+                self._executor = self._start()
             self._free = list(range(self.n_slots))
             self.generation += 1
 
     def submit(self, fn, *args) -> Future:
         """Submit a task; on a broken pool, a future that already holds BrokenProcessPool (so
         every caller handles a dead reader in one place: where it reads the result)."""
-        executor = self._executor
-        if executor is None:
-            raise RuntimeError("the reader pool is closed")
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the reader pool is closed")
+            if self._executor is None:  # killed after a lease: fresh processes
+                self._executor = self._start()
+            executor = self._executor
         try:
             return executor.submit(fn, *args)
         except BrokenProcessPool as exc:
@@ -305,12 +328,25 @@ class ReaderPool:
                 self._free.append(slot)
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
-            self.slots = None
-            self._shm.close()
-            self._shm.unlink()
+        """Stop the reader processes (one still in a task after KILL_GRACE_S, e.g. blocked in a read,
+        is killed) and free the shared memory."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            processes = list((getattr(executor, "_processes", None) or {}).values())
+            executor.shutdown(wait=False, cancel_futures=True)
+            deadline = time.monotonic() + KILL_GRACE_S
+            for process in processes:
+                process.join(max(0.0, deadline - time.monotonic()))
+            if any(p.is_alive() for p in processes):
+                _kill_executor(executor)
+            executor.shutdown(wait=True)
+        self.slots = None
+        self._shm.close()
+        self._shm.unlink()
 
     def __enter__(self) -> "ReaderPool":
         return self
@@ -318,8 +354,25 @@ class ReaderPool:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def stream(self, items: Iterable, settings: TilingSettings, prefetch: int = 2, use_mask: bool = True) -> "SlideStream":
-        return SlideStream(self, items, settings, prefetch, use_mask)
+    def stream(self, items: Iterable, settings: TilingSettings, prefetch: int = 2, use_mask: bool = True,
+               stop: threading.Event | None = None) -> "SlideStream":
+        return SlideStream(self, items, settings, prefetch, use_mask, stop)
+
+
+def _kill_executor(executor: ProcessPoolExecutor) -> None:
+    """Kill every process of `executor` (its futures end with BrokenProcessPool) and let it go."""
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    for process in processes:
+        try:
+            process.kill()
+        except (OSError, ValueError, AttributeError):
+            pass
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        try:
+            process.join(KILL_GRACE_S)
+        except (OSError, ValueError, AssertionError):
+            pass
 
 
 _shared: ReaderPool | None = None
@@ -355,6 +408,11 @@ class ReadRestart(Exception):
     """The pool broke under this slide and was restarted: read the slide again from the start."""
 
 
+class ReadInterrupted(Exception):
+    """The stream's stop event was set while it waited for tiles (an owner shutting down). Not a
+    SlideError: the slide did nothing wrong, its job goes back to the queue."""
+
+
 @dataclass
 class _Work:
     """One slide in the stream's window: its plan, its read jobs, the ones submitted."""
@@ -364,17 +422,38 @@ class _Work:
     item: object
     plan_future: Future | None = None
     plan: SlidePlan | None = None
+    lease: float = 0.0  # seconds the consumer may wait for this slide's reads (TilingSettings.read_lease)
+    waited: float = 0.0  # seconds it has waited so far
     next_job: int = 0
     submitted: collections.deque = field(default_factory=collections.deque)  # (future, slot token, positions)
 
 
-def _settle(future: Future) -> None:
-    """Cancel `future`, or wait until its process is done with its slot."""
+def _settle(future: Future, pool: "ReaderPool", token: tuple[int, int]) -> None:
+    """Cancel `future`, or wait until its process is done with its slot; one still under way after
+    KILL_GRACE_S (a blocked read) gets the reader processes killed, which frees every slot."""
     if not future.cancel():
         try:
-            future.exception()
+            future.exception(timeout=KILL_GRACE_S)
+        except TimeoutError:
+            log.warning("a read was still under way %.0f s after its slide was given up; killing the reader processes",
+                        KILL_GRACE_S)
+            pool.restart(token[1], kill=True)
         except Exception:  # noqa: BLE001 - cancelled, broken: either way the slot is free (Ctrl-C goes through)
             pass
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def lease_error(path: str, lease: float) -> SlideError:
+    """The one-line failure of a slide whose read outlived its lease."""
+    return SlideError(f"{path}: read did not finish within {round(lease, 1):g} s (read lease: EAGLE_INDEX_READ_LEASE_S "
+                      "plus EAGLE_INDEX_READ_LEASE_PER_GB_S per GB); the blocked reader processes were killed and "
+                      "restarted (a hung file system, or a FIFO where a file belongs?)")
 
 
 class SlideStream:
@@ -384,8 +463,10 @@ class SlideStream:
     valid until the next one. A slide's own error is raised by its `plan` / `tissue_batches`.
     """
 
-    def __init__(self, pool: ReaderPool, items: Iterable, settings: TilingSettings, prefetch: int = 2, use_mask: bool = True):
+    def __init__(self, pool: ReaderPool, items: Iterable, settings: TilingSettings, prefetch: int = 2, use_mask: bool = True,
+                 stop: threading.Event | None = None):
         self.pool = pool
+        self.stop = stop
         self.settings = settings
         self.prefetch = max(0, prefetch)
         self.use_mask = use_mask
@@ -419,13 +500,13 @@ class SlideStream:
             except StopIteration:
                 self._exhausted = True
                 break
-            self._window.append(_Work(str(path), mpp_override, item))
+            self._window.append(_Work(str(path), mpp_override, item, lease=self.settings.read_lease(_file_size(str(path)))))
         self._pump()
 
     def _release(self, work: _Work) -> None:
         while work.submitted:
             future, token, _ = work.submitted.popleft()
-            _settle(future)
+            _settle(future, self.pool, token)
             self.pool.give_slot(token)
         if work.plan_future is not None:
             work.plan_future.cancel()
@@ -466,16 +547,45 @@ class SlideStream:
                 work.next_job += 1
                 budget -= 1
 
-    def _wait(self, future: Future) -> None:
-        """Wait for `future`, submitting the window's next work whenever any task finishes, so
-        the reader processes never run dry behind a slow head-of-line job."""
+    def _wait(self, future: Future, work: _Work) -> None:
+        """Wait for `future` (a read of `work`), submitting the window's next work whenever any task
+        finishes, so the reader processes never run dry behind a slow head-of-line job. Counts
+        the wait into `work`'s lease (SlideError past it) and looks at the stop event."""
         self._pump()
         while not future.done():
+            self._check(work)
             busy = [f for w in self._window for f, _, _ in w.submitted if not f.done()]
             busy += [w.plan_future for w in self._window if w.plan is None and w.plan_future is not None
                      and not w.plan_future.done()]
-            wait(busy or [future], return_when=FIRST_COMPLETED)
+            t0 = time.monotonic()
+            wait(busy or [future], timeout=min(POLL_S, max(0.0, work.lease - work.waited)), return_when=FIRST_COMPLETED)
+            work.waited += time.monotonic() - t0
             self._pump()
+
+    def _check(self, work: _Work) -> None:
+        """Raise ReadInterrupted once `stop` is set, the lease's SlideError once `work` has waited
+        its lease; either way a read still under way is killed with the reader processes."""
+        if self.stop is not None and self.stop.is_set():
+            self._abandon()
+            raise ReadInterrupted(work.path)
+        if work.waited >= work.lease:
+            log.warning("%s: read did not finish within %.1f s; killing the reader processes", work.path, work.lease)
+            self._abandon()
+            raise lease_error(work.path, work.lease)
+
+    def _abandon(self) -> None:
+        """Kill the reader processes if a task of this window is still under way (the slides of the
+        window are planned again on fresh processes)."""
+        running = [f for w in self._window for f, _, _ in w.submitted if not f.done()]
+        running += [w.plan_future for w in self._window if w.plan_future is not None and not w.plan_future.done()]
+        if not running:
+            return
+        generation = self.pool.generation
+        for other in self._window:
+            other.submitted.clear()
+            other.plan_future, other.plan, other.next_job = None, None, 0
+        self.pool.restart(generation, kill=True)
+        self._alone = False
 
     def _broken(self, work: _Work) -> None:
         """A reader process died: restart the pool; the current slide is read again, alone.
@@ -510,7 +620,7 @@ class PooledSlide:
         while work.plan is None:
             if work.plan_future is None:
                 stream._pump()
-            stream._wait(work.plan_future)
+            stream._wait(work.plan_future, work)
             try:
                 work.plan = work.plan_future.result()
             except BrokenProcessPool:
@@ -530,7 +640,7 @@ class PooledSlide:
             if not work.submitted:
                 stream._pump()
             future, token, positions = work.submitted[0]
-            stream._wait(future)
+            stream._wait(future, work)
             try:
                 keep = future.result()
             except BrokenProcessPool:
@@ -568,7 +678,7 @@ class PooledSlide:
         stream, work = self._stream, self._work
         x_um, y_um = np.atleast_1d(x_um), np.atleast_1d(y_um)
         tile = self.plan.grid.tile_px
-        pending = PendingTiles(stream.pool, np.empty((len(x_um), tile, tile, 3), np.uint8))
+        pending = PendingTiles(stream.pool, np.empty((len(x_um), tile, tile, 3), np.uint8), work.path, work.lease, stream.stop)
         chunk = max(1, min(SLOT_TILES, -(-len(x_um) // stream.pool.workers)))
         try:
             for start in range(0, len(x_um), chunk):
@@ -592,9 +702,26 @@ class PooledSlide:
 class PendingTiles:
     """Tiles the reader processes are reading into priority slots; `result()` collects them."""
 
-    def __init__(self, pool: ReaderPool, out: np.ndarray):
+    def __init__(self, pool: ReaderPool, out: np.ndarray, path: str = "", lease: float = float("inf"),
+                 stop: threading.Event | None = None):
         self.pool, self.out = pool, out
+        self.path, self.lease, self.stop, self.waited = path, lease, stop, 0.0  # the slide's lease, as in SlideStream
         self.chunks: collections.deque = collections.deque()  # (future, slot token, slice of out)
+
+    def _result(self, future: Future, token: tuple[int, int]):
+        """`future.result()` within the lease, watching the stop event (see SlideStream._check)."""
+        while not future.done():
+            interrupted = self.stop is not None and self.stop.is_set()
+            if interrupted or self.waited >= self.lease:
+                self.pool.restart(token[1], kill=True)
+                if interrupted:
+                    raise ReadInterrupted(self.path)
+                log.warning("%s: top-tile read did not finish within %.1f s; killing the reader processes", self.path, self.lease)
+                raise lease_error(self.path, self.lease)
+            t0 = time.monotonic()
+            wait([future], timeout=min(POLL_S, max(0.0, self.lease - self.waited)))
+            self.waited += time.monotonic() - t0
+        return future.result()
 
     def collect_one(self) -> bool:
         """Copy the oldest chunk out of its slot (waiting for it); False if none is left."""
@@ -602,7 +729,7 @@ class PendingTiles:
             return False
         future, token, sl = self.chunks.popleft()
         try:
-            n = future.result()
+            n = self._result(future, token)
             self.out[sl] = self.pool.slots[token[0], :n]
         except BaseException:
             self.cancel()
@@ -620,7 +747,7 @@ class PendingTiles:
     def cancel(self) -> None:
         while self.chunks:
             future, token, _ = self.chunks.popleft()
-            _settle(future)
+            _settle(future, self.pool, token)
             self.pool.give_slot(token)
 
 
