@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from eagle_index.errors import InputError, NotFoundError
+from eagle_index.identifiers import check_identifier
 from eagle_index.atomic import atomic_path
 from eagle_index.search import LOAD_CHUNK, SearchFilters, allowed_ids, parse_label_filters
 from eagle_index.store import cohorts_repo as repo
@@ -151,9 +152,9 @@ class CohortService:
     def create(self, name: str, definition: CohortDefinition | dict | None = None, replace: bool = False, **fields) -> dict:
         """Save a definition and materialise it. Give a CohortDefinition, its dict, or its fields
         (labels=["organ=lung"], cohorts=[...], seeds=[...], min_similarity=, probe=, min_probability=, kind=, signature=)."""
-        name = (name or "").strip()
-        if not name:
+        if not (name or "").strip():
             raise InputError("a cohort needs a name")
+        name = check_identifier("cohort name", name)  # addressable: /api/v1/cohorts/<name>; never '..'
         if definition is None:
             if fields.get("kind") is None:
                 fields["kind"] = self.catalog.default_kind()

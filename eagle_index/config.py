@@ -38,6 +38,7 @@ DEFAULT_MAX_UPLOAD_MB = 4096  # whole-slide images are large; JSON bodies have t
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 ENV_DCT_DECODE = "EAGLE_INDEX_DCT_DECODE"
+ENV_SEARCH_BATCH_MS = "EAGLE_INDEX_SEARCH_BATCH_MS"
 ENV_READ_LEASE = "EAGLE_INDEX_READ_LEASE_S"  # issue 24 item 3: how long a slide's reads may take
 ENV_READ_LEASE_PER_GB = "EAGLE_INDEX_READ_LEASE_PER_GB_S"
 
@@ -110,6 +111,10 @@ class IndexSettings(BaseModel):
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_construction: int = Field(80, ge=8)
     hnsw_ef_search: int = Field(64, ge=8)
+    search_batch_ms: float = Field(
+        1.0, ge=0, le=100, description="single-query searches of one index arriving while another runs are gathered "
+                                       "this long into one FAISS call (store/batching.py); 0: off; env "
+                                       "EAGLE_INDEX_SEARCH_BATCH_MS")
 
 
 class ViewerSettings(BaseModel):
@@ -228,6 +233,12 @@ def _environment() -> dict[str, Any]:
                 raise _env_error(name, raw, f"a number of seconds, {least}") from None
     if tiling:
         values["tiling"] = TilingSettings(**tiling)
+    raw = env.get(ENV_SEARCH_BATCH_MS, "").strip()
+    if raw:
+        try:
+            values["index"] = IndexSettings(search_batch_ms=float(raw))
+        except (ValueError, ValidationError):
+            raise _env_error(ENV_SEARCH_BATCH_MS, raw, "milliseconds from 0 (off) to 100") from None
     return values
 
 

@@ -8,14 +8,11 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, request
 
-from web.api.params import choice, int_arg, json_body, label_args, page_args, service, str_field
+from web.api.params import checked, choice, int_arg, json_body, label_args, page_args, service
 from eagle_index.errors import EagleIndexError
 from web.errors import ApiError, user_named
 
 bp = Blueprint("catalog", __name__)
-
-LABEL_NAME_MAX = 100
-LABEL_VALUE_MAX = 500
 
 
 def _allowed_ids(svc) -> set[int] | None:
@@ -77,12 +74,19 @@ def patient_labels(patient: str):
 @bp.post("/patients/<patient>/labels")
 def add_label(patient: str):
     """Add or replace one label of a patient: {"name": ..., "value": ...} (value null clears it)."""
+    from eagle_index.identifiers import check_label_name, check_label_value
+
     body = json_body()
-    name = str_field(body, "name", required=True, max_len=LABEL_NAME_MAX)
+    name = body.get("name")
+    if name is None or (isinstance(name, str) and not name.strip()):
+        raise ApiError(400, "name is required", field="name")
+    if not isinstance(name, str):
+        raise ApiError(400, "name must be a string", field="name")
+    name = checked(check_label_name, "name", name)  # the rule every label name follows (imports too)
     value = body.get("value")
     if isinstance(value, bool) or not (value is None or isinstance(value, (str, int, float))):
         raise ApiError(400, "value must be a string, a number or null", field="value")
-    value = None if value is None else str(value).strip()[:LABEL_VALUE_MAX] or None
+    value = None if value is None or not str(value).strip() else checked(check_label_value, "value", str(value), name=name)
     return jsonify({"patient": patient, "labels": service().set_label(patient, name, value, source="web")})
 
 

@@ -10,14 +10,13 @@ import uuid
 
 from flask import Blueprint, jsonify, request, send_file
 
-from web.api.params import bool_value, check_object, choice, float_arg, int_arg, json_body, page_args, service, str_field
+from web.api.params import bool_value, check_object, choice, float_arg, identifier_field, int_arg, json_body, page_args, service
 from web.errors import ApiError
 
 bp = Blueprint("cohorts", __name__)
 
 EXPORT_SUFFIX = {"stamp": ".csv", "clinical": ".csv", "eagle-h5": ".h5", "parquet": ".parquet"}
 EXPORT_MIME = {".csv": "text/csv", ".h5": "application/x-hdf5", ".parquet": "application/vnd.apache.parquet"}
-NAME = re.compile(r"^[^/\\\x00-\x1f]{1,100}$")
 
 
 def _definition(body: dict):
@@ -50,9 +49,7 @@ def cohorts():
 def create():
     """{"name", "definition": {labels, cohorts, seeds, min_similarity, probe, min_probability, kind, signature}, "replace"}."""
     body = json_body()
-    name = str_field(body, "name", required=True, max_len=100)
-    if not NAME.match(name):
-        raise ApiError(400, "name may not contain slashes or control characters", field="name")
+    name = identifier_field(body, "name", "cohort name", required=True)  # one URL path segment: /cohorts/<name>
     definition = _definition(body)
     replace = bool_value(body.get("replace"), "replace")
     return jsonify(service().cohorts.create(name, definition, replace=replace)), 201

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, request
 
-from web.api.params import int_arg, json_body, service
+from web.api.params import identifier_field, int_arg, json_body, service
 from web.errors import ApiError
 
 bp = Blueprint("jobs", __name__)
@@ -65,9 +65,9 @@ def enqueue():
     paths = body.get("paths")
     if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
         raise ApiError(400, "paths must be a non-empty list of strings", field="paths")
-    patient = body.get("patient")
-    if patient is not None and (not isinstance(patient, str) or not patient.strip()):
+    if body.get("patient") is not None and (not isinstance(body["patient"], str) or not body["patient"].strip()):
         raise ApiError(400, "patient must be a non-empty string", field="patient")
+    patient = identifier_field(body, "patient", "patient")
     roots = _roots()
     resolved = [_resolve_inside(raw, roots) for raw in paths]
     accepted, refused = [], []
@@ -77,7 +77,17 @@ def enqueue():
             if not inside(real, roots):
                 refused.append({"file": str(slide), "reason": "links outside the ingest folders"})
                 continue
-            state, job_id = service().jobs.enqueue(slide_fingerprint(real), str(real), patient or _patient_of(real))
+            owner = patient or _patient_of(real)
+            if patient is None:  # an id taken from the file name obeys the same rule: this file is refused, with why
+                from eagle_index.errors import InputError
+                from eagle_index.identifiers import check_identifier
+
+                try:
+                    owner = check_identifier("patient id", owner, where=f"{real.name} (patient id from the file name)")
+                except InputError as exc:
+                    refused.append({"file": str(slide), "reason": f"{exc}; give the patient in the request or a slide table"})
+                    continue
+            state, job_id = service().jobs.enqueue(slide_fingerprint(real), str(real), owner)
             accepted.append({"file": str(real), "state": state, "job": job_id})
     return jsonify({"jobs": accepted, "refused": refused}), 202
 

@@ -96,6 +96,32 @@ def str_field(body: dict, name: str, required: bool = False, default: str | None
     return value.strip()
 
 
+def checked(check, field: str, *args, **kwargs):
+    """`check(*args, **kwargs)` from `eagle_index.identifiers` (the one rule for ids and names); its error
+    becomes a 400 naming `field`."""
+    from eagle_index.errors import InputError
+
+    try:
+        return check(*args, **kwargs)
+    except InputError as exc:
+        raise ApiError(400, str(exc), field=field) from None
+
+
+def identifier_field(body: dict, name: str, kind: str, required: bool = False) -> str | None:
+    """An identifier (patient id, cohort name, ...) from a JSON body, held to the identifier rule:
+    a 400 naming the field otherwise (the value quoted short, however long it was)."""
+    from eagle_index.identifiers import check_identifier
+
+    value = body.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise ApiError(400, f"{name} is required", field=name)
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, f"{name} must be a string", field=name)
+    return checked(check_identifier, name, kind, value)
+
+
 def str_list(body: dict, name: str) -> list[str]:
     value = body.get(name)
     if value is None:
