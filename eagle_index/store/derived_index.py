@@ -10,7 +10,8 @@ sidecar recording the set's generation, count and a digest of the ids it holds. 
   holds the catalog's exclusive lock, or drops the set on any doubt (the next `get` rebuilds);
 - saves atomically, index first, sidecar second (small sets after every commit, large ones at
   most every `SAVE_INTERVAL_S` and on `flush`);
-- searches under the catalog's read lock.
+- searches under the catalog's read lock, single queries that arrive together gathered into one
+  FAISS call per index and k (`store/batching.py`, EAGLE_INDEX_SEARCH_BATCH_MS).
 
 Loading and rebuilding also run under the read lock (and then `_lock`, always in that order: the
 writer holds the exclusive side before it takes `_lock`), so no commit lands between reading
@@ -38,6 +39,7 @@ import numpy as np
 
 from eagle_index.atomic import atomic_path, atomic_write_text
 from eagle_index.config import IndexSettings
+from eagle_index.store.batching import SearchBatcher, batchable
 from eagle_index.store.validation import as_vector_matrix, l2_normalized
 
 log = logging.getLogger(__name__)
@@ -214,6 +216,8 @@ class DerivedIndex:
         self._loaded: dict[Key, Loaded] = {}
         self._dirty: dict[Key, float] = {}  # unsaved in-memory updates -> time of last save
         self._lock = threading.RLock()
+        # single-query searches arriving together share one FAISS call (store/batching.py)
+        self.batcher = SearchBatcher(settings.search_batch_ms / 1000.0)
 
     # -- the catalog side (subclasses) ------------------------------------------------------------
     def key_of(self, info) -> Key:
@@ -419,12 +423,20 @@ class DerivedIndex:
         with self.catalog.reading():
             return self.search_loaded(self.get(*key), queries, k, label)
 
-    def search_loaded(self, loaded: Loaded, queries: np.ndarray, k: int, label: str = "query vector") -> tuple[np.ndarray, np.ndarray]:
-        """`search_rows` on an index from `get`; the caller holds `catalog.reading()` since that `get`."""
+    def search_loaded(self, loaded: Loaded, queries: np.ndarray, k: int, label: str = "query vector",
+                      params=None) -> tuple[np.ndarray, np.ndarray]:
+        """`search_rows` on an index from `get`; the caller holds `catalog.reading()` since that `get`.
+
+        A single query row without FAISS `params` (e.g. an id selector) may be searched in one call
+        with others of the same index and k (`store/batching.py`); the answer is the one it gets alone."""
         if not self.catalog.lock.holds_read():
             raise RuntimeError("search a loaded index only under catalog.reading()")
         queries = l2_normalized(as_vector_matrix(queries, loaded.info.dim, label))
         want = min(loaded.ntotal, k)
         if want <= 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        return loaded.index.search(queries, want)
+        if params is None and len(queries) == 1 and self.batcher.enabled:
+            # gathered with other single queries of this index and k (every caller holds the read lock)
+            return self.batcher.search(loaded.index, np.ascontiguousarray(queries, np.float32), want,
+                                       batchable(loaded.index, loaded.info.dim))
+        return self.batcher.direct(loaded.index, queries, want, params)
