@@ -33,6 +33,7 @@ ENV_TOKEN = "EAGLE_INDEX_TOKEN"
 ENV_LOG = "EAGLE_INDEX_LOG"
 ENV_MAX_UPLOAD_MB = "EAGLE_INDEX_MAX_UPLOAD_MB"
 ENV_DEBUG = "EAGLE_INDEX_DEBUG"
+ENV_STALE_FILE_SECONDS = "EAGLE_INDEX_STALE_FILE_SECONDS"  # issue 24 item 9: start-up cleanup's age threshold
 
 DEFAULT_MAX_UPLOAD_MB = 4096  # whole-slide images are large; JSON bodies have their own, small limit
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -202,7 +203,18 @@ def _environment() -> dict[str, Any]:
     if env.get(ENV_HF_TOKEN):
         values["hf_token"] = env[ENV_HF_TOKEN]
     if env.get(ENV_TOKEN):
+        problem = token_characters_problem(env[ENV_TOKEN])  # issue 24 item 11: a newline must not reach a header
+        if problem:
+            raise _token_error(problem)
         values["token"] = env[ENV_TOKEN]  # its length is checked where it is used (serve refuses a short one)
+    raw = env.get(ENV_STALE_FILE_SECONDS, "")
+    if raw.strip():
+        try:
+            values["stale_file_seconds"] = float(raw)
+        except ValueError:
+            raise _env_error(ENV_STALE_FILE_SECONDS, raw, "a number of seconds, 1 or more") from None
+        if not values["stale_file_seconds"] >= 1 or values["stale_file_seconds"] == float("inf"):
+            raise _env_error(ENV_STALE_FILE_SECONDS, raw, "a number of seconds, 1 or more")
     raw = env.get(ENV_LOG, "")
     if raw.strip():
         if raw.strip().upper() not in LOG_LEVELS:
@@ -240,6 +252,24 @@ def _environment() -> dict[str, Any]:
         except (ValueError, ValidationError):
             raise _env_error(ENV_SEARCH_BATCH_MS, raw, "milliseconds from 0 (off) to 100") from None
     return values
+
+
+def token_characters_problem(token: str) -> str | None:
+    """Why a token cannot be used (it travels in an HTTP header), or None. Never quotes the token."""
+    for position, char in enumerate(token, 1):
+        if char in "\r\n":
+            return f"holds a line break (character {position})"
+        if not " " <= char <= "~":
+            kind = "a control character" if ord(char) < 32 or 127 <= ord(char) < 160 else "a non-ASCII character"
+            return f"holds {kind} (character {position})"
+    return None
+
+
+def _token_error(problem: str):
+    from eagle_index.errors import InputError
+
+    return InputError(f"{ENV_TOKEN} {problem}: a token is printable ASCII on one line, e.g. from "
+                      f"python -c 'import secrets; print(secrets.token_urlsafe(24))'")
 
 
 def default_cache_dir() -> Path:
@@ -302,6 +332,9 @@ class Settings(BaseModel):
     log_level: str | None = Field(None, description="log level of serve/daemon/backfill/demo; env EAGLE_INDEX_LOG; "
                                                     "None: the command's default")
     max_upload_mb: int = Field(DEFAULT_MAX_UPLOAD_MB, ge=1, description="web upload limit in MiB; env EAGLE_INDEX_MAX_UPLOAD_MB")
+    stale_file_seconds: float = Field(
+        60.0, ge=1, allow_inf_nan=False, description="start-up cleanup (housekeeping.py) deletes leftovers of killed runs "
+                                                     "older than this; env EAGLE_INDEX_STALE_FILE_SECONDS")
 
     @field_validator("hub_repos")
     @classmethod

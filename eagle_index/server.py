@@ -85,7 +85,7 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
     ownership = Ownership(settings.data_dir, options.role).acquire()
     stop = threading.Event()
     try:
-        removed = remove_stale_temp_files(settings)
+        removed = remove_stale_temp_files(settings, recheck=True)  # eagle_index/housekeeping.py (issue 24 item 9)
         if removed:
             log.info("removed %d temp file(s) left by killed runs: %s", len(removed), ", ".join(map(str, removed[:5])))
         service = EagleService(settings)
@@ -169,10 +169,7 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
 
 
 HTTP_THREADS = 8
-# Temp names this project writes (eagle_index.atomic.atomic_path, used by formats.h5util, store.vectors,
-# owner.Ownership.publish, ...): `.NAME.XXXXXXXX.tmp` beside the target (mkstemp's 8 random characters).
-_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
-STALE_TEMP_SECONDS = 60.0
+from eagle_index.housekeeping import STALE_TEMP_SECONDS, TEMP_NAME as _TEMP_NAME, remove_stale_temp_files  # noqa: E402,F401
 
 
 def make_http_server(app, host: str, port: int):
@@ -235,28 +232,6 @@ def _one_compute_thread_per_request(app):
 
     wsgi.flask_app = app
     return wsgi
-
-
-def remove_stale_temp_files(settings: Settings, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
-    """Delete temp files a killed run left in index/ and artifacts/ (and owner.json's, `.owner.json.XXXXXXXX.tmp`).
-
-    Only names this project writes, and only files untouched for `older_than` seconds; called by
-    the owner right after it takes the data folder, so no other eagle-index writer is alive.
-    """
-    cutoff = time.time() - older_than
-    candidates = [p for p in settings.data_dir.glob(".owner.json.*.tmp") if _TEMP_NAME.match(p.name)]
-    for folder in (settings.index_dir, settings.artifacts_dir):
-        if folder.is_dir():
-            candidates.extend(p for p in folder.rglob(".*.tmp") if _TEMP_NAME.match(p.name))
-    removed = []
-    for path in candidates:
-        try:
-            if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed.append(path)
-        except OSError as exc:
-            log.warning("cannot remove temp file %s: %s", path, exc)
-    return removed
 
 
 def recover_after_crash(service, max_attempts: int) -> dict:

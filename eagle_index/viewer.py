@@ -12,6 +12,13 @@ Reached as `service.viewer`; the web API only parses requests and renders these 
   A cache that cannot be written (disk full) is skipped, never an error.
 - Every tile has a strong ETag derived from the slide's fingerprint, file size and mtime, the
   tile's address and the encoding, so a client can revalidate without the tile being read.
+- A file replaced after it was embedded is never shown as that slide (issue 24 item 8): every
+  request (descriptor, tiles and their ETags, overlays, the patient's viewer, and `verify` for the
+  thumbnails and tile images of web/media.py) stats the file first, before any cache is read.
+  Cheap: a size other than the catalog's `size_bytes` is a replacement; a file not modified (mtime
+  and ctime, so `cp -p` counts) since the slide row was stored is the same file; otherwise the
+  fingerprint is computed once for that state of the file (size, mtime, inode, ctime) and the
+  verdict remembered. A replacement is SlideUnavailableError (409) naming the slide, never the path.
 - Coordinates: overlays are given in level-0 pixels (what the viewer's image coordinates are,
   `limit_bounds=False`) and in µm (what the artifacts store: µm = px × the slide's MPP).
 """
@@ -30,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from eagle_index import fingerprint as fingerprints
 from eagle_index.atomic import atomic_write_bytes
 from eagle_index.errors import EagleIndexError, NotFoundError
 
@@ -38,6 +46,7 @@ log = logging.getLogger(__name__)
 FORMATS = {"jpeg": "image/jpeg", "png": "image/png"}
 MAX_ID = 2**31 - 1
 RECORD_TTL_S = 5.0  # slide rows are re-read from the catalog at most this often per slide
+CACHE_FOLDERS = ("dzi", "thumbnails", "tiles", "uploads")  # under DATA/cache: the one capped image cache
 
 
 class SlideUnavailableError(EagleIndexError):
@@ -172,6 +181,22 @@ class _Record:
     height_px: int | None
     artifact_path: str | None
     read_at: float
+    size_bytes: int | None = None
+    stored_at: float | None = None  # when the slide row was stored (epoch seconds), if known
+
+
+def _epoch(value) -> float | None:
+    """A catalog datetime (naive UTC) as epoch seconds."""
+    from datetime import timezone
+
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _record_of(row, patient: str, now: float) -> "_Record":
+    return _Record(row.id, row.patient_id, patient, row.name, row.path, row.fingerprint, row.status, row.mpp, row.width_px,
+                   row.height_px, row.artifact_path, now, row.size_bytes, _epoch(row.created_at))
 
 
 class _Open:
@@ -189,9 +214,10 @@ class TileCache:
     refreshes the file's time so that the order survives a restart. Writes are atomic (temp file
     + rename); a failed write or eviction is logged, never raised."""
 
-    def __init__(self, root: Path, cap_bytes: int):
+    def __init__(self, root: Path, cap_bytes: int, folders: tuple[str, ...] | None = None):
         self.root = Path(root)
         self.cap = int(cap_bytes)
+        self.folders = folders  # the subfolders of root that are this cache (None: all of root)
         self._lock = threading.Lock()
         self._order: OrderedDict[Path, int] | None = None  # path -> size, least recently used first
         self._size = 0  # sum of self._order's sizes
@@ -243,17 +269,42 @@ class TileCache:
             self._size = sum(self._order.values())
         return self._order
 
-    def _files(self) -> list[tuple[float, int, Path]]:
+    def _files(self, under: Path | None = None) -> list[tuple[float, int, Path]]:
         out = []
-        for dirpath, _, names in os.walk(self.root):
-            for name in names:
-                path = Path(dirpath) / name
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue
-                out.append((st.st_mtime, st.st_size, path))
+        tops = [under] if under is not None else [self.root / f for f in self.folders] if self.folders else [self.root]
+        for top in tops:
+            for dirpath, _, names in os.walk(top):
+                for name in names:
+                    path = Path(dirpath) / name
+                    try:
+                        st = path.stat()
+                    except OSError:
+                        continue
+                    out.append((st.st_mtime, st.st_size, path))
         return out
+
+    def discard(self, relative_folder: str) -> int:
+        """Delete every cached file under `relative_folder` (the images of a source that is gone); how many."""
+        folder = self.root / relative_folder
+        removed = 0
+        with self._lock:
+            for _, size, path in self._files(folder):
+                try:
+                    path.unlink()
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("image cache: cannot delete %s (%s)", path, exc)
+                    continue
+                if self._order is not None and path in self._order:
+                    self._size -= self._order.pop(path)
+            for dirpath, _, _ in sorted(os.walk(folder), key=lambda entry: -len(entry[0])):
+                try:
+                    os.rmdir(dirpath)
+                except OSError:
+                    pass
+        return removed
 
     def size(self) -> int:
         """Bytes on disk now."""
@@ -289,12 +340,18 @@ class ViewerService:
     def __init__(self, service):
         self.service = service
         self.settings = service.settings.viewer
-        self.cache = TileCache(service.settings.data_dir / "cache" / "dzi", self.settings.cache_mb << 20)
+        # One image cache, one cap (EAGLE_INDEX_TILE_CACHE_MB): Deep Zoom tiles (dzi/), and web/media.py's thumbnails
+        # and tile images of slides (thumbnails/, tiles/) and of uploads (uploads/<id>/, dropped with the upload).
+        self.cache = TileCache(service.settings.data_dir / "cache", self.settings.cache_mb << 20, folders=CACHE_FOLDERS)
         self._open: OrderedDict[int, _Open] = OrderedDict()
         self._open_lock = threading.Lock()
         self._opening: dict[int, threading.Lock] = {}
         self._records: dict[int, _Record] = {}
         self._records_lock = threading.Lock()
+        # slide id -> (catalog fingerprint, file state, problem or None): the verdict on that state of the file
+        self._verified: dict[int, tuple[str, tuple, str | None]] = {}
+        self._verified_lock = threading.Lock()
+        self._hashing: dict[int, threading.Lock] = {}
 
     @property
     def catalog(self):
@@ -318,8 +375,7 @@ class ViewerService:
             if row is None:
                 raise NotFoundError(f"unknown slide id {slide_id}")
             patient = session.scalar(select(Patient.external_id).where(Patient.id == row.patient_id))
-            record = _Record(row.id, row.patient_id, patient, row.name, row.path, row.fingerprint, row.status, row.mpp,
-                             row.width_px, row.height_px, row.artifact_path, now)
+            record = _record_of(row, patient, now)
         with self._records_lock:
             self._records[slide_id] = record
         return record
@@ -335,11 +391,65 @@ class ViewerService:
                     f"(moved or deleted); put it back or ingest it again")
         return None
 
-    def _signature(self, record: _Record) -> str:
+    # -- is the file still the one that was embedded? (issue 24 item 8) -----------------------------
+    def verify(self, slide_id: int) -> None:
+        """NotFoundError when the slide's file is gone, SlideUnavailableError (409) when it was replaced
+        after the slide was embedded; nothing when it may be shown. Cheap: one stat, then a remembered verdict."""
+        self._checked_file(self._record(slide_id))
+
+    def _checked_file(self, record: _Record) -> os.stat_result:
         problem = self._file_problem(record)
         if problem:
             raise NotFoundError(problem)
-        st = os.stat(record.path)
+        try:
+            st = os.stat(record.path)
+        except OSError:
+            raise NotFoundError(f"slide {record.name!r}: its file {Path(record.path).name!r} is no longer where it was "
+                                f"ingested (moved or deleted); put it back or ingest it again") from None
+        problem = self._replaced(record, st)
+        if problem:
+            raise SlideUnavailableError(problem)
+        return st
+
+    def _replaced(self, record: _Record, st: os.stat_result) -> str | None:
+        """Why the file at the slide's path is not the slide that was embedded, or None."""
+        state = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        with self._verified_lock:
+            known = self._verified.get(record.id)
+        if known is not None and known[:2] == (record.fingerprint, state):
+            return known[2]
+        name = Path(record.path).name
+        replaced = (f"slide {record.name!r}: its file {name!r} was replaced after the slide was embedded (its content is "
+                    f"not the one the catalog recorded), so its tiles and attention would be drawn over other pixels; "
+                    f"put the original back or ingest the file again")
+        if record.size_bytes is not None and record.size_bytes != st.st_size:
+            problem = replaced
+        elif record.stored_at is not None and max(st.st_mtime, st.st_ctime) <= record.stored_at:
+            problem = None  # not written since the slide was stored: the same file
+        elif not str(record.fingerprint).startswith("sha256:"):
+            problem = None  # not a content fingerprint (e.g. imported features): nothing to compare with
+        else:
+            with self._verified_lock:
+                hashing = self._hashing.setdefault(record.id, threading.Lock())
+            with hashing:  # one thread hashes a changed file; the others wait for its verdict
+                with self._verified_lock:
+                    known = self._verified.get(record.id)
+                if known is not None and known[:2] == (record.fingerprint, state):
+                    return known[2]
+                try:
+                    same = fingerprints.slide_fingerprint(Path(record.path)) == record.fingerprint
+                except EagleIndexError as exc:
+                    raise SlideUnavailableError(f"slide {record.name!r}: its file {name!r} cannot be read: "
+                                                f"{_one_line(exc, record.path)}") from None
+                problem = None if same else replaced
+        with self._verified_lock:
+            self._verified[record.id] = (record.fingerprint, state, problem)
+        if problem:
+            self._drop(record.id)
+        return problem
+
+    def _signature(self, record: _Record) -> str:
+        st = self._checked_file(record)
         text = f"{record.fingerprint}|{st.st_size}|{st.st_mtime_ns}|{self.settings.tile_size}|{self.settings.overlap}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -373,7 +483,8 @@ class ViewerService:
             generator = DeepZoomGenerator(slide, tile_size=self.settings.tile_size, overlap=self.settings.overlap,
                                           limit_bounds=False)
         except Exception as exc:  # OpenSlideError, UnidentifiedImageError, OSError, ...
-            raise SlideUnavailableError(f"slide {record.name!r}: its file cannot be opened: {_one_line(exc)}") from exc
+            raise SlideUnavailableError(f"slide {record.name!r}: its file cannot be opened: "
+                                        f"{_one_line(exc, record.path)}") from exc
         lock = threading.Lock() if isinstance(slide, openslide.ImageSlide) else None
         return _Open(signature, slide, generator, lock)
 
@@ -418,7 +529,7 @@ class ViewerService:
         entry, record = self._checked(slide_id, level, col, row, fmt)
         etag = self._etag(entry.signature, level, col, row, fmt)
         quality = self.settings.jpeg_quality if fmt == "jpeg" else 0
-        relative = f"{record.id}/{entry.signature}/{level}/{col}_{row}_q{quality}.{fmt}"
+        relative = f"dzi/{record.id}/{entry.signature}/{level}/{col}_{row}_q{quality}.{fmt}"
         data = self.cache.get(relative)
         if data is not None:
             return TileImage(data, FORMATS[fmt], etag, True)
@@ -431,7 +542,7 @@ class ViewerService:
         except Exception as exc:  # a tile that fails to decode: OpenSlide's handle is unusable afterwards
             self._drop(record.id)
             raise SlideUnavailableError(f"slide {record.name!r}: its file cannot be read at level {level} "
-                                        f"({col}, {row}): {_one_line(exc)}") from exc
+                                        f"({col}, {row}): {_one_line(exc, record.path)}") from exc
         buffer = io.BytesIO()
         if fmt == "jpeg":
             image.convert("RGB").save(buffer, format="JPEG", quality=self.settings.jpeg_quality)
@@ -468,8 +579,7 @@ class ViewerService:
             patient = session.scalar(select(Patient.external_id).where(Patient.id == patient_id))
             rows = session.scalars(select(Slide).where(Slide.patient_id == patient_id, Slide.status != "superseded")  # issue 24
                                    .order_by(Slide.name, Slide.id)).all()
-            return [_Record(r.id, r.patient_id, patient, r.name, r.path, r.fingerprint, r.status, r.mpp, r.width_px, r.height_px,
-                            r.artifact_path, now) for r in rows]
+            return [_record_of(r, patient, now) for r in rows]
 
     def _patient_id(self, external_id: str) -> int:
         ids = self.catalog.patient_ids([external_id])
@@ -489,6 +599,11 @@ class ViewerService:
         items = []
         for rec in slides:
             problem = self._file_problem(rec)
+            if problem is None:
+                try:
+                    self._checked_file(rec)  # replaced since it was embedded (issue 24 item 8)
+                except EagleIndexError as exc:
+                    problem = str(exc)
             items.append(ViewerSlide(rec.id, rec.name, rec.status, problem is None, problem, rec.width_px, rec.height_px,
                                      rec.mpp, counts.get(rec.id, 0)))
         note = None
@@ -519,7 +634,8 @@ class ViewerService:
                 tile_um = float(handle.attrs.get("tile_size_um", tile_um))
         except (EagleIndexError, KeyError, OSError) as exc:
             return SlideOverlays(record.id, record.name, record.patient, dzi, mpp, tile_um, tile_um / mpp if mpp else None,
-                                 selected=selected, note=f"no tissue tiles: the slide's artifact cannot be read ({_one_line(exc)})")
+                                 selected=selected, note=f"no tissue tiles: the slide's artifact cannot be read "
+                                                        f"({_one_line(exc, record.artifact_path)})")
         tissue = {"x_um": _round(coords[:, 0]), "y_um": _round(coords[:, 1]), "attention": [float(a) for a in attention]}
         if mpp:
             tissue["x_px"] = _round(coords[:, 0] / mpp)
@@ -553,9 +669,20 @@ class ViewerService:
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+def one_line(exc: BaseException, path: str | None = None) -> str:
+    """The exception in one line, with the file's server path (if given) replaced by its name (issue 24 item 11)."""
+    text = str(exc)
+    if path:
+        for form in (str(path), os.path.realpath(path)):
+            text = text.replace(form, Path(path).name)
+        for folder in (str(Path(path).parent), os.path.dirname(os.path.realpath(path))):
+            if folder not in ("", ".", os.sep):
+                text = text.replace(folder + os.sep, "")
+    text = " ".join(text.split()) or type(exc).__name__
     return text if len(text) < 300 else text[:297] + "..."
+
+
+_one_line = one_line
 
 
 def _round(values) -> list[float]:

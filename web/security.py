@@ -16,7 +16,9 @@ Rules (tested in tests/test_web_security.py):
   any other name is answered 421 on every route, before anything else runs.
 - Throttling (with a token): a client (remote address) with `EAGLE_AUTH_FAILURES` failed logins
   or unauthenticated API calls within `EAGLE_AUTH_WINDOW` seconds gets 429 (with Retry-After)
-  for every credential it sends until the window has passed; a logged-in session is unaffected.
+  for every further failure until the window has passed. A correct token (Bearer or login form)
+  and a logged-in session are never throttled and never counted (issue 24: every local user is
+  127.0.0.1, so throttling the address locked the owner out); only failures are.
 - JSON bodies are limited to `EAGLE_JSON_LIMIT` bytes; every body (uploads) to
   MAX_CONTENT_LENGTH, checked from Content-Length before anything is read.
 - Every response: CSP without inline scripts or styles, nosniff, frame denial, same-origin
@@ -55,6 +57,12 @@ def check_token(token: str | None) -> str | None:
     """The access token to use (None: none set), or a ValueError saying why it is refused."""
     if token is None or token == "":
         return None
+    from eagle_index.config import ENV_TOKEN, token_characters_problem
+
+    problem = token_characters_problem(token)
+    if problem:  # a line break would end the Authorization header early (issue 24 item 11); never echo the token
+        raise ValueError(f"{ENV_TOKEN} {problem}: a token is printable ASCII on one line; make one with: "
+                         "python -c 'import secrets; print(secrets.token_urlsafe(24))'")
     if len(token.strip()) < MIN_TOKEN_LENGTH or token != token.strip():
         raise ValueError(f"EAGLE_INDEX_TOKEN must be at least {MIN_TOKEN_LENGTH} characters without surrounding spaces "
                          f"(got {len(token.strip())}); make one with: python -c 'import secrets; print(secrets.token_urlsafe(24))'")
@@ -198,15 +206,18 @@ def _bearer() -> str | None:
 def _authenticate():
     g.auth = None
     endpoint = request.endpoint or ""
-    if token_required() and session.get("auth") is True:
-        g.auth = "session"
-    elif token_required() and (endpoint not in PUBLIC_API | PUBLIC_PAGES or (endpoint == "ui.login" and request.method == "POST")):
-        throttle_check()  # before any token comparison: a throttled client learns nothing from its guesses
-    bearer = _bearer()
-    if g.auth is None and bearer is not None and token_matches(bearer):
-        g.auth = "token"
     if not token_required():
         return None
+    if session.get("auth") is True:
+        g.auth = "session"
+    else:
+        bearer = _bearer()
+        if bearer is not None and token_matches(bearer):
+            g.auth = "token"
+    login = endpoint == "ui.login" and request.method == "POST"
+    if g.auth is None and (endpoint not in PUBLIC_API | PUBLIC_PAGES or login):
+        if not (login and token_matches(request.form.get("token"))):
+            throttle_check()  # a failure from a throttled client: 429; a correct token is never throttled (issue 24)
     if is_api_request():
         if g.auth is None and endpoint not in PUBLIC_API:
             record_failure()

@@ -22,8 +22,10 @@ def _size() -> int:
     return size
 
 
-def _png(path):
-    return send_file(path, mimetype="image/png", max_age=300)
+def _png(data: bytes):
+    import io
+
+    return send_file(io.BytesIO(data), mimetype="image/png", max_age=300)
 
 
 @bp.get("/slides/<int:slide_id>/thumbnail.png")
