@@ -29,6 +29,11 @@ computed before the run. Exits non-zero when any answer differs (both modes).
 
     .venv/bin/python benchmarks/api_bench.py --concurrency 16 --requests 3000 [--data-dir DIR]
 
+`--compare-batching` (concurrent mode) runs it twice on the same server process and catalog: with
+search batching on (single queries of one index arriving together share one FAISS call,
+`store/batching.py`, the default 1 ms window), then right after with it off, and prints the
+ratio of the two request rates and the FAISS calls per query of each run.
+
 `--data-dir DIR` keeps the filled catalog in DIR and reuses it in later runs (set-up is then
 skipped when DIR already holds `--patients` patients).
 """
@@ -179,6 +184,26 @@ def concurrent(service: EagleService, names: list[str], args) -> None:
         print("first error:", errors[0][1], errors[0][3][:300])
     if wrong:
         raise SystemExit(f"{wrong} of {len(flat)} answers differ from the in-process search")
+    return {"rate": len(flat) / wall, "p50": ms["p50"], "p99": ms["p99"], "load": load_after[0]}
+
+
+def compare_batching(service: EagleService, names: list[str], args) -> None:
+    """The concurrent run with search batching on, then off, on the same service (issue 20 item 1)."""
+    batcher = service.vectors.batcher
+    window = batcher.window_s or 0.001
+    runs = {}
+    for mode, seconds in (("on", window), ("off", 0.0)):
+        batcher.window_s = seconds
+        batcher.reset_stats()
+        print(f"\n## search batching {mode} (window {seconds * 1000:g} ms)", flush=True)
+        runs[mode] = concurrent(service, names, args)
+        stats = batcher.stats()
+        print(f"FAISS calls: {stats['faiss_calls']} for {stats['queries']} queries "
+              f"({stats['queries'] / max(stats['faiss_calls'], 1):.2f} queries per call; includes the in-process answers)")
+    on, off = runs["on"], runs["off"]
+    print(f"\nbatching on / off: requests/s {on['rate']:.1f} / {off['rate']:.1f} = {on['rate'] / off['rate']:.2f}x; "
+          f"p50 {on['p50']:.1f} / {off['p50']:.1f} ms; p99 {on['p99']:.1f} / {off['p99']:.1f} ms; "
+          f"load average after {on['load']:.1f} / {off['load']:.1f}")
 
 
 def prepared(data_dir: Path, args) -> tuple[EagleService, list[str]]:
@@ -213,6 +238,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=0, help="client processes sending requests together (0: the sequential run)")
     parser.add_argument("--pool", type=int, default=500, help="concurrent mode: distinct query patients")
     parser.add_argument("--data-dir", type=Path, default=None, help="keep (and reuse) the filled catalog here")
+    parser.add_argument("--compare-batching", action="store_true",
+                        help="concurrent mode: run with search batching on, then off right after, and print the ratio")
     args = parser.parse_args()
     from waitress.server import create_server
 
@@ -221,6 +248,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="eagle-api-bench-") as tmp:
         service, names = prepared(args.data_dir or Path(tmp), args)
         with service:
+            if args.concurrency and args.compare_batching:
+                compare_batching(service, names, args)
+                return
             if args.concurrency:
                 concurrent(service, names, args)
                 return
