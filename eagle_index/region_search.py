@@ -296,14 +296,18 @@ class RegionSearchService:
         # not a stored candidate: the grid tile containing the point, read from the slide file and encoded
         col, row_ = math.floor(x_um / tile_um), math.floor(y_um / tile_um)
         box = (col * tile_um, row_ * tile_um, tile_um, tile_um)
-        token, signature, info, pid, notes = self._box_query(slide, list(box))
+        token, signature, info, pid, notes = self._box_query(slide, list(box), point=(x_um, y_um))
         notes.insert(0, f"({x_um:.0f}, {y_um:.0f}) µm is on none of the slide's stored tiles: the grid tile containing it was encoded")
         info.update({"x_um": box[0], "y_um": box[1], "stored_tile": False})
         info.pop("box", None)
         return token, signature, info, pid, notes
 
-    def _box_query(self, slide, box):
+    def _box_query(self, slide, box, point: tuple[float, float] | None = None):
+        """A box of a slide read and encoded; for a point query (`point`), the box is the grid tile containing
+        the point, and errors speak of the point the user gave."""
         from eagle_index.slides import open_slide, read_tiles
+
+        asked = f"point ({point[0]:.0f}, {point[1]:.0f}) µm" if point is not None else None
 
         if not isinstance(box, (list, tuple)) or len(box) != 4:
             raise InputError("box must be X_UM,Y_UM,W_UM,H_UM")
@@ -314,10 +318,11 @@ class RegionSearchService:
             raise InputError(f"box {w:.0f} × {h:.0f} µm is smaller than one tile; the minimum is {tile_um:.0f} × {tile_um:.0f} µm "
                              f"({tile_px} px at {settings.tiling.target_mpp:g} µm/px)")
         if x < 0 or y < 0:
-            raise InputError("box coordinates must not be negative")
+            raise InputError(f"{asked}: coordinates must not be negative" if asked else "box coordinates must not be negative")
         if not slide.path or not Path(slide.path).is_file():
-            raise NotFoundError(f"slide {slide.name!r}: its file is not available here, so a region of it cannot be read "
-                                "(query one of its stored tiles with --x-um/--y-um instead)")
+            raise NotFoundError(f"slide {slide.name!r}: its file is not available here, so "
+                                + (f"{asked}, on none of its stored tiles, cannot be read" if asked else "a region of it cannot be read")
+                                + " (query a point on one of its stored tiles instead)")
         cols, rows = min(int(w // tile_um + 1e-9), MAX_QUERY_TILES_SIDE), min(int(h // tile_um + 1e-9), MAX_QUERY_TILES_SIDE)
         x0, y0 = x + (w - cols * tile_um) / 2, y + (h - rows * tile_um) / 2
         xs = [x0 + c * tile_um for r in range(rows) for c in range(cols)]
@@ -326,10 +331,10 @@ class RegionSearchService:
             mpp = handle.require_mpp()
             width_um, height_um = handle.dimensions[0] * mpp, handle.dimensions[1] * mpp
             if x + w > width_um + 1 or y + h > height_um + 1:
-                raise InputError(f"box ({x:.0f}, {y:.0f}, {w:.0f}, {h:.0f}) µm lies outside slide {slide.name!r} "
+                raise InputError(f"{asked or f'box ({x:.0f}, {y:.0f}, {w:.0f}, {h:.0f}) µm'} lies outside slide {slide.name!r} "
                                  f"({width_um:.0f} × {height_um:.0f} µm)")
             pixels = read_tiles(handle, xs, ys, settings.tiling)
-        token, signature, notes, used = self._encode_region(pixels, "box")
+        token, signature, notes, used = self._encode_region(pixels, "box" if point is None else "region around the point")
         info = {"slide": slide.name, "slide_id": slide.id, "patient": slide.patient, "box": [x, y, w, h],
                 "tiles": used, "grid": [cols, rows]}
         return token, signature, info, slide.patient_id, notes

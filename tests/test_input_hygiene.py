@@ -261,3 +261,55 @@ def test_post_search_holds_min_score_to_the_bounds_get_enforces(tmp_path):
             _error(client.get(f"/api/v1/search?patient=P-1&min_score={value}"), 400, "min_score")
         ok = client.post("/api/v1/search", json={"patient": "P-1", "filters": {"min_score": -1}})
         assert ok.status_code == 200 and len(ok.get_json()["hits"]) == 2
+
+
+# -- region search messages ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_slide(tmp_path_factory):
+    """One 3 x 2-tile slide of patient PX, ingested with the tiny models."""
+    from slide_fixtures import write_pyramidal_tiff
+
+    folder = tmp_path_factory.mktemp("hygiene-slide")
+    tile = 448.0
+    slide = write_pyramidal_tiff(folder / "PX-S1.tiff", mpp=2.0, size_um=(3 * tile, 2 * tile),
+                                 tissue_boxes_um=[(0.0, 0.0, 3 * tile, 2 * tile)], seed=5).path
+    service = _service(tmp_path_factory.mktemp("hygiene-data"), models="tiny")
+    report = service.ingest([slide], patient="PX")
+    assert not report.failed, report.failed
+    yield service, slide
+    service.close()
+
+
+def test_point_queries_report_errors_as_a_point_not_a_box(one_slide):
+    service, slide = one_slide
+    client = _client(service)
+    message = _error(client.post("/api/v1/search/tiles", json={"slide": "PX-S1", "x_um": 50_000, "y_um": 10}), 400)
+    assert "point (50000, 10) µm" in message and "box" not in message, message
+    with pytest.raises(InputError) as raised:
+        service.regions.search({"slide": "PX-S1", "x_um": -900.0, "y_um": 10.0}, k=3, per_patient=1)
+    assert "point" in str(raised.value) and "box" not in str(raised.value), raised.value
+    # a box query still speaks of its box
+    message = _error(client.post("/api/v1/search/tiles", json={"slide": "PX-S1", "box": [40_000, 0, 448, 448]}), 400)
+    assert message.startswith("box (40000, 0, 448, 448) µm lies outside"), message
+
+
+def test_region_api_errors_name_neither_server_paths_nor_cli_flags(one_slide, tmp_path):
+    from PIL import Image
+
+    service, slide = one_slide
+    client = _client(service)
+    buffer = io.BytesIO()
+    Image.new("RGB", (600, 600), (200, 90, 120)).save(buffer, "PNG")  # no resolution recorded
+    for form in ({}, {"mpp": "0.5"}):
+        answer = client.post("/api/v1/search/tiles", data={"file": (io.BytesIO(buffer.getvalue()), "mine.png"), **form},
+                             content_type="multipart/form-data")
+        message = _error(answer, 400)
+        assert message.startswith("mine.png: ") and "eagle-region" not in message and "--" not in message, message
+    moved = slide.with_name("moved-away.tiff")
+    slide.rename(moved)
+    try:
+        for query in ({"slide": "PX-S1", "box": [0, 0, 896, 896]}, {"slide": "PX-S1", "x_um": 5_000, "y_um": 5}):
+            message = _error(client.post("/api/v1/search/tiles", json=query), 404)
+            assert "--" not in message and str(slide.parent) not in message, message
+    finally:
+        moved.rename(slide)
