@@ -126,7 +126,8 @@ class ViewerSettings(BaseModel):
     jpeg_quality: int = Field(80, ge=1, le=100, description="JPEG quality of viewer tiles")
     tile_size: int = Field(254, ge=64, le=2048, description="Deep Zoom tile side in px (254 + 2 x 1 overlap = 256)")
     overlap: int = Field(1, ge=0, le=16, description="Deep Zoom tile overlap in px")
-    cache_mb: int = Field(1024, ge=0, description="size cap of DATA/cache/dzi in MiB (least recently used tiles go first; 0: no disk cache)")
+    cache_mb: int = Field(1024, ge=0, description="size cap in MiB of the one image cache, DATA/cache/{dzi,thumbnails,tiles,uploads} "
+                                                 "(least recently used images go first; 0: no disk cache)")
     open_slides: int = Field(16, ge=1, description="slides kept open for the viewer (least recently used are dropped)")
 
 

@@ -8,7 +8,9 @@ Reached as `service.viewer`; the web API only parses requests and renders these 
   thread-safe). Open generators are kept in a small thread-safe LRU, keyed by slide id and
   re-opened when the file's size or modification time changes.
 - Encoded tiles are cached on disk under DATA/cache/dzi (written to a temp file and renamed);
-  the folder has a size cap, and the least recently used tiles are deleted when it is passed.
+  the cache (`self.cache`, shared with web/media.py's thumbnails and tile images of slides and
+  uploads: DATA/cache/{thumbnails,tiles,uploads}) has one size cap, and the least recently used
+  images are deleted when it is passed.
   A cache that cannot be written (disk full) is skipped, never an error.
 - Every tile has a strong ETag derived from the slide's fingerprint, file size and mtime, the
   tile's address and the encoding, so a client can revalidate without the tile being read.

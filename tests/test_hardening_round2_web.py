@@ -370,3 +370,30 @@ def test_startup_cleanup_removes_aged_leftovers_only(tmp_path, monkeypatch):
         os.utime(path, (time.time() - 3000, time.time() - 3000))
     assert housekeeping.remove_stale_temp_files(settings.model_copy(update={"stale_file_seconds": 7200.0})) == []
     assert server.remove_stale_temp_files is housekeeping.remove_stale_temp_files
+
+
+def test_leftovers_too_fresh_at_start_go_in_the_second_pass_never_the_owners_own(tmp_path):
+    """A supervisor restarting the owner right after a kill during publication: `.owner.json.*.tmp` is too fresh
+    for the start-up pass; the second pass (once the threshold has passed) removes it, and only files that
+    predate the start, never the new owner's own temp files."""
+    import threading
+
+    from eagle_index import housekeeping
+    from eagle_index.config import Settings
+
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data)
+    started = time.time()
+    killed = data / ".owner.json.k2j3h4g5.tmp"
+    own = data / "index" / ".eagle-x.faiss.a1b2c3d4.tmp"
+    upload = data / "uploads" / ("a" * 32 + ".tiff")
+    for path in (killed, own, upload):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    os.utime(killed, (started - 5, started - 5))  # written by the killed owner 5 s before this one started
+    os.utime(upload, (started - 5, started - 5))
+    os.utime(own, (started + 30, started + 30))  # this owner's, written after its start
+    assert housekeeping.remove_stale_temp_files(settings, recheck=True) == []  # all too fresh now
+    assert any(t.name == "eagle-index-housekeeping" and t.daemon for t in threading.enumerate())
+    assert sorted(housekeeping._second_pass(settings, started)) == sorted([killed, upload])
+    assert own.exists()
