@@ -86,11 +86,12 @@ def catalog_paths_under(settings, folder: Path) -> set[str] | None:
         return None
 
 
-def _candidates(settings) -> list[Path]:
+def _candidates(settings, referenced: set[str] | None) -> list[Path]:
+    """What may go (the age is checked by `_remove`). `referenced`: the catalog's upload paths (None: the
+    catalog could not be read, every upload stays)."""
     found = _temp_files(settings) + _exports(settings)
     uploads = [p for p in _uploads(settings) if not TEMP_NAME.match(p.name)]
     if uploads:
-        referenced = catalog_paths_under(settings, Path(settings.data_dir) / "uploads")
         if referenced is None:
             uploads = []
         else:
@@ -116,19 +117,23 @@ def remove_stale_temp_files(settings, older_than: float | None = None, recheck: 
     time has passed (a daemon timer), for files that predate this call but were too fresh now."""
     age = float(settings.stale_file_seconds if older_than is None else older_than)
     started = time.time()
-    removed = _remove(_candidates(settings), started - age)
+    # read once, now, before the service opens the catalog (in the owner's process DuckDB refuses a second,
+    # read-only connection to a catalog it holds open); the second pass uses the same answer
+    referenced = catalog_paths_under(settings, Path(settings.data_dir) / "uploads") if _uploads(settings) else set()
+    removed = _remove(_candidates(settings, referenced), started - age)
     if recheck:
-        timer = threading.Timer(age + 1.0, _second_pass, args=(settings, started))
+        timer = threading.Timer(age + 1.0, _second_pass, args=(settings, started, referenced))
         timer.daemon = True
         timer.name = "eagle-index-housekeeping"
         timer.start()
     return removed
 
 
-def _second_pass(settings, started: float) -> list[Path]:
-    """Leftovers that were too fresh at start: only those modified before `started` (never this process's own)."""
+def _second_pass(settings, started: float, referenced: set[str] | None) -> list[Path]:
+    """Leftovers that were too fresh at start: only those modified before `started` (never this process's own).
+    `referenced`: the catalog's upload paths as read at start (None: it could not be read; uploads stay)."""
     try:
-        removed = _remove(_candidates(settings), started)
+        removed = _remove(_candidates(settings, referenced), started)
     except Exception as exc:  # noqa: BLE001 - a background clean-up never takes the owner down
         log.warning("start-up cleanup, second pass: %s", exc)
         return []

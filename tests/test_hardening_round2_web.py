@@ -395,5 +395,6 @@ def test_leftovers_too_fresh_at_start_go_in_the_second_pass_never_the_owners_own
     os.utime(own, (started + 30, started + 30))  # this owner's, written after its start
     assert housekeeping.remove_stale_temp_files(settings, recheck=True) == []  # all too fresh now
     assert any(t.name == "eagle-index-housekeeping" and t.daemon for t in threading.enumerate())
-    assert sorted(housekeeping._second_pass(settings, started)) == sorted([killed, upload])
+    assert housekeeping._second_pass(settings, started, None) == [killed]  # catalog unreadable at start: uploads stay
+    assert sorted(housekeeping._second_pass(settings, started, set())) == sorted([upload])
     assert own.exists()
