@@ -11,6 +11,8 @@ Definitions (normative, see docs/pipeline.md):
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,11 +89,61 @@ def eagle_patient_vector(candidates: list[SlideCandidates], k: int) -> tuple[np.
 
 
 def attention_pooled(scores: np.ndarray, feats: np.ndarray) -> np.ndarray:
-    """CHIEF slide/patient embedding: softmax(raw attention) · features (float64 for stability)."""
+    """CHIEF slide/patient embedding: softmax(raw attention) · features (float64 for stability).
+
+    The product runs on one BLAS thread (`one_blas_thread`)."""
     scores = np.asarray(scores, dtype=np.float64)
     weights = np.exp(scores - scores.max())
     weights /= weights.sum()
-    return (weights @ np.asarray(feats, dtype=np.float64)).astype(np.float32)
+    feats = np.asarray(feats, dtype=np.float64)
+    with one_blas_thread():
+        return (weights @ feats).astype(np.float32)
+
+
+_blas_guard = threading.Lock()
+_blas: list = []  # the threadpoolctl controller of the BLAS libraries, made on first use
+
+
+@contextmanager
+def one_blas_thread():
+    """Run the block (a matrix-vector product) on one BLAS thread; concurrent blocks take turns.
+
+    Why: OpenBLAS splits a (N x 768) product over its threads, and after each call the idle
+    thread spins for a while waiting for more work. The owner aggregates a patient per stored
+    slide, so on the 2-core owner that spinning thread took about half of the process's CPU
+    (issue 19 item 5; docs/benchmarks.md "Owner store rate"); one thread is as fast as two here,
+    since the product is memory-bound. The thread count is process-wide (threadpoolctl has no
+    per-thread limit, see also `probing.models.compute_threads`), so the lock keeps one block
+    at a time and each restores what it found. Results: each output element is summed over the
+    rows in the same order whatever the thread count when the threads' shares of the 768 (or
+    1280) columns are whole kernel blocks, as with 2 threads here (tests/test_owner_store.py
+    compares one thread with the library's default); in general one thread makes the vectors
+    independent of the machine's core count."""
+    with _blas_guard:
+        if not _blas:
+            _blas.append(_numpy_blas())
+        with _blas[0].limit(limits=1):
+            yield
+
+
+def _numpy_blas():
+    """A threadpoolctl controller of the BLAS library numpy calls: the one in numpy's wheel
+    (`numpy.libs`) or in the folder numpy was built against; else (not found) every BLAS
+    library. FAISS's own OpenBLAS, which batched searches use meanwhile, is left alone."""
+    from pathlib import Path
+
+    from threadpoolctl import ThreadpoolController
+
+    blas = ThreadpoolController().select(user_api="blas")
+    here = Path(np.__file__).resolve().parent
+    folders = [here, here.parent / "numpy.libs"]
+    try:
+        folders.append(Path(np.show_config(mode="dicts")["Build Dependencies"]["blas"]["lib directory"]).resolve())
+    except Exception:  # noqa: BLE001 - older numpy, or no such entry: the wheel's folders only
+        pass
+    mine = [lib.filepath for lib in blas.lib_controllers
+            if any(Path(lib.filepath).resolve().is_relative_to(folder) for folder in folders)]
+    return blas.select(filepath=mine) if mine else blas
 
 
 def mean_pooled(feats: np.ndarray) -> np.ndarray:

@@ -275,3 +275,32 @@ def test_an_unreadable_artifact_fails_its_patient_only(tmp_path, results):
         assert service.jobs.states([jobs[1][0].id])["running"] == 1  # the caller fails or retries it
         with pytest.raises(Exception, match="not a readable HDF5 file"):
             store_job_result(ctx, jobs[3][0], jobs[3][1], 1.0, identity=IDENTITY)
+
+
+def test_attention_pooling_on_one_blas_thread_equals_the_librarys_default():
+    """`attention_pooled` runs its product on one BLAS thread (the spinning second thread cost
+    the owner half its CPU); the vectors are those of the library's default thread count."""
+    from threadpoolctl import threadpool_info
+
+    rng = np.random.default_rng(3)
+    threads = max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+    for n, dim in ((2000, 768), (6001, 768), (12_345, 768), (300, FEAT_DIM), (50, 1280)):
+        scores = rng.normal(size=n).astype(np.float32)
+        feats = rng.standard_normal((n, dim), dtype=np.float32).astype(np.float16).astype(np.float32)
+        weights = np.exp(scores.astype(np.float64) - scores.max())
+        weights /= weights.sum()
+        reference = (weights @ feats.astype(np.float64)).astype(np.float32)  # the library's default threads
+        assert aggregation.attention_pooled(scores, feats).tobytes() == reference.tobytes(), (n, dim, threads)
+    assert max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas") == threads  # restored
+
+
+def test_one_blas_thread_inside_the_block_and_restored_after():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    with aggregation.one_blas_thread():
+        assert aggregation._blas[0].info()[0]["num_threads"] == 1  # numpy's BLAS (FAISS keeps its own)
+    assert blas_threads() == before
