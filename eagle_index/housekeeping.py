@@ -10,6 +10,9 @@ are touched, and never a file modified within the last `settings.stale_file_seco
   `cache/` (every subfolder: dzi, thumbnails, tiles, exports, umap) and `uploads/`;
 - exports (`cache/exports/<32 hex>.<suffix>`): each is deleted once sent, so one still there was
   being sent when its process died;
+- upload images of the old layout (`cache/thumbnails/upload-*.png`, `cache/tiles/upload-*.png`):
+  an upload's images now live in `cache/uploads/<id>/` and leave with the upload, so these are
+  never served again; and the cached images (`cache/uploads/<id>/`) of uploads that are gone;
 - stray uploads (`uploads/<32 hex>.<suffix>`, `uploads/labels-XXXXXXXX.csv|xlsx`): the tasks and
   pages that used them lived in the dead process. An upload whose path the catalog records (a slide
   or a job ingested from it) stays; when the catalog cannot be read, every upload stays.
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 STALE_TEMP_SECONDS = 60.0  # the default of Settings.stale_file_seconds
 GENERATED = re.compile(r"^[0-9a-f]{32}(\.[A-Za-z0-9]{1,8})?$")  # uploads and exports: uuid4().hex + suffix
+OLD_UPLOAD_IMAGE = re.compile(r"^upload-[0-9a-f]{32}-[0-9-]+\.png$")
 LABEL_UPLOAD = re.compile(r"^labels-[A-Za-z0-9_]{8}\.(csv|xlsx)$")  # web/api/catalog.py's mkstemp names
 
 
@@ -47,8 +51,12 @@ def _temp_files(settings) -> list[Path]:
 
 
 def _exports(settings) -> list[Path]:
-    folder = Path(settings.data_dir) / "cache" / "exports"
-    return [p for p in folder.iterdir() if GENERATED.match(p.name)] if folder.is_dir() else []
+    cache = Path(settings.data_dir) / "cache"
+    found = [p for p in (cache / "exports").iterdir() if GENERATED.match(p.name)] if (cache / "exports").is_dir() else []
+    for folder in (cache / "thumbnails", cache / "tiles"):  # upload images of the old layout (before issue 24)
+        if folder.is_dir():
+            found.extend(p for p in folder.glob("upload-*.png") if OLD_UPLOAD_IMAGE.match(p.name))
+    return found
 
 
 def _uploads(settings) -> list[Path]:
@@ -99,6 +107,28 @@ def _candidates(settings, referenced: set[str] | None) -> list[Path]:
     return sorted(set(found + uploads))
 
 
+def _orphan_images(settings) -> list[Path]:
+    """Cached images of uploads that are gone (`cache/uploads/<id>/*`, the layout of web/media.py)."""
+    cached = Path(settings.data_dir) / "cache" / "uploads"
+    if not cached.is_dir():
+        return []
+    uploads = Path(settings.data_dir) / "uploads"
+    present = {p.name.split(".", 1)[0] for p in uploads.iterdir()} if uploads.is_dir() else set()
+    return [p for folder in cached.iterdir() if folder.is_dir() and GENERATED.match(folder.name) and folder.name not in present
+            for p in folder.iterdir()]
+
+
+def _clean(settings, referenced: set[str] | None, cutoff: float) -> list[Path]:
+    removed = _remove(_candidates(settings, referenced), cutoff)
+    removed += _remove(_orphan_images(settings), cutoff)  # after the uploads: their images go with them
+    for folder in {p.parent for p in removed if p.parent.parent.name == "uploads" and p.parent.parent.parent.name == "cache"}:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+    return removed
+
+
 def _remove(paths: list[Path], cutoff: float) -> list[Path]:
     removed = []
     for path in paths:
@@ -120,7 +150,7 @@ def remove_stale_temp_files(settings, older_than: float | None = None, recheck: 
     # read once, now, before the service opens the catalog (in the owner's process DuckDB refuses a second,
     # read-only connection to a catalog it holds open); the second pass uses the same answer
     referenced = catalog_paths_under(settings, Path(settings.data_dir) / "uploads") if _uploads(settings) else set()
-    removed = _remove(_candidates(settings, referenced), started - age)
+    removed = _clean(settings, referenced, started - age)
     if recheck:
         timer = threading.Timer(age + 1.0, _second_pass, args=(settings, started, referenced))
         timer.daemon = True
@@ -133,7 +163,7 @@ def _second_pass(settings, started: float, referenced: set[str] | None) -> list[
     """Leftovers that were too fresh at start: only those modified before `started` (never this process's own).
     `referenced`: the catalog's upload paths as read at start (None: it could not be read; uploads stay)."""
     try:
-        removed = _remove(_candidates(settings, referenced), started)
+        removed = _clean(settings, referenced, started)
     except Exception as exc:  # noqa: BLE001 - a background clean-up never takes the owner down
         log.warning("start-up cleanup, second pass: %s", exc)
         return []

@@ -343,11 +343,17 @@ def test_startup_cleanup_removes_aged_leftovers_only(tmp_path, monkeypatch):
              data / "artifacts" / "ab" / ".ab.h5.zx9_cv8b.tmp", data / "cache" / "dzi" / "3" / "abc" / ".1_1_q80.jpeg.q1w2e3r4.tmp",
              data / "cache" / "thumbnails" / ".7-ab-256-plain.png.a1s2d3f4.tmp", data / "cache" / "tiles" / ".upload-x.png.z1x2c3v4.tmp",
              data / "cache" / "exports" / ("e" * 32 + ".csv"), data / "cache" / "exports" / ("f" * 32 + ".h5"),
+             data / "cache" / "thumbnails" / ("upload-%s-256.png" % ("1" * 32)),  # the old layout's upload images
+             data / "cache" / "tiles" / ("upload-%s-448-455.png" % ("1" * 32)),
+             data / "cache" / "uploads" / ("2" * 32) / "tile-448-448.png",  # an image of an upload that is gone
+             data / "cache" / "uploads" / ("a" * 32) / "thumbnail-256.png",  # of the stray upload removed now
              data / "uploads" / ("a" * 32 + ".tiff"), data / "uploads" / "labels-k3j4h5g6.csv",
              data / "uploads" / (".%s.tiff.p0o9i8u7.tmp" % ("b" * 32))]
     fresh = [data / ".owner.json.Fr3shNew.tmp", data / "cache" / "exports" / ("9" * 32 + ".csv"),
              data / "uploads" / ("d" * 32 + ".png"), data / "cache" / "dzi" / "3" / "abc" / ".2_2_q80.jpeg.n3wn3wn3.tmp"]
     kept = [kept_upload, data / "cache" / "dzi" / "3" / "abc" / "10" / "1_1_q80.jpeg", data / "cache" / "umap" / "c-eagle-1.npz",
+            data / "cache" / "thumbnails" / "7-0123456789abcdef-256-plain.png", data / "cache" / "tiles" / "7-0123456789abcdef-t3.png",
+            data / "cache" / "uploads" / ("c" * 32) / "tile-448-448.png",  # the kept upload's image
             data / "index" / "notes.tmp", data / "owner.json.tmp", data / "uploads" / "README.txt"]
     for path in stale + fresh + kept:
         path.parent.mkdir(parents=True, exist_ok=True)
