@@ -33,6 +33,7 @@ def _fill(service) -> None:
         for pid, organ, msi in zip(ids, ORGAN, MSI):
             catalog.put_label(session, pid, "organ", organ, "test")
             catalog.put_label(session, pid, "MSI", msi, "test")
+        catalog.add_slide(session, ids[0], "CASE-000-S1", "fp-case-000-s1", status="done", mpp=0.5)  # annotations' slide
 
     catalog.write(write)
 
@@ -141,3 +142,43 @@ def test_retrieval_evaluation(svc):
     np.fill_diagonal(sims, -np.inf)
     nearest = [max(range(N), key=lambda j: (sims[i, j], -j)) for i in range(N)]
     assert report["overall"]["Acc@1"] == pytest.approx(np.mean([ORGAN[i] == ORGAN[j] for i, j in enumerate(nearest)]))
+
+
+def test_annotations_import_export_edit_delete(svc, tmp_path):
+    import json
+
+    from eagle_index.errors import InputError
+
+    features = [
+        {"type": "Feature", "id": "f1", "geometry": {"type": "Polygon", "coordinates": [[[0.0, 0.0], [8.0, 0.0], [8.0, 4.0], [0.0, 4.0], [0.0, 0.0]]]},
+         "properties": {"objectType": "annotation", "name": "R", "classification": {"name": "Tumor", "color": [200, 0, 0]}}},
+        {"type": "Feature", "id": "f2", "geometry": {"type": "Point", "coordinates": [3.5, 2.0]},
+         "properties": {"objectType": "annotation", "color": [0, 0, 255]}},
+    ]
+    path = tmp_path / "q.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    out = svc.annotations.import_geojson("CASE-000-S1", path=path)
+    assert out["imported"] == 2 and out["annotations"][0]["bbox_um"] == [0.0, 0.0, 4.0, 2.0]
+    assert out["annotations"][0]["source"] == "q.geojson" and out["annotations"][1]["color"] == "#0000ff"
+    assert svc.annotations.export_geojson("CASE-000-S1") == {"type": "FeatureCollection", "features": features}
+    drawn = svc.annotations.create("CASE-000-S1", {"type": "Point", "coordinates": [1, 1]}, name="d", class_name="Tumor", color="#00ff00")
+    assert (drawn["shape"], drawn["color"], drawn["source"]) == ("point", "#00ff00", "viewer")
+    assert svc.annotations.update(drawn["id"], name="e")["name"] == "e"
+    listed = svc.annotations.list("CASE-000-S1")
+    assert [a["id"] for a in listed] == [a["id"] for a in out["annotations"]] + [drawn["id"]]
+    assert svc.annotations.of_slide("CASE-000-S1")["annotations"] == listed
+    assert svc.annotations.get(drawn["id"])["name"] == "e"
+    bad = tmp_path / "bad.geojson"
+    bad.write_text('[{"type": "Feature", "properties": {"name": "T"}, "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [0, 0]]]}}]')
+    with pytest.raises(InputError, match=r"bad.geojson: features\[0\] \('T'\): Polygon ring 0 \(outer\): needs at least 4"):
+        svc.annotations.import_geojson("CASE-000-S1", path=bad)
+    with pytest.raises(NotFoundError, match="unknown slide"):
+        svc.annotations.list("CASE-999-S1")
+    # the in-annotation filter: no selected tiles are stored here, so no patient passes; an unknown class is an error
+    assert svc.search(patient="CASE-005", k=5, filters=SearchFilters.build(in_annotation=["tumor"])).hits == ()
+    with pytest.raises(NotFoundError, match="no annotations of class 'stroma'"):
+        svc.search(patient="CASE-005", k=5, filters=SearchFilters.build(in_annotation=["Stroma"]))
+    with pytest.raises(NotFoundError, match="unknown annotation id 999999"):
+        svc.annotations.delete([drawn["id"], 999999])
+    assert svc.annotations.delete([a["id"] for a in listed]) == [a["id"] for a in listed]
+    assert svc.annotations.list("CASE-000-S1") == []

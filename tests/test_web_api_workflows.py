@@ -173,6 +173,26 @@ def test_retrieval_evaluation_route(client, env):
     error_of(client.get("/api/v1/eval/retrieval?label=NOPE"), 404)
 
 
+def test_annotation_routes(client):
+    """Every annotations route once on the web archive (their contract: tests/test_annotations_api.py)."""
+    rect = {"type": "Polygon", "coordinates": [[[448.0, 448.0], [1344.0, 448.0], [1344.0, 1344.0], [448.0, 1344.0], [448.0, 448.0]]]}
+    made = client.post("/api/v1/slides/CASE-002-S1/annotations", json={"name": "r", "class_name": "Tumor", "geometry": rect})
+    assert made.status_code == 201, made.get_data(as_text=True)
+    ann = made.get_json()
+    assert client.get("/api/v1/slides/CASE-002-S1/annotations").get_json()["annotations"] == [ann]
+    assert client.get(f"/api/v1/annotations/{ann['id']}").get_json() == ann
+    assert client.get("/api/v1/annotations").get_json()["annotations"] == [ann]
+    assert client.put(f"/api/v1/annotations/{ann['id']}", json={"name": "s"}).get_json()["name"] == "s"
+    exported = client.get("/api/v1/slides/CASE-002-S1/annotations.geojson").get_json(force=True)
+    assert [f["geometry"] for f in exported["features"]] == [rect]
+    imported = client.post("/api/v1/slides/CASE-002-S1/annotations/import", json=exported).get_json()
+    assert imported["imported"] == 1
+    hits = client.post("/api/v1/search/tiles", json={"slide": "CASE-002-S1", "annotation": ann["id"], "k": 3, "format": "geojson"})
+    assert hits.status_code == 200 and len(hits.get_json(force=True)["features"]) == 3
+    assert client.post("/api/v1/annotations/delete", json={"ids": [imported["annotations"][0]["id"]]}).status_code == 200
+    assert client.delete(f"/api/v1/annotations/{ann['id']}").get_json() == {"deleted": ann["id"]}
+
+
 def test_every_api_route_was_called(env, request):
     """Every /api/v1 route was requested by a test of the two API modules that ran and passed here.
 
