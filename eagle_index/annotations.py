@@ -147,8 +147,7 @@ class AnnotationService:
     def import_geojson(self, slide, path: Path | None = None, data=None, source: str | None = None) -> dict:
         """Import a QuPath GeoJSON file (or decoded GeoJSON `data`) onto a slide: all features or none.
         {"slide", "imported", "annotations"}."""
-        info = self.slide(slide)
-        if path is not None:
+        if path is not None:  # the file first: a missing or malformed file is named before the slide is looked up
             features = geojson.read(Path(path))
             source = source or Path(path).name
         elif isinstance(data, (bytes, str)):
@@ -161,6 +160,7 @@ class AnnotationService:
             for what, value in (("name", f.name), ("classification name", f.class_name)):
                 if value is not None and len(value) > MAX_TEXT:
                     raise InputError(f"{source}: features[{f.index}]: {what} is longer than {MAX_TEXT} characters")
+        info = self.slide(slide)
         mpp = self._current_mpp(info.patient_id, info.name)
         ids = self.catalog.write(lambda s: repo.add(s, info.patient_id, info.name, info.id, mpp, features, source))
         rows = {r.id: r for r in repo.of_slide(self.catalog, info.patient_id, info.name)}

@@ -5,6 +5,9 @@ The query is one Virchow2 class token (L2-normalized) from:
   tile at a point (`{"slide", "x_um", "y_um"}`; a point on no stored tile is read from the
   slide file, as the grid tile that contains it, and encoded);
 - a region of a stored slide (`{"slide", "box": [x, y, w, h]}` µm), read from the slide file;
+- an annotation of a stored slide (`{"slide", "annotation": name or id}`, issue 23): the tiles of the
+  box grid over its bounding box whose centre lies inside it (at most MAX_ANNOTATION_TILES), averaged
+  as a box is; a point annotation is a point query (see `_annotation_query`, docs/annotations.md);
 - an image file (`image`, with `mpp` unless the file records a resolution).
 A region or image is resampled to 2.0 µm/px with the pipeline's own filter (cv2.INTER_AREA,
 `eagle_index.slides.tiling.RESIZE_FILTER`; slide regions are read with the pipeline's tile

@@ -91,6 +91,13 @@ def world(tmp_path_factory):
     return {"root": root, "data": data, "slide": slide, **bad}
 
 
+def _geojson(root: Path) -> Path:
+    """A well-formed QuPath GeoJSON file (for the annotations cases whose error is elsewhere)."""
+    path = root / "ok.geojson"
+    path.write_text('[{"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}, "properties": {}}]')
+    return path
+
+
 def _cases(w) -> list[tuple[str, list, str]]:
     """(name, argv, a fragment the one-line error must contain)."""
     import itertools
@@ -215,6 +222,18 @@ def _cases(w) -> list[tuple[str, list, str]]:
         ("backfill workers without cluster", ["backfill", slide, "--workers", "2", *tiny, *d], "--cluster"),
         ("search-tiles unknown patient", ["search-tiles", "--patient", "NOPE", "--tile", "1", *d], "NOPE"),
         ("search-tiles half a query", ["search-tiles", "--tile", "1", *d], "--patient"),
+        # annotations (issue 23)
+        ("annotations import missing", ["annotations", "import", root / "missing.geojson", "--slide", "S1", *d], "missing.geojson"),
+        ("annotations import not json", ["annotations", "import", w["text"], "--slide", "S1", *d], "notes.txt: not valid JSON"),
+        ("annotations import a folder", ["annotations", "import", w["folder"], "--slide", "S1", *d], "a-folder"),
+        ("annotations import unknown slide", ["annotations", "import", _geojson(root), "--slide", "NOSLIDE", *d], "NOSLIDE"),
+        ("annotations export unknown slide", ["annotations", "export", "--slide", "NOSLIDE", *d], "NOSLIDE"),
+        ("annotations export folder missing", ["annotations", "export", "--slide", "S1", "--out", root / "nodir" / "a.geojson", *d],
+         "nodir"),
+        ("annotations list unknown slide", ["annotations", "list", "--slide", "NOSLIDE", *d], "NOSLIDE"),
+        ("annotations delete unknown", ["annotations", "delete", "424242", *d], "424242"),
+        ("annotations delete not a number", ["annotations", "delete", "abc", *d], "abc"),
+        ("search-tiles annotation without slide", ["search-tiles", "--annotation", "a", *d], "--slide"),
         # demo
         ("demo too few patients", ["demo", "--patients", "1", "--data-dir", root / "demo"], "--patients"),
         ("demo into a file", ["demo", "--no-serve", "--data-dir", w["a_file_dir"]], "data-is-a-file"),
