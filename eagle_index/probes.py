@@ -183,6 +183,10 @@ class ProbeService:
               name: str | None = None, signature: str | None = None, positive: str | None = None, vs_rest: bool = False,
               cohort: str | None = None, model_params: dict | None = None) -> TrainingJob:
         """Check the input, reserve the probe's name (status `training`); `.run()` trains it."""
+        if name is not None:
+            from eagle_index.identifiers import check_identifier
+
+            name = check_identifier("probe name", name)  # addressable: /api/v1/probes/<name>; never '..'
         spec = model_spec(model, **(model_params or {}))
         data = self.dataset(label, kind, signature, positive, vs_rest, cohort)
         cvlib.check_class_counts(data.y, data.classes, folds, f"label {label!r} ({data.kind} vectors)")

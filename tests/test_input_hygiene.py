@@ -313,3 +313,34 @@ def test_region_api_errors_name_neither_server_paths_nor_cli_flags(one_slide, tm
             assert "--" not in message and str(slide.parent) not in message, message
     finally:
         moved.rename(slide)
+
+
+def test_probe_names_follow_the_rule(tmp_path):
+    with _service(tmp_path / "data") as service:
+        for name in ("..", "a\nb", "x\u202ey"):
+            with pytest.raises(InputError, match="probe name"):
+                service.probes.begin("MSI", name=name)  # refused before the label is even looked at
+        client = _client(service)
+        _error(client.post("/api/v1/probes", json={"label": "MSI", "name": ".."}), 400)
+
+
+def test_cli_patient_option_follows_the_rule_before_any_work(one_slide, tmp_path, run_cli):
+    _, slide = one_slide
+    for command in (["ingest", slide], ["embed", slide, "--out", tmp_path / "out.h5"]):
+        result = run_cli(*command, "--patient", "site/P-1", "--models", "tiny", "--device", "cpu",
+                         "--data-dir", tmp_path / "data", check=False)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert "error: --patient 'site/P-1' contains '/'" in result.stderr, result.stderr
+    assert not (tmp_path / "out.h5").exists() and not (tmp_path / "data" / "artifacts").exists()
+
+
+def test_ingest_refuses_a_bad_patient_id_naming_the_file(one_slide, tmp_path):
+    """Through the service (the path `ingest` and the daemon's jobs store by): the error names the slide file
+    ("empty patient id" named nothing), and no patient row is made."""
+    _, slide = one_slide
+    with _service(tmp_path / "data", models="tiny") as service:
+        for patient, problem in (("site/P-1", "contains '/'"), ("   ", "is empty")):
+            with pytest.raises(InputError) as raised:
+                service.ingest([slide], patient=patient)
+            assert str(raised.value).startswith(f"{slide}: patient id") and problem in str(raised.value), raised.value
+        assert service.stats()["patients"] == 0

@@ -34,8 +34,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compute EAGLE vectors of slides without touching the catalog."""
         from eagle_index.formats.embeddings import write_eagle_file
+        from eagle_index.identifiers import check_identifier
         from eagle_index.service import EagleService
 
+        patient = None if patient is None else check_identifier("--patient", patient)  # before any slide is read
         output_file(out, "EAGLE output file")
         settings = settings_from(data_dir, weights_dir, models=models, device=device, read_workers=read_workers,
                                  precision=precision)
@@ -67,8 +69,10 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Embed and store slides; already-ingested files are skipped, touched patients re-aggregated."""
+        from eagle_index.identifiers import check_identifier
         from eagle_index.service import EagleService
 
+        patient = None if patient is None else check_identifier("--patient", patient)  # before any slide is read
         from eagle_index.client import owner_client
 
         settings = settings_from(data_dir, weights_dir, models=models, device=device, read_workers=read_workers,

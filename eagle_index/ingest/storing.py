@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from eagle_index import pipeline
-from eagle_index.errors import InputError
+from eagle_index.identifiers import check_identifier
 from eagle_index.ingest.steps import (IngestContext, Identity, SlideJob, reaggregate_patient, settle_patients, supersede_paths,
                                      write_artifact)
 from eagle_index.store.artifacts import as_stored, read_slide_artifact
@@ -115,8 +115,8 @@ def _prepare_patient(ctx: IngestContext, plan: PatientPlan) -> None:
     from eagle_index.ingest.steps import _size
     from eagle_index.store.models import Patient, Slide
 
-    if not plan.patient:
-        raise InputError("empty patient id")
+    files = ", ".join(dict.fromkeys(str(item.job.path) for item in plan.items))
+    plan.patient = check_identifier("patient id", plan.patient, where=files)  # the identifier rule; names the file(s)
     plan.identity = next((i.identity for i in reversed(plan.items) if i.identity is not None), None) or ctx.models
     for item in plan.items:  # artifacts first: they exist before any row points to them
         plan.targets.append(item.target if item.target is not None else write_artifact(ctx, item.fingerprint, item.result, item.identity))
