@@ -94,7 +94,7 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
         service.vectors.sync_all()  # reconcile FAISS with the catalog after any crash
         service.regions.sync()  # tile indexes too (and tiles of slides embedded before revision 0005)
         if recovered["requeued"] or recovered["failed"]:
-            log.info("jobs left running by a previous process: %d requeued, %d failed (attempts used up)",
+            log.info("jobs left running by a previous process: %d requeued, %d failed (it died at the same point of them each time)",
                      recovered["requeued"], recovered["failed"])
         resolver = PatientResolver(options.slide_table, options.patient_regex)
         owner = {"role": options.role, "roots": list(options.watch), "resolver": resolver, "token": options.token,
@@ -235,13 +235,19 @@ def _one_compute_thread_per_request(app):
 
 
 def recover_after_crash(service, max_attempts: int) -> dict:
-    """Jobs found `running` belong to a dead process. Those that have used up their attempts
-    (the process died during each) are failed for good with that reason - a slide that kills the
-    process must not loop forever under a supervisor; the others go back to the queue."""
-    failed = service.jobs.fail_exhausted(max_attempts)
+    """Jobs found `running` belong to a dead process: they go back to the queue, the attempt not
+    counted. A death counts against a slide only with evidence that its own processing killed the
+    process (issue 24 item 5): the dead worker's position (`ingest.worker.last_position`) names the
+    slide, it was embedded alone after a clean start, and it died at the same point `max_attempts`
+    times - then it is failed for good with that reason, so a slide that kills the process does
+    not loop forever under a supervisor. Operator restarts and OOM kills land anywhere and fail
+    nothing. (A slide that kills its reader processes fails in the pool, as any bad slide.)"""
+    from eagle_index.ingest.worker import last_position
+
+    requeued, failed = service.jobs.recover_dead_owner(max_attempts, last_position(service.settings.data_dir))
     for job in failed:  # the failed job (state, error) is the record: no slide row, no patient
         log.warning("job %d (%s) failed for good: %s", job.id, job.path, job.error)
-    return {"requeued": service.jobs.recover(), "failed": len(failed)}
+    return {"requeued": requeued, "failed": len(failed)}
 
 
 def _bind_error(host: str, port: int, exc: OSError) -> InputError:

@@ -176,6 +176,9 @@ def test_import_refuses_vectors_that_overflow_float32(tmp_path):
 
 # -- 7. attempts are final -----------------------------------------------------------------------------
 def test_a_job_that_killed_its_process_max_attempts_times_is_failed(tmp_path):
+    """Each death is on record as the worker's position (issue 24 item 5: only such evidence counts;
+    tests/test_crash_cap.py has deaths without it)."""
+    from eagle_index.ingest.worker import Position
     from eagle_index.server import recover_after_crash
 
     slide = tmp_path / "inbox" / "TCGA-AA-0009-01Z-00-DX1.svs"
@@ -188,12 +191,15 @@ def test_a_job_that_killed_its_process_max_attempts_times_is_failed(tmp_path):
         for _ in range(3):
             claimed = service.jobs.claim()  # the process then dies (SIGKILL): the job stays `running`
             assert claimed is not None and claimed.attempts <= 3
+            position = Position(tmp_path / "data")  # embedding it alone, at the same point each time
+            position.set([claimed], claimed, 0, alone=True)
+            position.close()
             outcomes.append(recover_after_crash(service, max_attempts=3))  # what the next owner does at start
         assert [o["requeued"] for o in outcomes] == [1, 1, 0] and [o["failed"] for o in outcomes] == [0, 0, 1]
         assert service.jobs.claim() is None
         job = next(j for j in _jobs(service) if j["id"] == job_id)
-        assert job["state"] == "failed" and job["attempts"] == 3
-        assert "3 attempts" in job["error"] and "process" in job["error"]
+        assert job["state"] == "failed" and job["attempts"] == 1  # a death is not an attempt; the evidence failed it
+        assert "died 3 times" in job["error"] and "process" in job["error"]
         failures = service.status()["failures"]
         assert failures and failures[0]["file"] == str(slide)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -56,6 +57,61 @@ class Interrupted(Exception):
     """Raised inside the pipeline's progress callback when the worker is asked to stop."""
 
 
+POSITION_FILE = "worker.position"
+
+
+class Position:
+    """What the worker is doing, in `DATA/worker.position`, so that the next owner knows what a
+    killed one was doing (issue 24 item 5): the jobs it holds (started, not stored: the slide being
+    embedded and the one whose top tiles are still to encode), the one being embedded, how many of
+    its tiles are done, and whether it is embedded alone. One `pwrite` per batch, no fsync: the
+    page cache outlives a killed process (a machine crash loses it, and with it only evidence)."""
+
+    SIZE = 4096
+
+    def __init__(self, data_dir: Path):
+        self.path = Path(data_dir) / POSITION_FILE
+        self._fd: int | None = None
+
+    def set(self, held: list[ClaimedJob], current: ClaimedJob | None, tiles: int, alone: bool) -> None:
+        blob = json.dumps({"pid": os.getpid(), "jobs": [[j.id, j.attempts] for j in held][:100],
+                           "job": current.id if current is not None else None, "tiles": tiles, "alone": alone}).encode()
+        self._write(blob)
+
+    def clear(self) -> None:
+        if self._fd is not None:
+            self._write(b"{}")
+
+    def _write(self, blob: bytes) -> None:
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.pwrite(self._fd, blob.ljust(self.SIZE), 0)
+        except OSError as exc:  # evidence only: never a reason to fail a slide
+            log.warning("cannot record the worker's position in %s: %s", self.path, exc)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def last_position(data_dir: Path) -> dict | None:
+    """What a dead owner's worker was doing (`Position`), or None; the record is removed (it is
+    evidence about that process only)."""
+    path = Path(data_dir) / POSITION_FILE
+    try:
+        raw = path.read_bytes()
+        path.unlink()
+    except OSError:
+        return None
+    try:
+        value = json.loads(raw.strip() or b"{}")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and value.get("jobs") else None
+
+
 class Worker:
     """One thread embedding queued slides on this process's models (the daemon without `--cluster`)."""
 
@@ -71,6 +127,7 @@ class Worker:
         self.quarantine = Path(quarantine) if quarantine else None
         self.heartbeat_seconds = heartbeat_seconds
         self.wake = threading.Event()
+        self.position = Position(ctx.settings.data_dir)
 
     def run(self) -> None:
         """Loop until `stop` is set; the current job finishes or goes back to the queue."""
@@ -84,7 +141,9 @@ class Worker:
                 self.wake.wait(self.poll_seconds)
                 self.wake.clear()
                 continue
-            self.process(job, read_ahead=True)
+            # an owner died holding it: embed it alone, so that a death there is evidence against it
+            self.process(job, read_ahead=not job.deaths)
+        self.position.close()
 
     def process(self, job: ClaimedJob, read_ahead: bool = False) -> str:
         """Embed and store `job`; its final state. With `read_ahead`, the next queued jobs are
@@ -97,6 +156,11 @@ class Worker:
         current: list = [None]
         tiles = [0]
         last_beat = [time.monotonic()]
+        alone = not read_ahead
+
+        def record() -> None:  # what this process holds, for the next owner if it dies (Position)
+            waiting = {j.id for j in to_start}
+            self.position.set([j for j, _, _ in pending if j.id not in waiting], current[0], tiles[0], alone)
 
         def jobs():
             nxt = job
@@ -111,13 +175,15 @@ class Worker:
                     yield path, nxt.mpp, None
                 if not read_ahead or self.stop.is_set():
                     return
-                nxt = self.queue.claim()
+                nxt = self.queue.claim(suspects=False)  # a suspect is embedded alone, never read ahead
 
         def start(item) -> None:
             current[0], tiles[0], last_beat[0] = to_start.popleft(), 0, time.monotonic()
+            record()
 
         def progress(n: int) -> None:
             tiles[0] += n
+            record()
             if self.stop.is_set():
                 raise Interrupted()
             if time.monotonic() - last_beat[0] >= self.heartbeat_seconds:
@@ -132,6 +198,7 @@ class Worker:
             for _, result in stream:
                 claimed, before, started = pending.popleft()
                 states.append(self._finish(claimed, before, started, result))
+                record()
                 if self.stop.is_set():
                     break
         except (Interrupted, ReadInterrupted):
@@ -150,6 +217,7 @@ class Worker:
                 log.info(json.dumps({"event": "job_requeued", "job": claimed.id, "file": str(claimed.path)}))
                 states.append("queued")
             pending.clear()
+            self.position.clear()
         return states[0] if states else "queued"
 
     def _finish(self, job: ClaimedJob, before, started: float, result) -> str:
@@ -288,6 +356,17 @@ def store_job_result_in_writer(ctx: IngestContext, job: ClaimedJob, result, seco
     slide_id = ctx.catalog.write(write)
     ctx.sync_index()
     return slide_id
+
+
+def job_deadline(settings, path: Path) -> float:
+    """Seconds a job may stay with a worker the owner cannot look into (a Ray actor) before it is
+    presumed hung (issue 24 item 3): three times the slide's read lease (the reads themselves are
+    bounded by that lease in the worker's reader pool; the rest is embedding)."""
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        size = 0
+    return 3 * settings.tiling.read_lease(size)
 
 
 def admit(queue: JobQueue, job: ClaimedJob, max_attempts: int, backoff_seconds: float,

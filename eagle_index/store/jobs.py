@@ -2,7 +2,8 @@
 
 Every transition is one transaction. A job is claimed with a lease; the owner extends the
 lease while it works. Jobs found `running` when an owner starts belong to a dead process
-(only one process owns the catalog) and go back to the queue.
+(only one process owns the catalog) and go back to the queue, the attempt not counted: a
+process death counts against a slide only with evidence (issue 24 item 5, `recover_dead_owner`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class ClaimedJob:
     attempts: int
     created_at: datetime | None = None  # naive UTC, like every catalog time
     error: str | None = None
+    deaths: int = 0  # owner processes that died while they held this job (a suspect is embedded alone)
 
 
 class JobQueue:
@@ -75,29 +77,38 @@ class JobQueue:
         self.catalog.write(write)
 
     # -- claim / finish -------------------------------------------------------------------
-    def claim(self) -> ClaimedJob | None:
-        """The oldest queued job that is due, now running under our lease."""
+    def claim(self, suspects: bool = True) -> ClaimedJob | None:
+        """The oldest queued job that is due, now running under our lease. `suspects=False` (a
+        read-ahead claim) passes over jobs an owner died holding: those are embedded alone."""
         now = utcnow()
 
         def write(session) -> ClaimedJob | None:
-            job = session.scalar(
-                select(Job).where(Job.state == "queued", (Job.next_attempt_at.is_(None)) | (Job.next_attempt_at <= now)).order_by(Job.id).limit(1)
-            )
+            query = select(Job).where(Job.state == "queued", (Job.next_attempt_at.is_(None)) | (Job.next_attempt_at <= now))
+            if not suspects:
+                query = query.where(Job.progress.is_(None) | ~Job.progress.contains('"deaths"'))
+            job = session.scalar(query.order_by(Job.id).limit(1))
             if job is None:
                 return None
             job.state, job.worker_id, job.lease_until = "running", self.worker_id, now + self.lease
             job.attempts += 1
             job.started_at = job.updated_at = now
-            return ClaimedJob(job.id, job.fingerprint, job.path, job.patient, job.mpp, job.attempts, job.created_at)
+            return ClaimedJob(job.id, job.fingerprint, job.path, job.patient, job.mpp, job.attempts, job.created_at,
+                              deaths=len(_progress(job).get("deaths", [])))
 
         return self.catalog.write(write)
 
     def heartbeat(self, job_id: int, progress: dict | None = None) -> None:
         now = utcnow()
-        values = {"lease_until": now + self.lease, "updated_at": now}
-        if progress is not None:
-            values["progress"] = json.dumps(progress)
-        self.catalog.write(lambda session: session.execute(update(Job).where(Job.id == job_id).values(**values)))
+
+        def write(session) -> None:
+            job = session.get(Job, job_id)
+            if job is None:
+                return
+            job.lease_until, job.updated_at = now + self.lease, now
+            if progress is not None:
+                job.progress = json.dumps(_keep_deaths(job, progress))
+
+        self.catalog.write(write)
 
     @staticmethod
     def mark_done(session, job_id: int, slide_id: int | None, duration_s: float) -> None:
@@ -168,7 +179,7 @@ class JobQueue:
             job = session.get(Job, job_id)
             if job is not None and job.state == "running":
                 job.state, job.attempts, job.lease_until, job.worker_id = "queued", max(0, job.attempts - 1), None, None
-                job.progress = json.dumps({"note": reason})
+                job.progress = json.dumps(_keep_deaths(job, {"note": reason}))
 
         self.catalog.write(write)
 
@@ -177,32 +188,56 @@ class JobQueue:
         def write(session) -> None:
             job = session.get(Job, job_id)
             if job is not None and job.state == "failed":
-                job.state, job.attempts, job.next_attempt_at = "queued", 0, None
+                job.state, job.attempts, job.next_attempt_at, job.progress = "queued", 0, None, None
 
         self.catalog.write(write)
 
-    def fail_exhausted(self, max_attempts: int) -> list[ClaimedJob]:
-        """On start, before `recover`: `running` jobs of a dead owner that have had all their attempts
-        (each ended with the process dying) are failed with that reason; returns them."""
-        now = utcnow()
+    def recover_dead_owner(self, max_attempts: int, position: dict | None = None) -> tuple[int, list[ClaimedJob]]:
+        """On start: every `running` job belongs to a dead owner. (jobs requeued, jobs failed for good).
 
-        def write(session) -> list[ClaimedJob]:
-            out = []
-            for job in session.scalars(select(Job).where(Job.state == "running", Job.attempts >= max_attempts)):
-                reason = (f"the process died during each of {job.attempts} attempts to embed {job.path} "
-                          f"(--max-attempts {max_attempts}); not retried")
-                job.state, job.finished_at, job.updated_at, job.lease_until, job.worker_id = "failed", now, now, None, None
-                job.last_error = reason
-                out.append(ClaimedJob(job.id, job.fingerprint, job.path, job.patient, job.mpp, job.attempts, job.created_at, reason))
-            return out
+        A death is not an attempt: the job goes back to the queue with its attempt given back
+        (an operator's restart or the OOM killer must not use up a healthy slide's attempts).
+        Evidence is `position`, what the dead owner's worker was doing (`ingest.worker.Position`:
+        the jobs it held, the one it embedded and how many of its tiles, whether alone). Each job it
+        held gets the death recorded (`progress.deaths`); such a suspect is then embedded alone, after
+        a clean start, nothing read ahead beside it. A slide whose processing kills the owner dies at
+        the same point each time: once `max_attempts` deaths while it was embedded alone fall at the
+        same tile count, it is failed for good with that reason. Random kills fall elsewhere."""
+        now = utcnow()
+        held = {int(j): int(a) for j, a in (position or {}).get("jobs", [])}
+        current = (position or {}).get("job")
+
+        def write(session) -> tuple[int, list[ClaimedJob]]:
+            requeued, failed = 0, []
+            for job in session.scalars(select(Job).where(Job.state == "running")):
+                info = _progress(job)
+                deaths = list(info.get("deaths", []))
+                if held.get(job.id) == job.attempts:  # it was in the dead owner's hands, this very attempt
+                    alone = job.id == current and bool(position.get("alone")) and len(held) == 1
+                    tiles = int(position.get("tiles", 0)) if job.id == current else None
+                    deaths.append({"tiles": tiles, "alone": alone, "at": _iso(now)})
+                    same = [d for d in deaths if d.get("alone") and d.get("tiles") == tiles]
+                    if alone and len(same) >= max_attempts:
+                        reason = (f"{job.path}: the process died {len(same)} times at the same point of embedding this "
+                                  f"slide (after {tiles} tiles, embedded alone after a clean start each time); not retried")
+                        job.state, job.finished_at, job.updated_at, job.lease_until, job.worker_id = "failed", now, now, None, None
+                        job.last_error = reason
+                        job.progress = json.dumps({"deaths": deaths})
+                        failed.append(ClaimedJob(job.id, job.fingerprint, job.path, job.patient, job.mpp, job.attempts,
+                                                 job.created_at, reason, len(deaths)))
+                        continue
+                job.state, job.lease_until, job.worker_id, job.updated_at = "queued", None, None, now
+                job.attempts = max(0, job.attempts - 1)
+                note = {"note": "requeued: the owner process died while it held this job"}
+                job.progress = json.dumps({**note, "deaths": deaths} if deaths else note)
+                requeued += 1
+            return requeued, failed
 
         return self.catalog.write(write)
 
     def recover(self) -> int:
-        """On start: every `running` job belongs to a dead owner; queue it again."""
-        return self.catalog.write(lambda session: session.execute(
-            update(Job).where(Job.state == "running").values(state="queued", lease_until=None, worker_id=None, updated_at=utcnow())
-        ).rowcount or 0)
+        """On start, without evidence of what the dead owner did: every `running` job goes back to the queue."""
+        return self.recover_dead_owner(max_attempts=1 << 30)[0]
 
     # -- observability ---------------------------------------------------------------------
     def summary(self, failures: int = 20) -> dict:
@@ -250,6 +285,20 @@ class JobQueue:
             return [{"id": j.id, "file": j.path, "patient": j.patient, "state": j.state, "attempts": j.attempts,
                      "error": j.last_error, "created_at": _iso(j.created_at), "finished_at": _iso(j.finished_at)}
                     for j in session.scalars(query)]
+
+
+def _progress(job: Job) -> dict:
+    try:
+        value = json.loads(job.progress) if job.progress else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _keep_deaths(job: Job, progress: dict) -> dict:
+    """`progress` with the job's recorded owner deaths kept (the evidence of issue 24 item 5)."""
+    deaths = _progress(job).get("deaths")
+    return {**progress, "deaths": deaths} if deaths else progress
 
 
 def _supersede(session, job: Job, reason: str) -> None:
