@@ -344,3 +344,13 @@ def test_ingest_refuses_a_bad_patient_id_naming_the_file(one_slide, tmp_path):
                 service.ingest([slide], patient=patient)
             assert str(raised.value).startswith(f"{slide}: patient id") and problem in str(raised.value), raised.value
         assert service.stats()["patients"] == 0
+
+
+def test_slide_upload_search_holds_its_patient_name_to_the_rule(tmp_path):
+    with _service(tmp_path / "data") as service:
+        client = _client(service)
+        for patient in ("a\nb", "..", "p" * 201):
+            answer = client.post("/api/v1/search/upload", data={"file": (io.BytesIO(b"x" * 100), "s.svs"), "patient": patient},
+                                 content_type="multipart/form-data")
+            _error(answer, 400, "patient")
+        assert not list((tmp_path / "data").glob("uploads/*"))

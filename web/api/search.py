@@ -12,8 +12,8 @@ from flask import Blueprint, jsonify, request
 
 from eagle_index.formats.suffixes import UPLOAD_SUFFIXES
 from eagle_index.limits import MAX_K  # one limit for the CLI, the API and the service
-from web.api.params import (bool_arg, bool_value, check_object, float_arg, int_arg, int_field, json_body, label_args, service,
-                            str_field, tasks)
+from web.api.params import (bool_arg, bool_value, check_object, float_arg, identifier_field, int_arg, int_field, json_body,
+                            label_args, service, str_field, tasks)
 from web.errors import ApiError, user_named
 
 bp = Blueprint("search", __name__)
@@ -176,7 +176,7 @@ def search_upload():
     form = request.form
     k = int_field(form, "k", 10, 1, MAX_K)
     kind = form.get("kind") or None
-    patient = (form.get("patient") or "").strip()[:200] or None
+    patient = identifier_field(form, "patient", "patient")  # the identifier rule (was cut to 200 characters)
     vote = (form.get("vote") or "").strip() or None
     explain = bool_value(form.get("explain"), "explain", True)
     pairs = int_field(form, "pairs", 5, 1, 25)
