@@ -354,3 +354,11 @@ def test_slide_upload_search_holds_its_patient_name_to_the_rule(tmp_path):
                                  content_type="multipart/form-data")
             _error(answer, 400, "patient")
         assert not list((tmp_path / "data").glob("uploads/*"))
+
+
+def test_a_search_vector_too_large_for_float32_is_called_that(tmp_path):
+    with _service(tmp_path / "data") as service:
+        _with_patients(service, tmp_path, ["P-1", "P-2"])
+        client = _client(service)
+        message = _error(client.post("/api/v1/search", json={"vector": [1.0] * 7 + [1e39]}), 400, "vector")
+        assert "too large for float32" in message and "finite" not in message, message

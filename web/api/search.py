@@ -129,7 +129,12 @@ def search_full():
         if not isinstance(vector, list) or not vector or len(vector) > 65536 or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in vector):
             raise ApiError(400, "vector must be a non-empty list of numbers", field="vector")
-        array = np.asarray(vector, dtype=np.float32)
+        wide = np.asarray(vector, dtype=np.float64)
+        if np.isfinite(wide).all() and np.abs(wide).max() > np.finfo(np.float32).max:
+            raise ApiError(400, f"vector: value {wide[np.abs(wide).argmax()]:.3g} is too large for float32 "
+                                "(vectors are searched as float32, |x| at most 3.4e+38)", field="vector")
+        with np.errstate(under="ignore"):
+            array = wide.astype(np.float32)
         if not np.all(np.isfinite(array)) or not np.any(array):
             raise ApiError(400, "vector must be finite and not all zeros", field="vector")
         result = svc.search(vector=array, k=k, kind=kind, signature=signature, filters=filters, vote=vote)
