@@ -362,3 +362,13 @@ def test_a_search_vector_too_large_for_float32_is_called_that(tmp_path):
         client = _client(service)
         message = _error(client.post("/api/v1/search", json={"vector": [1.0] * 7 + [1e39]}), 400, "vector")
         assert "too large for float32" in message and "finite" not in message, message
+
+
+def test_identifiers_is_on_the_ground_floor():
+    """`eagle_index.identifiers` imports only `errors` and `limits` (front ends and formats may use it freely)."""
+    import ast
+
+    source = (Path(__file__).resolve().parents[1] / "eagle_index" / "identifiers.py").read_text()
+    modules = {node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom) and node.module}
+    modules |= {alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import) for alias in node.names}
+    assert modules <= {"__future__", "eagle_index.errors", "eagle_index.limits"}, modules
