@@ -2,27 +2,42 @@
 
 The application never creates tables behind the user's back: a new catalog is created by
 running every revision, and an older one is refused with the command that upgrades it.
+
+Reads never import Alembic (issue 20 item 4: it cost a read command a third of its start-up):
+the catalog's revision is read from its `alembic_version` table with one query, and the head
+revision is found from the revision files' own `revision` / `down_revision` lines
+(`head_revision`; tests/test_cli_startup.py checks it against Alembic's answer). Alembic is
+imported only to upgrade (and its DuckDB implementation registered then, `_alembic`).
 """
 
 from __future__ import annotations
 
+import functools
+import re
+import sys
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.ddl.impl import DefaultImpl
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 
 from eagle_index.errors import CatalogError
 
+VERSION_TABLE = "alembic_version"  # Alembic's default, which migrations/env.py keeps
 
-class DuckDBImpl(DefaultImpl):
-    """Alembic has no built-in DuckDB dialect; registering this class (by defining it) adds one."""
 
-    __dialect__ = "duckdb"
-    transactional_ddl = True
+def _alembic():
+    """Import Alembic and register its DuckDB implementation (defining the class registers it)."""
+    from alembic.ddl.impl import DefaultImpl, _impls
+
+    if "duckdb" not in _impls:
+        class DuckDBImpl(DefaultImpl):
+            """Alembic has no built-in DuckDB dialect; this adds one."""
+
+            __dialect__ = "duckdb"
+            transactional_ddl = True
+
+
+if "alembic" in sys.modules:  # imported by migrations/env.py under a plain `alembic` command
+    _alembic()
 
 
 def migrations_dir() -> Path:
@@ -40,25 +55,59 @@ def migrations_dir() -> Path:
     raise CatalogError("the eagle-index Alembic revisions (migrations/) are missing from this installation")
 
 
-def alembic_config(engine: Engine) -> Config:
+def alembic_config(engine: Engine):
+    from alembic.config import Config
+
+    _alembic()
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
     return config
 
 
+_REVISION = re.compile(r"^revision\s*(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
+_DOWN = re.compile(r"^down_revision\s*(?::[^=]*)?=\s*(None|['\"]([^'\"]+)['\"])", re.MULTILINE)
+
+
+@functools.lru_cache(maxsize=None)
 def head_revision() -> str:
-    script = ScriptDirectory(str(migrations_dir()))
-    return script.get_current_head()
+    """The head revision id, from the revision files (`revision = "..."`, `down_revision = ...`) without
+    importing Alembic: the one revision no other revision names as its `down_revision`."""
+    revisions, downs = set(), set()
+    for path in sorted((migrations_dir() / "versions").glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        found = _REVISION.search(source)
+        if found is None:
+            continue  # __init__.py
+        down = _DOWN.search(source)
+        if down is None:
+            raise CatalogError(f"revision file {path.name} has no down_revision line")
+        revisions.add(found.group(1))
+        if down.group(2):
+            downs.add(down.group(2))
+    heads = sorted(revisions - downs)
+    if len(heads) != 1:
+        raise CatalogError(f"the schema revisions have {len(heads)} heads ({', '.join(heads) or 'none'}), expected one")
+    return heads[0]
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The catalog's schema revision (its `alembic_version` row), None for a catalog without one."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        exists = conn.execute(text("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = :t"),
+                              {"t": VERSION_TABLE}).scalar()
+        if not exists:
+            return None
+        rows = [r[0] for r in conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()]
+    if len(rows) > 1:
+        raise CatalogError(f"the catalog records {len(rows)} schema revisions ({', '.join(rows)}), expected one")
+    return rows[0] if rows else None
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply revisions up to `revision` (in place, inside a transaction)."""
+    from alembic import command
+
     config = alembic_config(engine)
     with engine.begin() as conn:
         config.attributes["connection"] = conn
