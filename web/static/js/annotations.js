@@ -19,7 +19,9 @@ const TOOLS = {
   point: ["Search a point", "Find similar regions: click any point of tissue on the slide; the tile under it is the query. Esc cancels."],
   box: ["Search a box", "Find similar regions: drag a box over tissue (at least one tile); its tissue tiles, averaged, are the query. Esc cancels."],
 };
-const LIST_LIMIT = 100;  // rows in the annotation list; the overlay shows them all
+const LIST_LIMIT = 100;
+const CACHE_MARGIN = 0.25;
+const THICK_FROM_PX = 40;  // shapes at least this wide on screen are outlined 2 px wide, smaller ones 1 device px  // the overlay's cache reaches this fraction of the view beyond each side  // rows in the annotation list; the overlay shows them all
 const SEARCH = { k: 20, per_patient: 3 };
 
 // -- geometry ----------------------------------------------------------------------------------------------
@@ -101,6 +103,8 @@ export class AnnotationLayer {
     this.osd.addHandler("canvas-click", (e) => this.click(e));
     this.osd.addHandler("canvas-double-click", (e) => this.doubleClick(e));
     this.osd.canvas.addEventListener("pointermove", (e) => this.hover(e));
+    // the browser's own double-click too: OpenSeadragon counts clicks itself and misses one after quick corners
+    this.osd.canvas.addEventListener("dblclick", () => { if (this.tool === "polygon" && this.draft) this.closePolygon(); });
     document.addEventListener("keydown", (e) => this.key(e));
     this.root.addEventListener("slide-shown", (e) => this.load(e.detail));
     this.buildTools();
@@ -125,9 +129,12 @@ export class AnnotationLayer {
     this.download.setAttribute("download", `${slide.slide}.geojson`);
     this.status(`loading the annotations of ${slide.slide}…`);
     try {
+      const started = performance.now();
       const data = await api(`${slidePath(slide.slide)}/annotations`);
       if (this.slide !== slide) return;  // another slide was opened meanwhile
+      const fetched = performance.now();
       this.setAll(data.annotations);
+      this.timings = { fetchMs: fetched - started, buildMs: performance.now() - fetched, at: performance.now() };  // benchmarks read these
       this.status("");
     } catch (error) {
       this.setAll([]);
@@ -160,6 +167,7 @@ export class AnnotationLayer {
   }
 
   afterChange() {
+    this.invalidate();
     this.root.dataset.annotations = String(this.items.length);
     this.renderList();
     this.draw();
@@ -176,6 +184,11 @@ export class AnnotationLayer {
     return { s: (p1.x - p0.x) / 1000, ox: p0.x, oy: p0.y };
   }
 
+  // The annotations are rendered into a cache canvas a margin larger than the view; while the viewer
+  // animates (drag, wheel, zoom buttons) each frame only re-places that bitmap (one drawImage), and the
+  // shapes are rendered again, crisp, once it rests, when the view leaves the cache or zooms past 2×.
+  invalidate() { if (this.cache) this.cache.valid = false; }
+
   draw() {
     if (!this.canvas) return;
     const started = performance.now();
@@ -185,76 +198,109 @@ export class AnnotationLayer {
     if (this.canvas.width !== Math.round(w * dpr) || this.canvas.height !== Math.round(h * dpr)) {
       this.canvas.width = Math.round(w * dpr);
       this.canvas.height = Math.round(h * dpr);
+      this.invalidate();
     }
     const ctx = this.canvas.getContext("2d");
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
     const t = this.transform();
     if (!t) return;
-    const { s, ox, oy } = t;
-    // the view in image px, with a margin for line widths
-    const pad = 8 / s;
-    const vx0 = -ox / s - pad; const vy0 = -oy / s - pad; const vx1 = (w - ox) / s + pad; const vy1 = (h - oy) / s + pad;
-    let drawn = 0;
     if (this.visible && this.items.length) {
-      const byColour = new Map();
-      const dots = new Map();
-      for (const it of this.items) {
-        const [x0, y0, x1, y1] = it.shape.bbox;
-        if (x1 < vx0 || y1 < vy0 || x0 > vx1 || y0 > vy1) continue;  // culled: outside the view
-        drawn += 1;
-        const colour = it.a.color || DEFAULT_COLOUR;
-        const small = it.shape.kind !== "points" && Math.max(x1 - x0, y1 - y0) * s < 3;
-        const bucket = small ? dots : byColour;
-        if (!bucket.has(colour)) bucket.set(colour, []);
-        bucket.get(colour).push(it);
+      const c = this.cache;
+      const k = c ? t.s / c.t.s : 1;
+      const left = c ? t.ox - k * (c.t.ox + CACHE_MARGIN * c.w) : 0;
+      const top = c ? t.oy - k * (c.t.oy + CACHE_MARGIN * c.h) : 0;
+      const moved = !c || c.t.s !== t.s || c.t.ox !== t.ox || c.t.oy !== t.oy;
+      const covers = c && k > 0.5 && k < 2 && left <= 0 && top <= 0
+        && left + k * c.canvas.width / c.dpr >= w && top + k * c.canvas.height / c.dpr >= h;
+      if (!c || !c.valid || c.w !== w || c.h !== h || c.dpr !== dpr || !covers || (moved && !this.osd.isAnimating())) {
+        this.renderCache(t, w, h, dpr);
+        ctx.drawImage(this.cache.canvas, -Math.round(CACHE_MARGIN * w * dpr), -Math.round(CACHE_MARGIN * h * dpr));
+      } else {
+        ctx.setTransform(k, 0, 0, k, dpr * left, dpr * top);
+        ctx.drawImage(c.canvas, 0, 0);
       }
-      ctx.setTransform(dpr * s, 0, 0, dpr * s, dpr * ox, dpr * oy);
-      ctx.lineWidth = 1.5 / s;
-      ctx.lineJoin = "round";
-      const r = 4 / s;
-      for (const [colour, list] of byColour) {
-        ctx.strokeStyle = colour;
-        ctx.fillStyle = colour;
-        for (const it of list) {
-          if (it.shape.kind === "points") {
-            for (const [x, y] of it.shape.points) { ctx.beginPath(); ctx.arc(x, y, r, 0, 2 * Math.PI); ctx.fill(); }
-          } else ctx.stroke(it.shape.path);
-        }
-      }
-      // shapes smaller than 3 screen px: one dot each, one fill per colour
-      for (const [colour, list] of dots) {
-        ctx.fillStyle = colour;
-        ctx.beginPath();
-        for (const it of list) {
-          const [x0, y0, x1, y1] = it.shape.bbox;
-          ctx.rect((x0 + x1) / 2 - 1 / s, (y0 + y1) / 2 - 1 / s, 2 / s, 2 / s);
-        }
-        ctx.fill();
-      }
-      const chosen = this.byId.get(this.selected);
-      if (chosen) {
-        ctx.lineWidth = 3.5 / s;
-        ctx.strokeStyle = "#ffffff";
-        ctx.stroke(chosen.shape.path);
-        ctx.lineWidth = 2 / s;
-        ctx.strokeStyle = chosen.a.color || DEFAULT_COLOUR;
-        ctx.globalAlpha = 0.22;
-        ctx.fillStyle = ctx.strokeStyle;
-        if (chosen.shape.kind === "area") ctx.fill(chosen.shape.path, "evenodd");
-        ctx.globalAlpha = 1;
-        ctx.stroke(chosen.shape.path);
-      }
-      this.labels(ctx, byColour, t, dpr, w, h);
-    }
+    } else this.root.dataset.annotationsDrawn = "0";
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     this.drawPending(ctx, t);
     this.drawDraft(ctx, t);
     this.drawQuery(ctx, t);
     const ms = performance.now() - started;
-    if (this.drawMs.length >= 2000) this.drawMs.shift();
+    if (this.drawMs.length >= 5000) this.drawMs.shift();
     this.drawMs.push(ms);
-    if (this.firstDrawAt === null && this.items.length) this.firstDrawAt = performance.now();
+    if (this.firstDrawAt === null && this.items.length && this.visible) this.firstDrawAt = performance.now();
+  }
+
+  // every annotation in the view (+ margin) at transform t, into the cache canvas
+  renderCache(t, w, h, dpr) {
+    const cw = Math.round((1 + 2 * CACHE_MARGIN) * w * dpr);
+    const ch = Math.round((1 + 2 * CACHE_MARGIN) * h * dpr);
+    if (!this.cache) this.cache = { canvas: document.createElement("canvas") };
+    const c = this.cache;
+    if (c.canvas.width !== cw || c.canvas.height !== ch) { c.canvas.width = cw; c.canvas.height = ch; }
+    Object.assign(c, { t, w, h, dpr, valid: true });
+    const ctx = c.canvas.getContext("2d");
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, cw, ch);
+    // cache px = view px shifted by the margin
+    const s = t.s;
+    const ox = t.ox + CACHE_MARGIN * w;
+    const oy = t.oy + CACHE_MARGIN * h;
+    const pad = 8 / s;  // line widths
+    const vx0 = -ox / s - pad; const vy0 = -oy / s - pad; const vx1 = (cw / dpr - ox) / s + pad; const vy1 = (ch / dpr - oy) / s + pad;
+    let drawn = 0;
+    const byColour = new Map();  // colour -> {thin, thick, points}: small shapes get hairlines (Skia's fast path), large ones 2 px
+    const dots = new Map();
+    for (const it of this.items) {
+      const [x0, y0, x1, y1] = it.shape.bbox;
+      if (x1 < vx0 || y1 < vy0 || x0 > vx1 || y0 > vy1) continue;  // culled: outside the view
+      drawn += 1;
+      const colour = it.a.color || DEFAULT_COLOUR;
+      const size = Math.max(x1 - x0, y1 - y0) * s;
+      if (it.shape.kind !== "points" && size < 3) {
+        if (!dots.has(colour)) dots.set(colour, []);
+        dots.get(colour).push(it);
+        continue;
+      }
+      if (!byColour.has(colour)) byColour.set(colour, { thin: [], thick: [], points: [] });
+      byColour.get(colour)[it.shape.kind === "points" ? "points" : size < THICK_FROM_PX ? "thin" : "thick"].push(it);
+    }
+    ctx.setTransform(dpr * s, 0, 0, dpr * s, dpr * ox, dpr * oy);
+    ctx.lineJoin = "round";
+    const r = 4 / s;
+    for (const [colour, { thin, thick, points }] of byColour) {
+      ctx.strokeStyle = colour;
+      ctx.fillStyle = colour;
+      ctx.lineWidth = 1 / (dpr * s);  // one device pixel
+      for (const it of thin) ctx.stroke(it.shape.path);
+      ctx.lineWidth = 2 / s;
+      for (const it of thick) ctx.stroke(it.shape.path);
+      for (const it of points) for (const [x, y] of it.shape.points) { ctx.beginPath(); ctx.arc(x, y, r, 0, 2 * Math.PI); ctx.fill(); }
+    }
+    // shapes smaller than 3 screen px: one dot each, one fill per colour
+    for (const [colour, list] of dots) {
+      ctx.fillStyle = colour;
+      ctx.beginPath();
+      for (const it of list) {
+        const [x0, y0, x1, y1] = it.shape.bbox;
+        ctx.rect((x0 + x1) / 2 - 1 / s, (y0 + y1) / 2 - 1 / s, 2 / s, 2 / s);
+      }
+      ctx.fill();
+    }
+    const chosen = this.byId.get(this.selected);
+    if (chosen) {
+      ctx.lineWidth = 3.5 / s;
+      ctx.strokeStyle = "#ffffff";
+      ctx.stroke(chosen.shape.path);
+      ctx.lineWidth = 2 / s;
+      ctx.strokeStyle = chosen.a.color || DEFAULT_COLOUR;
+      ctx.globalAlpha = 0.22;
+      ctx.fillStyle = ctx.strokeStyle;
+      if (chosen.shape.kind === "area") ctx.fill(chosen.shape.path, "evenodd");
+      ctx.globalAlpha = 1;
+      ctx.stroke(chosen.shape.path);
+    }
+    this.labels(ctx, byColour, { s, ox, oy }, dpr, cw / dpr, ch / dpr);
     this.root.dataset.annotationsDrawn = String(drawn);
   }
 
@@ -264,8 +310,8 @@ export class AnnotationLayer {
     ctx.font = "600 12px system-ui, sans-serif";
     ctx.textBaseline = "bottom";
     let n = 0;
-    for (const list of byColour.values()) {
-      for (const it of list) {
+    for (const { thick } of byColour.values()) {
+      for (const it of thick) {
         const [x0, y0, x1] = it.shape.bbox;
         if ((x1 - x0) * s < 70 || !it.a.name || n >= 200) continue;
         const x = Math.max(2, x0 * s + ox);
@@ -530,6 +576,8 @@ export class AnnotationLayer {
   newShape(geometry) {
     this.pending = geometry;
     this.selected = "new";
+    this.invalidate();
+    this.status("name the shape, give it a class and a colour, and save it");
     this.openForm(null);
     this.draw();
   }
@@ -539,13 +587,14 @@ export class AnnotationLayer {
     this.selected = id;
     this.openForm(this.byId.get(id).a);
     this.renderList();
+    this.invalidate();
     this.draw();
   }
 
   closeForm() {
     if (this.formBox) clear(this.formBox);
     this.form = null;
-    if (this.selected !== null) { this.selected = null; this.pending = null; this.renderList(); this.draw(); }
+    if (this.selected !== null) { this.selected = null; this.pending = null; this.renderList(); this.invalidate(); this.draw(); }
   }
 
   // the form of a new shape (annotation null) or of a saved one
