@@ -92,10 +92,15 @@ def register(app: typer.Typer) -> None:
 
     @group.command("delete")
     def delete(
-        ids: Annotated[list[int], typer.Argument(help="Annotation ids (see `annotations list`).")],
+        ids: Annotated[list[str], typer.Argument(metavar="ID", help="Annotation ids (see `annotations list`).")],
         data_dir: DataDirOpt = None,
     ) -> None:
         """Delete annotations by id: all of them, or none when one id is unknown."""
+        from eagle_index.errors import InputError
+
+        for value in ids:
+            if not value.strip().isdigit():
+                raise InputError(f"annotation id must be a positive integer, got {value!r}")
         with _service(data_dir) as service:
-            deleted = service.annotations.delete(list(ids))
+            deleted = service.annotations.delete([int(v) for v in ids])
         typer.echo(f"deleted {len(deleted)} annotation{'s' if len(deleted) != 1 else ''}: {', '.join(map(str, deleted))}")
