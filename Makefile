@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed-stamp
 DEMO_DATA ?= ./demo-data
 PORT ?= 8000
 
-.PHONY: install test test-slow demo clean bench browser frontend
+.PHONY: install test test-slow demo clean bench browser frontend lint-js
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,24 @@ $(OSD_JS): web/frontend/package.json web/frontend/package-lock.json
 		&& cp $(OSD_SRC)/images/*.png $(OSD_DIR)/images/ && echo "OpenSeadragon installed in $(OSD_DIR)"; \
 	else echo "warning: npm is missing (apt-get install npm): the slide viewer and its browser test are unavailable"; fi
 
-frontend: $(OSD_JS)
+# Chart.js (the Cohorts map, the Probes curves) comes from the same `npm ci`, copied the same way.
+CHART_DIR := web/static/vendor/chartjs
+CHART_JS := $(CHART_DIR)/chart.umd.min.js
+
+$(CHART_JS): $(OSD_JS)
+	@if [ -f web/frontend/node_modules/chart.js/dist/chart.umd.min.js ]; then \
+		rm -rf $(CHART_DIR) && mkdir -p $(CHART_DIR) \
+		&& cp web/frontend/node_modules/chart.js/dist/chart.umd.min.js web/frontend/node_modules/chart.js/LICENSE.md $(CHART_DIR)/ \
+		&& echo "Chart.js installed in $(CHART_DIR)"; \
+	else echo "warning: npm is missing (apt-get install npm): the cohort map and the probe curves are unavailable"; fi
+
+frontend: $(OSD_JS) $(CHART_JS)
+
+# ESLint (from the same package.json's devDependencies) over our own scripts, web/static/js; part of `make test`.
+ESLINT := web/frontend/node_modules/.bin/eslint
+lint-js: frontend
+	@if [ -x $(ESLINT) ]; then $(ESLINT) --config web/frontend/eslint.config.mjs web/static/js && echo "eslint: web/static/js is clean"; \
+	else echo "warning: npm is missing (apt-get install npm): the JavaScript linter did not run"; fi
 
 # The browser tests drive Debian's chromium (never a downloaded browser build); skipped without it.
 browser:
@@ -46,7 +63,7 @@ browser:
 # Test modules run in parallel on pytest-xdist workers, each module whole on one worker (tests/conftest.py
 # schedules them); TEST_WORKERS=0 runs them in this process, one after another.
 TEST_WORKERS ?= auto
-test: install browser
+test: install browser lint-js
 	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: install

@@ -210,7 +210,7 @@ def test_cohort_exports_all_download(page, demo, tmp_path):
         target = tmp_path / f"export-{fmt}"
         info.value.save_as(target)
         assert info.value.failure() is None and target.stat().st_size > 0, fmt
-    page.wait_for_selector("#map svg circle", timeout=300_000)
+    page.wait_for_selector("#map canvas", timeout=300_000)  # the map, a Chart.js canvas
     all_images_loaded(page)
     shot(page, demo, "cohorts")
 
@@ -220,7 +220,7 @@ def test_probes_page_trains(page, demo):
     page.get_by_label("Label").select_option("SITE")
     page.get_by_label("Folds").fill("3")
     page.get_by_role("button", name="Train").click()
-    page.wait_for_selector("#roc-svg path.curve:not(.fold)", timeout=180_000)
+    page.wait_for_selector("#roc-chart", timeout=180_000)  # the ROC curves, a Chart.js canvas
     all_images_loaded(page)
     shot(page, demo, "probes")
 

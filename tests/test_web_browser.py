@@ -178,6 +178,12 @@ def test_patient_page_shows_slides_tiles_and_labels(page, server):
     page.wait_for_selector("#slides .empty img")
 
 
+# The charts are Chart.js canvases: what they draw is read from the chart (Chart.getChart(canvas)).
+MAP_POINTS = "() => Chart.getChart(document.querySelector('#map canvas')).data.datasets.reduce((n, d) => n + d.data.length, 0)"
+FIRST_POINT = "() => { const p = Chart.getChart(document.querySelector('#map canvas')).getDatasetMeta(0).data[0]; return { x: p.x, y: p.y }; }"
+CURVES = "(selector) => Chart.getChart(document.querySelector(selector)).data.datasets.map((d) => d.label)"
+
+
 def test_a_cohort_is_built_saved_and_exported(page, server, tmp_path):
     goto(page, "/cohorts")
     page.get_by_label("Name", exact=True).fill("browser dense")
@@ -187,8 +193,8 @@ def test_a_cohort_is_built_saved_and_exported(page, server, tmp_path):
     page.wait_for_function("() => document.querySelector('#live-count b').textContent === '14'")
     page.get_by_role("button", name="Save cohort").click()
     page.wait_for_selector("#cohort-rows tr[data-cohort='browser dense']")
-    page.wait_for_selector("#map svg circle", timeout=120_000)  # UMAP compiles with numba on first use
-    assert page.locator("#map svg circle").count() == 14
+    page.wait_for_selector("#map canvas", timeout=120_000)  # UMAP compiles with numba on first use
+    assert page.evaluate(MAP_POINTS) == 14  # the points Chart.js draws on the map's canvas
     assert page.locator("#member-rows tr").count() == 14
     with page.expect_download() as info:
         page.locator("#export-buttons a[data-format='stamp']").click()
@@ -199,7 +205,8 @@ def test_a_cohort_is_built_saved_and_exported(page, server, tmp_path):
     page.get_by_role("button", name="Find duplicates").click()
     page.wait_for_selector("#dup-result table")
     assert "IMP-001" in page.locator("#dup-result").inner_text() and "IMP-002" in page.locator("#dup-result").inner_text()
-    page.locator("#map svg circle").first.hover()
+    point = page.evaluate(FIRST_POINT)
+    page.locator("#map canvas").hover(position=point)
     page.wait_for_selector(".plot-tip:not([hidden])")
     shot(page, "cohorts")
 
@@ -210,12 +217,14 @@ def test_a_probe_is_trained_and_its_roc_curve_appears(page, server):
     page.get_by_label("Folds").fill("3")
     page.get_by_label("Name (optional)").fill("msi-browser")
     page.get_by_role("button", name="Train").click()
-    page.wait_for_selector("#roc-svg path.curve:not(.fold)", timeout=90_000)
+    page.wait_for_selector("#roc-chart", timeout=90_000)
     assert page.locator("#probe-title").inner_text() == "msi-browser"
     assert "±" in page.locator("#metrics").inner_text()
-    assert page.locator("#roc-svg path.curve.fold").count() == 3
+    curves = page.evaluate(CURVES, "#roc-chart")
+    assert len([c for c in curves if c.startswith("fold ")]) == 3 and any(c.startswith("pooled: AUROC") for c in curves)
     page.get_by_role("button", name="Compute").click()  # the few-shot curve, trained in the background
-    page.wait_for_selector("#fewshot-plot svg path.curve", timeout=90_000)
+    page.wait_for_selector("#fewshot-chart", timeout=90_000)
+    assert "mean AUROC" in page.evaluate(CURVES, "#fewshot-chart")
     page.get_by_role("button", name="Apply to archive").click()
     page.wait_for_selector("#candidate-rows tr[data-patient]")
     rows = page.locator("#candidate-rows tr[data-patient]")

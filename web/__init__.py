@@ -8,7 +8,7 @@ Layout: `web/api/` (blueprints by topic under `/api/v1`), `web/ui.py` (pages), `
 (token, login session, CSRF, headers), `web/tasks.py` (background jobs owned by the app),
 `web/media.py` (thumbnails and tile images), `service.browse` (read-only listing queries),
 `web/openapi.py` (the OpenAPI document), `templates/` and `static/` (no CDN, no build step;
-`static/vendor/` holds OpenSeadragon, copied from npm by `make`).
+`static/vendor/` holds OpenSeadragon and Chart.js, copied from npm by `make`).
 """
 
 from __future__ import annotations

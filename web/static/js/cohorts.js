@@ -115,12 +115,12 @@ function drawMap() {
   const values = [...new Set(mapData.points.map(key))].sort();
   const color = (v) => (v === "unlabelled" || v === "no other cohort" ? "#a3acb8" : PALETTE[values.filter((x) => x !== "unlabelled" && x !== "no other cohort").indexOf(v) % PALETTE.length]);
   scatter($("#map"), {
-    width: Math.max(360, $("#map").clientWidth), height: Math.max(300, Math.round($("#map").clientWidth * 0.72)),
+    height: Math.max(300, Math.round($("#map").clientWidth * 0.72)),
     title: `${mapData.method.toUpperCase()} map of ${current}`,
     points: mapData.points.map((p) => ({ x: p.x, y: p.y, patient: p.patient, color: color(key(p)),
       label: `${p.patient} · ${Object.entries(p.labels).map(([k, v]) => `${k}=${v}`).join(", ") || "no labels"}` })),
     onOpen: (p) => window.location.assign(patientUrl(p.patient)),
-  });
+  }).catch((err) => fail(err, $("#map")));
   clear($("#map-legend"), values.map((v) => { const dot = el("i"); dot.style.background = color(v); return el("span", {}, dot, v); }));
 }
 

@@ -12,9 +12,9 @@ export class ApiFailure extends Error {
   }
 }
 
-export async function api(path, { method = "GET", body, form, raw = false } = {}) {
+export async function api(path, { method = "GET", body, form, raw = false, signal } = {}) {
   const headers = { Accept: "application/json" };
-  const init = { method, headers, credentials: "same-origin" };
+  const init = { method, headers, credentials: "same-origin", signal };
   if (method !== "GET") headers["X-CSRF-Token"] = CSRF;
   if (form) init.body = form;
   else if (body !== undefined) {
@@ -143,14 +143,39 @@ export function showTile({ url, title, facts, region = null }) {
   if (!dialog.open) dialog.showModal();
 }
 
-export async function pollTask(taskId, onProgress, intervalMs = 500) {
-  for (;;) {
-    const task = await api(`/tasks/${taskId}`);
-    onProgress?.(task);
-    if (task.state === "done") return task.result;
-    if (task.state === "failed") throw new ApiFailure(400, task.error || "the task failed");
-    await new Promise((resolve) => setTimeout(resolve, intervalMs));
-  }
+// The one polling loop: calls fn() now and then every `interval` ms (after the previous call has
+// settled) until until(value) holds, and returns that value. fn's errors end the loop (it throws
+// them); `signal` (an AbortSignal) stops it between calls, rejecting with the signal's reason.
+export function poll(fn, { interval = 500, until = () => true, signal } = {}) {
+  return new Promise((resolve, reject) => {
+    let timer = null;
+    const stop = () => { clearTimeout(timer); reject(signal.reason); };
+    if (signal?.aborted) { reject(signal.reason); return; }
+    signal?.addEventListener("abort", stop, { once: true });
+    const step = async () => {
+      try {
+        const value = await fn();
+        if (signal?.aborted) return;
+        if (until(value)) { signal?.removeEventListener("abort", stop); resolve(value); return; }
+        timer = setTimeout(step, interval);
+      } catch (err) {
+        signal?.removeEventListener("abort", stop);
+        reject(err);
+      }
+    };
+    step();
+  });
+}
+
+// A server task (/api/v1/tasks/<id>) polled until it is done (its result) or failed (thrown).
+export async function pollTask(taskId, onProgress, intervalMs = 500, { signal } = {}) {
+  const task = await poll(async () => {
+    const state = await api(`/tasks/${taskId}`, { signal });
+    onProgress?.(state);
+    return state;
+  }, { interval: intervalMs, until: (state) => state.state === "done" || state.state === "failed", signal });
+  if (task.state === "failed") throw new ApiFailure(400, task.error || "the task failed");
+  return task.result;
 }
 
 // Patient type-ahead: an ARIA combobox over /api/v1/patients?q=
@@ -171,19 +196,31 @@ export function typeahead(input, onPick) {
     if (i >= 0) { input.setAttribute("aria-activedescendant", list.children[i].id); list.children[i].scrollIntoView({ block: "nearest" }); }
   };
   const pick = (i) => { input.value = items[i].patient; close(); onPick?.(items[i].patient); };
+  // Answers can come back out of order: each keystroke's request aborts the one before, and an
+  // answer is shown only if no later request has started since (the last keystroke's answer wins).
+  let pending = null;
   const load = debounce(async () => {
+    pending?.abort();
+    pending = null;
     const q = input.value.trim();
     if (!q) { close(); return; }
+    const mine = new AbortController();
+    pending = mine;
     try {
-      const data = await api(`/patients?q=${encodeURIComponent(q)}&limit=8`);
+      const data = await api(`/patients?q=${encodeURIComponent(q)}&limit=8`, { signal: mine.signal });
+      if (pending !== mine) return;
+      pending = null;
       items = data.items;
+      list.dataset.query = q;
       clear(list, items.map((item, i) => el("li", { id: `${list.id}-${i}`, role: "option", "aria-selected": "false",
         onmousedown: (event) => { event.preventDefault(); pick(i); } },
         el("span", { text: item.patient }), el("span", { class: "muted small", text: `${item.slides} slide${item.slides === 1 ? "" : "s"}` }))));
       list.hidden = !items.length;
       input.setAttribute("aria-expanded", String(!!items.length));
       active = -1;
-    } catch { close(); }
+    } catch {
+      if (pending === mine) { pending = null; close(); }
+    }
   }, 180);
   input.addEventListener("input", load);
   input.addEventListener("blur", () => setTimeout(close, 120));

@@ -1,5 +1,5 @@
 // Ingestion page: queue status with progress, failures with errors and re-queue, recent jobs.
-import { $, api, badge, clear, el, fail, fmt, fmtInt, loadStats, progressBar, toast } from "./common.js";
+import { $, api, badge, clear, el, fail, fmt, fmtInt, loadStats, poll, progressBar, toast } from "./common.js";
 
 const STATES = ["queued", "running", "done", "failed", "skipped"];
 const short = (path) => path.split("/").slice(-2).join("/");
@@ -73,5 +73,5 @@ $("#labels-form").addEventListener("submit", async (event) => {
   } catch (err) { status.textContent = err.message; }
 });
 
-refresh();
-setInterval(() => { if (!document.hidden) refresh(); }, 3000);
+// every 3 s while the page is visible, for as long as it is open
+poll(async () => { if (!document.hidden) await refresh(); }, { interval: 3000, until: () => false });

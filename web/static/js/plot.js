@@ -1,119 +1,166 @@
-// Small SVG plots drawn by hand: line plots (ROC, few-shot curves) and a scatter (the cohort map).
+// The Cohorts map (a scatter) and the Probes page's curves (ROC, few-shot), drawn on a canvas by
+// Chart.js. Chart.js is served from /static/vendor (installed by `make` from npm, never a CDN) and
+// loaded on first use; a chart's instance is Chart.getChart(canvas) (the tests read it).
+import { ApiFailure, el } from "./common.js";
 
-const NS = "http://www.w3.org/2000/svg";
+const CHART_URL = "/static/vendor/chartjs/chart.umd.min.js";
 export const PALETTE = ["#245a8d", "#c0392b", "#2e8b57", "#8a356f", "#d68910", "#17a2b8", "#6c5ce7", "#7f8c8d", "#b7950b", "#1abc9c"];
+const PRIMARY = "#245a8d";
+const FOLD = "#9bb4cf";
+const GRID = "#e8ebef";
+const TEXT = "#3b4450";
 
-function svg(tag, attrs = {}, ...children) {
-  const node = document.createElementNS(NS, tag);
-  for (const [k, v] of Object.entries(attrs)) if (v !== null && v !== undefined) node.setAttribute(k, v);
-  for (const child of children.flat()) if (child) node.append(child);
-  return node;
-}
-
-function ticks(lo, hi, count = 5) {
-  const span = hi - lo || 1;
-  const raw = span / count;
-  const mag = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => span / s <= count) || raw;
-  const out = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toFixed(10)));
-  return out;
-}
-
-function frame({ width, height, margin, x, y, xLabel, yLabel, xTicks, yTicks, xFormat, yFormat, title }) {
-  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "plot", role: "img", "aria-label": title || `${yLabel} by ${xLabel}` });
-  if (title) root.append(svg("title", {}, document.createTextNode(title)));
-  const grid = svg("g", { class: "grid" });
-  const axes = svg("g", { class: "axis" });
-  for (const t of yTicks) {
-    grid.append(svg("line", { x1: margin.left, x2: width - margin.right, y1: y(t), y2: y(t) }));
-    axes.append(svg("text", { x: margin.left - 6, y: y(t) + 4, "text-anchor": "end" }, document.createTextNode(yFormat(t))));
+let loading = null;
+export function loadChart() {
+  if (window.Chart) return Promise.resolve(window.Chart);
+  if (!loading) {
+    loading = new Promise((resolve, reject) => {
+      const script = el("script", { src: CHART_URL });
+      script.addEventListener("load", () => resolve(window.Chart));
+      script.addEventListener("error", () => {
+        loading = null;
+        reject(new ApiFailure(404, "the charts are not installed on this server (Chart.js is missing: run `make install`)"));
+      });
+      document.head.append(script);
+    });
   }
-  for (const t of xTicks) {
-    grid.append(svg("line", { x1: x(t), x2: x(t), y1: margin.top, y2: height - margin.bottom }));
-    axes.append(svg("text", { x: x(t), y: height - margin.bottom + 16, "text-anchor": "middle" }, document.createTextNode(xFormat(t))));
-  }
-  axes.append(svg("line", { x1: margin.left, x2: width - margin.right, y1: height - margin.bottom, y2: height - margin.bottom }));
-  axes.append(svg("line", { x1: margin.left, x2: margin.left, y1: margin.top, y2: height - margin.bottom }));
-  root.append(grid, axes);
-  root.append(svg("text", { class: "axis-title", x: (margin.left + width - margin.right) / 2, y: height - 6, "text-anchor": "middle" }, document.createTextNode(xLabel)));
-  root.append(svg("text", { class: "axis-title", x: 14, y: (margin.top + height - margin.bottom) / 2, "text-anchor": "middle",
-    transform: `rotate(-90 14 ${(margin.top + height - margin.bottom) / 2})` }, document.createTextNode(yLabel)));
-  return root;
+  return loading;
 }
 
-// series: [{points: [[x, y], ...], cls, label}]; band: {points: [[x, lo, hi]]}; logX: log2 x axis
-export function linePlot({ series, band, xLabel, yLabel, xDomain = [0, 1], yDomain = [0, 1], diagonal = false, logX = false,
-  width = 420, height = 320, xTickValues, title, step = false }) {
-  const margin = { top: 12, right: 14, bottom: 42, left: 48 };
-  const tx = logX ? Math.log2 : (v) => v;
-  const [x0, x1] = [tx(xDomain[0]), tx(xDomain[1])];
-  const x = (v) => margin.left + ((tx(v) - x0) / (x1 - x0 || 1)) * (width - margin.left - margin.right);
-  const y = (v) => height - margin.bottom - ((v - yDomain[0]) / (yDomain[1] - yDomain[0] || 1)) * (height - margin.top - margin.bottom);
-  const root = frame({ width, height, margin, x, y, xLabel, yLabel, title,
-    xTicks: xTickValues || ticks(xDomain[0], xDomain[1]), yTicks: ticks(yDomain[0], yDomain[1]),
-    xFormat: (t) => (logX ? String(t) : t.toFixed(1).replace(/\.0$/, "")), yFormat: (t) => t.toFixed(1).replace(/\.0$/, "") });
-  if (diagonal) root.append(svg("line", { class: "diag", x1: x(xDomain[0]), y1: y(yDomain[0]), x2: x(xDomain[1]), y2: y(yDomain[1]) }));
+// A fixed-height box the chart fills (its width follows the page); the canvas is an image whose
+// name says what it shows.
+function frame(container, { height, title }) {
+  const canvas = el("canvas", { role: "img", "aria-label": title, tabindex: "0" });
+  const box = el("div", { class: "plot-box" }, canvas);
+  box.style.height = `${height}px`;
+  const tip = el("div", { class: "plot-tip", hidden: true, "aria-live": "polite" });
+  const wrap = el("div", { class: "plot-wrap" }, box, tip);
+  container.replaceChildren(wrap);
+  return { canvas, tip };
+}
+
+function axis(title, extra = {}) {
+  return { type: "linear", title: { display: true, text: title, color: "#2b3440", font: { weight: "600" } },
+    grid: { color: GRID }, ticks: { color: TEXT }, ...extra };
+}
+
+function baseOptions(Chart) {
+  Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
+  return { animation: false, responsive: true, maintainAspectRatio: false, parsing: false };
+}
+
+// points: [{x, y, color, label, patient}]. Hovering a point (or stepping through them with the
+// arrow keys while the map has focus) shows its label; a click (or Enter) calls onOpen(point).
+// One dataset per colour keeps per-point work off the drawing loop (200,000 points draw).
+export async function scatter(container, { points, height = 440, title, onOpen }) {
+  const Chart = await loadChart();
+  const { canvas, tip } = frame(container, { height, title: `${title}: ${points.length} points; focus and use the arrow keys to step through them, Enter opens one` });
+  const groups = new Map();
+  points.forEach((p, i) => {
+    if (!groups.has(p.color)) groups.set(p.color, []);
+    groups.get(p.color).push({ x: p.x, y: p.y, i });
+  });
+  // Chart.js reads unparsed data as sorted by x (its scale bounds and hit tests search it)
+  for (const data of groups.values()) data.sort((a, b) => a.x - b.x);
+  const radius = points.length > 5000 ? 2 : 5.5;
+  const datasets = [...groups].map(([color, data]) => ({ data, backgroundColor: color, borderColor: "#fff", borderWidth: radius > 2 ? 1 : 0,
+    pointRadius: radius, pointHoverRadius: radius + 1, pointHoverBorderColor: "#111", pointHoverBorderWidth: 2, hitRadius: 2 }));
+  const pointAt = (active) => points[datasets[active.datasetIndex].data[active.index].i];
+  const showTip = (label, x, y) => {
+    tip.textContent = label;
+    tip.style.left = `${x}px`;
+    tip.style.top = `${y}px`;
+    tip.hidden = false;
+  };
+  const chart = new Chart(canvas, {
+    type: "scatter",
+    data: { datasets },
+    options: {
+      ...baseOptions(Chart),
+      events: ["mousemove", "mouseout", "click"],
+      interaction: { mode: "nearest", intersect: true },
+      scales: { x: axis("dimension 1", { grace: "6%" }), y: axis("dimension 2", { grace: "6%" }) },
+      plugins: {
+        legend: { display: false },
+        tooltip: {
+          enabled: false,
+          external: ({ tooltip }) => {
+            if (!tooltip.opacity || !tooltip.dataPoints?.length) { tip.hidden = true; return; }
+            const [first] = tooltip.dataPoints;
+            showTip(pointAt({ datasetIndex: first.datasetIndex, index: first.dataIndex }).label, first.element.x, first.element.y);
+          },
+        },
+      },
+      onHover: (event, active) => { canvas.style.cursor = active.length ? "pointer" : "default"; },
+      onClick: (event, active) => { if (active.length && onOpen) onOpen(pointAt(active[0])); },
+    },
+  });
+  // the keyboard: the points in the order given
+  const where = points.map(() => null);
+  datasets.forEach((d, datasetIndex) => d.data.forEach((p, index) => { where[p.i] = { datasetIndex, index }; }));
+  let focused = -1;
+  const focus = (i) => {
+    focused = i;
+    const active = [where[i]];
+    chart.setActiveElements(active);
+    chart.tooltip.setActiveElements(active, { x: 0, y: 0 });
+    chart.update("none");
+    const element = chart.getDatasetMeta(where[i].datasetIndex).data[where[i].index];
+    showTip(points[i].label, element.x, element.y);
+  };
+  canvas.addEventListener("keydown", (event) => {
+    if (!points.length) return;
+    if (["ArrowRight", "ArrowDown"].includes(event.key)) { event.preventDefault(); focus((focused + 1) % points.length); }
+    else if (["ArrowLeft", "ArrowUp"].includes(event.key)) { event.preventDefault(); focus(focused <= 0 ? points.length - 1 : focused - 1); }
+    else if ((event.key === "Enter" || event.key === " ") && focused >= 0) { event.preventDefault(); onOpen?.(points[focused]); }
+  });
+  canvas.addEventListener("blur", () => { tip.hidden = true; });
+  return chart;
+}
+
+// series: [{points: [[x, y], ...], fold, label, markers}]; band: {points: [[x, lo, hi]], label};
+// logX: a log2 x axis (ticks at xTickValues); diagonal: the chance line of a ROC plot. Points in
+// increasing x (ROC and few-shot curves are), as Chart.js reads unparsed data.
+export async function linePlot(container, { series, band, xLabel, yLabel, xDomain = [0, 1], yDomain = [0, 1], diagonal = false, logX = false,
+  height = 320, xTickValues, title, id }) {
+  const Chart = await loadChart();
+  const { canvas } = frame(container, { height, title: title || `${yLabel} by ${xLabel}` });
+  if (id) canvas.id = id;
+  const xy = (points) => points.map(([x, y]) => ({ x, y }));
+  const datasets = [];
+  if (diagonal) {
+    datasets.push({ label: "chance", data: xy([[xDomain[0], yDomain[0]], [xDomain[1], yDomain[1]]]), borderColor: "#a3acb8", borderDash: [4, 4],
+      borderWidth: 1, pointRadius: 0, pointHitRadius: 0 });
+  }
   if (band?.points?.length) {
-    const upper = band.points.map(([bx, , hi]) => `${x(bx)},${y(Math.min(hi, yDomain[1]))}`);
-    const lower = band.points.slice().reverse().map(([bx, lo]) => `${x(bx)},${y(Math.max(lo, yDomain[0]))}`);
-    root.append(svg("polygon", { class: "band", points: [...upper, ...lower].join(" ") }));
+    const clamp = (v) => Math.min(yDomain[1], Math.max(yDomain[0], v));
+    datasets.push({ label: `${band.label || "band"} (low)`, data: band.points.map(([x, lo]) => ({ x, y: clamp(lo) })), borderWidth: 0, pointRadius: 0, pointHitRadius: 0 });
+    datasets.push({ label: band.label || "band", data: band.points.map(([x, , hi]) => ({ x, y: clamp(hi) })), borderWidth: 0, pointRadius: 0, pointHitRadius: 0,
+      fill: "-1", backgroundColor: "rgba(36, 90, 141, .15)" });
   }
   for (const s of series) {
     if (!s.points.length) continue;
-    let d = "";
-    s.points.forEach(([px, py], i) => {
-      if (i === 0) d += `M${x(px)},${y(py)}`;
-      else if (step) d += `H${x(px)}V${y(py)}`;
-      else d += `L${x(px)},${y(py)}`;
-    });
-    const path = svg("path", { class: `curve ${s.cls || ""}`, d });
-    if (s.label) path.append(svg("title", {}, document.createTextNode(s.label)));
-    root.append(path);
-    if (s.markers) for (const [px, py] of s.points) root.append(svg("circle", { cx: x(px), cy: y(py), r: 3.5, fill: "#245a8d" }));
+    datasets.push({ label: s.label, data: xy(s.points), borderColor: s.fold ? FOLD : PRIMARY, borderWidth: s.fold ? 1.2 : 2.5,
+      pointRadius: s.markers ? 3.5 : 0, pointBackgroundColor: PRIMARY, pointHitRadius: 6 });
   }
-  return root;
-}
-
-// points: [{x, y, color, label, href}]; hover/focus shows a tooltip, click/Enter opens href
-export function scatter(container, { points, width = 640, height = 440, title, onOpen }) {
-  const margin = { top: 12, right: 14, bottom: 36, left: 44 };
-  const xs = points.map((p) => p.x);
-  const ys = points.map((p) => p.y);
-  const pad = (lo, hi) => { const d = (hi - lo) * 0.06 || 1; return [lo - d, hi + d]; };
-  const [xa, xb] = pad(Math.min(...xs), Math.max(...xs));
-  const [ya, yb] = pad(Math.min(...ys), Math.max(...ys));
-  const x = (v) => margin.left + ((v - xa) / (xb - xa)) * (width - margin.left - margin.right);
-  const y = (v) => height - margin.bottom - ((v - ya) / (yb - ya)) * (height - margin.top - margin.bottom);
-  const root = frame({ width, height, margin, x, y, xLabel: "dimension 1", yLabel: "dimension 2", title,
-    xTicks: ticks(xa, xb), yTicks: ticks(ya, yb), xFormat: (t) => String(Number(t.toFixed(2))), yFormat: (t) => String(Number(t.toFixed(2))) });
-  const wrap = document.createElement("div");
-  wrap.className = "plot-wrap";
-  const tip = document.createElement("div");
-  tip.className = "plot-tip";
-  tip.hidden = true;
-  const show = (p, circle) => {
-    const box = root.getBoundingClientRect();
-    const scale = box.width / width;
-    tip.textContent = p.label;
-    tip.style.left = `${Number(circle.getAttribute("cx")) * scale}px`;
-    tip.style.top = `${Number(circle.getAttribute("cy")) * scale}px`;
-    tip.hidden = false;
-  };
-  const dots = svg("g");
-  for (const p of points) {
-    const circle = svg("circle", { class: "pt", cx: x(p.x), cy: y(p.y), r: 5.5, fill: p.color, tabindex: "0", role: "link",
-      "aria-label": p.label, "data-patient": p.patient });
-    circle.addEventListener("mouseenter", () => show(p, circle));
-    circle.addEventListener("focus", () => show(p, circle));
-    circle.addEventListener("mouseleave", () => { tip.hidden = true; });
-    circle.addEventListener("blur", () => { tip.hidden = true; });
-    circle.addEventListener("click", () => onOpen?.(p));
-    circle.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") { event.preventDefault(); onOpen?.(p); } });
-    dots.append(circle);
-  }
-  root.append(dots);
-  wrap.append(root, tip);
-  container.replaceChildren(wrap);
-  return root;
+  const fmtTick = (v) => String(Number(Number(v).toFixed(2)));
+  const xScale = logX
+    ? { type: "logarithmic", min: xDomain[0], max: xDomain[1], title: { display: true, text: xLabel, color: "#2b3440", font: { weight: "600" } },
+      grid: { color: GRID }, ticks: { color: TEXT, callback: (v) => String(v) },
+      afterBuildTicks: (scale) => { if (xTickValues) scale.ticks = xTickValues.map((value) => ({ value })); } }
+    : axis(xLabel, { min: xDomain[0], max: xDomain[1], ticks: { color: TEXT, callback: fmtTick } });
+  return new Chart(canvas, {
+    type: "line",
+    data: { datasets },
+    options: {
+      ...baseOptions(Chart),
+      interaction: { mode: "nearest", intersect: false },
+      scales: { x: xScale, y: axis(yLabel, { min: yDomain[0], max: yDomain[1], ticks: { color: TEXT, callback: fmtTick } }) },
+      plugins: {
+        legend: { display: false },
+        tooltip: { filter: (item) => item.dataset.pointHitRadius !== 0,
+          callbacks: { label: (item) => `${item.dataset.label}: (${fmtTick(item.parsed.x)}, ${fmtTick(item.parsed.y)})` } },
+      },
+    },
+  });
 }

@@ -1,5 +1,5 @@
 // Probe workbench: train with progress, metrics (mean ± sd), ROC and few-shot plots, apply and rank.
-import { $, api, badge, clear, el, fail, fillSelect, fmt, image, patientUrl, pollTask, progressBar, toast } from "./common.js";
+import { $, api, badge, clear, el, fail, fillSelect, fmt, image, patientUrl, poll, pollTask, progressBar, toast } from "./common.js";
 import { linePlot } from "./plot.js";
 
 let meta = { labels: [], kinds: [], probe_models: [], cohorts: [] };
@@ -30,11 +30,9 @@ function metricsView(probe) {
 async function showRoc(name) {
   try {
     const roc = await api(`/probes/${encodeURIComponent(name)}/roc`);
-    const plot = linePlot({ width: Math.max(320, $("#roc-plot").clientWidth), height: 320, title: `ROC curve of ${name}`, xLabel: "false positive rate", yLabel: "true positive rate", diagonal: true, step: false,
-      series: [...roc.folds.map((f) => ({ points: f.points, cls: "fold", label: `fold ${f.fold + 1}: AUROC ${fmt(f.auroc)}` })),
+    await linePlot($("#roc-plot"), { id: "roc-chart", height: 320, title: `ROC curve of ${name}`, xLabel: "false positive rate", yLabel: "true positive rate", diagonal: true,
+      series: [...roc.folds.map((f) => ({ points: f.points, fold: true, label: `fold ${f.fold + 1}: AUROC ${fmt(f.auroc)}` })),
         { points: roc.points, label: `pooled: AUROC ${fmt(roc.auroc)}` }] });
-    plot.id = "roc-svg";
-    clear($("#roc-plot"), plot);
     $("#roc-note").textContent = `Pooled out-of-fold AUROC ${fmt(roc.auroc)} (${roc.n} patients, ${roc.n_positive} “${roc.positive}”); thin lines: each fold.`;
   } catch (err) { fail(err, $("#roc-plot")); }
 }
@@ -52,10 +50,10 @@ async function fewshot() {
     const done = result.curve.filter((p) => !p.skipped);
     if (!done.length) { clear(box, el("div", { class: "empty", text: result.curve[0]?.skipped || "not enough patients for a few-shot curve" })); return; }
     const ks = done.map((p) => p.k);
-    clear(box, linePlot({ width: Math.max(320, box.clientWidth), height: 320, title: "few-shot AUROC", xLabel: "labelled patients per class (k)", yLabel: "AUROC", logX: true,
+    await linePlot(box, { id: "fewshot-chart", height: 320, title: "few-shot AUROC", xLabel: "labelled patients per class (k)", yLabel: "AUROC", logX: true,
       xDomain: [Math.min(...ks), Math.max(...ks, Math.min(...ks) * 2)], yDomain: [0, 1], xTickValues: ks,
-      band: { points: done.map((p) => [p.k, p.auroc.mean - p.auroc.sd, p.auroc.mean + p.auroc.sd]) },
-      series: [{ points: done.map((p) => [p.k, p.auroc.mean]), markers: true, label: "mean AUROC" }] }));
+      band: { points: done.map((p) => [p.k, p.auroc.mean - p.auroc.sd, p.auroc.mean + p.auroc.sd]), label: "± sd" },
+      series: [{ points: done.map((p) => [p.k, p.auroc.mean]), markers: true, label: "mean AUROC" }] });
     const skipped = result.curve.filter((p) => p.skipped).map((p) => p.k);
     $("#fewshot-note").textContent = `Mean ± sd over ${result.draws} draws, tested on the remaining patients.${skipped.length ? ` Skipped k = ${skipped.join(", ")} (too few patients).` : ""}`;
   } catch (err) { fail(err, box); }
@@ -128,13 +126,12 @@ async function train(event) {
     const started = await api("/probes", { method: "POST", body });
     current = started.probe;
     await loadList();
-    for (;;) {
+    await poll(async () => {
       const probe = await api(`/probes/${encodeURIComponent(started.probe)}`);
       const task = probe.task;
       clear(progress, el("p", { class: "muted small", text: `${started.probe}: ${task?.progress?.message || probe.status}` }), progressBar(task?.progress?.fraction ?? null));
-      if (probe.status !== "training" || (task && task.state === "failed")) break;
-      await new Promise((resolve) => setTimeout(resolve, 400));
-    }
+      return probe;
+    }, { interval: 400, until: (probe) => probe.status !== "training" || probe.task?.state === "failed" });
     clear(progress);
     await loadList();
     await select(started.probe);
