@@ -184,26 +184,39 @@ def concurrent(service: EagleService, names: list[str], args) -> None:
         print("first error:", errors[0][1], errors[0][3][:300])
     if wrong:
         raise SystemExit(f"{wrong} of {len(flat)} answers differ from the in-process search")
-    return {"rate": len(flat) / wall, "p50": ms["p50"], "p99": ms["p99"], "load": load_after[0]}
+    return {"rate": len(flat) / wall, "p50": ms["p50"], "p99": ms["p99"], "load": load_after[0],
+            "cpu_ms": server_cpu * 1000 / len(flat)}
 
 
 def compare_batching(service: EagleService, names: list[str], args) -> None:
-    """The concurrent run with search batching on, then off, on the same service (issue 20 item 1)."""
+    """The concurrent run with search batching on and off on the same service (issue 20 item 1), in
+    the order on, off, off, on, so a load that drifts over the runs hits both modes alike; prints the
+    ratio of request rates of each adjacent pair and of the totals, and server CPU per request."""
     batcher = service.vectors.batcher
     window = batcher.window_s or 0.001
-    runs = {}
-    for mode, seconds in (("on", window), ("off", 0.0)):
+    runs: dict[str, list[dict]] = {"on": [], "off": []}
+    for mode in ("on", "off", "off", "on"):
+        seconds = window if mode == "on" else 0.0
         batcher.window_s = seconds
         batcher.reset_stats()
         print(f"\n## search batching {mode} (window {seconds * 1000:g} ms)", flush=True)
-        runs[mode] = concurrent(service, names, args)
+        run = concurrent(service, names, args)
         stats = batcher.stats()
+        run["per_call"] = stats["queries"] / max(stats["faiss_calls"], 1)
+        runs[mode].append(run)
         print(f"FAISS calls: {stats['faiss_calls']} for {stats['queries']} queries "
-              f"({stats['queries'] / max(stats['faiss_calls'], 1):.2f} queries per call; includes the in-process answers)")
+              f"({run['per_call']:.2f} queries per call; includes the in-process answers)", flush=True)
+    batcher.window_s = window
     on, off = runs["on"], runs["off"]
-    print(f"\nbatching on / off: requests/s {on['rate']:.1f} / {off['rate']:.1f} = {on['rate'] / off['rate']:.2f}x; "
-          f"p50 {on['p50']:.1f} / {off['p50']:.1f} ms; p99 {on['p99']:.1f} / {off['p99']:.1f} ms; "
-          f"load average after {on['load']:.1f} / {off['load']:.1f}")
+    print("\n| batching | requests/s | p50 ms | p99 ms | server CPU ms/request | queries per FAISS call | load after |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
+    for mode, run in (("on", on[0]), ("off", off[0]), ("off", off[1]), ("on", on[1])):
+        print(f"| {mode} | {run['rate']:.1f} | {run['p50']:.1f} | {run['p99']:.1f} | {run['cpu_ms']:.2f} | {run['per_call']:.2f} | "
+              f"{run['load']:.1f} |")
+    total_on, total_off = sum(r["rate"] for r in on), sum(r["rate"] for r in off)
+    print(f"\nbatching on / off, requests/s: first pair {on[0]['rate'] / off[0]['rate']:.2f}x, second pair "
+          f"{on[1]['rate'] / off[1]['rate']:.2f}x, all {total_on / total_off:.2f}x; server CPU per request "
+          f"{sum(r['cpu_ms'] for r in off) / sum(r['cpu_ms'] for r in on):.2f}x less with batching")
 
 
 def prepared(data_dir: Path, args) -> tuple[EagleService, list[str]]:
