@@ -304,3 +304,78 @@ def test_one_blas_thread_inside_the_block_and_restored_after():
     with aggregation.one_blas_thread():
         assert aggregation._blas[0].info()[0]["num_threads"] == 1  # numpy's BLAS (FAISS keeps its own)
     assert blas_threads() == before
+
+
+KILL_CHILD = r"""
+import os, signal, sys
+sys.path.insert(0, sys.argv[3])
+from test_owner_store import IDENTITY, SLIDES, _claim, make_result
+from eagle_index.config import Settings
+from eagle_index.ingest import storing
+from eagle_index.ingest.worker import store_job_results
+from eagle_index.service import EagleService
+from eagle_index.store import jobs, tiles_repo
+
+data, where = sys.argv[1], sys.argv[2]
+with EagleService(Settings(data_dir=data)) as service:
+    ctx = service.ingest_context()
+    done = [(_claim(service, patient, name, seed), make_result(name, seed), 1.0) for patient, name, seed in SLIDES]
+    store_job_results(ctx, done[:2], identity=IDENTITY)  # committed: P-DX3, P-DX1
+    die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    if where == "before-commit":  # the batch's artifacts are written, its transaction has not begun
+        storing.commit = die
+    else:  # inside the transaction: slides, tile rows (the Arrow insert), vectors written, jobs not yet done
+        real = tiles_repo.put_patients_tiles
+        def then_die(*a, **k):
+            real(*a, **k)
+            jobs.JobQueue.mark_many_done = staticmethod(die)
+        tiles_repo.put_patients_tiles = then_die
+    store_job_results(ctx, done[2:], identity=IDENTITY)
+raise SystemExit("not killed")
+"""
+
+
+@pytest.mark.parametrize("where", ["before-commit", "in-commit"])
+def test_a_kill_while_a_batch_is_stored_loses_nothing_stored_and_leaves_nothing_half_written(tmp_path, results, where):
+    """SIGKILL after a batch's artifacts are written (before its commit, or inside its transaction
+    after the tile rows went in): the batch committed before is intact, the killed one left no row
+    and no job done, every file under artifacts/ is a whole artifact; the jobs, put back in the
+    queue as a restarted owner does, store the same catalog as the old path."""
+    import subprocess
+    import sys
+
+    from eagle_index.store.artifacts import read_slide_artifact
+
+    with _open(tmp_path, "seq") as service:
+        _store_all(service, results, "old")
+        expected = snapshot(service)
+    data = tmp_path / "killed"
+    child = subprocess.run([sys.executable, "-c", KILL_CHILD, str(data), where, str(Path(__file__).parent)],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == -9, child.stderr
+    with EagleService(Settings(data_dir=data)) as service:
+        catalog = service.catalog
+        states = service.jobs.states([1, 2, 3, 4, 5])
+        assert (states["done"], states["running"]) == (2, 3), states
+        assert tiles_repo.slides_named(catalog, "Q-DX1") == [] and tiles_repo.slides_named(catalog, "P-DX0") == []
+        assert {(s.kind, s.count) for s in catalog.vector_sets()} == {(k, 1) for k in KINDS}  # P only
+        pid = catalog.patient_ids(["P"])["P"]
+        assert sorted({r.slide for r in tiles_repo.patient_tiles(catalog, pid)}) == ["P-DX1", "P-DX3"]
+        assert len(tiles_repo.patient_tiles(catalog, pid)) == 50
+        assert [h.patient for h in service.search_patient("P", k=3)] == []  # the index holds P alone
+        files = [p for p in (data / "artifacts").rglob("*") if p.is_file()]
+        assert len(files) == 5 and all(p.suffix == ".h5" for p in files)  # the killed batch's artifacts are whole
+        for path in files:
+            read_slide_artifact(path)
+        for job_id in (3, 4, 5):  # what a restarted owner does with jobs left running
+            service.jobs.requeue(job_id, "owner restarted")
+        ctx = service.ingest_context()
+        again = []
+        for _ in range(3):
+            job = service.jobs.claim()
+            name = next(n for _, n, s in SLIDES if fingerprint(s) == job.fingerprint)
+            again.append((job, results[name], 1.0))
+        assert all(isinstance(o, int) for o in store_job_results(ctx, again, identity=IDENTITY))
+        got = snapshot(service)
+    for key in ("vectors", "tiles", "artifacts", "sets"):
+        assert got[key] == expected[key], key

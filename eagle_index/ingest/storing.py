@@ -101,37 +101,68 @@ def prepare(ctx: IngestContext, items: list[StoreItem]) -> Prepared:
             plans.append(PatientPlan(str(item.job.patient).strip(), []))
         order.append((p, len(plans[p].items)))
         plans[p].items.append(item)
-    for plan in plans:
+    for plan in plans:  # artifacts first: they exist before any row points to them
         try:
-            _prepare_patient(ctx, plan)
+            _write_artifacts(ctx, plan)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller per item
+            plan.error = exc
+    live = [plan for plan in plans if plan.error is None]
+    try:
+        stored, known = _slide_sets(ctx, live)
+    except Exception as exc:  # noqa: BLE001 - the catalog could not be read: every patient fails
+        for plan in live:
+            plan.error = exc
+        live = []
+    held = held_paths([item for plan in live for item in plan.items])  # as the commit will see them
+    for plan in live:
+        try:
+            _aggregate_plan(ctx, plan, stored.get(plan.patient, []), known, held)
         except Exception as exc:  # noqa: BLE001 - handed to the caller per item
             plan.error = exc
     return Prepared(plans, order)
 
 
-def _prepare_patient(ctx: IngestContext, plan: PatientPlan) -> None:
-    from sqlalchemy import select
-
+def _write_artifacts(ctx: IngestContext, plan: PatientPlan) -> None:
     from eagle_index.ingest.steps import _size
-    from eagle_index.store.models import Patient, Slide
 
     files = ", ".join(dict.fromkeys(str(item.job.path) for item in plan.items))
     plan.patient = check_identifier("patient id", plan.patient, where=files)  # the identifier rule; names the file(s)
     plan.identity = next((i.identity for i in reversed(plan.items) if i.identity is not None), None) or ctx.models
-    for item in plan.items:  # artifacts first: they exist before any row points to them
+    for item in plan.items:
         plan.targets.append(item.target if item.target is not None else write_artifact(ctx, item.fingerprint, item.result, item.identity))
         plan.sizes.append(_size(item.job.path))
+
+
+def _slide_sets(ctx: IngestContext, plans: list[PatientPlan]) -> tuple[dict[str, list[tuple]], dict[str, int]]:
+    """One read for the whole batch: each patient's embedded slides now (id, fingerprint, name,
+    artifact, path), and the ids of the batch's fingerprints already in the catalog."""
+    from sqlalchemy import select
+
+    from eagle_index.store.models import Patient, Slide
+
+    if not plans:
+        return {}, {}
+    stored: dict[str, list[tuple]] = {}
+    with ctx.catalog.transaction() as session:
+        pids = dict(session.execute(select(Patient.id, Patient.external_id).where(
+            Patient.external_id.in_([plan.patient for plan in plans]))).all())
+        if pids:
+            for row in session.execute(select(Slide.patient_id, Slide.id, Slide.fingerprint, Slide.name, Slide.artifact_path,
+                                              Slide.path).where(Slide.patient_id.in_(list(pids)), Slide.status == "done",
+                                                                Slide.artifact_path.is_not(None))):
+                stored.setdefault(pids[row.patient_id], []).append(tuple(row)[1:])
+        known = dict(session.execute(select(Slide.fingerprint, Slide.id).where(
+            Slide.fingerprint.in_(list({item.fingerprint for plan in plans for item in plan.items})))).all())
+    return stored, known
+
+
+def _aggregate_plan(ctx: IngestContext, plan: PatientPlan, stored: list[tuple], known: dict[str, int],
+                    held: dict[str, str]) -> None:
+    """The patient's slide set after the commit and its vectors, aggregated from the artifacts."""
     fingerprints = [item.fingerprint for item in plan.items]
-    with ctx.catalog.transaction() as session:  # a read: what the patient has now
-        pid = session.scalar(select(Patient.id).where(Patient.external_id == plan.patient))
-        stored = [] if pid is None else session.execute(
-            select(Slide.id, Slide.fingerprint, Slide.name, Slide.artifact_path, Slide.path).where(
-                Slide.patient_id == pid, Slide.status == "done", Slide.artifact_path.is_not(None))).all()
-        known = dict(session.execute(select(Slide.fingerprint, Slide.id).where(Slide.fingerprint.in_(fingerprints))).all())
     # the slide set after the commit: stored slides not replaced (same content, or other content at the
     # same path: superseded, `held_paths`), then the new ones (last result of a fingerprint, and of a path, wins)
     newest = {fp: i for i, fp in enumerate(fingerprints)}
-    held = held_paths(plan.items)
     entries = [((name, sid, 0), fp, path, None) for sid, fp, name, path, at in stored
                if fp not in newest and at not in held]
     for i, item in enumerate(plan.items):

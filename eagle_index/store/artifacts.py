@@ -32,7 +32,7 @@ def write_slide_artifact(path: Path, result: SlideResult, provenance: dict | Non
 
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as handle:
-            handle.create_dataset("feats", data=result.feats.astype(np.float32))
+            handle.create_dataset("feats", data=np.asarray(result.feats, dtype=np.float32))  # no 6 MB copy when float32
             handle.create_dataset("coords", data=np.stack([result.x_um, result.y_um], axis=1).astype(np.float32))
             handle.create_dataset("attention", data=result.scores.astype(np.float32))
             group = handle.create_group("candidates")

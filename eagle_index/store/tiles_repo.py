@@ -23,11 +23,12 @@ updated in place. Any insert or delete bumps `tile_sets.generation` and records 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Integer, case, cast, delete, func, insert, select, update
+from sqlalchemy import Integer, case, cast, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from eagle_index.errors import NotFoundError
@@ -130,12 +131,39 @@ def put_patients_tiles(session: Session, signature: str, patients: list[tuple[in
     if removed:
         session.execute(delete(table).where(table.c.id.in_(removed)))
     if added:
-        session.execute(insert(table), added)
+        _insert_columns(session, added)
     if changed:  # one statement (an UPDATE per row costs DuckDB about a millisecond each)
         session.execute(update(table).where(table.c.id.in_(list(changed)))
                         .values(patient_rank=cast(case(changed, value=table.c.id), Integer)))
     if added or removed:
         _bump(session, signature, added[0]["dim"] if added else None, tuple(r["id"] for r in added), tuple(int(i) for i in removed))
+
+
+_COLUMNS = ("id", "patient_id", "slide_id", "signature", "x_um", "y_um", "slide_rank", "patient_rank", "attention", "dim",
+            "token")
+
+
+def _insert_columns(session: Session, rows: list[dict]) -> None:
+    """INSERT the new tile rows in one statement over an Arrow table, in the session's transaction.
+
+    The same rows as `session.execute(insert(table), rows)`, whose executemany costs DuckDB a
+    statement per row (200 rows with their 5 KB tokens: about 21 CPU-ms against 9 this way, on the
+    writer thread, under the exclusive lock). Only inside `Catalog.write` (the tile set's
+    generation is bumped through the ORM right after, which the writer checks)."""
+    import pyarrow as pa
+
+    types = {"id": pa.int64(), "patient_id": pa.int64(), "slide_id": pa.int64(), "signature": pa.string(), "x_um": pa.float64(),
+             "y_um": pa.float64(), "slide_rank": pa.int64(), "patient_rank": pa.int64(), "attention": pa.float64(),
+             "dim": pa.int64(), "token": pa.binary()}
+    frame = pa.table({c: pa.array([r[c] for r in rows], types[c]) for c in _COLUMNS})
+    raw = session.connection().connection.driver_connection  # the session's DuckDB connection: same transaction
+    name = f"_new_tile_tokens_{threading.get_ident()}"
+    raw.register(name, frame)
+    try:
+        columns = ", ".join(_COLUMNS)
+        raw.execute(f"INSERT INTO {TileToken.__tablename__} ({columns}) SELECT {columns} FROM {name}")
+    finally:
+        raw.unregister(name)
 
 
 def remove_slides_tiles(session: Session, slide_ids: list[int]) -> None:
