@@ -76,6 +76,7 @@ def connect(options: ClusterOptions):
     common = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     try:
         if options.address == "local":
+            _watch_local_cluster()  # before ray.init: a kill during its start leaves nothing either
             ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
                      object_store_memory=options.object_store_mb * 1024 * 1024, **common)
         else:
@@ -83,6 +84,99 @@ def connect(options: ClusterOptions):
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         raise EagleIndexError(f"cannot start or reach the Ray cluster {options.address!r}: {str(exc).splitlines()[0]}") from None
     return ray
+
+
+def _watch_local_cluster() -> None:
+    """Make the local Ray cluster die with its owner (issue 24 item 11): Ray fate-shares the
+    processes the driver starts (raylet, GCS), but the agents raylet starts (ray::DashboardAgent,
+    ray::RuntimeEnvAgent) outlived a SIGKILLed owner. A watchdog process, in a session of its own
+    so a terminal's signals pass it by, waits for the owner's exit (a pidfd) and then kills every
+    Ray process still holding a file of the owner's Ray sessions (Ray names a session folder after
+    its driver's pid: `<ray temp dir>/session_<time>_<pid>`), until none is left. A clean shutdown
+    has already stopped them: it finds nothing."""
+    import subprocess
+    import sys
+
+    try:
+        from ray._common.utils import get_default_ray_temp_dir
+
+        root = get_default_ray_temp_dir()
+    except (ImportError, AttributeError):  # another Ray version: its default
+        root = "/tmp/ray"
+    code = "import sys; from eagle_index.cluster import watchdog; watchdog(int(sys.argv[1]), sys.argv[2])"
+    subprocess.Popen([sys.executable, "-c", code, str(os.getpid()), root], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+
+
+def watchdog(owner: int, root: str) -> None:
+    """The body of `_watch_local_cluster`'s process: wait for `owner` to exit, then kill what is left
+    of its Ray sessions under `root` (the folders Ray named after the owner's pid)."""
+    import glob
+    import select
+    import signal
+
+    try:
+        fd = os.pidfd_open(owner)
+    except (AttributeError, OSError):  # no pidfd (old kernel), or the owner is already gone
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])
+    else:
+        while _alive(owner):
+            time.sleep(1.0)
+    sessions = glob.glob(os.path.join(glob.escape(root), f"session_*_{owner}"))
+    for _ in range(100):
+        victims = _session_processes(sessions)
+        if not victims:
+            return
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _session_processes(sessions: list[str]) -> list[int]:
+    """Live Ray processes (ours to signal) of these session folders, read from /proc now: those
+    naming a session in their command line (raylet, GCS, monitors), and `ray::...` processes
+    (agents, workers: Ray rewrites their command line) holding a file under one."""
+    markers = [s.rstrip("/") for s in sessions]
+    if not markers:
+        return []
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        pid = int(entry.name)
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if any(m.encode() in cmdline for m in markers):
+                found.append(pid)
+                continue
+            if not cmdline.startswith(b"ray::"):
+                continue
+            for fd in os.scandir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(fd.path)
+                except OSError:
+                    continue
+                if any(target.startswith(m + "/") for m in markers):
+                    found.append(pid)
+                    break
+        except OSError:  # gone meanwhile, or not ours
+            continue
+    return found
 
 
 class SlideEmbedder:
@@ -168,6 +262,7 @@ class ClusterWorker:
         self._workers: dict[str, _Worker] = {}
         self._deaths: dict[int, int] = {}  # job id -> workers lost while embedding it
         self._before: dict[int, tuple] = {}  # job id -> its file's state when it was sent (ingest.worker.admit)
+        self._deadlines: dict = {}  # ObjectRef -> (monotonic deadline, seconds): ingest.worker.job_deadline
         self._spawned = 0
         self._replacements = 0
         self.ray = None
@@ -207,6 +302,7 @@ class ClusterWorker:
                 done, _ = self.ray.wait(refs, num_returns=1, timeout=0.5)
                 for ref in done:
                     self._handle(ref)
+                self._expire()
                 if time.monotonic() - last_beat >= self.heartbeat_seconds:
                     self._heartbeat()
                     last_beat = time.monotonic()
@@ -255,7 +351,7 @@ class ClusterWorker:
         return refs
 
     def _fill(self) -> None:
-        from eagle_index.ingest.worker import admit
+        from eagle_index.ingest.worker import admit, job_deadline
 
         for w in list(self._workers.values()):
             while w.alive and w.ready and len(w.in_flight) < w.slots and not self.stop.is_set():
@@ -267,6 +363,8 @@ class ClusterWorker:
                     continue
                 self._before[job.id] = before
                 ref = w.actor.embed.remote(job.path, job.patient or Path(job.path).stem, job.mpp)
+                seconds = job_deadline(self.ctx.settings, Path(job.path))
+                self._deadlines[ref] = (time.monotonic() + seconds, seconds)
                 with self._lock:
                     w.in_flight[ref] = (job, time.perf_counter())
                 self.queue.heartbeat(job.id, {"stage": "embedding", "worker": w.id, "node": w.node})
@@ -294,6 +392,7 @@ class ClusterWorker:
             self._ready(w, info)
             return
         job, started = entry
+        self._deadlines.pop(ref, None)
         with self._lock:
             del w.in_flight[ref]
         try:
@@ -388,6 +487,38 @@ class ClusterWorker:
             self._spawn()
         elif not any(o.alive for o in self._workers.values()):
             raise EagleIndexError(f"every Ray worker died ({self._replacements} replaced); last: {_first_line(exc)}")
+
+    def _expire(self) -> None:
+        """The lease of a job on an actor (issue 24 item 3): reads there are bounded by the read
+        lease in the actor's own reader pool (a blocked read fails the slide, as in the daemon);
+        an actor that has not answered by `job_deadline` is presumed hung: it is killed (its
+        reader processes die with it), the job fails with that reason, its other slides go back
+        to the queue uncounted and a replacement starts."""
+        from eagle_index.ingest.worker import fail_job
+
+        now = time.monotonic()
+        for w in list(self._workers.values()):
+            expired = [(ref, entry) for ref, entry in list(w.in_flight.items())
+                       if self._deadlines.get(ref, (float("inf"), 0))[0] <= now]
+            if not expired or not w.alive:
+                continue
+            with self._lock:
+                orphans = [entry for ref, entry in w.in_flight.items() if ref not in dict(expired)]
+                w.in_flight.clear()
+            for ref, (job, _) in expired:
+                seconds = self._deadlines.pop(ref)[1]
+                log.warning(json.dumps({"event": "job_expired", "job": job.id, "file": job.path, "worker": w.id,
+                                        "seconds": round(seconds, 1)}))
+                fail_job(self.queue, job, f"{job.path}: did not finish within {round(seconds, 1):g} s on Ray worker {w.id} "
+                                          f"(its job lease, three read leases); the worker was killed",
+                         self.max_attempts, self.backoff_seconds, self.quarantine)
+            for job, _ in orphans:
+                self.queue.requeue(job.id, f"Ray worker {w.id} was killed after another slide's lease")
+            try:
+                self.ray.kill(w.actor)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            self._lost(w, RuntimeError(f"killed after a job's lease ran out on {w.id}"))
 
     def _heartbeat(self) -> None:
         for w in list(self._workers.values()):
