@@ -121,9 +121,14 @@ class PatientViewer:
     selected: list[TileBox]
     tile_um: float
     note: str | None
+    # Raw CHIEF attention over all of the patient's embedded slides: one heatmap scale for all of them
+    # (the compare view takes the union of both patients' ranges), so colours mean the same on every slide.
+    attention_range: tuple[float, float] | None = None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["attention_range"] = list(self.attention_range) if self.attention_range else None
+        return out
 
 
 @dataclass(frozen=True)
@@ -614,7 +619,8 @@ class ViewerService:
                     f"show (search and labels still work)")
         elif not any(s.viewable for s in items):
             note = f"none of patient {external_id!r}'s slide files is available to this server: " + items[0].reason
-        return PatientViewer(external_id, items, selected, self.service.settings.tiling.tile_um, note)
+        return PatientViewer(external_id, items, selected, self.service.settings.tiling.tile_um, note,
+                             _attention_range([r for r, item in zip(slides, items) if item.viewable]))
 
     def overlays(self, slide_id: int) -> SlideOverlays:
         """Deep Zoom geometry + tissue tiles with attention + the patient's selected tiles on this slide."""
@@ -685,6 +691,25 @@ def one_line(exc: BaseException, path: str | None = None) -> str:
 
 
 _one_line = one_line
+
+
+def _attention_range(slides: list[_Record]) -> tuple[float, float] | None:
+    """Finite min and max of the raw CHIEF attention stored in these slides' artifacts (None if there is none)."""
+    from eagle_index.formats.h5util import open_h5
+
+    lo, hi = np.inf, -np.inf
+    for rec in slides:
+        if rec.status != "done" or not rec.artifact_path or not Path(rec.artifact_path).is_file():
+            continue
+        try:
+            with open_h5(Path(rec.artifact_path)) as handle:
+                attention = np.asarray(handle["attention"][()], dtype=np.float64)
+        except (EagleIndexError, KeyError, OSError):
+            continue  # the slide's own overlays say why; the others still share a scale
+        finite = attention[np.isfinite(attention)]
+        if len(finite):
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    return (lo, hi) if lo <= hi else None
 
 
 def _round(values) -> list[float]:

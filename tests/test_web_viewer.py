@@ -335,8 +335,12 @@ def test_patient_viewer_and_imported_only_patients(client):
     detail = client.get("/api/v1/patients/CASE-001").get_json()
     assert [b["rank"] for b in view["selected"]] == [t["rank"] for t in detail["tiles"]] == list(range(1, len(detail["tiles"]) + 1))
     assert sum(s["selected_tiles"] for s in view["slides"]) == len(view["selected"])
+    # one heatmap scale for all the patient's slides: the range of every slide's raw CHIEF attention
+    overlays = [client.get(f"/api/v1/slides/{s['id']}/overlays").get_json() for s in view["slides"]]
+    assert view["attention_range"] == pytest.approx([min(o["attention_min"] for o in overlays), max(o["attention_max"] for o in overlays)])
     imported = client.get("/api/v1/patients/IMP-003/viewer").get_json()
     assert imported["slides"] == [] and imported["selected"] == [] and "imported" in imported["note"]
+    assert imported["attention_range"] is None
     error_of(client.get("/api/v1/patients/NOPE/viewer"), 404)
 
 

@@ -255,6 +255,14 @@ def test_compare_view_from_a_search_hit_pans_both_viewers_to_a_pair(page, server
     assert _pixels(page, "#query-viewer").std() > 10 and _pixels(page, "#hit-viewer").std() > 10
     assert page.locator("#pairs .pair-pick").count() == len(expected["pairs"]) > 1
     _shot(page, shots / "compare.png")
+    # one heatmap scale for both viewers (the union of the two patients' ranges), and the legend says so
+    ends = [page.locator(f"{side} .heat-ends .num").all_inner_texts() for side in ("#query-legend", "#hit-legend")]
+    assert ends[0] == ends[1] and "–" not in ends[0]
+    ranges = [expected["query"]["attention_range"], expected["hit"]["attention_range"]]
+    assert ranges[0] != ranges[1]  # else one shared scale is not told from two own ones
+    assert float(ends[0][0]) == pytest.approx(min(r[0] for r in ranges), abs=1e-3)
+    assert float(ends[0][1]) == pytest.approx(max(r[1] for r in ranges), abs=1e-3)
+    assert "both patients" in page.locator("#hit-legend .heat-scope").inner_text()
 
     pair = expected["pairs"][1]
     page.locator("#pairs .pair-pick[data-pair='1']").click()

@@ -68,6 +68,12 @@ async function load() {
     viewers.query = qv;
     viewers.hit = hv;
     for (const viewer of [qv, hv]) viewer?.onZoom(follow);
+    // One heatmap scale for both viewers: the union of the two patients' attention ranges.
+    const ranges = [data.query.attention_range, data.hit.attention_range].filter(Boolean);
+    if (ranges.length) {
+      const scale = { lo: Math.min(...ranges.map((r) => r[0])), hi: Math.max(...ranges.map((r) => r[1])), shared: "both patients, all their slides" };
+      for (const viewer of [qv, hv]) viewer?.setScale(scale);
+    }
     $("#sync-zoom").addEventListener("change", () => follow(viewers.query));
     clear($("#pairs"), data.pairs.length ? data.pairs.map(pairView) : el("li", { class: "muted", text: data.note || "no matching tile pairs" }));
   } catch (error) {

@@ -52,6 +52,9 @@ export class SlideViewer {
     this.onBox = onBox;
     this.layers = { grid: false, boxes: true, heat: false, ...(layers || {}) };
     this.opacity = 0.45;
+    // The heatmap's colour scale: {lo, hi, shared} for every slide shown (a patient's, or both patients' in the
+    // compare view), or null for each slide's own range.
+    this.scale = null;
     this.data = null;
     this.slideId = null;
     this.viewer = null;
@@ -148,15 +151,16 @@ export class SlideViewer {
     const visible = (x, y) => x + side >= 0 && y + side >= 0 && x <= w && y <= h;
     const tissue = data.tissue;
     const n = tissue.x_px ? tissue.x_px.length : 0;
-    if (this.layers.heat && n && data.attention_max !== null) {
-      const lo = data.attention_min;
-      const span = data.attention_max - lo || 1;
+    const range = this.range();
+    if (this.layers.heat && n && range) {
+      const lo = range.lo;
+      const span = range.hi - lo || 1;
       ctx.globalAlpha = this.opacity;
       for (let i = 0; i < n; i += 1) {
         const x = p0.x + tissue.x_px[i] * sx;
         const y = p0.y + tissue.y_px[i] * sy;
         if (!visible(x, y)) continue;
-        ctx.fillStyle = heatColour((tissue.attention[i] - lo) / span);
+        ctx.fillStyle = heatColour(Math.min(1, Math.max(0, (tissue.attention[i] - lo) / span)));
         ctx.fillRect(x, y, side, side);
       }
       ctx.globalAlpha = 1;
@@ -193,6 +197,16 @@ export class SlideViewer {
     }
   }
 
+  // The attention range colours are scaled to: the shared scale if set, else this slide's own.
+  range() {
+    if (this.scale) return this.scale;
+    const d = this.data;
+    if (!d || d.attention_min === null || d.attention_min === undefined || d.attention_max === null) return null;
+    return { lo: d.attention_min, hi: d.attention_max, shared: null };
+  }
+
+  setScale(scale) { this.scale = scale; this.draw(); this.legendUpdate?.(); }
+
   setLayer(name, on) { this.layers[name] = on; this.draw(); this.report(); }
   setOpacity(value) { this.opacity = value; this.draw(); }
 
@@ -220,16 +234,20 @@ export class SlideViewer {
     const low = el("span", { class: "num small" });
     const high = el("span", { class: "num small" });
     const note = el("p", { class: "muted small", "aria-live": "polite" });
+    const scaleNote = el("p", { class: "muted small heat-scope" });
     clear(container, el("div", { class: "legend-layers", role: "group", "aria-label": "Overlays" }, boxes),
       el("div", { class: "legend-heat" },
         el("label", { for: opacityId, class: "small" }, "Heatmap opacity"), range,
         el("div", { class: "heat-scale", role: "img", "aria-label": "attention colour scale, low (blue) to high (red)" }),
-        el("div", { class: "heat-ends" }, low, el("span", { class: "muted small", text: "raw CHIEF attention" }), high)),
+        el("div", { class: "heat-ends" }, low, el("span", { class: "muted small", text: "raw CHIEF attention" }), high),
+        scaleNote),
       note);
     this.legendUpdate = () => {
       const d = this.data;
-      low.textContent = d?.attention_min !== null && d?.attention_min !== undefined ? fmt(d.attention_min, 3) : "–";
-      high.textContent = d?.attention_max !== null && d?.attention_max !== undefined ? fmt(d.attention_max, 3) : "–";
+      const r = this.range();
+      low.textContent = r ? fmt(r.lo, 3) : "–";
+      high.textContent = r ? fmt(r.hi, 3) : "–";
+      scaleNote.textContent = r?.shared ? `one scale for ${r.shared}` : (r ? "scaled to this slide" : "");
       note.textContent = d?.note || (d ? `${d.slide}: ${d.tissue.x_um.length} tissue tiles, ${d.selected.length} selected` : "");
     };
     this.legendUpdate();
@@ -260,6 +278,8 @@ export async function patientViewer(root, note, view, options = {}) {
     return null;
   }
   const viewer = await new SlideViewer(root, options).init();
+  const r = view.attention_range;
+  if (r) viewer.scale = { lo: r[0], hi: r[1], shared: options.scaleScope || (shown.length > 1 ? "all of this patient's slides" : null) };
   const first = shown.reduce((best, s) => (s.selected_tiles > best.selected_tiles ? s : best), shown[0]);
   await viewer.show(first.id);
   if (root.dataset.annotations !== undefined) {  // the patient page: drawing, annotations, click/box region search
