@@ -45,12 +45,14 @@ def test_sigkills_of_the_daemon_never_fail_a_healthy_slide(tmp_path):
     beyond = 0  # each kill waits for progress past the point of the previous death, so no two land on one batch
     for kill in range(kills):
         owner = Owner(data, inbox, max_attempts=2)
-        status = owner.wait(lambda s: _tiles_of(s, big.name)[0] > beyond, f"{big.name} past {beyond} tiles (kill {kill + 1})")
-        seen, deaths = _tiles_of(status, big.name)
-        assert len(deaths) == kill  # every earlier death is on record, none counted as an attempt
-        assert seen <= total * (kill + 1) // (kills + 1), (
-            f"{seen} of {total} tiles done at kill {kill + 1}: the slide is too small for this machine; make it bigger")
-        owner.stop(signal.SIGKILL)
+        try:
+            status = owner.wait(lambda s: _tiles_of(s, big.name)[0] > beyond, f"{big.name} past {beyond} tiles (kill {kill + 1})")
+            seen, deaths = _tiles_of(status, big.name)
+            assert len(deaths) == kill  # every earlier death is on record, none counted as an attempt
+            assert seen <= total * (kill + 1) // (kills + 1), (
+                f"{seen} of {total} tiles done at kill {kill + 1}: the slide is too small for this machine; make it bigger")
+        finally:
+            owner.stop(signal.SIGKILL)
         assert jobs_of(data)[big.name][0] == "running"  # really killed mid-slide
         beyond = seen  # the death fell at or after `seen`
         owner.proc.wait()
