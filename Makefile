@@ -37,6 +37,8 @@ CHART_DIR := web/static/vendor/chartjs
 CHART_JS := $(CHART_DIR)/chart.umd.min.js
 
 $(CHART_JS): $(OSD_JS)
+	@if [ ! -f web/frontend/node_modules/chart.js/dist/chart.umd.min.js ] && command -v npm >/dev/null 2>&1; then \
+		cd web/frontend && npm ci --no-audit --no-fund --loglevel=error; fi
 	@if [ -f web/frontend/node_modules/chart.js/dist/chart.umd.min.js ]; then \
 		rm -rf $(CHART_DIR) && mkdir -p $(CHART_DIR) \
 		&& cp web/frontend/node_modules/chart.js/dist/chart.umd.min.js web/frontend/node_modules/chart.js/LICENSE.md $(CHART_DIR)/ \

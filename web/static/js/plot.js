@@ -141,7 +141,7 @@ export async function linePlot(container, { series, band, xLabel, yLabel, xDomai
   for (const s of series) {
     if (!s.points.length) continue;
     datasets.push({ label: s.label, data: xy(s.points), borderColor: s.fold ? FOLD : PRIMARY, borderWidth: s.fold ? 1.2 : 2.5,
-      pointRadius: s.markers ? 3.5 : 0, pointBackgroundColor: PRIMARY, pointHitRadius: 6 });
+      pointRadius: s.markers ? 3.5 : 0, pointBackgroundColor: PRIMARY, pointHitRadius: 6, clip: s.markers ? false : undefined });  // markers on the edge stay whole
   }
   const fmtTick = (v) => String(Number(Number(v).toFixed(2)));
   const xScale = logX
