@@ -54,10 +54,13 @@ class Hit:
     slides: tuple[str, ...] = ()
     labels: dict = field(default_factory=dict)
     explanation: tuple[TilePair, ...] | None = None
+    # percent of random patient pairs of the same vector set scoring lower (score_context.py); None: too few patients
+    percentile: float | None = None
 
     def as_dict(self) -> dict:
         out = {"patient": self.patient, "score": self.score, "rank": self.rank, "kind": self.kind,
-               "signature": self.signature, "slides": list(self.slides), "labels": dict(self.labels)}
+               "signature": self.signature, "slides": list(self.slides), "labels": dict(self.labels),
+               "percentile": self.percentile}
         if self.explanation is not None:
             out["explanation"] = [p.as_dict() for p in self.explanation]
         return out
@@ -68,7 +71,8 @@ class Hit:
         explanation = data.get("explanation")
         return cls(patient=data["patient"], score=float(data["score"]), rank=int(data["rank"]), kind=data["kind"],
                    signature=data["signature"], slides=tuple(data.get("slides") or ()), labels=dict(data.get("labels") or {}),
-                   explanation=None if explanation is None else tuple(TilePair.from_dict(p) for p in explanation))
+                   explanation=None if explanation is None else tuple(TilePair.from_dict(p) for p in explanation),
+                   percentile=None if data.get("percentile") is None else float(data["percentile"]))
 
 
 @dataclass(frozen=True)

@@ -660,11 +660,24 @@ class SearchService:
         names = self.reads.external_ids(hit_ids)
         slides = self.reads.slides_of(hit_ids)
         labels = self.reads.labels_of(hit_ids)
+        context = self.score_context.percentiles(kind, signature, scores) if len(hit_ids) else []
         return [
             Hit(patient=names[int(pid)], score=float(score), rank=rank, kind=kind, signature=signature,
-                slides=tuple(slides[int(pid)]), labels=labels[int(pid)])
-            for rank, (pid, score) in enumerate(zip(hit_ids, scores), start=1)
+                slides=tuple(slides[int(pid)]), labels=labels[int(pid)], percentile=pct)
+            for rank, (pid, score, pct) in enumerate(zip(hit_ids, scores, context), start=1)
         ]
+
+    @property
+    def score_context(self):
+        """Each vector set's reference pair scores, for a hit's percentile (what "close" means on this archive)."""
+        context = self.__dict__.get("_score_context")
+        if context is None:
+            from eagle_index.score_context import ScoreContext
+
+            with self._tiles_lock:
+                context = self.__dict__.get("_score_context") or ScoreContext(self.catalog)
+                self.__dict__["_score_context"] = context
+        return context
 
     def allowed_ids(self, filters: SearchFilters) -> set[int] | None:
         """Patients the label, cohort and annotation filters allow (None: no such filter)."""

@@ -1,0 +1,68 @@
+"""What a cosine score means on this archive: its percentile among random pairs of patients.
+
+A score of 0.8 is "close" on one archive and ordinary on another (EAGLE vectors of one organ sit in a
+narrow cone). So each hit carries the share of patient pairs of the same vector set that score lower.
+The reference is every pair among a seeded sample of at most `SAMPLE` patients (2,000 → about two million
+pairs), recomputed only when the set has grown or shrunk by more than `REFRESH` since (a daemon bumps the
+set's generation with every slide; the distribution does not move with one patient).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+SAMPLE = 2_000
+REFRESH = 0.05
+
+
+def pair_scores(matrix: np.ndarray) -> np.ndarray:
+    """Sorted cosine scores (float32) of every pair of distinct rows; empty with fewer than two rows."""
+    if len(matrix) < 2:
+        return np.zeros(0, dtype=np.float32)
+    rows = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    rows = rows / np.where(norms > 0, norms, 1.0)
+    sims = rows @ rows.T
+    upper = sims[np.triu_indices(len(rows), k=1)]
+    return np.sort(upper.astype(np.float32))
+
+
+def percentile(reference: np.ndarray, score: float) -> float | None:
+    """Percent of reference pairs scoring strictly lower than `score` (None without a reference)."""
+    if len(reference) == 0:
+        return None
+    return round(100.0 * float(np.searchsorted(reference, np.float32(score), side="left")) / len(reference), 1)
+
+
+class ScoreContext:
+    """The reference pair scores of each vector set, sampled from the catalog and kept while the set's size holds."""
+
+    def __init__(self, catalog, sample: int = SAMPLE, seed: int = 0):
+        self.catalog = catalog
+        self.sample = sample
+        self.seed = seed
+        self._cache: dict[tuple[str, str], tuple[int, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def reference(self, kind: str, signature: str) -> np.ndarray:
+        ids = self.catalog.vector_ids(kind, signature)
+        key = (kind, signature)
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None and abs(len(ids) - cached[0]) <= REFRESH * max(cached[0], 1) and (
+                len(ids) == cached[0] or cached[0] >= self.sample):
+            return cached[1]
+        chosen = ids
+        if len(ids) > self.sample:
+            chosen = np.sort(np.random.default_rng(self.seed).choice(ids, self.sample, replace=False))
+        _, matrix = self.catalog.load_vectors(kind, signature, patient_ids=chosen)
+        scores = pair_scores(matrix)
+        with self._lock:
+            self._cache[key] = (len(ids), scores)
+        return scores
+
+    def percentiles(self, kind: str, signature: str, scores) -> list[float | None]:
+        reference = self.reference(kind, signature)
+        return [percentile(reference, float(s)) for s in scores]
