@@ -304,27 +304,30 @@ export class AnnotationLayer {
     this.root.dataset.annotationsDrawn = String(drawn);
   }
 
-  // names of annotations wide enough on screen (at most 200 per frame)
+  // names of annotations wide enough on screen, widest first, never over one another (at most 100)
   labels(ctx, byColour, { s, ox, oy }, dpr, w, h) {
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.font = "600 12px system-ui, sans-serif";
     ctx.textBaseline = "bottom";
-    let n = 0;
-    for (const { thick } of byColour.values()) {
-      for (const it of thick) {
-        const [x0, y0, x1] = it.shape.bbox;
-        if ((x1 - x0) * s < 70 || !it.a.name || n >= 200) continue;
-        const x = Math.max(2, x0 * s + ox);
-        const y = Math.max(16, y0 * s + oy - 2);
-        if (x > w || y > h + 14) continue;
-        const text = it.a.class_name ? `${it.a.name} · ${it.a.class_name}` : it.a.name;
-        const tw = ctx.measureText(text).width + 8;
-        ctx.fillStyle = "rgba(17, 24, 39, 0.72)";
-        ctx.fillRect(x, y - 15, tw, 15);
-        ctx.fillStyle = "#ffffff";
-        ctx.fillText(text, x + 4, y - 1);
-        n += 1;
-      }
+    const wide = [];
+    for (const { thick } of byColour.values()) for (const it of thick) if (it.a.name && (it.shape.bbox[2] - it.shape.bbox[0]) * s >= 70) wide.push(it);
+    wide.sort((a, b) => (b.shape.bbox[2] - b.shape.bbox[0]) - (a.shape.bbox[2] - a.shape.bbox[0]));
+    const placed = [];
+    for (const it of wide) {
+      if (placed.length >= 100) break;
+      const [x0, y0] = it.shape.bbox;
+      const x = Math.max(2, x0 * s + ox);
+      const y = Math.max(16, y0 * s + oy - 2);
+      if (x > w || y > h + 14) continue;
+      const text = it.a.class_name ? `${it.a.name} · ${it.a.class_name}` : it.a.name;
+      const tw = ctx.measureText(text).width + 8;
+      const box = [x, y - 15, x + tw, y];
+      if (placed.some((q) => box[0] < q[2] && q[0] < box[2] && box[1] < q[3] && q[1] < box[3])) continue;
+      placed.push(box);
+      ctx.fillStyle = "rgba(17, 24, 39, 0.72)";
+      ctx.fillRect(x, y - 15, tw, 15);
+      ctx.fillStyle = "#ffffff";
+      ctx.fillText(text, x + 4, y - 1);
     }
   }
 
