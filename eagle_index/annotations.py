@@ -163,8 +163,8 @@ class AnnotationService:
         info = self.slide(slide)
         mpp = self._current_mpp(info.patient_id, info.name)
         ids = self.catalog.write(lambda s: repo.add(s, info.patient_id, info.name, info.id, mpp, features, source))
-        rows = {r.id: r for r in repo.of_slide(self.catalog, info.patient_id, info.name)}
-        return {"slide": info.name, "slide_id": info.id, "imported": len(ids), "annotations": [rows[i].as_dict() for i in ids]}
+        rows = repo.of_ids(self.catalog, ids)
+        return {"slide": info.name, "slide_id": info.id, "imported": len(ids), "annotations": [r.as_dict() for r in rows]}
 
     def export_geojson(self, slide) -> dict:
         """The slide's annotations as a QuPath FeatureCollection (level-0 px)."""
