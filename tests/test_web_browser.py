@@ -137,6 +137,9 @@ def test_search_by_patient_shows_the_expected_top_hit(page, server):
     page.wait_for_selector("#hits article")
     first = page.locator("#hits article").first
     assert first.get_attribute("data-patient") == top
+    # the score's context: its percentile among all patient pairs of this archive, as the API answers it
+    percentile = _get(f"{server['url']}/api/v1/search?patient=CASE-001&k=10")["hits"][0]["percentile"]
+    assert first.locator(".score-context").inner_text() == f"closer than {percentile:.1f}% of patient pairs here"
     first.get_by_role("button", name="Matching tiles").click()
     page.wait_for_function("() => { const imgs = [...document.querySelectorAll('#hits article .pair img')]; return imgs.length >= 2 && imgs.every(i => i.complete && i.naturalWidth > 0); }")
     shot(page, "search")

@@ -106,6 +106,9 @@ function hitCard(hit, query) {
       el("div", { class: "card-title" }, el("a", { href: patientUrl(hit.patient), text: hit.patient }),
         el("span", { class: "score", title: "cosine similarity", text: fmt(hit.score, 4) })),
       bar,
+      hit.percentile === null || hit.percentile === undefined ? null
+        : el("p", { class: "muted small score-context", title: "share of all pairs of patients in this archive (same vector set) that score lower: what close means here",
+          text: `closer than ${fmt(hit.percentile, 1)}% of patient pairs here` }),
       chips(hit.labels, query.labels || {}),
       el("div", { class: "card-foot" }, el("span", { class: "muted small", text: hit.slides.length ? `${hit.slides.length} slide${hit.slides.length === 1 ? "" : "s"}` : "imported vector" }),
         hit.thumbnail_url || hit.explanation ? toggle : null,
@@ -115,14 +118,15 @@ function hitCard(hit, query) {
 }
 
 function csvCell(value) {
-  const text = value === null || value === undefined ? "" : String(value);
+  let text = value === null || value === undefined ? "" : String(value);
+  if (typeof value === "string" && /^[=+\-@\t\r]/.test(text)) text = `'${text}`;  // never a spreadsheet formula
   return /[",\n\r]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
 }
 
 function resultsCsv(result) {
   const names = [...new Set(result.hits.flatMap((hit) => Object.keys(hit.labels || {})))].sort();
-  const rows = [["rank", "patient", "score", ...names]];
-  for (const hit of result.hits) rows.push([hit.rank, hit.patient, hit.score, ...names.map((n) => (hit.labels || {})[n])]);
+  const rows = [["rank", "patient", "score", "percentile", ...names]];
+  for (const hit of result.hits) rows.push([hit.rank, hit.patient, hit.score, hit.percentile, ...names.map((n) => (hit.labels || {})[n])]);
   return rows.map((row) => row.map(csvCell).join(",")).join("\n") + "\n";
 }
 
