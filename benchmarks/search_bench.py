@@ -13,6 +13,13 @@ does. For each size it reports:
 - index size: bytes of the serialized index (`faiss.write_index` to a temp file) - what it
   holds in memory, give or take allocator slack.
 
+`--concurrency N` (issue 20 item 1) also searches each index from N threads at once (each
+with one OpenMP thread, as the server's HTTP threads run FAISS), every query a single-row search
+through `store/batching.SearchBatcher` as `DerivedIndex.search_loaded` makes it: with gathering
+on (`--batch-ms`, default 1) and off, in the order on, off, off, on in the same process; it
+prints queries/s, latency, queries per FAISS call, the on/off ratio, and checks that every
+answer (ids and scores) equals the one the query gets alone.
+
 Data: a mixture of 2,000 Gaussian clusters (Pareto-distributed sizes) in 1280-d - a shared
 mean direction, cluster centres on a 128-d subspace, within-cluster spread along a shared
 64-d subspace plus isotropic noise, the spread varying 4x between clusters - L2-normalized.
@@ -173,6 +180,52 @@ def measure(index, result: Result, queries: np.ndarray, truth: np.ndarray | None
     result.index_mb = _index_mb(index, workdir)
 
 
+def concurrent_runs(index, queries: np.ndarray, clients: int, batch_ms: float, label: str) -> list[str]:
+    """Single-row searches from `clients` threads at once, gathering on / off / off / on; table rows."""
+    import threading
+
+    import faiss
+
+    from eagle_index.store.batching import SearchBatcher, batchable
+
+    limit = batchable(index, DIM)
+    alone = [index.search(q[None], K) for q in queries]
+    rows = []
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    for mode in ("on", "off", "off", "on"):
+        batcher = SearchBatcher(batch_ms / 1000 if mode == "on" else 0.0)
+        latencies: list[float] = []
+        answers: dict[int, tuple] = {}
+        barrier = threading.Barrier(clients + 1)
+
+        def client(start: int) -> None:
+            faiss.omp_set_num_threads(1)
+            barrier.wait()
+            for i in range(start, len(queries), clients):
+                t0 = time.perf_counter()
+                answers[i] = batcher.search(index, np.ascontiguousarray(queries[i:i + 1]), K, limit)
+                latencies.append(time.perf_counter() - t0)
+
+        pool = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+        for t in pool:
+            t.start()
+        barrier.wait()
+        t0 = time.perf_counter()
+        for t in pool:
+            t.join()
+        wall = time.perf_counter() - t0
+        wrong = sum(not (np.array_equal(answers[i][0], alone[i][0]) and np.array_equal(answers[i][1], alone[i][1]))
+                    for i in range(len(queries)))
+        stats = batcher.stats()
+        rate = len(queries) / wall
+        rates[mode].append(rate)
+        rows.append(f"| {label} | {clients} | {mode} | {rate:.0f} | {np.percentile(latencies, 50) * 1e3:.2f} | "
+                    f"{np.percentile(latencies, 99) * 1e3:.2f} | {stats['queries'] / max(stats['faiss_calls'], 1):.2f} | "
+                    f"{wrong} | {_load()} |")
+    rows.append(f"| {label} | {clients} | on / off | {sum(rates['on']) / sum(rates['off']):.2f}x | | | | | |")
+    return rows
+
+
 def _load() -> str:
     """1/5/15-minute load averages: other work on the machine shows up in the latencies."""
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
@@ -194,6 +247,8 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, help="override IndexSettings.ivf_nprobe")
     parser.add_argument("--k-factor", type=int, help="override IndexSettings.ivf_refine_k_factor")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()), help="where index sizes are measured")
+    parser.add_argument("--concurrency", type=int, default=0, help="also search from this many threads at once, batching on/off")
+    parser.add_argument("--batch-ms", type=float, default=1.0, help="the gathering window of --concurrency's 'on' runs")
     args = parser.parse_args()
 
     import faiss
@@ -212,12 +267,15 @@ def main() -> None:
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; settings: {settings!r}", flush=True)
     print(f"load average at start: {_load()}\n", flush=True)
     results: list[Result] = []
+    concurrent_rows: list[str] = []
     for n in sizes:
         started = time.perf_counter()
         index, exact = build("flat", data, n, settings, build_threads)
         faiss.omp_set_num_threads(build_threads)
         scores, truth = index.search(queries, K)
         measure(index, exact, queries, truth, threads, args.workdir)
+        if args.concurrency:
+            concurrent_rows += concurrent_runs(index, queries, args.concurrency, args.batch_ms, f"{n:,} flat")
         del index
         results.append(exact)
         print(f"N={n:,}: exact neighbour cosine, median over queries: top-1 {np.median(scores[:, 0]):.3f}, "
@@ -230,6 +288,8 @@ def main() -> None:
                 print(f"N={n:,} {index_type}: too few vectors to train, the product builds it exact; skipped", flush=True)
                 continue
             measure(index, result, queries, truth, threads, args.workdir)
+            if args.concurrency:
+                concurrent_rows += concurrent_runs(index, queries, args.concurrency, args.batch_ms, f"{n:,} {index_type}")
             del index
             results.append(result)
             print(f"N={n:,} {index_type}: built in {result.train_s + result.add_s:.1f} s, "
@@ -249,6 +309,12 @@ def main() -> None:
         ratios = ", ".join(f"{r.latency_ms[t][0] / base.latency_ms[t][0]:.4f} ({t}t)" for t in threads)
         print(f"N={r.size:,}: {r.index_type} p50 / exact p50 = {ratios}; "
               f"speed-up {base.latency_ms[threads[0]][0] / r.latency_ms[threads[0]][0]:.0f}x ({threads[0]}t)")
+    if concurrent_rows:
+        print(f"\nsingle-row searches from {args.concurrency} threads at once (1 OpenMP thread each), "
+              f"gathering window {args.batch_ms:g} ms; runs in the order on, off, off, on")
+        print("| index | threads | batching | queries/s | p50 ms | p99 ms | queries per FAISS call | answers differing from alone | load |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|---|")
+        print("\n".join(concurrent_rows))
     print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 
