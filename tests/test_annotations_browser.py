@@ -223,6 +223,14 @@ def test_a_polygon_is_drawn_selected_on_the_slide_edited_and_deleted(page, demo)
     for (x, y), (cx, cy) in zip(ring, corners):
         assert (x, y) == (pytest.approx(cx, abs=tolerance), pytest.approx(cy, abs=tolerance))
 
+    # the layer can be hidden and shown again
+    drawn = "() => Number(document.querySelector('#viewer').dataset.annotationsDrawn)"
+    page.wait_for_function(f"{drawn} >= 1")
+    page.get_by_label("Show on the slide").uncheck()
+    page.wait_for_function(f"{drawn} === 0")
+    page.get_by_label("Show on the slide").check()
+    page.wait_for_function(f"{drawn} >= 1")
+
     # a click inside it on the slide selects it
     form.get_by_role("button", name="Close").click()
     assert page.locator("#annotation-form").count() == 0

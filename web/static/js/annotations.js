@@ -539,11 +539,14 @@ export class AnnotationLayer {
     this.download = el("a", { class: "btn btn-small", id: "annotation-download", href: "#",
       title: "All annotations of this slide as a GeoJSON FeatureCollection QuPath opens (File › Import objects, or drag it onto the slide)" },
     "Download GeoJSON");
+    const show = el("input", { type: "checkbox", id: "annotation-show", checked: true });
+    show.addEventListener("change", () => { this.visible = show.checked; this.invalidate(); this.draw(); });
     this.formBox = el("div", { id: "annotation-form-box" });
     clear(this.panel,
       el("div", { class: "annotation-head" },
         el("h3", {}, "Annotations ", this.count),
         el("div", { class: "btn-row" },
+          el("label", { class: "check small", title: "outline the slide's annotations on the viewer" }, show, "Show on the slide"),
           el("label", { class: "btn btn-small", for: "annotation-import", title: "A GeoJSON file exported from QuPath (File › Export objects as GeoJSON), or one downloaded here" },
             "Import QuPath GeoJSON"), importInput, this.download)),
       this.note, this.formBox,
@@ -679,7 +682,15 @@ export class AnnotationLayer {
   }
 
   // -- region search ---------------------------------------------------------------------------------------
+  // a slide without a recorded µm/px has no tile positions: region search cannot place a point or box on it
+  placeable() {
+    if (this.slide?.mpp && this.slide?.tile_px) return true;
+    this.status("this slide records no µm per pixel, so a point or box on it cannot be searched");
+    return false;
+  }
+
   searchPoint(p) {
+    if (!this.placeable()) return;
     const mpp = this.slide.mpp;
     const side = this.slide.tile_px;
     const col = Math.floor(p.x / side); const row = Math.floor(p.y / side);
@@ -689,6 +700,7 @@ export class AnnotationLayer {
   }
 
   searchBox(a, b) {
+    if (!this.placeable()) return;
     const mpp = this.slide.mpp;
     const [x0, x1] = [Math.min(a.x, b.x), Math.max(a.x, b.x)];
     const [y0, y1] = [Math.min(a.y, b.y), Math.max(a.y, b.y)];
