@@ -634,7 +634,7 @@ export class AnnotationLayer {
         el("div", { class: "field" }, el("label", { for: "annotation-name" }, "Name"), name),
         el("div", { class: "field" }, el("label", { for: "annotation-class" }, "Class"), cls, classes),
         el("div", { class: "field field-colour" }, el("label", { for: "annotation-colour" }, "Colour"), colour)),
-      isNew ? null : el("p", { class: "muted small", text: `${annotation.source ? `from ${annotation.source} · ` : ""}${annotation.geometry.type}` }),
+      isNew ? null : el("p", { class: "muted small", text: `${annotation.source ? `from ${annotation.source} · ` : ""}${annotation.shape || annotation.geometry.type}` }),
       el("div", { class: "btn-row" }, buttons, status));
     form.addEventListener("submit", (event) => { event.preventDefault(); this.save(annotation, status); });
     this.form = form;
