@@ -276,6 +276,12 @@ def test_find_similar_regions_from_a_tile_and_from_an_uploaded_image(page, serve
         headers={"Content-Type": "application/json"}), timeout=60).read())
     assert patients == [p["patient"] for p in expected["patients"]]
     page.wait_for_function("() => { const imgs = [...document.querySelectorAll('#region-hits img')]; return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth === 224); }")
+    # the query names its slide and patient and shows its tile; options that rank patient vectors are hidden
+    stored = page.locator("#region-stored").inner_text()
+    assert f"slide {tile['slide']} (patient CASE-001)" in stored and "slide_id" not in stored, stored
+    for label in ("Results", "Vector", "Predict this label from the neighbours"):
+        assert not page.locator("#search-options").get_by_label(label, exact=True).is_visible(), label
+    page.wait_for_function("() => { const i = document.querySelector('.region-query img'); return i && i.complete && i.naturalWidth > 0; }")
     assert page.locator("#region-hits .region-link").count() == sum(len(p["tiles"]) for p in expected["patients"])
     shot(page, "regions")
     # search results: the matching tile pairs carry the action too
@@ -294,3 +300,7 @@ def test_find_similar_regions_from_a_tile_and_from_an_uploaded_image(page, serve
     page.wait_for_selector("#region-hits article")
     assert page.locator("#region-hits article").first.get_attribute("data-patient") == "CASE-001"
     assert "region.png" in page.locator(".region-query").inner_text()
+    # the user's own image is shown as the query
+    page.wait_for_function("() => { const i = document.querySelector('.region-query img'); return i && i.src.startsWith('blob:') && i.complete && i.naturalWidth === 224; }")
+    page.get_by_role("tab", name="Patient").click()
+    assert page.locator("#opt-k").is_visible() and page.locator("#opt-kind").is_visible()

@@ -26,10 +26,12 @@ function describe(q) {
 }
 
 // Fill `target` with a region search result; `actions` (nodes) go under the query's description.
-export function renderRegions(result, target, { actions = null } = {}) {
+// `queryImage`: a URL of the user's own query image (an upload shown from the browser), drawn as the query.
+export function renderRegions(result, target, { actions = null, queryImage = null } = {}) {
   const q = result.query;
-  const picture = q.slide_id !== undefined && q.stored_tile !== false && q.x_um !== undefined
-    ? image(tileImage(q.slide_id, q.x_um, q.y_um), "query tile", { lazy: false }) : el("div", { class: "tile-missing" });
+  const picture = queryImage ? image(queryImage, `query image ${q.image || ""}`.trim(), { lazy: false })
+    : q.slide_id !== undefined && q.stored_tile !== false && q.x_um !== undefined
+      ? image(tileImage(q.slide_id, q.x_um, q.y_um), "query tile", { lazy: false }) : el("div", { class: "tile-missing" });
   const head = el("section", { class: "panel region-query", "aria-label": "query" }, picture,
     el("div", {}, el("h2", { text: "Similar regions" }), el("p", { class: "muted", text: describe(q) }),
       el("p", { class: "muted small mono", text: q.signature }), actions));

@@ -28,6 +28,15 @@ function setMode(next) {
     $(`#${name}-form`).hidden = !on;
   }
   $("#run-search").textContent = { patient: "Search", upload: "Embed and search", region: "Find similar regions" }[next];
+  // Region search ranks tiles, not patient vectors: the result count, vector kind and label vote do not apply.
+  for (const id of ["#opt-k", "#opt-kind", "#opt-vote"]) $(id).closest(".field").hidden = next === "region";
+}
+
+let queryPreview = null;  // an object URL of the chosen region image, shown as the query
+function previewOf(file) {
+  if (queryPreview) URL.revokeObjectURL(queryPreview);
+  queryPreview = file ? URL.createObjectURL(file) : null;
+  return queryPreview;
 }
 
 function voteView(vote, k) {
@@ -234,7 +243,11 @@ async function searchRegion() {
       $("#region-file").focus();
       return;
     }
-    renderRegions(result, $("#results"));
+    renderRegions(result, $("#results"), { queryImage: file ? previewOf(file) : null });
+    const q = result.query;
+    if (!file && q.slide) {  // the link named only the slide's id: now say which slide and patient it is
+      $("#region-stored").textContent = `Query: the stored tile at (${Math.round(q.x_um)}, ${Math.round(q.y_um)}) µm of slide ${q.slide}${q.patient ? ` (patient ${q.patient})` : ""}; choose an image instead to search with it.`;
+    }
     status.textContent = `${result.patients.length} patients`;
   } catch (err) {
     status.textContent = "";
@@ -278,7 +291,7 @@ async function init() {
   if (params.get("region_slide") && params.get("x_um") !== null && params.get("y_um") !== null) {
     storedRegion = { slide_id: Number(params.get("region_slide")), x_um: Number(params.get("x_um")), y_um: Number(params.get("y_um")) };
     const note = $("#region-stored");
-    note.textContent = `Query: the stored tile at (${Math.round(storedRegion.x_um)}, ${Math.round(storedRegion.y_um)}) µm of slide ${storedRegion.slide_id}; choose an image instead to search with it.`;
+    note.textContent = `Query: the stored tile at (${Math.round(storedRegion.x_um)}, ${Math.round(storedRegion.y_um)}) µm; choose an image instead to search with it.`;
     note.hidden = false;
     setMode("region");
     searchRegion();
