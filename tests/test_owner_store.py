@@ -379,3 +379,32 @@ def test_a_kill_while_a_batch_is_stored_loses_nothing_stored_and_leaves_nothing_
         got = snapshot(service)
     for key in ("vectors", "tiles", "artifacts", "sets"):
         assert got[key] == expected[key], key
+
+
+def test_put_vectors_replaces_several_patients_vectors_in_one_statement(tmp_path):
+    """`Catalog.put_vectors` replaces existing vectors with one UPDATE (the batch's patients):
+    each patient gets its own new vector and source, the others keep theirs, new ones are added,
+    the loaded FAISS index follows."""
+    from sqlalchemy import select
+
+    from eagle_index.store.models import Vector
+
+    with _open(tmp_path, "pv") as service:
+        catalog = service.catalog
+        rng = np.random.default_rng(4)
+        first, second = rng.normal(size=(4, 8)).astype(np.float32), rng.normal(size=(4, 8)).astype(np.float32)
+        ids = catalog.write(lambda s: [catalog.patient_id(s, p, create=True) for p in ("A", "B", "C", "D", "E")])
+        catalog.write(lambda s: catalog.put_vectors(s, "eagle", "sig", ids[:4], first, source="one"))
+        assert service.vectors.get("eagle", "sig").ntotal == 4
+        order = [ids[2], ids[0], ids[4], ids[3]]  # three replaced (out of id order), one new
+        catalog.write(lambda s: catalog.put_vectors(s, "eagle", "sig", order, second, source="two"))
+        got_ids, raw = catalog.load_vectors("eagle", "sig")
+        stored = {int(i): r.tobytes() for i, r in zip(got_ids, raw)}
+        assert stored == {ids[2]: second[0].tobytes(), ids[0]: second[1].tobytes(), ids[4]: second[2].tobytes(),
+                          ids[3]: second[3].tobytes(), ids[1]: first[1].tobytes()}
+        with catalog.transaction() as session:
+            sources = dict(session.execute(select(Vector.patient_id, Vector.source)).all())
+        assert sources == {ids[0]: "two", ids[1]: "one", ids[2]: "two", ids[3]: "two", ids[4]: "two"}
+        assert catalog.vector_set("eagle", "sig").generation == 2
+        assert service.vectors.get("eagle", "sig").ntotal == 5
+        assert sorted(h.patient for h in service.search_patient("C", k=4)) == ["A", "B", "D", "E"]
