@@ -256,8 +256,13 @@ def test_not_found_page_loads_no_missing_asset(page, demo):
 
 def test_top_bar_fits_a_phone(page, demo):
     page.set_viewport_size({"width": 390, "height": 844})
-    for path in ("/search", "/cohorts", "/probes", "/ingestion", "/patients"):
+    for path in ("/search", "/cohorts", "/probes", "/ingestion", "/patients", "/patients/DEMO-001",
+                 "/compare?query=DEMO-001&hit=DEMO-002", "/search?patient=DEMO-001"):
         goto(page, path)
+        # wide content (tables, viewers, result grids) scrolls inside its own box, never the page
+        page.wait_for_selector("body[data-ready]", state="attached")
+        if path.startswith("/search?"):
+            page.wait_for_selector("#hits article")
         width = page.evaluate("() => document.querySelector('.topbar').scrollWidth")
         assert width <= 390, (path, width)
         assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, path
