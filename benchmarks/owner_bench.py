@@ -1,7 +1,8 @@
 """Owner store rate: slides/s the owner process stores, today's path against the new one, same run.
 
     .venv/bin/python benchmarks/owner_bench.py [--slides 240] [--tiles 2000] [--batch 8]
-        [--store-threads 4] [--search-threads 1] [--search-interval-ms 10] [--workdir DIR] [--only old|new]
+        [--store-threads 4] [--search-threads 1] [--search-interval-ms 10] [--workdir DIR]
+        [--paths old,new] [--only old|new]
 
 Issue 19 item 5 ("the owner keeps up"): an 8-GPU node at 5,000 slides/h per GPU sends about
 11 slides/s to the one owner process. This feeds precomputed results of real size into a real
@@ -24,6 +25,11 @@ and times storing them:
   patient's other artifacts and aggregation before the write, only rows inside it, one
   transaction and FAISS sync per batch (while one thread commits, the others write artifacts
   and aggregate; artifact writes wait on fsync, so more threads than cores help).
+
+- "old-blas" / "new-blas": the same paths with the CHIEF pooling's matrix-vector product on the
+  BLAS library's default thread count, as before `aggregation.one_blas_thread` (on this 2-core
+  machine the idle second OpenBLAS thread spun after every product and took about half the
+  process's CPU). `--paths old-blas,new-blas,old,new` compares all four in one run.
 
 Jobs are queued and claimed before the clock starts. While storing, `--search-threads` threads
 search (`service.search_patient`, k=10, a random patient stored so far) every
@@ -137,6 +143,15 @@ class Searcher(threading.Thread):
 
 
 def run_path(how: str, results, data_dir: Path, args) -> dict:
+    if how.endswith("-blas"):  # the product on the library's default BLAS threads, as before one_blas_thread
+        import contextlib
+
+        real = aggregation.one_blas_thread
+        aggregation.one_blas_thread = contextlib.nullcontext
+        try:
+            return dict(run_path(how.removesuffix("-blas"), results, data_dir, args), path=how)
+        finally:
+            aggregation.one_blas_thread = real
     from eagle_index.ingest.worker import BatchStorer, store_job_result_in_writer
     from eagle_index.service import EagleService
 
@@ -204,7 +219,8 @@ def main() -> None:
     parser.add_argument("--store-threads", type=int, default=4, help="threads storing batches (new path)")
     parser.add_argument("--search-threads", type=int, default=1)
     parser.add_argument("--search-interval-ms", type=float, default=10.0, help="pause between a thread's searches")
-    parser.add_argument("--only", choices=("old", "new"))
+    parser.add_argument("--paths", default="old,new", help="comma-separated, in this order: old, new, old-blas, new-blas")
+    parser.add_argument("--only", choices=("old", "new"), help="same as --paths old or --paths new")
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
 
@@ -218,9 +234,11 @@ def main() -> None:
           flush=True)
     rows = []
     try:
-        for how in ("old", "new"):
-            if args.only and how != args.only:
-                continue
+        paths = [args.only] if args.only else [p.strip() for p in args.paths.split(",") if p.strip()]
+        unknown = set(paths) - {"old", "new", "old-blas", "new-blas"}
+        if unknown:
+            parser.error(f"unknown paths: {', '.join(sorted(unknown))}")
+        for how in paths:
             row = run_path(how, results, workdir / how, args)
             rows.append(row)
             print(f"{how}: {row['slides']} slides in {row['seconds']:.1f} s = {row['slides_per_s']:.1f} slides/s, "
@@ -232,15 +250,19 @@ def main() -> None:
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    if len(rows) == 2:
-        old, new = rows
+    if len(rows) >= 2:
+        by = {r["path"]: r for r in rows}
         print("\n| path | slides | s | slides/s | CPU-ms / slide | writer s | write p50 / max ms | searches | p50 ms | p99 ms | max ms |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             print(f"| {r['path']} | {r['slides']} | {r['seconds']:.1f} | {r['slides_per_s']:.1f} | {r['cpu_ms_per_slide']:.0f} | "
                   f"{r['writer_seconds']:.1f} | "
                   f"{r['writer_p50_ms']:.0f} / {r['writer_max_ms']:.0f} | {r['searches']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.0f} |")
-        print(f"\nnew / old: {new['slides_per_s'] / old['slides_per_s']:.2f}x slides/s")
+        for a, b in (("new", "old"), ("new", "new-blas"), ("new", "old-blas"), ("new-blas", "old-blas"), ("old", "old-blas")):
+            if a in by and b in by:
+                print(f"{a} / {b}: {by[a]['slides_per_s'] / by[b]['slides_per_s']:.2f}x slides/s, "
+                      f"{by[b]['cpu_ms_per_slide'] / by[a]['cpu_ms_per_slide']:.2f}x less CPU per slide")
+        print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
