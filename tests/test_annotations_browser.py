@@ -14,10 +14,15 @@ Every page must load with no console error and no failed request (the `page` fix
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from test_make_demo_browser import context, demo, goto, page, pytestmark  # noqa: F401  (the `make demo` server, same skips)
+from test_make_demo_browser import context, demo, goto, page  # noqa: F401  (the `make demo` server and its page)
+from test_make_demo_browser import pytestmark as demo_marks
+
+OSD = Path(__file__).resolve().parents[1] / "web" / "static" / "vendor" / "openseadragon" / "openseadragon.min.js"
+pytestmark = [*demo_marks, pytest.mark.skipif(not OSD.exists(), reason="OpenSeadragon not built (make install runs npm ci and copies it)")]
 
 
 def _api(page, path: str):
