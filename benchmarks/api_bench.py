@@ -328,4 +328,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from eagle_index.errors import EagleIndexError
+
+    try:
+        main()
+    except (EagleIndexError, OSError) as exc:  # a catalog to upgrade, a --data-dir that is a file: one line, no traceback
+        raise SystemExit(f"error: {exc}") from None

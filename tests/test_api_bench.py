@@ -34,3 +34,16 @@ def test_sequential_mode_finds_identical_hits(tmp_path):
     out = _run("--requests", "12", "--data-dir", str(tmp_path / "data")).stdout
     assert "identical hits: 12/12" in out, out
     assert "| HTTP GET /api/v1/search (waitress, loopback) |" in out, out
+
+
+def test_a_bad_data_dir_is_one_line_not_a_traceback(tmp_path):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "catalog.duckdb").write_text("not a database")
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    for data_dir in (junk, not_a_folder):
+        result = subprocess.run([sys.executable, str(BENCH), "--patients", "50", "--dim", "8", "--requests", "5",
+                                 "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith("error: ") and str(data_dir) in result.stderr, result.stderr
