@@ -211,6 +211,14 @@ def test_a_polygon_is_drawn_selected_on_the_slide_edited_and_deleted(page, demo)
     x0, y0 = data["tissue"]["x_px"][0], data["tissue"]["y_px"][0]
     corners = [(x0, y0), (x0 + 2 * t, y0 + 0.2 * t), (x0 + 1.8 * t, y0 + 1.5 * t), (x0 + 0.3 * t, y0 + 1.2 * t)]
 
+    # Esc drops a drawn shape that was not saved
+    _tool(page, "Rectangle").click()
+    _drag(page, _xy(page, x0, y0), _xy(page, x0 + t, y0 + t))
+    page.locator("#annotation-form").wait_for()
+    page.keyboard.press("Escape")
+    page.locator("#annotation-form").wait_for(state="detached")
+    assert len(_api(page, f"/slides/{slide}/annotations")["annotations"]) == before
+
     _tool(page, "Polygon").click()
     for corner in corners[:-1]:
         page.mouse.click(*_xy(page, *corner))

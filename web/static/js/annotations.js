@@ -473,6 +473,10 @@ export class AnnotationLayer {
       this.setTool("pan");
       this.status("cancelled");
       this.draw();
+    } else if (event.key === "Escape" && this.selected === "new") {  // a drawn shape not saved yet goes
+      event.preventDefault();
+      this.closeForm();
+      this.status("cancelled");
     } else if (!typing && this.draft?.kind === "polygon" && event.key === "Enter") {
       event.preventDefault();
       this.closePolygon();
