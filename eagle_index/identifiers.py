@@ -69,13 +69,18 @@ def problem(value, max_chars: int = MAX_IDENTIFIER_CHARS, addressable: bool = Tr
     return None
 
 
+def visible(text: str) -> str:
+    """`text` with control characters and bidi controls escaped (\\n, \\u202e): safe on one line of a terminal or log."""
+    return "".join(ch.encode("unicode_escape").decode("ascii") if _bad_character(ch) else ch for ch in str(text))
+
+
 def _check(kind: str, value, where: str | None, max_chars: int, addressable: bool) -> str:
     trimmed = value.strip() if isinstance(value, str) else value
     reason = problem(trimmed, max_chars, addressable)
     if reason is None:
         return trimmed
     shown = f" {quoted(trimmed)}" if isinstance(trimmed, str) and trimmed else ""
-    prefix = f"{where}: " if where else ""
+    prefix = f"{visible(where)}: " if where else ""  # a file name may hold the very characters refused
     raise IdentifierError(f"{prefix}{kind}{shown} {reason}")
 
 
@@ -96,4 +101,4 @@ def check_label_value(value, where: str | None = None, name: str | None = None) 
 
 
 __all__ = ["BIDI_CONTROLS", "IdentifierError", "check_identifier", "check_label_name", "check_label_value", "problem",
-           "quoted"]
+           "quoted", "visible"]

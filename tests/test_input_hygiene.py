@@ -335,14 +335,15 @@ def test_cli_patient_option_follows_the_rule_before_any_work(one_slide, tmp_path
 
 
 def test_ingest_refuses_a_bad_patient_id_naming_the_file(one_slide, tmp_path):
-    """Through the service (the path `ingest` and the daemon's jobs store by): the error names the slide file
-    ("empty patient id" named nothing), and no patient row is made."""
+    """Through the service, as `ingest` runs: the slide fails, its error names the slide file ("empty patient id"
+    named nothing), and no patient row is made."""
     _, slide = one_slide
     with _service(tmp_path / "data", models="tiny") as service:
         for patient, problem in (("site/P-1", "contains '/'"), ("   ", "is empty")):
-            with pytest.raises(InputError) as raised:
-                service.ingest([slide], patient=patient)
-            assert str(raised.value).startswith(f"{slide}: patient id") and problem in str(raised.value), raised.value
+            report = service.ingest([slide], patient=patient)
+            assert not report.ingested and len(report.failed) == 1, report
+            error = report.failed[0].error
+            assert error.startswith(f"{slide}: patient id") and problem in error, error
         assert service.stats()["patients"] == 0
 
 
@@ -372,3 +373,24 @@ def test_identifiers_is_on_the_ground_floor():
     modules = {node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom) and node.module}
     modules |= {alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import) for alias in node.names}
     assert modules <= {"__future__", "eagle_index.errors", "eagle_index.limits"}, modules
+
+
+def test_ingest_of_a_folder_fails_only_the_slide_whose_name_gives_a_bad_patient_id(one_slide, tmp_path):
+    from slide_fixtures import write_pyramidal_tiff
+
+    from eagle_index.identifiers import visible
+
+    _, slide = one_slide
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    good = folder / "TCGA-AA-0001-01Z-00-DX1.tiff"
+    good.write_bytes(slide.read_bytes())
+    bad = write_pyramidal_tiff(folder / "case\u202e7.tiff", mpp=2.0, size_um=(896.0, 896.0),
+                               tissue_boxes_um=[(0.0, 0.0, 896.0, 896.0)], seed=9).path
+    with _service(tmp_path / "data", models="tiny") as service:
+        report = service.ingest([folder])
+        assert [Path(s.file).name for s in report.ingested] == [good.name], report
+        assert [Path(s.file).name for s in report.failed] == [bad.name], report
+        assert visible(str(bad)) in report.failed[0].error and "U+202E" in report.failed[0].error, report.failed
+        assert [j["state"] for j in service.jobs.jobs(state="failed")] == ["failed"]
+        assert service.catalog.patient_ids(["TCGA-AA-0001"]) and service.stats()["patients"] == 1

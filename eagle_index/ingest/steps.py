@@ -146,6 +146,17 @@ def artifact_path(settings: Settings, fingerprint: str) -> Path:
     return settings.artifacts_dir / digest[:2] / f"{digest}.h5"
 
 
+def _patient_id_problem(job: SlideJob) -> str | None:
+    """Why the job's patient id breaks the identifier rule (naming the slide file), or None."""
+    from eagle_index.identifiers import check_identifier
+
+    try:
+        check_identifier("patient id", job.patient, where=str(job.path))
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
 def ingest_files(ctx: IngestContext, paths, patient, slide_table, mpp, progress=None) -> IngestReport:
     from eagle_index.ingest import storing
 
@@ -172,9 +183,14 @@ def ingest_files(ctx: IngestContext, paths, patient, slide_table, mpp, progress=
         for index, job in enumerate(jobs):
             fingerprint = slide_fingerprint(job.path)
             name = stored_as(fingerprint)
+            bad_patient = _patient_id_problem(job)
             if name is not None:
                 _announce(progress, index, len(jobs), job.path)
                 skipped.append(SkippedSlide(str(job.path), f"already ingested as {name}"))
+            elif bad_patient is not None:  # the identifier rule: this slide fails (a failed job), the others go on
+                _announce(progress, index, len(jobs), job.path)
+                ctx.jobs.record_failure(fingerprint, str(job.path), job.patient, bad_patient)
+                failed.append(FailedSlide(str(job.path), bad_patient))
             elif fingerprint in seen:
                 repeats.append((index, job, fingerprint))
             else:
