@@ -16,13 +16,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from test_web_browser import ARGS, CHROMIUM, pytestmark  # noqa: F401  (same skips: chromium + playwright)
+from browser_fixtures import SKIPS, browser_context, check_page, free_port, get_json, goto, wait_for_server, watched_page  # noqa: F401  (goto: test_annotations_browser imports it from here)
+
+pytestmark = SKIPS
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PORT = 8000
@@ -38,14 +38,11 @@ def _port_free(port: int) -> bool:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port()
 
 
 def _get(url: str):
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.loads(response.read())
+    return get_json(url, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -61,17 +58,8 @@ def demo(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "eagle_index", "demo", "--data-dir", data_rel, "--port", str(port)],
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 900  # generating and embedding 12 patients on a busy 2-core machine
-    while True:
-        assert proc.poll() is None, log_path.read_text()
-        try:  # our demo answers, not another server that took the port meanwhile (its pages would vanish mid-test)
-            health = _get(f"{url}/api/v1/health")
-            if health["ok"] and health["pid"] == proc.pid:
-                break
-        except OSError:
-            pass
-        assert time.time() < deadline, "demo server did not start"
-        time.sleep(0.5)
+    # generating and embedding 12 patients on a busy 2-core machine; our demo answers, not another server on the port
+    wait_for_server(proc, url, log_path, timeout_s=900, own_pid=True)
     shots = root / "screenshots"
     shots.mkdir()
     yield {"url": url, "data": (REPO / data_rel).resolve(), "log": log_path, "shots": shots}
@@ -86,36 +74,15 @@ def demo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def context(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    profile = tmp_path_factory.mktemp("demo-chromium-profile")
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), args=ARGS, headless=True,
-                                                   viewport={"width": 1280, "height": 900}, accept_downloads=True)
-        ctx.set_default_timeout(60_000)
+    with browser_context(tmp_path_factory.mktemp("demo-chromium-profile"), timeout_ms=60_000) as ctx:
         yield ctx
-        ctx.close()
 
 
 @pytest.fixture
 def page(context, demo):
-    page = context.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("console", lambda msg: problems.append(f"console: {msg.text}") if msg.type == "error" else None)
-    page.on("response", lambda r: problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
-    # a request cut off because the test moved on to the next page is not a failure (net::ERR_ABORTED)
-    page.on("requestfailed", lambda r: problems.append(f"failed {r.url}: {r.failure}") if "ERR_ABORTED" not in (r.failure or "") else None)
-    page.base = demo["url"]
-    page.problems = problems
+    page = watched_page(context, demo["url"])
     yield page
-    page.close()
-    assert problems == []
-
-
-def goto(page, path: str) -> None:
-    page.goto(f"{page.base}{path}")
-    page.wait_for_selector("body[data-ready]", state="attached")
+    check_page(page)
 
 
 def all_images_loaded(page, at_least: int = 0) -> int:

@@ -6,12 +6,9 @@ skipped cleanly without them. A screenshot of each page goes to a temporary fold
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,30 +18,21 @@ from pathlib import Path
 
 import pytest
 
+from browser_fixtures import (  # noqa: F401  (CHROMIUM, HAVE_PLAYWRIGHT, goto: other modules import them from here)
+    CHROMIUM, HAVE_PLAYWRIGHT, SKIPS, browser_context, check_page, free_port, get_json, goto, wait_for_server, watched_page)
 from test_web_fixtures import archive_copy
 
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(tempfile.gettempdir()) / "eagle-index-screenshots"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 
-HAVE_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
-
-pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed (make test installs it)"),
-    pytest.mark.skipif(not HAVE_PLAYWRIGHT, reason="playwright not installed (pip install -e .[dev])"),
-]
+pytestmark = SKIPS
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port()
 
 
 def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.loads(response.read())
+    return get_json(url, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +47,7 @@ def server(tmp_path_factory):
          "--data-dir", str(data), "--watch", str(inbox), "--max-attempts", "1", "--settle-seconds", "0.5", "--poll-seconds", "0.5"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "EAGLE_INDEX_LOG": "WARNING"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        assert proc.poll() is None, Path(log.name).read_text()
-        try:
-            if _get(f"{url}/api/v1/health")["ok"]:
-                break
-        except OSError:
-            pass
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.2)
+    wait_for_server(proc, url, Path(log.name))
     yield {"url": url, "data": data, "slides": tmp_path_factory.getbasetemp() / "web-archive" / "slides"}
     proc.send_signal(signal.SIGTERM)
     try:
@@ -79,35 +58,17 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def context(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
     SHOTS.mkdir(parents=True, exist_ok=True)
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), args=ARGS, headless=True,
-                                                   viewport={"width": 1280, "height": 900}, accept_downloads=True)
-        ctx.set_default_timeout(30_000)
+    with browser_context(tmp_path_factory.mktemp("chromium-profile")) as ctx:
         yield ctx
-        ctx.close()
-    shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture
 def page(context, server):
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
-    page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" and "Failed to load resource" not in msg.text else None)
-    page.base = server["url"]
+    # pages here provoke 4xx answers on purpose (bad uploads, unknown ids): the browser's line about them is not a failure
+    page = watched_page(context, server["url"], http_errors=False, failed_requests=False, ignore_console=("Failed to load resource",))
     yield page
-    page.close()
-    assert errors == []
-
-
-def goto(page, path: str) -> None:
-    """Open a page and wait until its script has loaded its data (it sets body[data-ready])."""
-    page.goto(f"{page.base}{path}")
-    page.wait_for_selector("body[data-ready]", state="attached")
+    check_page(page)
 
 
 def shot(page, name: str) -> None:

@@ -11,47 +11,36 @@ OpenSeadragon build (`make install` copies it into web/static/vendor from npm).
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from browser_fixtures import SKIPS, browser_context, check_page, free_port, get_json, goto, wait_for_server, watched_page
 from test_web_fixtures import archive_copy
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 OSD = ROOT / "web" / "static" / "vendor" / "openseadragon" / "openseadragon.min.js"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 MPP = 0.5
 TILE_UM = 448.0
 
 pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed (make test installs it)"),
-    pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright not installed (pip install -e .[dev])"),
+    *SKIPS,
     pytest.mark.skipif(not OSD.exists(), reason="OpenSeadragon not built (make install runs npm ci and copies it)"),
 ]
 
 
 def _get(url: str):
-    import json
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=60) as response:
-        return json.loads(response.read())
+    return get_json(url)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import socket
-
     from eagle_index.config import Settings
     from eagle_index.demo import TISSUE_TYPES
     from eagle_index.service import EagleService
@@ -66,23 +55,12 @@ def server(tmp_path_factory):
     with EagleService(Settings(data_dir=data, models="tiny", device="cpu")) as service:
         report = service.ingest([folder / "VIEW-001-S1.tiff"], patient="VIEW-001")
         assert not report.failed, report.failed
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = open(data.parent / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "eagle_index", "serve", "--models", "tiny", "--device", "cpu", "--port", str(port),
                              "--data-dir", str(data)], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "EAGLE_INDEX_LOG": "WARNING"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        assert proc.poll() is None, Path(log.name).read_text()
-        try:
-            if _get(f"{url}/api/v1/health")["ok"]:
-                break
-        except OSError:
-            pass
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.2)
+    wait_for_server(proc, url, Path(log.name))
     yield {"url": url, "data": data}
     proc.send_signal(signal.SIGTERM)
     try:
@@ -100,43 +78,31 @@ def shots(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def context(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    profile = tmp_path_factory.mktemp("viewer-chromium-profile")
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), args=ARGS, headless=True,
-                                                   viewport={"width": 1400, "height": 1000})
-        ctx.set_default_timeout(30_000)
+    with browser_context(tmp_path_factory.mktemp("viewer-chromium-profile"), viewport=(1400, 1000), downloads=False) as ctx:
         yield ctx
-        ctx.close()
 
 
 @pytest.fixture
 def page(context, server):
-    page = context.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
-    page.on("requestfailed", lambda req: problems.append(f"request failed: {req.url} {req.failure}"))
-    page.on("response", lambda res: problems.append(f"HTTP {res.status}: {res.url}") if res.status >= 400 else None)
+    page = watched_page(context, server["url"])
     page.tiles = []
     page.on("request", lambda req: page.tiles.append(req.url) if "/tiles/" in req.url else None)
-    page.base = server["url"]
     yield page
-    page.close()
-    assert problems == []
+    check_page(page)
 
 
-def _goto(page, path: str) -> None:
-    page.goto(f"{page.base}{path}")
-    page.wait_for_selector("body[data-ready]", state="attached")
+_goto = goto
 
 
 def _loaded(page, selector: str) -> None:
     """Wait until the viewer has a slide open, every tile it needs drawn, and no animation running."""
     done = "(sel) => { const v = document.querySelector(sel)?.eagleViewer; const item = v && v.world.getItemAt(0); return !!item && item.getFullyLoaded(); }"
     page.wait_for_function(done, arg=selector, timeout=60_000)
-    page.wait_for_timeout(700)  # the 0.5 s spring animation settles; tiles for the final view arrive
+    # the spring animation has reached its target (current zoom and centre == target), then the final view's tiles
+    settled = ("(sel) => { const vp = document.querySelector(sel).eagleViewer.viewport; "
+               "return Math.abs(vp.getZoom(true) - vp.getZoom(false)) <= 1e-9 * vp.getZoom(false) "
+               "&& vp.getCenter(true).distanceTo(vp.getCenter(false)) <= 1e-9; }")
+    page.wait_for_function(settled, arg=selector, timeout=60_000)
     page.wait_for_function(done, arg=selector, timeout=60_000)
 
 
