@@ -396,9 +396,9 @@ def test_the_worker_claims_the_next_slides_while_one_is_embedded_and_stores_each
         _three_queued(tmp_path, service)
         claim, done_at_claim = service.jobs.claim, []
 
-        def claim_and_count():
+        def claim_and_count(**options):  # suspects=False on read-ahead claims (issue 24 item 5)
             done_at_claim.append(service.status()["queue"]["done"])
-            return claim()
+            return claim(**options)
 
         service.jobs.claim = claim_and_count
         worker = Worker(service.ingest_context(), service.jobs, threading.Event(), max_attempts=1, backoff_seconds=0)
@@ -419,8 +419,8 @@ def test_stopping_the_worker_gives_every_claimed_slide_back_untouched(tmp_path):
         stop, claim = threading.Event(), service.jobs.claim
         claims = []
 
-        def claim_then_stop():
-            job = claim()
+        def claim_then_stop(**options):  # suspects=False on read-ahead claims (issue 24 item 5)
+            job = claim(**options)
             claims.append(job)
             if len(claims) == 2:  # the first slide is being read, the second was just claimed ahead
                 stop.set()
