@@ -249,6 +249,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()), help="where index sizes are measured")
     parser.add_argument("--concurrency", type=int, default=0, help="also search from this many threads at once, batching on/off")
     parser.add_argument("--batch-ms", type=float, default=1.0, help="the gathering window of --concurrency's 'on' runs")
+    parser.add_argument("--concurrent-types", default="flat,ivf,hnsw", help="index types --concurrency runs on")
     args = parser.parse_args()
 
     import faiss
@@ -274,7 +275,7 @@ def main() -> None:
         faiss.omp_set_num_threads(build_threads)
         scores, truth = index.search(queries, K)
         measure(index, exact, queries, truth, threads, args.workdir)
-        if args.concurrency:
+        if args.concurrency and "flat" in args.concurrent_types.split(","):
             concurrent_rows += concurrent_runs(index, queries, args.concurrency, args.batch_ms, f"{n:,} flat")
         del index
         results.append(exact)
@@ -288,7 +289,7 @@ def main() -> None:
                 print(f"N={n:,} {index_type}: too few vectors to train, the product builds it exact; skipped", flush=True)
                 continue
             measure(index, result, queries, truth, threads, args.workdir)
-            if args.concurrency:
+            if args.concurrency and index_type in args.concurrent_types.split(","):
                 concurrent_rows += concurrent_runs(index, queries, args.concurrency, args.batch_ms, f"{n:,} {index_type}")
             del index
             results.append(result)

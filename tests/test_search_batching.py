@@ -43,6 +43,9 @@ def _together(batcher, jobs: list, threads: int = THREADS) -> list:
     batcher.hold_for(threads)
 
     def work(start: int) -> None:
+        import faiss
+
+        faiss.omp_set_num_threads(1)  # as the server's request threads run FAISS (a batch then gets more)
         try:
             barrier.wait()
             for i in range(start, len(jobs), threads):

@@ -33,6 +33,7 @@ the answer of its last one (over-fetching) is waited for.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -40,6 +41,28 @@ import numpy as np
 
 DEFAULT_MAX_BATCH = 64
 DB_PARALLEL_MIN = 10_000  # FAISS (1.12+) scans a flat set this large with several threads for a lone query
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def search_rows(index, rows: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """One FAISS call for a batch. The server's request threads run FAISS with one OpenMP thread
+    (server.py: a single query is too small to split); a batch of several queries is not, so its
+    call gets up to one thread per query and core, on the leader's thread only. Each query keeps
+    the kernel it has alone: FAISS's database-parallel scan needs fewer queries than threads,
+    which this never gives."""
+    x = np.ascontiguousarray(np.vstack(rows), dtype=np.float32)
+    if len(rows) > 1:
+        import faiss
+
+        before = faiss.omp_get_max_threads()
+        threads = min(len(rows), CORES)
+        if threads > before:
+            faiss.omp_set_num_threads(threads)
+            try:
+                return index.search(x, k)
+            finally:
+                faiss.omp_set_num_threads(before)
+    return index.search(x, k)
 
 
 def _faiss_limits() -> tuple[int, int]:
@@ -216,7 +239,7 @@ class SearchBatcher:
             self._running[key] = self._running.get(key, 0) + 1
             rows = list(batch.rows)
         try:
-            batch.result = batch.index.search(np.ascontiguousarray(np.vstack(rows), dtype=np.float32), k)
+            batch.result = search_rows(batch.index, rows, k)
         except BaseException as exc:  # every caller of the batch gets it
             batch.error = exc
         with self._cond:
