@@ -120,6 +120,9 @@ def _progress_words(progress) -> str:
     worker, node = rest.pop("worker", None), rest.pop("node", None)
     if worker:
         words.append(f"on {worker}" + (f" ({node})" if node else ""))
+    deaths = rest.pop("deaths", None)  # issue 24 item 5: owner deaths recorded on the job
+    if deaths:
+        words.append(f"an owner process died holding it {len(deaths)} time(s): embedded alone")
     words += [f"{k} {v}" for k, v in rest.items() if v is not None and v != ""]
     return ", ".join(words)
 
