@@ -3,8 +3,8 @@
 The catalog has one writer (`Catalog.write`), and while it holds the exclusive lock no search
 runs. So the slow half of storing a result runs before the write, on the caller's thread:
 
-1. `prepare`: the slide's artifact is written (atomically); the patient's embedded slides are
-   read from the catalog (a plain read); their artifacts are read and the patient is
+1. `prepare`: the slide's artifact is written (atomically); the batch's patients' embedded
+   slides are read from the catalog (one plain read per batch); their artifacts are read and the patient is
    re-aggregated (`aggregate`, bit-identical to `pipeline.aggregate_patient`) over the slide set
    the commit will produce: the stored slides (less the ones the results replace) and the new
    ones, in the catalog's order (slide name, then id). The new slides are aggregated from `artifacts.as_stored(result)`, the
