@@ -161,15 +161,35 @@ class AnnotationService:
                 if value is not None and len(value) > MAX_TEXT:
                     raise InputError(f"{source}: features[{f.index}]: {what} is longer than {MAX_TEXT} characters")
         info = self.slide(slide)
+        # A file of search hits (`search-tiles --geojson`) holds tiles of many slides, each feature naming its own:
+        # their pixels belong to those slides, so only this slide's features are imported; the others are reported.
+        features, elsewhere = _split_by_slide(features, info)
+        if not features:
+            raise InputError(f"{source or 'GeoJSON'}: all {len(elsewhere)} features name other slides "
+                             f"({', '.join(sorted({e['slide'] for e in elsewhere})[:5])}), not {info.name!r}: "
+                             f"import the file onto each of those slides")
         mpp = self._current_mpp(info.patient_id, info.name)
         ids = self.catalog.write(lambda s: repo.add(s, info.patient_id, info.name, info.id, mpp, features, source))
         rows = repo.of_ids(self.catalog, ids)
-        return {"slide": info.name, "slide_id": info.id, "imported": len(ids), "annotations": [r.as_dict() for r in rows]}
+        return {"slide": info.name, "slide_id": info.id, "imported": len(ids), "annotations": [r.as_dict() for r in rows],
+                "skipped": elsewhere}
 
     def export_geojson(self, slide) -> dict:
         """The slide's annotations as a QuPath FeatureCollection (level-0 px)."""
         info = self.slide(slide)
         return geojson.feature_collection([r.feature() for r in repo.of_slide(self.catalog, info.patient_id, info.name)])
+
+
+def _split_by_slide(features, info):
+    """(features of this slide, [{"feature", "slide"}] of features whose properties name another slide)."""
+    mine, elsewhere = [], []
+    for f in features:
+        named = (f.properties or {}).get("slide")
+        if isinstance(named, str) and named and named != info.name:
+            elsewhere.append({"feature": f.index, "slide": named})
+        else:
+            mine.append(f)
+    return mine, elsewhere
 
 
 def _id(value) -> int:

@@ -243,11 +243,19 @@ def test_hits_as_geojson_are_tiles_in_level0_px_and_reimport(world):
         assert props["classification"]["name"] == "eagle-hit"
         x, y = tile["x_um"] / MPP, tile["y_um"] / MPP
         assert feature["geometry"] == geojson.rectangle(x, y, TILE_PX, TILE_PX)
-    back = service.annotations.import_geojson("PB-B1", data=json.loads(geojson.dumps(collection)), source="hits.geojson")
-    assert back["imported"] == 6 and {a["class_name"] for a in back["annotations"]} == {"eagle-hit"}
-    assert [a["shape"] for a in back["annotations"]] == ["rectangle"] * 6
-    assert _exported(service.annotations.export_geojson("PB-B1")) == collection["features"]
-    service.annotations.delete([a["id"] for a in back["annotations"]])
+    # each slide takes back its own hits (their pixels are its pixels); the others are reported, not misplaced
+    slides = sorted({f["properties"]["slide"] for f in collection["features"]})
+    data = json.loads(geojson.dumps(collection))
+    for slide in slides:
+        mine = [f for f in collection["features"] if f["properties"]["slide"] == slide]
+        back = service.annotations.import_geojson(slide, data=data, source="hits.geojson")
+        assert back["imported"] == len(mine) and {a["class_name"] for a in back["annotations"]} == {"eagle-hit"}
+        assert [a["shape"] for a in back["annotations"]] == ["rectangle"] * len(mine)
+        assert len(back["skipped"]) == 6 - len(mine) and all(e["slide"] != slide for e in back["skipped"])
+        assert _exported(service.annotations.export_geojson(slide)) == mine
+        service.annotations.delete([a["id"] for a in back["annotations"]])
+    with pytest.raises(InputError, match="all 6 features name other slides"):
+        service.annotations.import_geojson("PA-A1", data=data, source="hits.geojson")  # the query's own slide: no hits
 
 
 def test_in_annotation_filter_keeps_patients_with_a_selected_tile_inside(world):
@@ -339,8 +347,11 @@ def test_cli_import_list_export_delete_and_search(world, tmp_path):
     assert result["query"]["annotation"]["name"] == "R1"
     collection = json.loads(hits.read_text())
     assert len(collection["features"]) == sum(len(p["tiles"]) for p in result["patients"]) == 4
-    again = _cli(data, "annotations", "import", hits, "--slide", "PA-A1", "--json")
-    assert again.returncode == 0 and json.loads(again.stdout)["imported"] == 4, again.stderr
+    first = collection["features"][0]["properties"]["slide"]
+    mine = sum(f["properties"]["slide"] == first for f in collection["features"])
+    again = _cli(data, "annotations", "import", hits, "--slide", first, "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["imported"] == mine, again.stderr
+    assert len(json.loads(again.stdout)["skipped"]) == 4 - mine
     # one line for a malformed file, for an unknown id, for a missing --slide
     bad = tmp_path / "bad.geojson"
     bad.write_text(json.dumps([QUPATH["features"][0], {"type": "Feature", "properties": {"name": "T2"},

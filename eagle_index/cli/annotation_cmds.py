@@ -48,6 +48,11 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(out, indent=1))
             return
         typer.echo(f"imported {out['imported']} annotation{'s' if out['imported'] != 1 else ''} onto slide {out['slide']}")
+        skipped = out.get("skipped") or []
+        if skipped:
+            others = sorted({e["slide"] for e in skipped})
+            typer.echo(f"skipped {len(skipped)} feature{'s' if len(skipped) != 1 else ''} of other slides "
+                       f"({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}): import the file onto each of them")
         for a in out["annotations"]:
             typer.echo(_line(a))
 

@@ -681,7 +681,8 @@ export class AnnotationLayer {
       const data = await api(`${slidePath(this.slide.slide)}/annotations/import`, { method: "POST", form });
       data.annotations.forEach((a) => { const it = { a, shape: shapeOf(a.geometry) }; this.items.push(it); this.byId.set(a.id, it); });
       this.afterChange();
-      this.status(`imported ${data.imported} annotation${data.imported === 1 ? "" : "s"} from ${file.name}`);
+      const skipped = data.skipped?.length ? `; ${data.skipped.length} feature${data.skipped.length === 1 ? "" : "s"} of other slides left out` : "";
+      this.status(`imported ${data.imported} annotation${data.imported === 1 ? "" : "s"} from ${file.name}${skipped}`);
     } catch (error) { this.status(error.message); }
   }
 
