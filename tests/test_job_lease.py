@@ -205,3 +205,53 @@ def test_sigterm_during_a_blocked_read_exits_within_seconds_and_requeues(tmp_pat
         time.sleep(0.2)
         left = {pid for pid in left if (_proc_stat(pid) or (0, None))[1] == below[pid]}
     assert not left, f"processes of the daemon still alive: {sorted(left)}"
+
+
+@needs_dicom
+def test_a_sigkilled_daemon_leaves_no_reader_blocked_behind(tmp_path):
+    """The reader processes die with their owner, even one blocked in a read (it would otherwise
+    hold the file, and its memory, for good)."""
+    inbox, data = tmp_path / "inbox", tmp_path / "data"
+    slide = stuck_dicom(inbox / "stuck")
+    owner = Owner(data, inbox)
+    try:
+        owner.wait(lambda s: slide.name in running_names(s) and blocked_on_fifo(owner.proc.pid), "a reader blocked in the FIFO")
+        below = descendants(owner.proc.pid)
+    finally:
+        owner.stop(signal.SIGKILL)
+    deadline = time.monotonic() + TIMEOUT
+    left = set(below)
+    while left and time.monotonic() < deadline:
+        left = {pid for pid in left if (_proc_stat(pid) or (0, None))[1] == below[pid]}
+        time.sleep(0.2)
+    assert not left, f"processes of the killed daemon still alive: {sorted(left)}"
+
+
+# -- the Ray owner's job loop (cluster.ClusterWorker) gets the lease too -----------------------------------
+def _backfill(folder: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "eagle_index", "backfill", str(folder), "--models", "tiny", "--device", "cpu",
+         "--data-dir", str(data), "--cluster", "local", "--workers", "1", "--max-attempts", "1", *extra],
+        capture_output=True, text=True, timeout=900,
+        env={**os.environ, "EAGLE_INDEX_LOG": "INFO", "RAY_USAGE_STATS_ENABLED": "0",
+             "EAGLE_INDEX_READ_LEASE_S": "3", "EAGLE_INDEX_READ_LEASE_PER_GB_S": "0"})
+
+
+@needs_dicom
+@pytest.mark.slow
+@pytest.mark.parametrize("read_workers, reason", [
+    (None, "read did not finish within 3 s"),  # the actor's own reader pool abandons the read
+    ("0", "did not finish within 9 s on Ray worker w0"),  # reads on the actor's threads: the owner kills the actor
+])
+def test_a_blocked_read_on_a_ray_worker_fails_at_its_lease(tmp_path, read_workers, reason):
+    folder = tmp_path / "archive"
+    slide = stuck_dicom(folder / "stuck")
+    good = good_slide(folder, "TCGA-DD-0009-01Z-00-DX1")
+    done = _backfill(folder, tmp_path / "data", *(["--read-workers", read_workers] if read_workers else []))
+    assert done.returncode == 1, done.stdout + done.stderr[-3000:]  # a slide failed
+    assert "1 done" in done.stdout and "1 failed" in done.stdout, done.stdout
+    failed = [line for line in done.stderr.splitlines() if line.startswith("FAILED ")]
+    assert len(failed) == 1 and str(slide) in failed[0] and reason in failed[0], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    jobs = jobs_of(tmp_path / "data")
+    assert jobs[good.name][0] == "done" and jobs[slide.name][0] == "failed"

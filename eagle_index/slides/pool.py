@@ -76,17 +76,53 @@ _open: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()
 _busy = None  # multiprocessing.Value: seconds all reader processes spent in tasks (benchmarks read it)
 
 
-def _init_reader(shm_name: str, shape: tuple[int, ...], busy=None) -> None:
-    """Attach the shared block; leave Ctrl-C to the parent (it shuts the pool down)."""
+def _init_reader(shm_name: str, shape: tuple[int, ...], busy=None, owner: int | None = None) -> None:
+    """Attach the shared block; leave Ctrl-C to the parent (it shuts the pool down); die with `owner`."""
     global _slots, _shm, _busy
     _busy = busy
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if owner is not None:
+        _exit_with(owner)
     import cv2
 
     cv2.setNumThreads(1)  # one process per core already; same pixels either way
     # forkserver children share the parent's resource tracker: the parent alone unlinks the block
     _shm = shared_memory.SharedMemory(name=shm_name)
     _slots = np.ndarray(shape, dtype=np.uint8, buffer=_shm.buf)
+
+
+def _exit_with(owner: int) -> None:
+    """End this reader process when `owner` (the process whose pool it serves) exits, however it
+    ends (issue 24: a SIGKILLed daemon left its readers, the forkserver and the resource tracker
+    behind for good: each holds pipes that keep the others waiting, and a read blocked in a hung
+    file never returns). A thread waits on the owner's pidfd; `os._exit` ends the process even
+    while its task is blocked in a read."""
+    import select
+
+    try:
+        fd = os.pidfd_open(owner)
+    except ProcessLookupError:
+        os._exit(0)
+    except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): look once a second
+        fd = None
+
+    def watch() -> None:
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            import time as clock
+
+            while True:
+                try:
+                    os.kill(owner, 0)
+                except ProcessLookupError:
+                    break
+                except OSError:
+                    pass
+                clock.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="owner-watch", daemon=True).start()
 
 
 def _slide(path: str, mpp_override: float | None, settings: TilingSettings):
@@ -271,7 +307,7 @@ class ReaderPool:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["eagle_index.slides.pool", "eagle_index.slides.tiling", "openslide"])
         executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_reader,
-                                       initargs=(self._shm.name, self._shape, self.busy))
+                                       initargs=(self._shm.name, self._shape, self.busy, os.getpid()))
         # Processes start lazily, one per submit, and a started process would re-run this program's
         # main script (a CLI, a Ray worker, pytest): start them all here with no main to re-run.
         with _no_main_module():
