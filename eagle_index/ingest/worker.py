@@ -72,6 +72,7 @@ class Position:
     def __init__(self, data_dir: Path):
         self.path = Path(data_dir) / POSITION_FILE
         self._fd: int | None = None
+        self._warned = False
 
     def set(self, held: list[ClaimedJob], current: ClaimedJob | None, tiles: int, alone: bool) -> None:
         blob = json.dumps({"pid": os.getpid(), "jobs": [[j.id, j.attempts] for j in held][:100],
@@ -87,8 +88,10 @@ class Position:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             os.pwrite(self._fd, blob.ljust(self.SIZE), 0)
-        except OSError as exc:  # evidence only: never a reason to fail a slide
-            log.warning("cannot record the worker's position in %s: %s", self.path, exc)
+        except OSError as exc:  # evidence only: never a reason to fail a slide (said once)
+            if not self._warned:
+                self._warned = True
+                log.warning("cannot record the worker's position in %s: %s", self.path, exc)
 
     def close(self) -> None:
         if self._fd is not None:
