@@ -231,3 +231,28 @@ def test_which_indexes_are_batched():
         large = faiss.IndexFlatIP(8)
         large.add(np.ones((max(DB_PARALLEL_MIN, faiss.omp_get_max_threads() * 1024), 8), np.float32))
         assert batchable(large, 8) == 1
+
+
+def test_faiss_kernels_match_the_batching_rule():
+    """A guard on the FAISS version installed: just below the size where `batchable` stops batching a
+    flat set, several queries in one call score bit for bit as each alone (were FAISS to change its
+    kernel choice, this fails instead of batches silently changing last bits)."""
+    import faiss
+
+    from eagle_index.store.batching import DB_PARALLEL_MIN, batchable, search_rows
+
+    rng = np.random.default_rng(5)
+    dim = 64
+    base = rng.normal(size=(DB_PARALLEL_MIN - 1, dim)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    index.add_with_ids(base, np.arange(len(base), dtype=np.int64) * 7)
+    queries = rng.normal(size=(24, dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    limit = batchable(index, dim)
+    assert limit >= 24
+    alone = [index.search(queries[i:i + 1], 15) for i in range(len(queries))]
+    for size in (2, 3, 8, 24):
+        scores, ids = search_rows(index, [queries[i:i + 1] for i in range(size)], 15)
+        for i in range(size):
+            assert np.array_equal(scores[i], alone[i][0][0]) and np.array_equal(ids[i], alone[i][1][0]), (size, i)
