@@ -110,7 +110,7 @@ def one_blas_thread():
 
     Why: OpenBLAS splits a (N x 768) product over its threads, and after each call the idle
     thread spins for a while waiting for more work. The owner aggregates a patient per stored
-    slide, so on the 2-core owner that spinning thread took about half of the process's CPU
+    slide, so on the 2-core owner that spinning thread took a third to a half of the process's CPU
     (issue 19 item 5; docs/benchmarks.md "Owner store rate"); one thread is as fast as two here,
     since the product is memory-bound. The thread count is process-wide (threadpoolctl has no
     per-thread limit, see also `probing.models.compute_threads`), so the lock keeps one block
