@@ -111,8 +111,9 @@ def one_blas_thread():
     Why: OpenBLAS splits a (N x 768) product over its threads, and after each call the idle
     thread spins for a while waiting for more work. The owner aggregates a patient per stored
     slide, so on the 2-core owner that spinning thread took a third to a half of the process's CPU
-    (issue 19 item 5; docs/benchmarks.md "Owner store rate"); one thread is as fast as two here,
-    since the product is memory-bound. The thread count is process-wide (threadpoolctl has no
+    (issue 19 item 5; docs/benchmarks.md "Owner store rate"). On one thread the product of a
+    3-slide patient (6,000 x 768) takes 1.2-1.3 ms; two are faster only while a core is idle,
+    and slower (7-17 ms) on a busy machine, waiting for the second core. The thread count is process-wide (threadpoolctl has no
     per-thread limit, see also `probing.models.compute_threads`), so the lock keeps one block
     at a time and each restores what it found. Results: each output element is summed over the
     rows in the same order whatever the thread count when the threads' shares of the 768 (or
