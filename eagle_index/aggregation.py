@@ -100,7 +100,7 @@ def attention_pooled(scores: np.ndarray, feats: np.ndarray) -> np.ndarray:
         return (weights @ feats).astype(np.float32)
 
 
-_blas_guard = threading.Lock()
+_blas_guard = threading.RLock()  # re-entrant: a block inside a block does not deadlock
 _blas: list = []  # the threadpoolctl controller of the BLAS libraries, made on first use
 
 

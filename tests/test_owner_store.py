@@ -301,6 +301,9 @@ def test_one_blas_thread_inside_the_block_and_restored_after():
         return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
 
     before = blas_threads()
+    with aggregation.one_blas_thread(), aggregation.one_blas_thread():  # nested: no deadlock
+        pass
+    assert blas_threads() == before
     with aggregation.one_blas_thread():
         assert aggregation._blas[0].info()[0]["num_threads"] == 1  # numpy's BLAS (FAISS keeps its own)
     assert blas_threads() == before
