@@ -73,3 +73,7 @@ def test_web_messages_name_the_form_fields_not_cli_flags():
     assert page_words("--vs-rest needs --positive (the class to keep)") == \
         "“positive class vs all other values” needs “Positive class” (the class to keep)"
     assert "--" not in page_words("patient 'X' has no 'eagle' vector (it has: chief; choose one with --kind)")
+    assert page_words("cohort 'A' already exists (use `cohort refresh` or --replace)") == \
+        "cohort 'A' already exists (refresh it, or choose another name)"
+    assert page_words("the loaded models give signature s1, but the archive's tiles were made with s2: load those models "
+                      "(--models / --weights-dir)").endswith("s2: start the server with those models")

@@ -44,6 +44,9 @@ PAGE_WORDS = {
 # Whole phrases first, where a flag is followed by an example value the form does not take that way.
 PAGE_PHRASES = [
     (re.compile(r"with --mpp \(e\.g\. --mpp ([0-9.]+)\)"), r"in “µm per pixel” (e.g. \1)"),
+    # a server's models are chosen when it starts: the page user cannot load others
+    (re.compile(r"load those models \(--models / --weights-dir\)"), "start the server with those models"),
+    (re.compile(r"\(use `cohort refresh` or --replace\)"), "(refresh it, or choose another name)"),
 ]
 _FLAG = re.compile(r"(?:choose one with )?--[a-z][a-z-]*")
 
