@@ -2,7 +2,7 @@
 
 A score of 0.8 is "close" on one archive and ordinary on another (EAGLE vectors of one organ sit in a
 narrow cone). So each hit carries the share of patient pairs of the same vector set that score lower.
-The reference is every pair among a seeded sample of at most `SAMPLE` patients (2,000 → about two million
+The reference is every pair among a seeded sample of at most `SAMPLE` patients (1,000 → about half a million
 pairs), recomputed only when the set has grown or shrunk by more than `REFRESH` since (a daemon bumps the
 set's generation with every slide; the distribution does not move with one patient).
 """
@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-SAMPLE = 2_000
+SAMPLE = 1_000
 REFRESH = 0.05
 
 
