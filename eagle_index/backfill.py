@@ -21,6 +21,7 @@ from pathlib import Path
 
 from eagle_index.errors import EagleIndexError
 from eagle_index.fingerprint import slide_fingerprint
+from eagle_index.ingest.enqueue import enqueue_file
 from eagle_index.ingest.steps import SlideJob
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class Backfill:
                 if fingerprint is None:
                     self.unreadable.append({"file": str(job.path), "error": error})
                     continue
-                _, job_id = service.jobs.enqueue(fingerprint, str(job.path.resolve()), job.patient, job.mpp)
+                _, job_id = enqueue_file(service.jobs, job.path.resolve(), job.patient, job.mpp, fingerprint=fingerprint)
                 self.job_ids.append(job_id)
         self.counts = self.initial = service.jobs.states(self.job_ids)
         log.info(json.dumps({"event": "backfill_enqueued", "slides": len(self.jobs), "jobs": len(self.job_ids),

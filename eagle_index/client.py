@@ -173,6 +173,10 @@ class RemoteService:
     def import_labels(self, path: Path, create_missing: bool = False) -> _Report:
         return _Report(self.client.import_labels(path, create_missing))
 
+    def enqueue(self, paths: list[str | Path], patient: str | None = None) -> dict:
+        """Queue slide files inside the owner's ingest folders (its POST /jobs): {"jobs", "refused"}."""
+        return self.client.enqueue([Path(p) for p in paths], patient)
+
     def set_label(self, patient: str, name: str, value: str | None, source: str = "web") -> dict:
         body = json.dumps({"name": name, "value": value}).encode()
         return self.client._request("POST", f"/patients/{urllib.parse.quote(patient, safe='')}/labels", body=body,

@@ -96,12 +96,12 @@ def embed_through_queue(service, slides_dir: Path, slide_table: Path, echo=print
     import time
 
     from eagle_index.backfill import plan
-    from eagle_index.fingerprint import slide_fingerprint
+    from eagle_index.ingest.enqueue import enqueue_file
     from eagle_index.ingest.worker import Worker
 
     skipped = []
     for job in plan([slides_dir], slide_table, None):
-        state, _ = service.jobs.enqueue(slide_fingerprint(job.path), str(job.path.resolve()), job.patient, job.mpp)
+        state, _ = enqueue_file(service.jobs, job.path.resolve(), job.patient, job.mpp)
         if state != "queued":
             skipped.append(str(job.path))
     service.regions.follow()  # loaded tile indexes follow the commits in place

@@ -108,7 +108,7 @@ def _candidates(settings, referenced: set[str] | None) -> list[Path]:
 
 
 def _orphan_images(settings) -> list[Path]:
-    """Cached images of uploads that are gone (`cache/uploads/<id>/*`, the layout of web/media.py)."""
+    """Cached images of uploads that are gone (`cache/uploads/<id>/*`, the layout of eagle_index/media.py)."""
     cached = Path(settings.data_dir) / "cache" / "uploads"
     if not cached.is_dir():
         return []

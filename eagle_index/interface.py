@@ -29,6 +29,11 @@ class CatalogService(Protocol):
 
     def set_label(self, patient: str, name: str, value: str | None, source: str = "web") -> dict: ...
 
+    def enqueue(self, paths: list[Path], patient: str | None = None) -> dict:
+        """Queue slide files that lie inside the owner's ingest folders (eagle_index/ingest/enqueue.py):
+        {"jobs": [{"file", "state", "job"}], "refused": [{"file", "reason"}]}; a path outside is an InputError."""
+        ...
+
     @property
     def annotations(self):
         """`AnnotationService` / `client.RemoteAnnotations`: list, of_slide, get, create, update, delete,

@@ -134,6 +134,14 @@ class EagleService:
         return ViewerService(self)
 
     @cached_property
+    def media(self):
+        """Thumbnails, tile images and upload previews as PNG bytes, a patient's selected tiles, a slide's
+        tiles (eagle_index/media.py): ids and coordinates in, never URLs out."""
+        from eagle_index.media import MediaService
+
+        return MediaService(self.settings, self.viewer, self.browse, self.searcher.stored_tiles)
+
+    @cached_property
     def regions(self):
         """Region search over stored tile tokens (eagle_index/region_search.py)."""
         from eagle_index.region_search import RegionSearchService
@@ -266,6 +274,15 @@ class EagleService:
         report = ingestion.ingest_files(self.ingest_context(), paths, patient, slide_table, mpp, progress)
         self.vectors.sync_all()
         return report
+
+    def enqueue(self, paths: list[str | Path], patient: str | None = None, roots=(), resolver=None) -> dict:
+        """Queue the slide files of `paths` that lie inside `roots`, the folders this owner ingests from
+        (none: every path is refused): {"jobs": [{"file", "state", "job"}], "refused": [{"file", "reason"}]}.
+        A path outside them, missing or not a file is `PathRefused` (an InputError). `resolver` names
+        each slide's patient when `patient` is not given (default: the file name)."""
+        from eagle_index.ingest.enqueue import enqueue_paths
+
+        return enqueue_paths(self.jobs, list(paths), roots, patient, resolver).as_dict()
 
     def ingest_context(self):
         """What the ingestion steps and workers use (`ingest.steps.IngestContext`): settings, catalog,

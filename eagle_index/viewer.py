@@ -8,7 +8,7 @@ Reached as `service.viewer`; the web API only parses requests and renders these 
   thread-safe). Open generators are kept in a small thread-safe LRU, keyed by slide id and
   re-opened when the file's size or modification time changes.
 - Encoded tiles are cached on disk under DATA/cache/dzi (written to a temp file and renamed);
-  the cache (`self.cache`, shared with web/media.py's thumbnails and tile images of slides and
+  the cache (`self.cache`, shared with `service.media`'s thumbnails and tile images of slides and
   uploads: DATA/cache/{thumbnails,tiles,uploads}) has one size cap, and the least recently used
   images are deleted when it is passed.
   A cache that cannot be written (disk full) is skipped, never an error.
@@ -16,7 +16,7 @@ Reached as `service.viewer`; the web API only parses requests and renders these 
   tile's address and the encoding, so a client can revalidate without the tile being read.
 - A file replaced after it was embedded is never shown as that slide (issue 24 item 8): every
   request (descriptor, tiles and their ETags, overlays, the patient's viewer, and `verify` for the
-  thumbnails and tile images of web/media.py) stats the file first, before any cache is read.
+  thumbnails and tile images of `service.media`) stats the file first, before any cache is read.
   Cheap: a size other than the catalog's `size_bytes` is a replacement; a file not modified (mtime
   and ctime, so `cp -p` counts) since the slide row was stored is the same file; otherwise the
   fingerprint is computed once for that state of the file (size, mtime, inode, ctime) and the
@@ -71,8 +71,7 @@ class DziDescriptor:
     def as_dict(self) -> dict:
         out = asdict(self)
         del out["xml"], out["etag"]
-        out["tiles_url"] = f"/api/v1/slides/{self.slide_id}/tiles/"
-        return out
+        return out  # the web layer adds the tile folder's URL (web/urls.py)
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,7 @@ class TileBox:
     size_px: float | None
     attention: float
     rank: int | None = None
-    tile_url: str | None = None
+    has_file: bool = False  # the slide's file is on this server, so the tile has an image (web/urls.py makes its URL)
 
 
 @dataclass(frozen=True)
@@ -347,7 +346,7 @@ class ViewerService:
     def __init__(self, service):
         self.service = service
         self.settings = service.settings.viewer
-        # One image cache, one cap (EAGLE_INDEX_TILE_CACHE_MB): Deep Zoom tiles (dzi/), and web/media.py's thumbnails
+        # One image cache, one cap (EAGLE_INDEX_TILE_CACHE_MB): Deep Zoom tiles (dzi/), and service.media's thumbnails
         # and tile images of slides (thumbnails/, tiles/) and of uploads (uploads/<id>/, dropped with the upload).
         self.cache = TileCache(service.settings.data_dir / "cache", self.settings.cache_mb << 20, folders=CACHE_FOLDERS)
         self._open: OrderedDict[int, _Open] = OrderedDict()
@@ -724,8 +723,7 @@ def _box(record: _Record | None, name: str, x_um: float, y_um: float, attention:
     return TileBox(
         slide_id, name, float(x_um), float(y_um),
         round(x_um / mpp, 3) if mpp else None, round(y_um / mpp, 3) if mpp else None, round(tile_um / mpp, 3) if mpp else None,
-        float(attention), rank,
-        f"/api/v1/slides/{slide_id}/tile.png?x_um={x_um:.3f}&y_um={y_um:.3f}" if has_file else None,
+        float(attention), rank, has_file,
     )
 
 

@@ -45,8 +45,14 @@ def _brute(query: np.ndarray, k: int, keep=lambda i: True, skip: int | None = No
     return [NAMES[i] for i in order[:k]]
 
 
+@pytest.fixture(scope="module")
+def inbox(tmp_path_factory):
+    """The folder the owner ingests from (the server's --watch root; the in-process service is handed it)."""
+    return tmp_path_factory.mktemp("inbox")
+
+
 @pytest.fixture(scope="module", params=["local", "remote"])
-def svc(request, tmp_path_factory):
+def svc(request, tmp_path_factory, inbox):
     from eagle_index.config import Settings
     from eagle_index.service import EagleService
 
@@ -63,7 +69,7 @@ def svc(request, tmp_path_factory):
     from eagle_index.owner import OwnerInfo
     from web import create_app
 
-    server = create_server(create_app(service=local, owner={"role": "serve"}), host="127.0.0.1", port=0, threads=4)
+    server = create_server(create_app(service=local, owner={"role": "serve", "roots": [str(inbox)]}), host="127.0.0.1", port=0, threads=4)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     yield RemoteService(OwnerClient(OwnerInfo(pid=0, role="serve", url=f"http://127.0.0.1:{server.effective_port}")))
@@ -182,3 +188,22 @@ def test_annotations_import_export_edit_delete(svc, tmp_path):
         svc.annotations.delete([drawn["id"], 999999])
     assert svc.annotations.delete([a["id"] for a in listed]) == [a["id"] for a in listed]
     assert svc.annotations.list("CASE-000-S1") == []
+
+
+def test_enqueue_only_inside_the_ingest_folders(svc, inbox, tmp_path):
+    """One enqueue (eagle_index/ingest/enqueue.py) on both sides: a slide inside the owner's folders is
+    queued once per content, a path outside is an InputError naming it (issue 22 item 6)."""
+    from eagle_index.errors import InputError
+    from eagle_index.service import EagleService
+
+    roots = {"roots": [inbox]} if isinstance(svc, EagleService) else {}  # a server's roots are its --watch folders
+    slide = inbox / "CASE-900.svs"
+    slide.write_bytes(b"not really a slide: the queue only fingerprints it")
+    first = svc.enqueue([str(slide)], **roots)
+    assert first["refused"] == [] and [(j["file"], j["state"]) for j in first["jobs"]] == [(str(slide.resolve()), "queued")]
+    again = svc.enqueue([str(slide)], patient="CASE-900", **roots)
+    assert again["jobs"] == [{"file": str(slide.resolve()), "state": "duplicate", "job": first["jobs"][0]["job"]}]
+    outside = tmp_path / "CASE-901.svs"
+    outside.write_bytes(b"elsewhere")
+    with pytest.raises(InputError, match="is outside the folders this server ingests from"):
+        svc.enqueue([str(outside)], **roots)

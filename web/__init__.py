@@ -6,7 +6,8 @@ the API is how other commands reach a catalog that this process holds.
 
 Layout: `web/api/` (blueprints by topic under `/api/v1`), `web/ui.py` (pages), `web/security.py`
 (token, login session, CSRF, headers), `web/tasks.py` (background jobs owned by the app),
-`web/media.py` (thumbnails and tile images), `service.browse` (read-only listing queries),
+`web/urls.py` (the one place URLs are made: services answer ids and coordinates), `service.media` (thumbnails and
+tile images), `service.browse` (read-only listing queries),
 `web/openapi.py` (the OpenAPI document), `templates/` and `static/` (no CDN, no build step;
 `static/vendor/` holds OpenSeadragon and Chart.js, copied from npm by `make`).
 """

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from eagle_index.errors import EagleIndexError
 from eagle_index.fingerprint import companion_files, slide_fingerprint
+from eagle_index.ingest.enqueue import enqueue_file
 from eagle_index.ingest.patients import PatientResolver
 from eagle_index.ingest.steps import SLIDE_SUFFIXES
 from eagle_index.store.jobs import JobQueue
@@ -126,7 +127,7 @@ class Watcher:
             return None
         if answer.note:
             log.warning("patient id: %s", answer.note)
-        state, job_id = self.queue.enqueue(fingerprint, str(path), answer.patient, answer.mpp, answer.note)
+        state, job_id = enqueue_file(self.queue, path, answer.patient, answer.mpp, answer.note, fingerprint)
         log.info("watch: %s -> %s (job %d, patient %s from %s)", path.name, state, job_id, answer.patient, answer.source)
         return {"file": str(path), "state": state, "job": job_id, "patient": answer.patient}
 

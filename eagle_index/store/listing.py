@@ -99,8 +99,7 @@ def slide_dict(row: SlideRecord, external_id: str | None = None) -> dict:
         "has_file": has_file, "has_artifact": bool(row.artifact_path),
         "created_at": row.created_at.isoformat(timespec="seconds") if row.created_at else None,
     }
-    out["thumbnail_url"] = f"/api/v1/slides/{row.id}/thumbnail.png" if has_file else None
-    return out
+    return out  # ids only: the web layer adds the thumbnail's URL (web/urls.py)
 
 
 def slides_of_patient(catalog, patient_id: int) -> list[SlideRecord]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, request
 
+from web import urls
 from web.api.params import checked, choice, int_arg, json_body, label_args, page_args, service
 from eagle_index.errors import EagleIndexError
 from web.errors import ApiError, user_named
@@ -38,19 +39,17 @@ def patients():
 @bp.get("/patients/<patient>")
 def patient(patient: str):
     """A patient: labels, slides (with thumbnails), vectors, cohorts, and its selected tiles."""
-    from web.media import patient_tiles
-
     svc = service()
     pid = svc.browse.patient_id(patient)
     slides = svc.browse.slides_of_patient(pid)
-    tiles = patient_tiles(svc, pid, slides)
+    tiles = svc.media.patient_tiles(pid, slides)
     counts: dict[int, int] = {}
     for tile in tiles:
         if tile.slide_id is not None:
             counts[tile.slide_id] = counts.get(tile.slide_id, 0) + 1
     slide_items = []
     for row in slides:
-        item = svc.browse.slide_dict(row, patient)
+        item = urls.with_slide_urls(svc.browse.slide_dict(row, patient))
         item["selected_tiles"] = counts.get(row.id, 0)
         slide_items.append(item)
     return jsonify({
@@ -59,8 +58,8 @@ def patient(patient: str):
         "slides": slide_items,
         "vectors": svc.browse.vectors_of(pid),
         "cohorts": svc.browse.cohorts_of(pid),
-        "tiles": [t.as_dict() for t in tiles],
-        "thumbnail_url": f"/api/v1/patients/{patient}/thumbnail.png" if any(s["has_file"] for s in slide_items) else None,
+        "tiles": [urls.with_selected_tile_url(t.as_dict()) for t in tiles],
+        "thumbnail_url": urls.patient_thumbnail(patient) if any(s["has_file"] for s in slide_items) else None,
     })
 
 
@@ -98,7 +97,9 @@ def slides():
     pid = svc.browse.patient_id(patient) if patient else None
     status = choice(request.args.get("status"), "status", service().browse.SLIDE_STATES)
     q = request.args.get("q", "").strip()[:200] or None
-    return jsonify(svc.browse.list_slides(pid, status, q, limit, offset))
+    listed = svc.browse.list_slides(pid, status, q, limit, offset)
+    listed["items"] = [urls.with_slide_urls(item) for item in listed["items"]]
+    return jsonify(listed)
 
 
 @bp.get("/slides/<int:slide_id>")
@@ -107,20 +108,17 @@ def slide(slide_id: int):
     svc = service()
     all_tiles = int_arg("all_tiles", 0, 0, 1)
     row, external = svc.browse.slide(slide_id)
-    out = svc.browse.slide_dict(row, external)
+    out = urls.with_slide_urls(svc.browse.slide_dict(row, external))
     out["candidates"] = []
-    if row.artifact_path and Path(row.artifact_path).is_file():
-        from web.media import artifact_tiles, tile_url
-
-        cand = svc.slide_candidates(row.artifact_path)
-        coords, attention, out["tile_um"] = artifact_tiles(row.artifact_path)
+    tiles = svc.media.slide_tiles(slide_id, all_tiles=bool(all_tiles))
+    if tiles is not None:
+        out["tile_um"] = tiles.tile_um
         out["candidates"] = [
-            {"rank": i + 1, "x_um": float(x), "y_um": float(y), "attention": float(a),
-             "tile_url": tile_url(row.id, float(x), float(y)) if out["has_file"] else None}
-            for i, (x, y, a) in enumerate(zip(cand.x_um, cand.y_um, cand.scores))
+            {**c.as_dict(), "tile_url": urls.tile_url(row.id, c.x_um, c.y_um) if out["has_file"] else None}
+            for c in tiles.candidates
         ]
-        if all_tiles:
-            out["tiles"] = [{"x_um": float(x), "y_um": float(y), "attention": float(a)} for (x, y), a in zip(coords, attention)]
+        if tiles.tiles is not None:
+            out["tiles"] = [t.as_dict() for t in tiles.tiles]
     return jsonify(out)
 
 

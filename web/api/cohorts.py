@@ -58,15 +58,7 @@ def create():
 @bp.post("/cohorts/preview")
 def preview():
     """Materialise a definition without saving it: the member count and the first members (live count)."""
-    svc = service()
-    definition = _definition(json_body())
-    if hasattr(svc.cohorts, "preview"):
-        return jsonify(svc.cohorts.preview(definition))
-    resolved, members = svc.cohorts._materialise(definition)  # noqa: SLF001 - no public preview yet
-    first = members[:20]
-    names = svc.browse.external_ids([pid for pid, _ in first])
-    return jsonify({"count": len(members), "definition": resolved.as_dict(),
-                    "members": [{"patient": names[pid], "score": score} for pid, score in first]})
+    return jsonify(service().cohorts.preview(_definition(json_body())))
 
 
 @bp.get("/cohorts/<name>")

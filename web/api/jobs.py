@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, request
@@ -27,39 +26,15 @@ def _roots() -> list[Path]:
     return [Path(r).resolve() for r in current_app.config["EAGLE_OWNER"].get("roots", [])]
 
 
-def inside(path: Path, roots: list[Path]) -> bool:
-    return any(path == root or root in path.parents for root in roots)
-
-
-def _resolve_inside(raw: str, roots: list[Path]) -> Path:
-    """The real path (symlinks and '..' resolved) of a requested file, if it lies inside a root."""
-    where = ", ".join(map(str, roots)) or "none configured: start the server with --watch"
-    if not raw or len(raw) > 4096 or "\x00" in raw:
-        raise ApiError(400, "each path must be a non-empty file path", field="paths")
-    try:
-        path = Path(raw).expanduser().resolve()
-    except (OSError, RuntimeError, ValueError):
-        raise ApiError(400, f"{raw}: not a usable path", field="paths") from None
-    if not Path(raw).is_absolute() or not inside(path, roots):
-        raise ApiError(400, f"{raw} is outside the folders this server ingests from ({where})", field="paths")
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        raise ApiError(400, f"{raw}: file not found", field="paths") from None
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a FIFO would block this thread in open() for ever
-        raise ApiError(400, f"{raw}: not a regular file (nor a folder)", field="paths")
-    return path
-
-
 @bp.post("/jobs")
 def enqueue():
     """Queue slide files that lie under the server's watched/ingest folders (never elsewhere).
 
-    Paths must be absolute; they are resolved (symlinks, '..') before the check, and every
-    slide found inside a named folder is checked again, so a link cannot lead outside.
+    Paths must be absolute; the service (`service.enqueue`, eagle_index/ingest/enqueue.py) resolves
+    them (symlinks, '..') before the check and checks every slide found inside a named folder again,
+    so a link cannot lead outside.
     """
-    from eagle_index.fingerprint import slide_fingerprint
-    from eagle_index.ingest.steps import find_slides
+    from eagle_index.ingest.enqueue import PathRefused
 
     body = json_body()
     paths = body.get("paths")
@@ -68,28 +43,11 @@ def enqueue():
     if body.get("patient") is not None and (not isinstance(body["patient"], str) or not body["patient"].strip()):
         raise ApiError(400, "patient must be a non-empty string", field="patient")
     patient = identifier_field(body, "patient", "patient")
-    roots = _roots()
-    resolved = [_resolve_inside(raw, roots) for raw in paths]
-    accepted, refused = [], []
-    for path in resolved:
-        for slide in find_slides([path]):
-            real = slide.resolve()
-            if not inside(real, roots):
-                refused.append({"file": str(slide), "reason": "links outside the ingest folders"})
-                continue
-            owner = patient or _patient_of(real)
-            if patient is None:  # an id taken from the file name obeys the same rule: this file is refused, with why
-                from eagle_index.errors import InputError
-                from eagle_index.identifiers import check_identifier
-
-                try:
-                    owner = check_identifier("patient id", owner, where=f"{real.name} (patient id from the file name)")
-                except InputError as exc:
-                    refused.append({"file": str(slide), "reason": f"{exc}; give the patient in the request or a slide table"})
-                    continue
-            state, job_id = service().jobs.enqueue(slide_fingerprint(real), str(real), owner)
-            accepted.append({"file": str(real), "state": state, "job": job_id})
-    return jsonify({"jobs": accepted, "refused": refused}), 202
+    try:
+        answer = service().enqueue(paths, patient, roots=_roots(), resolver=current_app.config["EAGLE_OWNER"].get("resolver"))
+    except PathRefused as exc:
+        raise ApiError(400, str(exc), field="paths") from None
+    return jsonify(answer), 202
 
 
 @bp.post("/jobs/<int:job_id>/retry")
@@ -104,11 +62,3 @@ def retry(job_id: int):
     svc.jobs.retry(job_id)
     return jsonify({"job": job_id, "state": "queued"})
 
-
-def _patient_of(path: Path) -> str:
-    resolver = current_app.config["EAGLE_OWNER"].get("resolver")
-    if resolver is not None:
-        return resolver.resolve(path).patient
-    from eagle_index.ingest.patients import PatientResolver
-
-    return PatientResolver().resolve(path).patient

@@ -218,7 +218,7 @@ def search_upload():
 
 def _pair_urls(pair: dict, upload_id: str | None = None) -> dict:
     """Tile image URLs of a matching pair (a query tile of an uploaded slide comes from the upload)."""
-    from web.media import tile_url
+    from web.urls import tile_url
 
     sid = pair.get("hit_slide_id")
     pair["hit_tile_url"] = tile_url(sid, pair["hit_x_um"], pair["hit_y_um"]) if sid else None

@@ -1,13 +1,15 @@
 """The slide viewer: Deep Zoom descriptor and tiles, overlays, a patient's viewer slides, the compare view.
 
 Only ids and enumerated values come from the request (`<int:...>` converters, a format among
-jpeg/png); the service (`service.viewer`) finds the file through the catalog.
+jpeg/png); the service (`service.viewer`) finds the file through the catalog and answers ids and
+coordinates; image URLs are added here (web/urls.py).
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
+from web import urls
 from web.api.params import int_arg, service
 from web.errors import ApiError
 
@@ -51,13 +53,13 @@ def tile(slide_id: int, level: int, col: int, row: int, fmt: str):
 @bp.get("/slides/<int:slide_id>/overlays")
 def overlays(slide_id: int):
     """Deep Zoom geometry, every tissue tile (µm and level-0 px) with CHIEF attention, the selected tiles."""
-    return jsonify(service().viewer.overlays(slide_id).as_dict())
+    return jsonify(urls.with_overlay_urls(service().viewer.overlays(slide_id).as_dict()))
 
 
 @bp.get("/patients/<patient>/viewer")
 def patient_viewer(patient: str):
     """A patient's slides as the viewer can show them (or why not), and its selected tiles in rank order."""
-    return jsonify(service().viewer.patient(patient).as_dict())
+    return jsonify(urls.with_viewer_urls(service().viewer.patient(patient).as_dict()))
 
 
 @bp.get("/compare")
@@ -71,4 +73,4 @@ def compare():
         if len(value) > 200:
             raise ApiError(400, f"{name} is longer than 200 characters", field=name)
     pairs = int_arg("pairs", 10, 1, 25)
-    return jsonify(service().viewer.compare(query, hit, pairs).as_dict())
+    return jsonify(urls.with_compare_urls(service().viewer.compare(query, hit, pairs).as_dict()))

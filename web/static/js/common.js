@@ -118,12 +118,6 @@ export function regionUrl(slideId, x, y) {
   return `/search?region_slide=${encodeURIComponent(slideId)}&x_um=${Number(x).toFixed(3)}&y_um=${Number(y).toFixed(3)}`;
 }
 
-// The slide id of a tile image URL (/api/v1/slides/<id>/tile.png?x_um=..&y_um=..), or null.
-export function tileSlideId(url) {
-  const match = /\/slides\/(\d+)\/tile\.png/.exec(url || "");
-  return match ? Number(match[1]) : null;
-}
-
 export function regionLink(slideId, x, y, label = "Find similar regions") {
   return el("a", { class: "region-link", href: regionUrl(slideId, x, y), title: "tiles across the archive that look like this one", text: label });
 }

@@ -1,5 +1,5 @@
 // Search page: query by patient (type-ahead) or uploaded slide; hits as evidence cards.
-import { $, api, chips, clear, el, fail, fillSelect, fmt, image, patientUrl, pollTask, progressBar, regionLink, showTile, tileSlideId, typeahead } from "./common.js";
+import { $, api, chips, clear, el, fail, fillSelect, fmt, image, patientUrl, pollTask, progressBar, regionLink, showTile, typeahead } from "./common.js";
 import { renderRegions } from "./regions.js";
 
 let meta = { labels: [], kinds: ["eagle"] };
@@ -60,10 +60,10 @@ function voteView(vote, k) {
 function pairsView(pairs) {
   if (!pairs?.length) return el("p", { class: "muted small", text: "No tile pairs: one side has no slide artifacts (imported vectors)." });
   return pairs.map((pair, i) => {
-    const tile = (url, slide, x, y, who, rank, of) => {
+    // the answer names each tile's slide id (null: a slide embedded on the fly, e.g. an upload): no URL parsing
+    const tile = (url, slideId, slide, x, y, who, rank, of) => {
       const img = url ? image(url, `${who} tile, ${slide} at (${Math.round(x)}, ${Math.round(y)}) µm`, { lazy: false }) : el("div", { class: "tile-missing" });
-      const slideId = tileSlideId(url);
-      const region = slideId !== null ? { slide_id: slideId, x_um: x, y_um: y } : null;
+      const region = url && slideId !== null && slideId !== undefined ? { slide_id: slideId, x_um: x, y_um: y } : null;
       const button = el("button", { type: "button", title: "show larger", onclick: () => url && showTile({
         url, title: `${who} tile`, facts: { slide, "x (µm)": fmt(x, 0), "y (µm)": fmt(y, 0), ...(rank ? { "attention rank": `${rank} of ${of}` } : {}), "pair similarity": fmt(pair.similarity, 3) }, region }) }, img);
       // each tile says where it lies (slide, position) and how much it weighs (its attention rank among the patient's selected tiles)
@@ -74,10 +74,10 @@ function pairsView(pairs) {
       return el("figure", {}, button, caption, region ? regionLink(slideId, x, y) : null);
     };
     return el("div", { class: "pair", "aria-label": `tile pair ${i + 1}` },
-      tile(pair.query_tile_url, pair.query_slide, pair.query_x_um, pair.query_y_um, "query", pair.query_tile_rank, pair.query_tiles),
+      tile(pair.query_tile_url, pair.query_slide_id, pair.query_slide, pair.query_x_um, pair.query_y_um, "query", pair.query_tile_rank, pair.query_tiles),
       el("div", { class: "pair-sim", title: "cosine similarity of the two tiles' Virchow2 class tokens" },
         el("span", { class: "pair-no", text: `pair ${i + 1}` }), el("span", { "aria-hidden": "true", text: "⟷" }), fmt(pair.similarity, 3)),
-      tile(pair.hit_tile_url, pair.hit_slide, pair.hit_x_um, pair.hit_y_um, "match", pair.hit_tile_rank, pair.hit_tiles));
+      tile(pair.hit_tile_url, pair.hit_slide_id, pair.hit_slide, pair.hit_x_um, pair.hit_y_um, "match", pair.hit_tile_rank, pair.hit_tiles));
   });
 }
 
