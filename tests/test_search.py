@@ -228,6 +228,9 @@ def test_search_and_eval_cli(tmp_path, settings):
     assert len(voted["hits"]) == 5 and voted["vote"]["label"] == "organ"
     text = run_cli("search", "--patient", q, "-k", "3", "--vote", "organ", "--data-dir", data).stdout
     assert "vote organ" in text
+    # each hit's score in context: its percentile among the archive's patient pairs, as --json gives it
+    first = json.loads(run_cli("search", "--patient", q, "-k", "3", "--json", "--data-dir", data).stdout)[0]
+    assert f"{first['patient']}" in text and f"(closer than {first['percentile']:.1f}% of patient pairs)" in text
     report = json.loads(run_cli("eval", "retrieval", "--label", "organ", "-k", "1,3", "--json", "--data-dir", data).stdout)
     assert report["ks"] == [1, 3] and "Acc@3" in report["overall"]
     table = run_cli("eval", "retrieval", "--label", "organ", "--data-dir", data).stdout

@@ -178,7 +178,8 @@ def register(app: typer.Typer) -> None:
             typer.echo("no patients match these filters")
         for hit in result.hits:
             label_text = ", ".join(f"{n}={v}" for n, v in sorted(hit.labels.items()))
-            typer.echo(f"{hit.rank:>3}  {hit.score:.4f}  {hit.patient}  {label_text}")
+            context = f"  (closer than {hit.percentile:.1f}% of patient pairs)" if hit.percentile is not None else ""
+            typer.echo(f"{hit.rank:>3}  {hit.score:.4f}  {hit.patient}  {label_text}{context}".rstrip())
             for pair in hit.explanation or ():
                 typer.echo(f"       {pair.similarity:.3f}  {pair.query_slide} ({pair.query_x_um:.0f}, {pair.query_y_um:.0f}) µm"
                            f"  <->  {pair.hit_slide} ({pair.hit_x_um:.0f}, {pair.hit_y_um:.0f}) µm")
