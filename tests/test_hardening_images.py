@@ -154,3 +154,68 @@ def test_thumbnail_of_a_bomb_is_a_400(service):
     assert "Traceback" not in response.get_data(as_text=True)
     response = client.get(f"/api/v1/uploads/{upload_id}/tile.png?x_um=0&y_um=0")
     assert response.status_code == 400, response.get_data(as_text=True)
+
+
+# -- the memory a server spends on an image query is bounded (issue 24, "done when") -------------------
+RSS_SCRIPT = r"""
+import io, json, resource, sys
+import numpy as np
+from PIL import Image
+from eagle_index.config import Settings
+from eagle_index.service import EagleService
+from web import create_app
+
+data, bombs = sys.argv[1], json.loads(sys.argv[2])
+
+def png(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+with EagleService(Settings(data_dir=data, models="tiny", device="cpu")) as svc:
+    client = create_app(None, service=svc, owner={"role": "serve"}).test_client()
+    def region(name, payload, mpp):
+        return client.post("/api/v1/search/tiles", data={"file": (io.BytesIO(payload), name), "mpp": str(mpp), "k": "2"},
+                           content_type="multipart/form-data").status_code
+    noise = np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8)
+    warm = region("warm.png", png(noise), 2.0)  # models, index and catalog loaded before the baseline
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    codes = {"warm": warm}
+    for name, path in bombs.items():
+        payload = open(path, "rb").read()
+        codes[name] = region(name, payload, 0.5)
+        if name == "png-10000.png":
+            continue  # 100 M px is a plain-image slide upload may legally be (under PIL's bomb limit): it is embedded
+        codes["upload " + name] = client.post("/api/v1/search/upload", data={"file": (io.BytesIO(payload), name)},
+                                              content_type="multipart/form-data").status_code
+    codes["600px at 40 um/px"] = region("small.png", png(noise), 40)     # 12,000 x 12,000 px if resampled whole
+    codes["2000px at 100 um/px"] = region("flat.png", png(np.full((2000, 2000, 3), 200, np.uint8)), 100)  # 100,000 x 100,000
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"codes": codes, "delta_mb": (peak - base) / 1024}))
+"""
+
+
+def test_image_queries_and_bombs_stay_within_the_memory_cap(tmp_path_factory, tmp_path):
+    """A real process answers every bomb and the tiny-image/coarse-µm/px queries of the issue; its peak RSS
+    grows by less than the pixel limit's decoded size (limits.MAX_IMAGE_PIXELS x 3 bytes), the cap the
+    crop-first resample and the header check keep (whole-image resampling asked for 0.4 to 30 GB)."""
+    import json
+    import subprocess
+    import sys
+
+    from eagle_index.limits import MAX_IMAGE_PIXELS
+
+    data = archive_copy(tmp_path_factory, "rss")
+    paths = {}
+    for name, payload in BOMBS.items():
+        paths[name] = str(tmp_path / name)
+        (tmp_path / name).write_bytes(payload)
+    run = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(data), json.dumps(paths)], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    codes = out["codes"]
+    assert codes.pop("warm") == 200 and codes.pop("600px at 40 um/px") == 200 and codes.pop("2000px at 100 um/px") == 200
+    assert set(codes.values()) == {400}, codes
+    cap_mb = MAX_IMAGE_PIXELS * 3 / 2**20
+    assert out["delta_mb"] < cap_mb, out
