@@ -561,3 +561,31 @@ def test_ingesting_an_overwritten_path_supersedes_the_old_slide(tmp_path):
         assert done == [str(keep)]
         got = _vectors(service, "TCGA-AA-0032")
     _assert_same_vectors(got, _alone(tmp_path, keep, keep.name, "TCGA-AA-0032"))
+
+
+def test_content_coming_back_to_a_watched_path_is_embedded_again(tmp_path):
+    """A -> B -> A at one path (the daemon's queue keeps one job per fingerprint): A's job runs again and
+    the path holds A's slide, not B's, with A's vectors."""
+    import shutil
+    import threading
+
+    from eagle_index.ingest.patients import PatientResolver
+    from eagle_index.ingest.watcher import Watcher
+    from eagle_index.ingest.worker import Worker
+
+    a, b, _ = _versions(tmp_path)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    target = inbox / "TCGA-AA-0034-01Z-00-DX1.tiff"
+    with _service(tmp_path / "data") as service:
+        watcher = Watcher([inbox], service.jobs, PatientResolver(), settle_seconds=0)
+        worker = Worker(service.ingest_context(), service.jobs, threading.Event(), max_attempts=1, backoff_seconds=0)
+        for version in (a, b, a):
+            shutil.copy2(version, target)
+            watcher.scan_once()
+            assert [e["state"] for e in watcher.scan_once()] == ["queued"], version
+            assert worker.process(service.jobs.claim()) == "done"
+        _one_slide_at(service, target, a, "TCGA-AA-0034")
+        got = _vectors(service, "TCGA-AA-0034")
+        assert service.jobs.claim() is None  # nothing else left queued
+    _assert_same_vectors(got, _alone(tmp_path, a, target.name, "TCGA-AA-0034"))

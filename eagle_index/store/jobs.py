@@ -51,9 +51,22 @@ class JobQueue:
 
         def write(session) -> tuple[str, int]:
             existing = session.scalar(select(Job).where(Job.fingerprint == fingerprint))
+            older = session.scalars(select(Job).where(Job.path == path, Job.state.in_(("queued", "failed")),
+                                                      Job.fingerprint != fingerprint)).all()
             if existing is not None:
-                return "duplicate", existing.id
-            older = session.scalars(select(Job).where(Job.path == path, Job.state.in_(("queued", "failed")))).all()
+                if not _came_back(session, existing):
+                    return "duplicate", existing.id
+                # A -> B -> A at one path: B superseded A's slide, and A's content is back. Its one job runs again
+                # (one job per fingerprint, ever), and storing it supersedes B in turn (issue 24 item 2).
+                now = utcnow()
+                existing.state, existing.path, existing.patient, existing.mpp = "queued", path, patient, mpp
+                existing.attempts, existing.last_error, existing.next_attempt_at = 0, None, None
+                existing.lease_until, existing.worker_id, existing.slide_id = None, None, None
+                existing.started_at, existing.finished_at, existing.updated_at = None, None, now
+                existing.progress = json.dumps({"note": note or f"{path} holds this content again"})
+                for old_job in older:
+                    _supersede(session, old_job, f"superseded: {path} changed; job {existing.id} has its new content")
+                return "queued", existing.id
             done = session.scalar(select(Slide.id).where(Slide.fingerprint == fingerprint, Slide.status == "done"))
             state = "skipped" if done is not None else "queued"
             job = Job(fingerprint=fingerprint, path=path, patient=patient, mpp=mpp, state=state, attempts=0,
@@ -299,6 +312,17 @@ def _keep_deaths(job: Job, progress: dict) -> dict:
     """`progress` with the job's recorded owner deaths kept (the evidence of issue 24 item 5)."""
     deaths = _progress(job).get("deaths")
     return {**progress, "deaths": deaths} if deaths else progress
+
+
+def _came_back(session, job: Job) -> bool:
+    """A finished job whose slide was superseded (other content came to its path) and is held by no other
+    done slide: its content is at a path again, so it must be embedded again."""
+    from eagle_index.store.models import Slide
+
+    if job.state not in ("done", "skipped"):
+        return False
+    states = set(session.scalars(select(Slide.status).where(Slide.fingerprint == job.fingerprint)).all())
+    return "superseded" in states and "done" not in states
 
 
 def _supersede(session, job: Job, reason: str) -> None:
