@@ -101,9 +101,13 @@ class IndexSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["auto", "flat", "ivf", "hnsw"] = Field(
-        "auto", description="flat: exact; ivf: IVF + 4-bit PQ + exact re-ranking; hnsw; auto: flat, ivf above approximate_above")
+    kind: Literal["auto", "flat", "ivf", "hnsw", "lean"] = Field(
+        "auto", description="flat: exact; ivf: IVF + 4-bit PQ + exact re-ranking; hnsw; lean: IVF + 4-bit PQ codes in RAM, "
+        "exact re-ranking from float16 vectors memory-mapped from disk (store/lean_index.py); auto: flat, ivf above "
+        "approximate_above, lean above lean_above")
     approximate_above: int = Field(50_000, ge=1, description="'auto' switches from exact to IVF above this many vectors")
+    lean_above: int | None = Field(None, ge=1, description="'auto' switches to the lean index above this many vectors; "
+                                   "None (default): never - the lean type is opt-in (issue 20 item 2)")
     ivf_nlist: int | None = Field(None, ge=1, description="IVF k-means lists; None = about sqrt(N), at least 16")
     ivf_nprobe: int = Field(16, ge=1, description="IVF lists searched per query")
     ivf_refine_k_factor: int = Field(128, ge=1, description="IVF candidates re-ranked exactly per query: this times k")

@@ -56,7 +56,7 @@ def ids_digest(ids: np.ndarray) -> str:
     return hashlib.sha256(np.sort(np.asarray(ids, dtype=np.int64)).tobytes()).hexdigest()
 
 
-INDEX_TYPES = ("flat", "ivf", "hnsw")
+INDEX_TYPES = ("flat", "ivf", "hnsw", "lean")  # lean: store/lean_index.py (PQ codes in RAM, float16 re-ranking from disk)
 IVF_MIN_TRAIN_PER_LIST = 39  # below this k-means is unreliable (FAISS warns); such sets stay exact
 IVF_MIN_LISTS, IVF_MAX_LISTS = 16, 65_536
 
@@ -64,6 +64,8 @@ IVF_MIN_LISTS, IVF_MAX_LISTS = 16, 65_536
 def choose_index_type(settings: IndexSettings, count: int) -> str:
     if settings.kind != "auto":
         return settings.kind
+    if settings.lean_above is not None and count > settings.lean_above:
+        return "lean"
     return "ivf" if count > settings.approximate_above else "flat"
 
 
@@ -79,8 +81,13 @@ def pq_subquantizers(dim: int, dims_per_code: int) -> int:
 
 
 def index_type_of(index) -> str:
-    """'flat', 'ivf' or 'hnsw': what a FAISS index (IndexIDMap2-wrapped or not) actually is."""
+    """'flat', 'ivf', 'hnsw' or 'lean': what a FAISS index (IndexIDMap2-wrapped or not) actually is."""
     import faiss
+
+    from eagle_index.store.lean_index import LeanIndex
+
+    if isinstance(index, LeanIndex):
+        return "lean"
 
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else faiss.downcast_index(index)
     if isinstance(inner, faiss.IndexRefine):
@@ -94,7 +101,8 @@ def index_type_of(index) -> str:
     raise ValueError(f"unexpected FAISS index {type(inner).__name__}")
 
 
-def build_faiss_index(index_type: str, dim: int, settings: IndexSettings, train: np.ndarray | None = None, count: int | None = None):
+def build_faiss_index(index_type: str, dim: int, settings: IndexSettings, train: np.ndarray | None = None, count: int | None = None,
+                      store_dir: Path | None = None, stem: str = "lean"):
     """An empty (but trained) FAISS index with id mapping, for normalized vectors and inner product.
 
     "ivf" is an inverted file over about sqrt(N) k-means lists whose vectors are coded by
@@ -104,12 +112,14 @@ def build_faiss_index(index_type: str, dim: int, settings: IndexSettings, train:
     vectors about to be added; `count` is how many will be added (default len(train)).
     With too few vectors to train (or none given) an exact flat index is built instead:
     use `index_type_of` to record what was built.
+    "lean" is the same IVF + PQ codes without the float copy in RAM: a `LeanIndex` re-ranking from
+    float16 rows in a refine file `store_dir/<stem>.<token>.f16` (store/lean_index.py).
     """
     import faiss
 
     if index_type not in INDEX_TYPES:
         raise ValueError(f"unknown index type {index_type!r} (one of {', '.join(INDEX_TYPES)})")
-    if index_type == "ivf":
+    if index_type in ("ivf", "lean"):
         n_train = 0 if train is None else len(train)
         nlist = ivf_list_count(settings, n_train if count is None else count)
         if n_train < IVF_MIN_TRAIN_PER_LIST * nlist:
@@ -123,7 +133,8 @@ def build_faiss_index(index_type: str, dim: int, settings: IndexSettings, train:
         inner.hnsw.efSearch = settings.hnsw_ef_search
     else:
         m = pq_subquantizers(dim, settings.ivf_pq_dims_per_code)
-        inner = faiss.index_factory(dim, f"IVF{nlist},PQ{m}x4fsr,RFlat", faiss.METRIC_INNER_PRODUCT)
+        refine = ",RFlat" if index_type == "ivf" else ""
+        inner = faiss.index_factory(dim, f"IVF{nlist},PQ{m}x4fsr{refine}", faiss.METRIC_INNER_PRODUCT)
         sample_size = min(len(train), settings.ivf_train_per_list * nlist)
         if sample_size < len(train):
             rows = np.sort(np.random.default_rng(0).choice(len(train), sample_size, replace=False))
@@ -131,6 +142,12 @@ def build_faiss_index(index_type: str, dim: int, settings: IndexSettings, train:
         else:
             sample = np.ascontiguousarray(train, dtype=np.float32)
         inner.train(sample)
+    if index_type == "lean":
+        from eagle_index.store.lean_index import LeanIndex
+
+        index = LeanIndex.create(inner, dim, store_dir, stem, settings.ivf_refine_k_factor)
+        configure_search(index, settings)
+        return index
     index = faiss.IndexIDMap2(inner)
     configure_search(index, settings)
     return index
@@ -140,6 +157,12 @@ def configure_search(index, settings: IndexSettings) -> None:
     """Apply the search-time settings (efSearch, nprobe, re-ranking depth) to a built or loaded index."""
     import faiss
 
+    from eagle_index.store.lean_index import LeanIndex
+
+    if isinstance(index, LeanIndex):
+        index.k_factor = float(settings.ivf_refine_k_factor)
+        index.base.nprobe = min(settings.ivf_nprobe, index.base.nlist)
+        return
     inner = faiss.downcast_index(index.index)
     if isinstance(inner, faiss.IndexRefine):
         inner.k_factor = float(settings.ivf_refine_k_factor)
@@ -271,8 +294,13 @@ class DerivedIndex:
             self.log.info("%s %s holds other ids than the catalog: rebuilding", self.what, index_path.name)
             return None
         try:
-            index = faiss.read_index(str(index_path))
-        except RuntimeError as exc:
+            if meta.get("index_type") == "lean":
+                from eagle_index.store.lean_index import LeanIndex
+
+                index = LeanIndex.read(index_path, self.settings.ivf_refine_k_factor)
+            else:
+                index = faiss.read_index(str(index_path))
+        except (RuntimeError, ValueError, OSError, KeyError) as exc:
             self.log.warning("%s file %s unreadable (%s): rebuilding", self.what, index_path, str(exc).splitlines()[0])
             return None
         if index.ntotal != info.count or index.d != info.dim:
@@ -298,9 +326,17 @@ class DerivedIndex:
         }
         # Index first, sidecar second: a crash in between leaves a sidecar that no longer
         # matches, which the next open detects and repairs by rebuilding.
+        lean = loaded.index_type == "lean"
         with atomic_path(index_path) as tmp:
-            faiss.write_index(loaded.index, str(tmp))
+            if lean:
+                loaded.index.write(tmp)
+            else:
+                faiss.write_index(loaded.index, str(tmp))
         atomic_write_text(meta_path, json.dumps(meta, indent=1))
+        from eagle_index.store.lean_index import remove_stale_refine_files
+
+        remove_stale_refine_files(self.index_dir, self.basename(self.key_of(loaded.info)),
+                                  loaded.index.refine_path if lean else None)
 
     # -- build / open ------------------------------------------------------------------------------
     def _build(self, info, index_type: str | None = None) -> Loaded:
@@ -308,7 +344,8 @@ class DerivedIndex:
         n = len(rows.ids)
         info = dataclasses.replace(info, count=n)
         vectors = l2_normalized(as_vector_matrix(rows.raw, info.dim, f"catalog {self.unit}")) if n else None
-        index = build_faiss_index(index_type or choose_index_type(self.settings, n), info.dim, self.settings, train=vectors)
+        index = build_faiss_index(index_type or choose_index_type(self.settings, n), info.dim, self.settings, train=vectors,
+                                  store_dir=self.index_dir, stem=self.basename(self.key_of(info)))
         if n:
             index.add_with_ids(vectors, rows.ids)
         loaded = self.loaded_class(info, index_type_of(index), index, rows.ids, rows.owners)  # "ivf" over too few is flat
@@ -435,7 +472,7 @@ class DerivedIndex:
         want = min(loaded.ntotal, k)
         if want <= 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        if params is None and len(queries) == 1 and self.batcher.enabled:
+        if params is None and len(queries) == 1 and self.batcher.enabled and loaded.index_type != "lean":
             # gathered with other single queries of this index and k (every caller holds the read lock)
             return self.batcher.search(loaded.index, np.ascontiguousarray(queries, np.float32), want,
                                        batchable(loaded.index, loaded.info.dim))

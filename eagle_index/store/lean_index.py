@@ -1,0 +1,198 @@
+"""The memory-lean index type ("lean", issue 20 item 2): PQ codes in RAM, exact re-ranking from disk.
+
+RAM per vector is bounded by compressed codes, not floats. A `LeanIndex` is:
+- `base`: a FAISS IVF index whose vectors are 4-bit fast-scan PQ codes of the residuals
+  (`IVF{nlist},PQ{m}x4fsr`, the same coarse index and codes as the "ivf" type, without its
+  in-RAM float copy); its ids are slot numbers. In RAM: the codes (dim / `ivf_pq_dims_per_code`
+  / 2 bytes: 160 B at 1280-d) plus FAISS's 8-byte id per code;
+- a refine store: the float16 vectors, one row per *slot*, in a file next to the index
+  (`<basename>.<token>.f16`), memory-mapped read-only; the slot -> id array and its sorted
+  lookup (24 B per slot) are in RAM.
+A search asks `base` for `k_factor * k` candidates (nprobe lists), reads their float16 rows
+from the map and re-ranks them exactly (float32 inner product), so scores are the cosines of
+the float16-rounded vectors (within ~1e-3 of the float32 ones) and the order is exact among the
+candidates.
+
+In-place updates (the writer thread, under the catalog's exclusive lock) are append-only:
+removals tombstone their slots (slot id -1; their codes stay in `base` and are skipped at search);
+additions take new slots, append float16 rows to the end of the refine file (rows already written
+are never changed, so an older saved index still reads its own slots correctly) and add their
+codes to `base`. `base` is never asked to remove: FAISS 1.15.1's fast-scan IVF gives codes added
+after a `remove_ids` wrong distances (measured: up to 0.44 off in inner product, the self-match of
+a new vector ranked 133rd instead of 2nd), so removals would silently cost recall. When tombstones
+pass half of the slots a removal raises RuntimeError, which `DerivedIndex._apply` answers with a
+rebuild (a rewrite of both files).
+
+Files: the index file (`<basename>.faiss`, written atomically by `DerivedIndex._save`) is an npz
+holding the serialized base, the slot ids, the dim and the refine file's name; every build
+writes a new refine file under a fresh token, so the saved index file switches refine files
+atomically. `remove_stale_refine_files` deletes the others after a save (a reader that still
+maps one keeps its pages; Linux frees them at unmap).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import secrets
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+LEAN_FORMAT = 1
+MAX_TOMBSTONE_SHARE = 0.5
+
+
+class LeanIndex:
+    """IVF-PQ codes in RAM + exact re-ranking from memory-mapped float16 vectors; FAISS-like API
+    (`d`, `ntotal`, `search`, `add_with_ids`, `remove_ids`) for `DerivedIndex`."""
+
+    def __init__(self, base, dim: int, refine_path: Path, k_factor: float = 128.0, slot_ids: np.ndarray | None = None):
+        self.base = base  # faiss.IndexIVF (fast-scan PQ), ids = catalog ids
+        self.d = int(dim)
+        self.k_factor = float(k_factor)
+        self.refine_path = Path(refine_path)
+        self.slot_ids = np.zeros(0, np.int64) if slot_ids is None else np.asarray(slot_ids, np.int64)
+        self._map: np.ndarray | None = None
+        self._index_lookup()
+        self._remap()
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, base, dim: int, store_dir: Path | None, stem: str, k_factor: float) -> "LeanIndex":
+        """An empty lean index over a trained `base`, with a new (empty) refine file in `store_dir`
+        (None: the temp directory - benchmarks and tests)."""
+        directory = Path(store_dir) if store_dir is not None else Path(tempfile.gettempdir())
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{stem}.{secrets.token_hex(6)}.f16"
+        path.write_bytes(b"")
+        return cls(base, dim, path, k_factor)
+
+    def write(self, path: Path) -> None:
+        """Write the index file (base + slot ids + refine file name); the refine rows are on disk already."""
+        import faiss
+
+        with open(self.refine_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        buf = io.BytesIO()
+        np.savez(buf, format=np.int64(LEAN_FORMAT), dim=np.int64(self.d), slot_ids=self.slot_ids,
+                 base=faiss.serialize_index(self.base), refine=np.array(self.refine_path.name))
+        Path(path).write_bytes(buf.getvalue())
+
+    @classmethod
+    def read(cls, path: Path, k_factor: float) -> "LeanIndex":
+        """Open a saved lean index; ValueError/OSError if it or its refine file is missing or short."""
+        import faiss
+
+        with np.load(str(path), allow_pickle=False) as z:
+            if int(z["format"]) != LEAN_FORMAT:
+                raise ValueError(f"lean index format {int(z['format'])}")
+            dim = int(z["dim"])
+            slot_ids = np.array(z["slot_ids"], np.int64)
+            base = faiss.deserialize_index(np.array(z["base"], np.uint8))
+            refine = Path(path).parent / str(z["refine"])
+        need = len(slot_ids) * dim * 2
+        if not refine.exists() or refine.stat().st_size < need:
+            raise ValueError(f"refine file {refine.name} missing or shorter than {need} bytes")
+        return cls(base, dim, refine, k_factor, slot_ids)
+
+    # -- state ----------------------------------------------------------------------------------
+    @property
+    def ntotal(self) -> int:
+        """Live vectors (slots less tombstones)."""
+        return len(self._sorted_ids)
+
+    @property
+    def tombstones(self) -> int:
+        return int(np.count_nonzero(self.slot_ids < 0))
+
+    def _index_lookup(self) -> None:
+        live = np.flatnonzero(self.slot_ids >= 0)
+        order = np.argsort(self.slot_ids[live], kind="stable")
+        self._sorted_ids = self.slot_ids[live][order]
+        self._sorted_slots = live[order]
+
+    def _remap(self) -> None:
+        n = len(self.slot_ids)
+        self._map = (np.memmap(self.refine_path, dtype=np.float16, mode="r", shape=(n, self.d))
+                     if n else np.zeros((0, self.d), np.float16))
+
+    def slots_of(self, ids: np.ndarray) -> np.ndarray:
+        """Slots of live ids (-1 for ids not held)."""
+        ids = np.asarray(ids, np.int64)
+        if not len(self._sorted_ids):
+            return np.full(ids.shape, -1, np.int64)
+        pos = np.clip(np.searchsorted(self._sorted_ids, ids), 0, len(self._sorted_ids) - 1)
+        return np.where(self._sorted_ids[pos] == ids, self._sorted_slots[pos], -1)
+
+    # -- updates --------------------------------------------------------------------------------
+    def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        ids = np.asarray(ids, np.int64)
+        if not len(ids):
+            return
+        if (self.slots_of(ids) >= 0).any():
+            raise RuntimeError("lean index: id added twice")
+        with open(self.refine_path, "r+b") as handle:  # append after the last slot (drops a torn tail)
+            handle.truncate(len(self.slot_ids) * self.d * 2)
+            handle.seek(0, os.SEEK_END)
+            handle.write(vectors.astype(np.float16).tobytes())
+        first = len(self.slot_ids)
+        self.base.add_with_ids(vectors, np.arange(first, first + len(ids), dtype=np.int64))
+        self.slot_ids = np.concatenate([self.slot_ids, ids])
+        self._index_lookup()
+        self._remap()
+
+    def remove_ids(self, ids) -> int:
+        slots = self.slots_of(np.unique(np.asarray(ids, np.int64)))
+        slots = slots[slots >= 0]
+        if not len(slots):
+            return 0
+        if self.tombstones + len(slots) > MAX_TOMBSTONE_SHARE * len(self.slot_ids):
+            raise RuntimeError("lean index: over half its refine rows would be tombstones")
+        self.slot_ids = self.slot_ids.copy()
+        self.slot_ids[slots] = -1  # the codes stay in base (see the module doc), skipped at search
+        self._index_lookup()
+        return len(slots)
+
+    # -- search ---------------------------------------------------------------------------------
+    def search(self, x: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) [Q, k]: `k_factor * k` PQ candidates per query re-ranked exactly; -1 / -inf pads.
+        (FAISS `params` such as id selectors are not supported: `base` holds slots, not ids.)"""
+        if params is not None:
+            raise RuntimeError("lean index: search params are not supported")
+        x = np.ascontiguousarray(x, np.float32)
+        nq = len(x)
+        out_ids = np.full((nq, k), -1, np.int64)
+        out_scores = np.full((nq, k), -np.inf, np.float32)
+        if self.ntotal == 0 or k <= 0:
+            return out_scores, out_ids
+        want = int(min(self.base.ntotal, max(k, round(k * self.k_factor)) + self.tombstones))
+        _, cand = self.base.search(x, want)
+        for q in range(nq):
+            slots = np.sort(cand[q][cand[q] >= 0])  # read the map in file order
+            slots = slots[self.slot_ids[slots] >= 0]  # tombstones out
+            if not len(slots):
+                continue
+            rows = np.asarray(self._map[slots], np.float32)
+            scores = rows @ x[q]
+            ids = self.slot_ids[slots]
+            top = min(k, len(ids))
+            best = np.lexsort((ids, -scores))[:top]  # best first, ties by id
+            out_ids[q, :top] = ids[best]
+            out_scores[q, :top] = scores[best]
+        return out_scores, out_ids
+
+
+def remove_stale_refine_files(directory: Path, stem: str, keep: Path | None) -> None:
+    """Delete `<stem>.*.f16` refine files other than `keep` (after the index file naming `keep` was saved)."""
+    for path in Path(directory).glob(f"{stem}.*.f16"):
+        if keep is None or path.name != Path(keep).name:
+            try:
+                path.unlink()
+            except OSError:
+                pass

@@ -1,0 +1,184 @@
+"""The memory-lean index ("lean", store/lean_index.py) finds what the exact index finds, for patients and tiles,
+and follows in-place adds and removes (its float16 refine file included) through the real catalog.
+
+Oracle: exact brute force (numpy) over the same normalized vectors.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import clustered_vectors
+from eagle_index.config import IndexSettings, Settings
+from eagle_index.store.derived_index import build_faiss_index, index_type_of
+from eagle_index.store.lean_index import LeanIndex
+from eagle_index.store.tile_index import tile_index_settings
+
+
+@pytest.fixture(autouse=True)
+def one_faiss_thread():
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def _normalized(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _exact(db, ids, queries, k):
+    scores = queries @ db.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return ids[order], np.take_along_axis(scores, order, axis=1)
+
+
+@pytest.fixture(scope="module")
+def clustered_set():
+    """20,000 vectors + 100 held-out queries from one 50-cluster mixture, 128-d, scattered ids."""
+    vectors = _normalized(clustered_vectors(20_100, 128, seed=5, clusters=50))
+    ids = np.random.default_rng(2).choice(10**9, 20_000, replace=False).astype(np.int64) + 10**9
+    return vectors[:20_000], ids, vectors[20_000:]
+
+
+@pytest.mark.parametrize("what, settings, k", [("patients", IndexSettings(), 10),
+                                               ("tiles", tile_index_settings(IndexSettings()), 20)])
+def test_lean_top_k_matches_the_exact_one(clustered_set, tmp_path, what, settings, k):
+    db, ids, queries = clustered_set
+    index = build_faiss_index("lean", db.shape[1], settings, train=db, store_dir=tmp_path, stem=what)
+    assert index_type_of(index) == "lean" and isinstance(index, LeanIndex)
+    index.add_with_ids(db, ids)
+    # RAM holds codes, not floats: the floats are in the refine file, as float16
+    assert index.refine_path.stat().st_size == db.size * 2
+    want = 4 * k + 8 if what == "tiles" else k  # region search asks for 4k + 8 tiles
+    scores, found = index.search(queries, want)
+    truth, truth_scores = _exact(db, ids, queries, want)
+    recall = np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth)])
+    assert recall >= 0.95, recall
+    assert (found[:, 0] == truth[:, 0]).all()  # top-1 exact after re-ranking
+    np.testing.assert_allclose(scores[:, 0], truth_scores[:, 0], atol=2e-3)  # float16 rows
+
+
+def test_lean_in_place_remove_and_add_are_followed(clustered_set, tmp_path):
+    db, ids, queries = clustered_set
+    index = build_faiss_index("lean", db.shape[1], IndexSettings(), train=db, store_dir=tmp_path, stem="x")
+    index.add_with_ids(db[:15_000], ids[:15_000])
+    top1 = index.search(queries, 1)[1][:, 0]
+    assert index.remove_ids(top1) == len(set(top1.tolist()))
+    index.add_with_ids(db[15_000:], ids[15_000:])
+    keep = np.ones(len(db), bool)
+    keep[np.isin(ids, top1)] = False
+    scores, found = index.search(queries, 10)
+    truth, _ = _exact(db[keep], ids[keep], queries, 10)
+    assert not np.isin(found, top1).any()
+    assert (found[:, 0] == truth[:, 0]).all()
+    assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]) >= 0.95
+    # saved and read back: the same answers from the same refine file
+    index.write(tmp_path / "x.faiss")
+    again = LeanIndex.read(tmp_path / "x.faiss", index.k_factor)
+    again.base.nprobe = index.base.nprobe
+    np.testing.assert_array_equal(again.search(queries, 10)[1], found)
+
+
+def _store_vectors(service, names, vectors, kind="eagle", signature="sig"):
+    def _tx(session):
+        ids = [service.catalog.patient_id(session, p, create=True) for p in names]
+        service.catalog.put_vectors(session, kind, signature, ids, vectors, source="test")
+        return ids
+
+    return np.asarray(service.catalog.write(_tx), dtype=np.int64)
+
+
+def test_patient_store_builds_reopens_and_follows_commits_with_the_lean_index(tmp_path):
+    from eagle_index.service import EagleService
+
+    vectors = clustered_vectors(3000, 32, seed=7, clusters=20)
+    settings = Settings(data_dir=tmp_path / "data", index=IndexSettings(kind="auto", lean_above=1000, ivf_nlist=16))
+    with EagleService(settings) as service:
+        ids = _store_vectors(service, [f"P{i:05d}" for i in range(2500)], vectors[:2500])
+        loaded = service.vectors.get("eagle", "sig")
+        assert loaded.index_type == "lean"
+        index_path, meta_path = service.vectors.paths("eagle", "sig")
+        assert json.loads(meta_path.read_text())["index_type"] == "lean"
+        service.vectors.unload()
+        loaded = service.vectors.get("eagle", "sig")  # reopened from its file and refine file
+        assert isinstance(loaded.index, LeanIndex)
+        found, _ = service.vectors.search("eagle", "sig", vectors[:50], k=5)
+        assert [f[0] for f in found] == ids[:50].tolist()
+
+        # in place: drop 10 patients' vectors, add 500 new patients
+        service.catalog.write(lambda s: service.catalog.delete_vectors(s, "eagle", "sig", ids[:10].tolist()))
+        new_ids = _store_vectors(service, [f"N{i:05d}" for i in range(500)], vectors[2500:])
+        same = service.vectors.get("eagle", "sig")
+        assert same is loaded and same.index is loaded.index  # followed, not rebuilt
+        assert same.ntotal == 2990 and same.index.tombstones == 10
+        found, _ = service.vectors.search("eagle", "sig", vectors, k=5)
+        assert [f[0] for f in found[10:2500]] == ids[10:2500].tolist()
+        assert [f[0] for f in found[2500:]] == new_ids.tolist()
+        assert not np.isin(np.concatenate(found), ids[:10]).any()
+        # the saved files follow too: a reopen answers the same
+        service.vectors.flush()
+        service.vectors.unload()
+        reopened = service.vectors.get("eagle", "sig")
+        assert reopened.info.generation == same.info.generation and reopened.ntotal == 2990
+        assert [f[0] for f in service.vectors.search("eagle", "sig", vectors[2500:], k=5)[0]] == new_ids.tolist()
+        # a rebuild writes a new refine file and deletes the old one
+        old_refine = reopened.index.refine_path
+        rebuilt = service.vectors.rebuild(reopened.info)
+        assert rebuilt.index.tombstones == 0 and rebuilt.index.refine_path != old_refine and not old_refine.exists()
+        assert [p.name for p in index_path.parent.glob("*.f16")] == [rebuilt.index.refine_path.name]
+
+
+def test_tile_index_uses_the_lean_type_and_follows_a_patient_change(tmp_path):
+    from eagle_index.aggregation import SlideCandidates
+    from eagle_index.service import EagleService
+    from eagle_index.store import tiles_repo
+
+    rng = np.random.default_rng(3)
+    dim, per = 32, 25
+    tokens = clustered_vectors(60 * per + per, dim, seed=9, clusters=12)
+    settings = Settings(data_dir=tmp_path / "data", index=IndexSettings(kind="lean", ivf_nlist=16))
+    with EagleService(settings) as service:
+        def candidates(name, rows, y=0.0):
+            n = len(rows)
+            return SlideCandidates(name, np.arange(n), np.arange(n) * 448.0, np.full(n, y), rng.normal(size=n).astype(np.float32),
+                                   rows.astype(np.float32))
+
+        def put(i, rows):
+            def _tx(session):
+                pid = service.catalog.patient_id(session, f"T{i:03d}", create=True)
+                sid = service.catalog.add_slide(session, pid, f"S{i:03d}", f"fp{i:03d}")
+                tiles_repo.put_patient_tiles(session, pid, "tsig", [(sid, candidates(f"S{i:03d}", rows))], per)
+                return pid, sid
+            return service.catalog.write(_tx)
+
+        owners = [put(i, tokens[i * per:(i + 1) * per]) for i in range(60)]
+        loaded = service.regions.index.get("tsig")
+        assert loaded.index_type == "lean" and loaded.ntotal == 60 * per
+        query = tokens[per * 7 + 3]
+        tids, scores, patients = service.regions.index.search("tsig", query, 20)
+        all_ids, all_patients, raw = tiles_repo.load_tokens(service.catalog, "tsig")
+        exact = all_ids[np.argsort(-(_normalized(raw) @ _normalized(query[None])[0]), kind="stable")[:20]]
+        assert tids[0] == exact[0] and patients[0] == owners[7][0]
+        assert len(set(tids) & set(exact)) / 20 >= 0.95
+
+        # patient 7 gets new tiles (old ones removed, new ones added): followed in place
+        pid, sid = owners[7]
+        fresh = tokens[60 * per:]
+        service.catalog.write(lambda s: tiles_repo.put_patient_tiles(s, pid, "tsig", [(sid, candidates("S007", fresh, y=448.0))], per))
+        same = service.regions.index.get("tsig")
+        assert same is loaded and same.ntotal == 60 * per
+        now_ids, now_patients, now_raw = tiles_repo.load_tokens(service.catalog, "tsig")
+        added = np.setdiff1d(now_ids, all_ids)
+        assert len(added) == per and not np.isin(now_ids, all_ids[all_patients == pid]).any()
+        np.testing.assert_array_equal(same.ids, now_ids)
+        for row in range(per):  # each new tile: the exact top-1 (itself), the old tiles of patient 7 never
+            tids, _, patients = service.regions.index.search("tsig", fresh[row], 20)
+            scores = _normalized(now_raw) @ _normalized(fresh[row][None])[0]
+            assert tids[0] == now_ids[np.argmax(scores)] and patients[0] == now_patients[np.argmax(scores)]
+            assert not np.isin(tids, all_ids[all_patients == pid]).any()
