@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from search_bench import ClusteredEmbeddings  # noqa: E402
+from search_bench import ClusteredEmbeddings, lean_resident, rss_parts  # noqa: E402
 
 from eagle_index.config import IndexSettings  # noqa: E402
 from eagle_index.store.tile_index import group_tiles, tile_index_settings  # noqa: E402
@@ -87,6 +87,10 @@ def main() -> None:
     parser.add_argument("--per-patient", type=int, default=3)
     parser.add_argument("--k-factor", type=int, help="override IndexSettings.ivf_refine_k_factor")
     parser.add_argument("--nprobe", type=int, help="override IndexSettings.ivf_nprobe")
+    parser.add_argument("--type", choices=("auto", "lean"), default="auto",
+                        help="lean: the memory-lean index (PQ codes in RAM, float16 refine file mapped from --workdir), "
+                             "saved and reloaded so its resident bytes per tile (RssAnon delta of the load) are measured")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()), help="where the lean index files go")
     args = parser.parse_args()
 
     import faiss
@@ -103,15 +107,15 @@ def main() -> None:
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}, faiss {faiss.__version__}, "
           f"load {'/'.join(f'{v:.1f}' for v in os.getloadavg())}")
 
-    index_type = "ivf" if n > settings.approximate_above else "flat"
+    index_type = "lean" if args.type == "lean" else "ivf" if n > settings.approximate_above else "flat"
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     first = next(data.chunks(args.patients, args.tiles))
     t0 = time.perf_counter()
-    index = build_faiss_index(index_type, DIM, settings, train=first[2], count=n)
+    index = build_faiss_index(index_type, DIM, settings, train=first[2], count=n, store_dir=args.workdir, stem=f"tiles-{n}")
     train_s = time.perf_counter() - t0
     del first
     built = index_type_of(index)
-    inner = faiss.downcast_index(index.index)
+    inner = index.base if built == "lean" else faiss.downcast_index(index.index)
     if isinstance(inner, faiss.IndexRefine):
         flat = faiss.downcast_index(inner.refine_index)
         flat.codes.resize(n * flat.code_size)  # reserve once (no doubling growth while adding chunks)
@@ -138,11 +142,23 @@ def main() -> None:
     if built == "ivf":
         m = pq_subquantizers(DIM, settings.ivf_pq_dims_per_code)
         print(f"  IVF{ivf_list_count(settings, n)},PQ{m}x4fsr,RFlat nprobe={settings.ivf_nprobe} k_factor={settings.ivf_refine_k_factor}")
-    fd, tmp = tempfile.mkstemp(suffix=".faiss")
-    os.close(fd)
-    faiss.write_index(index, tmp)
-    index_mib = os.path.getsize(tmp) / 2**20
-    os.unlink(tmp)
+    refine_path = None
+    if built == "lean":
+        m = pq_subquantizers(DIM, settings.ivf_pq_dims_per_code)
+        print(f"  IVF{ivf_list_count(settings, n)},PQ{m}x4fsr + float16 refine file (mmap) nprobe={settings.ivf_nprobe} "
+              f"k_factor={settings.ivf_refine_k_factor}")
+        refine_path = index.refine_path
+        index, anon_delta, (index_bytes, refine_bytes) = lean_resident(index, args.workdir, f"tiles-{n}")
+        index_mib = (index_bytes + refine_bytes) / 2**20
+        print(f"resident after load (RssAnon delta) {anon_delta / 2**20:,.1f} MiB = {anon_delta / n:.1f} bytes/tile; "
+              f"index file {index_bytes / n:.1f} B/tile, float16 refine file {refine_bytes / n:.0f} B/tile (mapped)", flush=True)
+    else:
+        fd, tmp = tempfile.mkstemp(suffix=".faiss")
+        os.close(fd)
+        faiss.write_index(index, tmp)
+        index_mib = os.path.getsize(tmp) / 2**20
+        os.unlink(tmp)
+    file0 = rss_parts()[1]
 
     faiss.omp_set_num_threads(1)
     exact_groups = [group_tiles(best_ids[q], best_scores[q], patient_of[best_ids[q]], k, args.per_patient)
@@ -166,6 +182,17 @@ def main() -> None:
         recalls.append(len(got & truth) / max(len(truth), 1))
         found_patients.append(len(groups))
     p50, p99 = np.percentile(lat, 50) * 1e3, np.percentile(lat, 99) * 1e3
+    if built == "lean":
+        print(f"refine pages touched by the queries (RssFile delta, page cache) {(rss_parts()[1] - file0) / 2**20:,.1f} MiB")
+        print(f"search + group (1 thread): p50 {p50:.2f} ms, p99 {p99:.2f} ms; recall@{k} {np.mean(recalls):.3f} "
+              f"(min {np.min(recalls):.2f}); {np.mean(found_patients):.1f} patients per answer; "
+              f"load {'/'.join(f'{v:.1f}' for v in os.getloadavg())}")
+        print(f"| {n:,} | lean | {train_s:.1f} | {add_s:.1f} | {_rss_gib():.1f} | {index_mib:,.0f} | {p50:.2f} | {p99:.2f} | "
+              f"n/a | {np.mean(recalls):.3f} |")
+        del index
+        for path in (args.workdir / f"tiles-{n}.lean", refine_path):
+            path.unlink(missing_ok=True)
+        return
 
     exact_index = faiss.downcast_index(inner.refine_index) if isinstance(inner, faiss.IndexRefine) else inner
     exact_lat = []
