@@ -40,6 +40,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 ENV_DCT_DECODE = "EAGLE_INDEX_DCT_DECODE"
 ENV_SEARCH_BATCH_MS = "EAGLE_INDEX_SEARCH_BATCH_MS"
+ENV_LEAN_ABOVE = "EAGLE_INDEX_LEAN_ABOVE"  # issue 20 item 2: 'auto' indexes go memory-lean above this many vectors
 ENV_READ_LEASE = "EAGLE_INDEX_READ_LEASE_S"  # issue 24 item 3: how long a slide's reads may take
 ENV_READ_LEASE_PER_GB = "EAGLE_INDEX_READ_LEASE_PER_GB_S"
 
@@ -250,12 +251,21 @@ def _environment() -> dict[str, Any]:
                 raise _env_error(name, raw, f"a number of seconds, {least}") from None
     if tiling:
         values["tiling"] = TilingSettings(**tiling)
+    index: dict = {}
     raw = env.get(ENV_SEARCH_BATCH_MS, "").strip()
     if raw:
         try:
-            values["index"] = IndexSettings(search_batch_ms=float(raw))
+            index["search_batch_ms"] = IndexSettings(search_batch_ms=float(raw)).search_batch_ms
         except (ValueError, ValidationError):
             raise _env_error(ENV_SEARCH_BATCH_MS, raw, "milliseconds from 0 (off) to 100") from None
+    raw = env.get(ENV_LEAN_ABOVE, "").strip()
+    if raw:
+        try:
+            index["lean_above"] = IndexSettings(lean_above=int(raw)).lean_above
+        except (ValueError, ValidationError):
+            raise _env_error(ENV_LEAN_ABOVE, raw, "a whole number of vectors, 1 or more") from None
+    if index:
+        values["index"] = IndexSettings(**index)
     return values
 
 

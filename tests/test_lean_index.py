@@ -182,3 +182,16 @@ def test_tile_index_uses_the_lean_type_and_follows_a_patient_change(tmp_path):
             scores = _normalized(now_raw) @ _normalized(fresh[row][None])[0]
             assert tids[0] == now_ids[np.argmax(scores)] and patients[0] == now_patients[np.argmax(scores)]
             assert not np.isin(tids, all_ids[all_patients == pid]).any()
+
+
+def test_lean_above_comes_from_the_environment(monkeypatch):
+    from eagle_index.errors import InputError
+
+    monkeypatch.setenv("EAGLE_INDEX_LEAN_ABOVE", "5000000")
+    monkeypatch.setenv("EAGLE_INDEX_SEARCH_BATCH_MS", "2")
+    index = Settings.load().index
+    assert (index.lean_above, index.search_batch_ms, index.kind) == (5_000_000, 2.0, "auto")
+    assert Settings().index.lean_above is None  # opt-in: only the variable (or a Settings field) turns it on
+    monkeypatch.setenv("EAGLE_INDEX_LEAN_ABOVE", "0")
+    with pytest.raises(InputError, match="^EAGLE_INDEX_LEAN_ABOVE='0': expected "):
+        Settings.load()
