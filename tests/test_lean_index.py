@@ -132,6 +132,12 @@ def test_patient_store_builds_reopens_and_follows_commits_with_the_lean_index(tm
         rebuilt = service.vectors.rebuild(reopened.info)
         assert rebuilt.index.tombstones == 0 and rebuilt.index.refine_path != old_refine and not old_refine.exists()
         assert [p.name for p in index_path.parent.glob("*.f16")] == [rebuilt.index.refine_path.name]
+        # a lost (or short) refine file is a stale index: the next open rebuilds it
+        service.vectors.unload()
+        rebuilt.index.refine_path.unlink()
+        healed = service.vectors.get("eagle", "sig")
+        assert healed.index_type == "lean" and healed.index.refine_path.exists() and healed.ntotal == 2990
+        assert [f[0] for f in service.vectors.search("eagle", "sig", vectors[2500:], k=5)[0]] == new_ids.tolist()
 
 
 def test_tile_index_uses_the_lean_type_and_follows_a_patient_change(tmp_path):
