@@ -2,10 +2,13 @@
 
 Ray Core actors, one per worker: each `SlideEmbedder` loads the three models once (and holds
 its GPU) and turns a slide path into a `SlideResult` (`ingest.steps.compute_slide`, the same
-code single-process ingestion runs). The owner's `ClusterWorker` claims jobs from the catalog's
-job queue (the source of truth: fingerprints, attempts, failures), sends each to a free actor,
-and stores every result itself (`ingest.worker.store_job_result`: artifact, slide row, the
-patient re-aggregated, job `done`, in one transaction), so there is still one writer.
+code single-process ingestion runs). The owner runs the one job loop (`ingest.worker.Worker`,
+issue 22 item 4) with `RayCompute` as its compute step: the loop claims jobs from the catalog's
+job queue (the source of truth: fingerprints, attempts, failures), admits them, and stores every
+result itself (`ingest.worker.store_job_results` through a `BatchStorer`: artifact, slide row,
+the patient re-aggregated, job `done`, in one transaction), so there is still one writer; this
+module only sends each job to a free actor as a Ray future and reports what comes back (actor
+deaths and job leases included).
 
 Why actors and not Ray Data: the unit of work is one slide whose fate the queue must record
 (which worker, done, retried, failed); Ray Data would bring its own dataset, scheduling and
@@ -242,30 +245,35 @@ class _Worker:
     in_flight: dict = field(default_factory=dict)  # ObjectRef -> (ClaimedJob, started)
 
 
-class ClusterWorker:
-    """The owner's side: same role as `ingest.worker.Worker` (run until `stop`), on Ray actors."""
+class RayCompute:
+    """The Ray compute step of the one job loop (`ingest.worker.Worker`, issue 22 item 4): a Ray
+    future per slide on `SlideEmbedder` actors. It asks the loop for a job whenever a ready actor
+    has a free slot, and yields each job's `Finished` as its future resolves: the result (stored by
+    the loop through its `BatchStorer`, signed with the actor's `ModelIdentity`), the actor's error
+    (the attempt counts), the job given back when its actor died (failed for good once
+    `DEATHS_PER_JOB` actors died on it), or failed when it outlived its job lease
+    (`ingest.worker.job_deadline`; the actor is killed). Admission, superseding, storing, failing
+    and giving back on stop are the loop's. The owner embeds nothing, so its own death is no
+    evidence against a slide: no position is recorded (an actor's death is, counted here).
 
-    def __init__(self, ctx, queue, stop: threading.Event, options: ClusterOptions, max_attempts: int = 3,
-                 backoff_seconds: float = 5.0, quarantine: Path | None = None, poll_seconds: float = 1.0,
-                 heartbeat_seconds: float = 10.0):
-        self.ctx = ctx  # ingest.steps.IngestContext: the owner stores every result through it
-        self.queue = queue
-        self.stop = stop
+    `ray` (tests): a module-like object to use instead of connecting (`connect`)."""
+
+    records_position = False
+    continuous = True  # actors stay up between jobs: the stream asks for jobs until stop
+    batched_store = True
+
+    def __init__(self, options: ClusterOptions, heartbeat_seconds: float = 10.0, ray=None):
         self.options = options
-        self.max_attempts = max_attempts
-        self.backoff_seconds = backoff_seconds
-        self.quarantine = Path(quarantine) if quarantine else None
-        self.poll_seconds = poll_seconds
         self.heartbeat_seconds = heartbeat_seconds
-        self.wake = threading.Event()
+        self.ray = ray
+        self._connect = ray is None
         self._lock = threading.Lock()
         self._workers: dict[str, _Worker] = {}
         self._deaths: dict[int, int] = {}  # job id -> workers lost while embedding it
-        self._before: dict[int, tuple] = {}  # job id -> its file's state when it was sent (ingest.worker.admit)
         self._deadlines: dict = {}  # ObjectRef -> (monotonic deadline, seconds): ingest.worker.job_deadline
         self._spawned = 0
         self._replacements = 0
-        self.ray = None
+        self.loop = None
 
     # -- what `status` shows ------------------------------------------------------------------------
     def stats(self) -> list[dict]:
@@ -277,38 +285,56 @@ class ClusterWorker:
                      "state": "ready" if w.ready else "starting"}
                     for w in self._workers.values() if w.alive]
 
-    # -- the loop ---------------------------------------------------------------------------------
-    def run(self) -> None:
-        if self.stop.is_set():
+    # -- the compute step -------------------------------------------------------------------------
+    def open(self, loop) -> None:
+        self.loop = loop
+        if loop.stop.is_set():
             return
-        from eagle_index.ingest.worker import BatchStorer
+        if self._connect:
+            self.ray = connect(self.options)
+        self._plan()
+        for _ in range(self.workers):
+            self._spawn()
 
-        self.ray = connect(self.options)
-        # results are stored off this loop, in batches (one transaction and one FAISS sync each),
-        # so the owner keeps up with many GPUs; close() stores what was handed over before stopping
-        self._storer = BatchStorer(self.ctx, threads=2, batch=8)
+    def stream(self, jobs, loop, on_start=None, progress=None):
+        """Send jobs pulled from `jobs` (None: none queued now) to actors with a free slot; yield
+        each one's `Finished` as it comes back. Ends at stop; what is still in flight then is the
+        loop's to give back (the actors are killed by `close`)."""
+        last_beat = time.monotonic()
         try:
-            self._plan()
-            for _ in range(self.workers):
-                self._spawn()
-            last_beat = time.monotonic()
-            while not self.stop.is_set():
-                self._fill()
+            while not loop.stop.is_set():
+                self._fill(jobs, loop)
                 refs = self._refs()
                 if not refs:
-                    self.wake.wait(self.poll_seconds)
-                    self.wake.clear()
+                    loop.wake.wait(loop.poll_seconds)
+                    loop.wake.clear()
                     continue
                 done, _ = self.ray.wait(refs, num_returns=1, timeout=0.5)
+                if loop.stop.is_set():  # shutting down: whatever came back is redone next time
+                    return
                 for ref in done:
-                    self._handle(ref)
-                self._expire()
+                    yield from self._handle(ref)
+                yield from self._expire()
                 if time.monotonic() - last_beat >= self.heartbeat_seconds:
                     self._heartbeat()
                     last_beat = time.monotonic()
         finally:
-            self._storer.close()
-            self._shutdown()
+            with self._lock:  # in flight: given back by the loop, their results no longer wanted
+                for w in self._workers.values():
+                    w.in_flight.clear()
+                self._deadlines.clear()
+
+    def close(self) -> None:
+        """Stop the actors and leave Ray."""
+        for w in list(self._workers.values()):
+            if self.ray is not None and w.alive:
+                try:
+                    self.ray.kill(w.actor)
+                except Exception:  # noqa: BLE001
+                    pass
+            w.alive = False
+        if self.ray is not None:
+            self.ray.shutdown()
 
     def _plan(self) -> None:
         resources = self.ray.cluster_resources()
@@ -336,7 +362,7 @@ class ClusterWorker:
         )
         worker_id = f"w{self._spawned}"
         self._spawned += 1
-        actor = remote.remote(self.ctx.settings.without_secrets(), self.threads)  # cache dir, digest switch... travel; tokens do not
+        actor = remote.remote(self.loop.ctx.settings.without_secrets(), self.threads)  # cache dir, digest switch... travel; tokens do not
         with self._lock:
             self._workers[worker_id] = _Worker(worker_id, actor, actor.info.remote(), slots=self.slots)
 
@@ -350,24 +376,20 @@ class ClusterWorker:
             refs.extend(w.in_flight)
         return refs
 
-    def _fill(self) -> None:
-        from eagle_index.ingest.worker import admit, job_deadline
+    def _fill(self, jobs, loop) -> None:
+        from eagle_index.ingest.worker import job_deadline
 
         for w in list(self._workers.values()):
-            while w.alive and w.ready and len(w.in_flight) < w.slots and not self.stop.is_set():
-                job = self.queue.claim()
+            while w.alive and w.ready and len(w.in_flight) < w.slots and not loop.stop.is_set():
+                job = next(jobs, None)  # admitted by the loop (superseded or gone ones never come here)
                 if job is None:
                     return
-                ended, before = admit(self.queue, job, self.max_attempts, self.backoff_seconds, self.quarantine)
-                if ended is not None:  # superseded (changed since queued) or gone: as the in-process worker does
-                    continue
-                self._before[job.id] = before
                 ref = w.actor.embed.remote(job.path, job.patient or Path(job.path).stem, job.mpp)
-                seconds = job_deadline(self.ctx.settings, Path(job.path))
+                seconds = job_deadline(loop.ctx.settings, Path(job.path))
                 self._deadlines[ref] = (time.monotonic() + seconds, seconds)
                 with self._lock:
                     w.in_flight[ref] = (job, time.perf_counter())
-                self.queue.heartbeat(job.id, {"stage": "embedding", "worker": w.id, "node": w.node})
+                loop.queue.heartbeat(job.id, {"stage": "embedding", "worker": w.id, "node": w.node})
 
     def _owner_of(self, ref):
         for w in self._workers.values():
@@ -377,17 +399,18 @@ class ClusterWorker:
                 return w, w.in_flight[ref]
         return None, None
 
-    def _handle(self, ref) -> None:
-        from ray.exceptions import RayError, RayTaskError
+    def _handle(self, ref):
+        from eagle_index.ingest.worker import Finished
 
+        errors = self.ray.exceptions
         w, entry = self._owner_of(ref)
         if w is None:
             return
         if entry is None:  # the actor answered info(): it is ready, or it could not load its models
             try:
                 info = self.ray.get(ref)
-            except RayError as exc:
-                self._lost(w, exc)
+            except errors.RayError as exc:
+                yield from self._lost(w, exc)
                 return
             self._ready(w, info)
             return
@@ -397,48 +420,23 @@ class ClusterWorker:
             del w.in_flight[ref]
         try:
             status, payload = self.ray.get(ref)
-        except RayTaskError as exc:
+        except errors.RayTaskError as exc:
             status, payload = "error", f"{job.path}: {_first_line(exc)}"
-        except RayError as exc:  # the actor or its node is gone: the slide goes back to the queue
-            self._requeue_lost(w, job, exc)
-            self._lost(w, exc)
+        except errors.RayError as exc:  # the actor or its node is gone: the slide goes back to the queue
+            yield self._requeue_lost(w, job, exc)
+            yield from self._lost(w, exc)
             return
-        if self.stop.is_set():  # shutting down: whatever came back is redone next time
-            self.queue.requeue(job.id, "interrupted by shutdown")
-            return
-        before = self._before.pop(job.id, None)
         if status != "ok":
-            from eagle_index.ingest.worker import fail_job
-
-            fail_job(self.queue, job, payload, self.max_attempts, self.backoff_seconds, self.quarantine)
+            yield Finished(job, EagleIndexError(payload))
             return
-        from eagle_index.ingest.worker import changed_since, superseded
 
-        if before is not None and changed_since(job, Path(job.path), before):  # the result is of content no longer there
-            superseded(self.queue, job, Path(job.path), "changed while it was embedded")
-            return
-        self._store(w, job, payload, time.perf_counter() - started)
+        def stored(result, seconds: float, store_seconds: float) -> dict:
+            with self._lock:
+                w.slides_done += 1
+                w.busy_seconds += result.timings.get("total", seconds)
+            return {"worker": w.id, "node": w.node, "node_id": w.node_id, "store_seconds": round(store_seconds, 3)}
 
-    def _store(self, w: _Worker, job, result, seconds: float) -> None:
-        """Hand a result to the storer; its job is done (and logged) once the batch commits."""
-        t0 = time.perf_counter()
-        future = self._storer.submit(job, result, seconds, identity=w.identity)
-        future.add_done_callback(lambda stored: self._stored(w, job, result, seconds, t0, stored))
-
-    def _stored(self, w: _Worker, job, result, seconds: float, t0: float, stored) -> None:
-        from eagle_index.ingest.worker import fail_job, log_job_done, slide_job_of
-
-        exc = stored.exception()
-        if exc is not None:  # the owner could not store this slide: its job fails, not the run
-            message = str(exc) if isinstance(exc, EagleIndexError) else f"{job.path}: {type(exc).__name__}: {exc}"
-            log.error("could not store %s: %s", job.path, message)
-            fail_job(self.queue, job, message, self.max_attempts, self.backoff_seconds, self.quarantine)
-            return
-        with self._lock:
-            w.slides_done += 1
-            w.busy_seconds += result.timings.get("total", seconds)
-        log_job_done(job, slide_job_of(job), result, seconds, worker=w.id, node=w.node, node_id=w.node_id,
-                     store_seconds=round(time.perf_counter() - t0, 3))
+        yield Finished(job, payload, identity=w.identity, on_stored=stored)
 
     def _ready(self, w: _Worker, info: dict) -> None:
         if info.get("error"):
@@ -454,19 +452,16 @@ class ClusterWorker:
                              "device": w.device, "pid": w.pid,
                              "threads": info["threads"]}))
 
-    def _requeue_lost(self, w: _Worker, job, exc) -> None:
+    def _requeue_lost(self, w: _Worker, job, exc):
+        from eagle_index.ingest.worker import FinalFailure, Finished, GiveBack
+
         deaths = self._deaths[job.id] = self._deaths.get(job.id, 0) + 1
         reason = f"Ray worker {w.id} on {w.node} died while embedding it ({_first_line(exc)})"
-        if self.stop.is_set() or deaths < DEATHS_PER_JOB:
-            self.queue.requeue(job.id, reason)
-            log.warning(json.dumps({"event": "job_requeued", "job": job.id, "file": job.path, "reason": reason}))
-        else:
-            from eagle_index.ingest.worker import fail_job
+        if self.loop.stop.is_set() or deaths < DEATHS_PER_JOB:
+            return Finished(job, GiveBack(reason))
+        return Finished(job, FinalFailure(f"{job.path}: {deaths} Ray workers died while embedding it; last: {reason}"))
 
-            fail_job(self.queue, job, f"{job.path}: {deaths} Ray workers died while embedding it; last: {reason}",
-                     1, self.backoff_seconds, self.quarantine)
-
-    def _lost(self, w: _Worker, exc) -> None:
+    def _lost(self, w: _Worker, exc):
         """A dead actor: its other slides go back to the queue, and a replacement starts."""
         if not w.alive:
             return
@@ -475,10 +470,10 @@ class ClusterWorker:
             orphans = list(w.in_flight.values())
             w.in_flight.clear()
         for job, _ in orphans:
-            self._requeue_lost(w, job, exc)
+            yield self._requeue_lost(w, job, exc)
         log.warning(json.dumps({"event": "worker_died", "worker": w.id, "node": w.node, "pid": w.pid,
                                 "error": _first_line(exc)}))
-        if self.stop.is_set():
+        if self.loop.stop.is_set():
             return
         if not w.ready and w.identity is None and self._replacements >= self.max_replacements:
             raise EagleIndexError(f"Ray worker {w.id} could not start: {_first_line(exc)}")
@@ -488,13 +483,13 @@ class ClusterWorker:
         elif not any(o.alive for o in self._workers.values()):
             raise EagleIndexError(f"every Ray worker died ({self._replacements} replaced); last: {_first_line(exc)}")
 
-    def _expire(self) -> None:
+    def _expire(self):
         """The lease of a job on an actor (issue 24 item 3): reads there are bounded by the read
         lease in the actor's own reader pool (a blocked read fails the slide, as in the daemon);
         an actor that has not answered by `job_deadline` is presumed hung: it is killed (its
         reader processes die with it), the job fails with that reason, its other slides go back
         to the queue uncounted and a replacement starts."""
-        from eagle_index.ingest.worker import fail_job
+        from eagle_index.ingest.worker import Finished, GiveBack
 
         now = time.monotonic()
         for w in list(self._workers.values()):
@@ -509,42 +504,31 @@ class ClusterWorker:
                 seconds = self._deadlines.pop(ref)[1]
                 log.warning(json.dumps({"event": "job_expired", "job": job.id, "file": job.path, "worker": w.id,
                                         "seconds": round(seconds, 1)}))
-                fail_job(self.queue, job, f"{job.path}: did not finish within {round(seconds, 1):g} s on Ray worker {w.id} "
-                                          f"(its job lease, three read leases); the worker was killed",
-                         self.max_attempts, self.backoff_seconds, self.quarantine)
+                yield Finished(job, EagleIndexError(f"{job.path}: did not finish within {round(seconds, 1):g} s on Ray "
+                                                    f"worker {w.id} (its job lease, three read leases); the worker was killed"))
             for job, _ in orphans:
-                self.queue.requeue(job.id, f"Ray worker {w.id} was killed after another slide's lease")
+                yield Finished(job, GiveBack(f"Ray worker {w.id} was killed after another slide's lease"))
             try:
                 self.ray.kill(w.actor)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-            self._lost(w, RuntimeError(f"killed after a job's lease ran out on {w.id}"))
+            yield from self._lost(w, RuntimeError(f"killed after a job's lease ran out on {w.id}"))
 
     def _heartbeat(self) -> None:
         for w in list(self._workers.values()):
             for job, _ in list(w.in_flight.values()):
-                self.queue.heartbeat(job.id)
+                self.loop.queue.heartbeat(job.id)
 
-    def _shutdown(self) -> None:
-        """Requeue what is in flight (the attempt does not count), stop the actors, leave Ray."""
-        for w in list(self._workers.values()):
-            with self._lock:
-                orphans = list(w.in_flight.values())
-                w.in_flight.clear()
-            for job, _ in orphans:
-                try:
-                    self.queue.requeue(job.id, "interrupted by shutdown")
-                    log.info(json.dumps({"event": "job_requeued", "job": job.id, "file": job.path, "reason": "shutdown"}))
-                except Exception:  # noqa: BLE001 - recovery at the next start requeues it anyway
-                    log.exception("could not requeue job %s", job.id)
-            if self.ray is not None and w.alive:
-                try:
-                    self.ray.kill(w.actor)
-                except Exception:  # noqa: BLE001
-                    pass
-            w.alive = False
-        if self.ray is not None:
-            self.ray.shutdown()
+
+def cluster_worker(ctx, queue, stop: threading.Event, options: ClusterOptions, max_attempts: int = 3,
+                   backoff_seconds: float = 5.0, quarantine: Path | None = None, poll_seconds: float = 1.0,
+                   heartbeat_seconds: float = 10.0, ray=None):
+    """The owner's job loop on Ray actors: `ingest.worker.Worker` with a `RayCompute` step (its
+    `compute.stats` is what `status` shows)."""
+    from eagle_index.ingest.worker import Worker
+
+    return Worker(ctx, queue, stop, max_attempts, backoff_seconds, poll_seconds=poll_seconds, quarantine=quarantine,
+                  compute=RayCompute(options, heartbeat_seconds=heartbeat_seconds, ray=ray))
 
 
 def _first_line(exc) -> str:

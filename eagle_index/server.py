@@ -107,11 +107,11 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
         url = f"http://{_url_host(options.host)}:{server.effective_port}"
         ownership.publish(url)
         if options.cluster is not None:
-            from eagle_index.cluster import ClusterWorker
+            from eagle_index.cluster import cluster_worker
 
-            worker = ClusterWorker(service.ingest_context(), service.jobs, stop, options.cluster, options.max_attempts,
-                                   options.backoff_seconds, quarantine=options.quarantine)
-            service.worker_stats = worker.stats
+            worker = cluster_worker(service.ingest_context(), service.jobs, stop, options.cluster, options.max_attempts,
+                                    options.backoff_seconds, quarantine=options.quarantine)
+            service.worker_stats = worker.compute.stats
         else:
             worker = Worker(service.ingest_context(), service.jobs, stop, options.max_attempts, options.backoff_seconds,
                             quarantine=options.quarantine)

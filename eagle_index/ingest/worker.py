@@ -1,8 +1,10 @@
-"""The worker: takes queued jobs in order, embeds, stores, retries with backoff.
+"""The worker, the one job loop: takes queued jobs in order, embeds, stores, retries with backoff.
 
-While one slide is embedded, the next ones are claimed and read ahead by the reader processes
-(`pipeline.embed_slides`); on shutdown every claimed slide not yet stored goes back to the
-queue with its attempt uncounted.
+`Worker` claims and admits jobs, finishes what its compute step hands back (stored, superseded,
+failed, given back) and gives back every claimed job not yet stored when it stops, for every
+owner (issue 22 item 4). The compute step is pluggable: `LocalCompute` here (while one slide is
+embedded, the next ones are claimed and read ahead by the reader processes,
+`pipeline.embed_slides`) or `cluster.RayCompute` (a Ray future per slide on actors).
 
 Each finished job commits its slide row, the patient's re-aggregated vectors and the job's
 `done` state in one transaction; the FAISS indexes are synced right after (and reconciled at
@@ -19,8 +21,10 @@ import os
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
+from typing import Callable
 
 from eagle_index import pipeline
 from eagle_index.errors import EagleIndexError
@@ -51,10 +55,6 @@ def changed_since(job: ClaimedJob, path: Path, before) -> bool:
         return slide_fingerprint(path) != job.fingerprint
     except EagleIndexError:
         return True
-
-
-class Interrupted(Exception):
-    """Raised inside the pipeline's progress callback when the worker is asked to stop."""
 
 
 POSITION_FILE = "worker.position"
@@ -115,12 +115,123 @@ def last_position(data_dir: Path) -> dict | None:
     return value if isinstance(value, dict) and value.get("jobs") else None
 
 
+class Interrupted(Exception):
+    """Raised inside the pipeline's progress callback when the worker is asked to stop."""
+
+
+@dataclass
+class Finished:
+    """What a compute step hands back for one job it was given: `outcome` is the `SlideResult`,
+    an exception (the attempt counts: `fail_job`), a `FinalFailure` (failed for good whatever its
+    attempts) or a `GiveBack` (back to the queue, the attempt uncounted). `identity` signs the
+    vectors (a Ray actor's `ModelIdentity`; None: the context's models); `on_stored(result,
+    seconds, store_seconds)` is told once the result is committed and returns extra fields for
+    the `job_done` log line."""
+
+    job: ClaimedJob
+    outcome: object
+    identity: object = None
+    on_stored: Callable | None = None
+
+
+@dataclass(frozen=True)
+class GiveBack:
+    """A job handed back by its compute step: requeued with `reason`, its attempt uncounted."""
+
+    reason: str
+
+
+class FinalFailure(EagleIndexError):
+    """A job that fails for good, whatever attempts it has left (a slide that killed N Ray actors)."""
+
+
+class LocalCompute:
+    """The in-process compute step: the pipeline stream (`pipeline.embed_slides`) on this
+    process's models, which reads the next slides ahead in the reader processes while one is
+    embedded. Results come back in the order the jobs went in. This process embeds, so its death
+    is evidence against the slides it held: the loop records its position (`Position`)."""
+
+    records_position = True
+    continuous = False  # a session ends when the queue is empty (the stream drains); the loop then polls
+    batched_store = False  # results are stored on the loop's thread as they arrive
+
+    def open(self, loop: "Worker") -> None:
+        try:
+            _ = loop.ctx.models  # load once, before the first job, so failures show at start
+        except EagleIndexError as exc:  # no weights: the server still serves; each slide fails with this error
+            log.error("slides cannot be embedded until this is fixed: %s", " ".join(str(exc).split()))
+
+    def stream(self, jobs, loop: "Worker", on_start: Callable, progress: Callable):
+        """`jobs` yields admitted jobs (pulled as the stream reads ahead); yields one `Finished` per job."""
+        from eagle_index.slides.pool import ReadInterrupted
+
+        sent: collections.deque = collections.deque()
+
+        def inputs():
+            for job in jobs:
+                sent.append(job)
+                yield Path(job.path), job.mpp, None
+
+        stream = pipeline.embed_slides(inputs(), loop.ctx.models, loop.ctx.settings, progress=progress, on_start=on_start,
+                                       stop=loop.stop)  # a read blocked at shutdown is abandoned (ReadInterrupted)
+        try:
+            for _, result in stream:
+                yield Finished(sent.popleft(), result)
+        except (Interrupted, ReadInterrupted):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad slide must never stop the worker
+            if sent:
+                yield Finished(sent.popleft(), exc)
+        finally:
+            stream.close()
+
+    def close(self) -> None:
+        pass
+
+
+class _SyncStorer:
+    """`BatchStorer`'s interface on the caller's thread: each result stored as it is submitted."""
+
+    def __init__(self, ctx: IngestContext):
+        self.ctx = ctx
+
+    def submit(self, job: ClaimedJob, result, seconds: float, identity=None):
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        try:
+            (outcome,) = store_job_results(self.ctx, [(job, result, seconds)], identity=identity)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            outcome = exc
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+        return future
+
+    def close(self) -> None:
+        pass
+
+
 class Worker:
-    """One thread embedding queued slides on this process's models (the daemon without `--cluster`)."""
+    """The one job loop (issue 22 item 4), for the daemon, the backfill and the demo: claims queued
+    jobs in order, admits each (`admit`: superseded if its file changed since it was queued, failed
+    if it is gone), hands it to a compute step, and finishes what comes back: superseded if the
+    file changed while it was embedded, stored (`store_job_results`, through the one writer), or
+    failed / retried with backoff (`fail_job`). It heartbeats the jobs, records its position for
+    the crash cap where the compute step runs in this process, and on stop gives every claimed job
+    not yet stored back to the queue, its attempt uncounted.
+
+    The compute step (`compute`) is `LocalCompute` (default: the pipeline stream on this process's
+    models, reading ahead) or `cluster.RayCompute` (a Ray future per slide on actors; the only
+    module that imports Ray). A step has `open(loop)`, `close()`, `stream(jobs, loop, on_start,
+    progress)` (pulls admitted jobs from `jobs` when it has room for one, yields `Finished`) and
+    three flags: `records_position`, `continuous` (the stream keeps asking for jobs until stop: `jobs`
+    yields None while none is queued) and `batched_store` (results stored by a `BatchStorer`)."""
 
     def __init__(self, ctx: IngestContext, queue: JobQueue, stop: threading.Event, max_attempts: int = 3,
                  backoff_seconds: float = 5.0, poll_seconds: float = 1.0, quarantine: Path | None = None,
-                 heartbeat_seconds: float = 2.0):
+                 heartbeat_seconds: float = 2.0, compute=None):
         self.ctx = ctx
         self.queue = queue
         self.stop = stop
@@ -129,32 +240,49 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.quarantine = Path(quarantine) if quarantine else None
         self.heartbeat_seconds = heartbeat_seconds
+        self.compute = compute if compute is not None else LocalCompute()
         self.wake = threading.Event()
         self.position = Position(ctx.settings.data_dir)
+        self._storer = None
 
     def run(self) -> None:
-        """Loop until `stop` is set; the current job finishes or goes back to the queue."""
+        """Loop until `stop` is set; the current jobs finish or go back to the queue."""
         try:
-            _ = self.ctx.models  # load once, before the first job, so failures show at start
-        except EagleIndexError as exc:  # no weights: the server still serves; each slide fails with this error
-            log.error("slides cannot be embedded until this is fixed: %s", " ".join(str(exc).split()))
-        while not self.stop.is_set():
-            job = self.queue.claim()
-            if job is None:
-                self.wake.wait(self.poll_seconds)
-                self.wake.clear()
-                continue
-            # an owner died holding it: embed it alone, so that a death there is evidence against it
-            self.process(job, read_ahead=not job.deaths)
-        self.position.close()
+            self.compute.open(self)
+            # a remote step's results are stored off this loop, in batches (one transaction and one
+            # FAISS sync each), so the owner keeps up with many GPUs; close() stores what was handed over
+            self._storer = BatchStorer(self.ctx, threads=2, batch=8) if self.compute.batched_store else None
+            while not self.stop.is_set():
+                if self.compute.continuous:  # the step asks for jobs as it has room for them
+                    self.process(None, read_ahead=True)
+                    continue
+                job = self.queue.claim()
+                if job is None:
+                    self.wake.wait(self.poll_seconds)
+                    self.wake.clear()
+                    continue
+                # an owner died holding it: embed it alone, so that a death there is evidence against it
+                self.process(job, read_ahead=not job.deaths)
+        finally:
+            if self._storer is not None:
+                self._storer.close()
+            self.compute.close()
+            self.position.close()
 
-    def process(self, job: ClaimedJob, read_ahead: bool = False) -> str:
+    def process(self, job: ClaimedJob | None, read_ahead: bool = False) -> str:
         """Embed and store `job`; its final state. With `read_ahead`, the next queued jobs are
-        claimed while it runs and read by the reader processes ahead of their turn
-        (`pipeline.embed_slides`); each is stored as it finishes, and any not finished when
-        `stop` is set go back to the queue."""
-        states: list[str] = []
-        pending: collections.deque = collections.deque()  # (job, file state, started) handed to the stream
+        claimed while it runs (as the compute step has room for them) and read ahead of their turn;
+        each is stored as it finishes, and any not finished when `stop` is set go back to the queue.
+        A continuous step starts with `job` None and claims its own."""
+        records = self.compute.records_position
+        continuous = self.compute.continuous
+        states: list = []  # the first job's final state, or a future of it (its result being stored)
+
+        def note(state) -> None:  # only the first is answered (a continuous session may run for months)
+            if not states:
+                states.append(state)
+
+        pending: dict = {}  # job id -> (job, file state, started): handed to the step, not finished
         to_start: collections.deque = collections.deque()  # the same jobs until each starts (heartbeats name it)
         current: list = [None]
         tiles = [0]
@@ -162,23 +290,30 @@ class Worker:
         alone = not read_ahead
 
         def record() -> None:  # what this process holds, for the next owner if it dies (Position)
-            waiting = {j.id for j in to_start}
-            self.position.set([j for j, _, _ in pending if j.id not in waiting], current[0], tiles[0], alone)
+            if records:
+                waiting = {j.id for j in to_start}
+                self.position.set([j for j, _, _ in pending.values() if j.id not in waiting], current[0], tiles[0], alone)
 
         def jobs():
-            nxt = job
-            while nxt is not None:
-                path = Path(nxt.path)
-                ended, before = admit(self.queue, nxt, self.max_attempts, self.backoff_seconds, self.quarantine)
-                if ended is not None:
-                    states.append(ended)
+            nxt = job if job is not None else self.queue.claim()
+            while True:
+                if nxt is None:
+                    if not continuous:
+                        return
+                    yield None  # nothing queued now: the step asks again later
                 else:
-                    pending.append((nxt, before, time.perf_counter()))
-                    to_start.append(nxt)
-                    yield path, nxt.mpp, None
+                    ended, before = admit(self.queue, nxt, self.max_attempts, self.backoff_seconds, self.quarantine)
+                    if ended is not None:
+                        note(ended)
+                    else:
+                        pending[nxt.id] = (nxt, before, time.perf_counter())
+                        if records:
+                            to_start.append(nxt)
+                        yield nxt
                 if not read_ahead or self.stop.is_set():
                     return
-                nxt = self.queue.claim(suspects=False)  # a suspect is embedded alone, never read ahead
+                # a suspect is embedded alone, never read ahead (where this process's death is evidence)
+                nxt = self.queue.claim(suspects=False) if records else self.queue.claim()
 
         def start(item) -> None:
             current[0], tiles[0], last_beat[0] = to_start.popleft(), 0, time.monotonic()
@@ -195,51 +330,79 @@ class Worker:
 
         from eagle_index.slides.pool import ReadInterrupted
 
-        stream = pipeline.embed_slides(jobs(), self.ctx.models, self.ctx.settings, progress=progress, on_start=start,
-                                       stop=self.stop)  # a read blocked at shutdown is abandoned (ReadInterrupted)
+        stream = self.compute.stream(jobs(), self, start, progress)
         try:
-            for _, result in stream:
-                claimed, before, started = pending.popleft()
-                states.append(self._finish(claimed, before, started, result))
+            for finished in stream:
+                claimed, before, started = pending.pop(finished.job.id)
+                note(self._finish(finished, before, started))
                 record()
                 if self.stop.is_set():
                     break
         except (Interrupted, ReadInterrupted):
             pass
-        except Exception as exc:  # noqa: BLE001 - one bad slide must never stop the worker
-            if pending:
-                claimed, _, _ = pending.popleft()
-                message = str(exc) if isinstance(exc, EagleIndexError) else f"{claimed.path}: {type(exc).__name__}: {exc}"
-                if not isinstance(exc, EagleIndexError):
-                    log.exception("unexpected error on %s", claimed.path)
-                states.append(fail_job(self.queue, claimed, message, self.max_attempts, self.backoff_seconds, self.quarantine))
         finally:
             stream.close()
-            for claimed, _, _ in pending:  # claimed (read ahead or interrupted), not stored: back to the queue
-                self.queue.requeue(claimed.id, "interrupted by shutdown")
-                log.info(json.dumps({"event": "job_requeued", "job": claimed.id, "file": str(claimed.path)}))
-                states.append("queued")
+            for claimed, _, _ in pending.values():  # claimed (read ahead or interrupted), not stored: back to the queue
+                self.give_back(claimed, "interrupted by shutdown")
+                note("queued")
             pending.clear()
-            self.position.clear()
-        return states[0] if states else "queued"
+            if records:
+                self.position.clear()
+        first = states[0] if states else "queued"
+        return first if isinstance(first, str) else first.result()
 
-    def _finish(self, job: ClaimedJob, before, started: float, result) -> str:
-        """One slide's outcome: stored, superseded (the file changed meanwhile) or failed."""
+    def give_back(self, job: ClaimedJob, reason: str) -> None:
+        """Back to the queue, the attempt uncounted."""
+        try:
+            self.queue.requeue(job.id, reason)
+        except Exception:  # noqa: BLE001 - recovery at the next start requeues it anyway
+            log.exception("could not requeue job %s", job.id)
+            return
+        log.info(json.dumps({"event": "job_requeued", "job": job.id, "file": str(job.path), "reason": reason}))
+
+    def _finish(self, finished: Finished, before, started: float):
+        """One slide's outcome: given back, superseded (the file changed meanwhile), failed, or
+        handed to the storer (a future of "done", or of the failed state if it could not be stored)."""
+        from concurrent.futures import Future
+
+        job, result = finished.job, finished.outcome
         path = Path(job.path)
-        slide_job = slide_job_of(job)
+        if isinstance(result, GiveBack):
+            self.give_back(job, result.reason)
+            return "queued"
+        if isinstance(result, FinalFailure):
+            return fail_job(self.queue, job, str(result), 1, self.backoff_seconds, self.quarantine)
         try:
             if isinstance(result, BaseException):
                 raise result
             if changed_since(job, path, before):  # the result is of content that is no longer there
                 return superseded(self.queue, job, path, "changed while it was embedded")
-            store_job_result(self.ctx, job, result, time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 - one bad slide must never stop the worker
-            message = str(exc) if isinstance(exc, EagleIndexError) else f"{path}: {type(exc).__name__}: {exc}"
-            if not isinstance(exc, EagleIndexError):
-                log.exception("unexpected error on %s", path)
-            return fail_job(self.queue, job, message, self.max_attempts, self.backoff_seconds, self.quarantine)
-        log_job_done(job, slide_job, result, time.perf_counter() - started)
-        return "done"
+            return self._failed(job, exc)
+        seconds, t0 = time.perf_counter() - started, time.perf_counter()
+        storer = self._storer if self._storer is not None else _SyncStorer(self.ctx)
+        state: Future = Future()
+
+        def stored(future) -> None:
+            exc = future.exception()
+            if exc is not None:  # the owner could not store this slide: its job fails, not the loop
+                state.set_result(self._failed(job, exc))
+                return
+            if finished.on_stored is not None:  # a remote step: the total is up to its result, storing apart
+                log_job_done(job, slide_job_of(job), result, seconds,
+                             **finished.on_stored(result, seconds, time.perf_counter() - t0))
+            else:  # in process: up to the commit
+                log_job_done(job, slide_job_of(job), result, time.perf_counter() - started)
+            state.set_result("done")
+
+        storer.submit(job, result, seconds, identity=finished.identity).add_done_callback(stored)
+        return state
+
+    def _failed(self, job: ClaimedJob, exc: BaseException) -> str:
+        message = str(exc) if isinstance(exc, EagleIndexError) else f"{job.path}: {type(exc).__name__}: {exc}"
+        if not isinstance(exc, EagleIndexError):
+            log.error("unexpected error on %s", job.path, exc_info=exc)
+        return fail_job(self.queue, job, message, self.max_attempts, self.backoff_seconds, self.quarantine)
 
 
 # -- the owner's half of a job, shared with the Ray cluster driver (eagle_index.cluster) ----------
