@@ -18,7 +18,7 @@ and times storing them:
 - "old": `store_job_result_in_writer`, today's path until this change: artifact write, then
   inside `catalog.write`: slide row, reading all of the patient's artifacts, aggregation,
   vectors, tile rows, job done; one FAISS sync per slide. One result at a time, as
-  `ClusterWorker` stores them;
+  the job loop with `cluster.RayCompute` stores them;
 - "new": results handed one by one to a `BatchStorer` (eagle_index/ingest/worker.py), whose
   `--store-threads` threads each take whatever is ready (up to `--batch`) into one
   `store_job_results` call (eagle_index/ingest/storing.py): artifact write, reading the

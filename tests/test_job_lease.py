@@ -227,7 +227,7 @@ def test_a_sigkilled_daemon_leaves_no_reader_blocked_behind(tmp_path):
     assert not left, f"processes of the killed daemon still alive: {sorted(left)}"
 
 
-# -- the Ray owner's job loop (cluster.ClusterWorker) gets the lease too -----------------------------------
+# -- the Ray owner's job loop (the job loop with cluster.RayCompute) gets the lease too -----------------------------------
 def _backfill(folder: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "eagle_index", "backfill", str(folder), "--models", "tiny", "--device", "cpu",
