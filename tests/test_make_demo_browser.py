@@ -88,8 +88,12 @@ def page(context, demo):
 def all_images_loaded(page, at_least: int = 0) -> int:
     """Load every image (lazy ones too) and assert each has pixels; returns how many there are."""
     page.evaluate("document.querySelectorAll('img[loading=lazy]').forEach(i => { i.loading = 'eager'; })")
-    page.wait_for_function("() => [...document.images].filter(i => i.getAttribute('src')).every(i => i.complete)")
-    images = page.evaluate("() => [...document.images].filter(i => i.getAttribute('src')).map(i => [i.src, i.naturalWidth])")
+    # Scripts keep adding images (OpenSeadragon inserts its 12 button images once it has loaded): the list is
+    # read in the same call that finds every image complete, so an image added after the wait is never
+    # mistaken for a broken one (naturalWidth 0 while still loading).
+    images = page.wait_for_function(
+        "() => { const imgs = [...document.images].filter(i => i.getAttribute('src'));"
+        " return imgs.every(i => i.complete) && imgs.map(i => [i.src, i.naturalWidth]); }").json_value()
     broken = [src for src, width in images if width == 0]
     if broken:  # say what the server answers for them now: a failing server and a browser hiccup read differently
         answers = {src: page.request.get(src).status for src in broken[:5]}
