@@ -146,7 +146,7 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
                 worker.wake.set()
                 for thread in threads[1:]:
                     thread.join(options.shutdown_timeout)
-                server.close()
+                close_http_server(server, threads[0])
                 service.close()
                 raise
             worker.wake.set()
@@ -158,7 +158,7 @@ def run_owner(settings: Settings, options: OwnerOptions) -> int:
         for thread in threads[1:]:
             thread.join(options.shutdown_timeout)
         code = options.session.finish(service, bool(interrupted), errors) if options.session is not None else 0
-        server.close()
+        close_http_server(server, threads[0])
         service.close()
         if errors and options.session is None:
             raise errors[0] if isinstance(errors[0], EagleIndexError) else EagleIndexError(
@@ -209,6 +209,24 @@ def make_http_server(app, host: str, port: int):
     for each in getattr(server, "map", {}).values() if not hasattr(server, "effective_port") else [server]:
         each.channel_class = Channel
     return server
+
+
+def close_http_server(server, loop: threading.Thread | None = None, timeout: float = 10.0) -> None:
+    """Let requests being answered finish (up to `timeout`), then close every socket. Waitress's
+    own `close` shuts the wake-up pipe first, and a request still running (a status poll as
+    SIGTERM arrives) then fails on its last write to it with a logged traceback. The sockets
+    are closed by the event `loop` thread itself (a wake-up callback), so its select never sees
+    a socket closed under it; without a running loop they are closed here."""
+    from waitress import wasyncore
+
+    server.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout)
+    sockets = server._map if hasattr(server, "_map") else server.map
+    if loop is not None and loop.is_alive():
+        trigger = next((each.trigger for each in [server, *sockets.values()] if hasattr(each, "trigger")), None)
+        if trigger is not None:
+            trigger.pull_trigger(lambda: wasyncore.close_all(sockets))
+            loop.join(timeout)
+    wasyncore.close_all(sockets)  # no loop, or it did not stop: nothing left to race with
 
 
 def _one_compute_thread_per_request(app):
