@@ -153,7 +153,10 @@ class SlideOverlays:
 
 
 @dataclass(frozen=True)
-class TilePair:
+class ComparedTiles:
+    """One row of the compare view: a query tile and its closest hit tile, boxes drawn on both
+    viewers (search's `results.TilePair` carries the same match as flat micrometre fields)."""
+
     rank: int
     similarity: float
     query: TileBox
@@ -164,7 +167,7 @@ class TilePair:
 class CompareView:
     query: PatientViewer
     hit: PatientViewer
-    pairs: list[TilePair]
+    pairs: list[ComparedTiles]
     note: str | None
 
     def as_dict(self) -> dict:
@@ -206,8 +209,8 @@ def _record_of(row, patient: str, now: float) -> "_Record":
 
 
 class _Open:
-    def __init__(self, signature: str, slide, generator, lock: threading.Lock | None):
-        self.signature, self.slide, self.generator, self.lock = signature, slide, generator, lock
+    def __init__(self, stamp: str, slide, generator, lock: threading.Lock | None):
+        self.stamp, self.slide, self.generator, self.lock = stamp, slide, generator, lock
 
 
 # -- the disk cache ------------------------------------------------------------------------------------
@@ -454,25 +457,25 @@ class ViewerService:
             self._drop(record.id)
         return problem
 
-    def _signature(self, record: _Record) -> str:
+    def _file_stamp(self, record: _Record) -> str:
         st = self._checked_file(record)
         text = f"{record.fingerprint}|{st.st_size}|{st.st_mtime_ns}|{self.settings.tile_size}|{self.settings.overlap}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def _generator(self, record: _Record) -> _Open:
-        signature = self._signature(record)
+        stamp = self._file_stamp(record)
         with self._open_lock:
             entry = self._open.get(record.id)
-            if entry is not None and entry.signature == signature:
+            if entry is not None and entry.stamp == stamp:
                 self._open.move_to_end(record.id)
                 return entry
             opening = self._opening.setdefault(record.id, threading.Lock())
         with opening:  # one thread opens a slide; the others wait for it
             with self._open_lock:
                 entry = self._open.get(record.id)
-                if entry is not None and entry.signature == signature:
+                if entry is not None and entry.stamp == stamp:
                     return entry
-            entry = self._open_file(record, signature)
+            entry = self._open_file(record, stamp)
             with self._open_lock:
                 self._open[record.id] = entry
                 self._open.move_to_end(record.id)
@@ -480,7 +483,7 @@ class ViewerService:
                     self._open.popitem(last=False)  # closed by the garbage collector once no request uses it
         return entry
 
-    def _open_file(self, record: _Record, signature: str) -> _Open:
+    def _open_file(self, record: _Record, stamp: str) -> _Open:
         import openslide
         from openslide.deepzoom import DeepZoomGenerator
 
@@ -492,7 +495,7 @@ class ViewerService:
             raise SlideUnavailableError(f"slide {record.name!r}: its file cannot be opened: "
                                         f"{_one_line(exc, record.path)}") from exc
         lock = threading.Lock() if isinstance(slide, openslide.ImageSlide) else None
-        return _Open(signature, slide, generator, lock)
+        return _Open(stamp, slide, generator, lock)
 
     def _drop(self, slide_id: int) -> None:
         with self._open_lock:
@@ -507,16 +510,16 @@ class ViewerService:
         gen = entry.generator
         width, height = gen.level_dimensions[-1]
         return DziDescriptor(record.id, int(width), int(height), self.settings.tile_size, self.settings.overlap, fmt,
-                             gen.level_count, gen.get_dzi(fmt), f'"dzi-{entry.signature}-{fmt}"')
+                             gen.level_count, gen.get_dzi(fmt), f'"dzi-{entry.stamp}-{fmt}"')
 
     def tile_etag(self, slide_id: int, level: int, col: int, row: int, fmt: str) -> str:
         """The ETag a tile will have (cheap: no pixels read); NotFoundError for an address outside the slide."""
         entry, _ = self._checked(slide_id, level, col, row, fmt)
-        return self._etag(entry.signature, level, col, row, fmt)
+        return self._etag(entry.stamp, level, col, row, fmt)
 
-    def _etag(self, signature: str, level: int, col: int, row: int, fmt: str) -> str:
+    def _etag(self, stamp: str, level: int, col: int, row: int, fmt: str) -> str:
         quality = self.settings.jpeg_quality if fmt == "jpeg" else 0
-        return f'"{signature}-{level}-{col}-{row}-q{quality}.{fmt}"'
+        return f'"{stamp}-{level}-{col}-{row}-q{quality}.{fmt}"'
 
     def _checked(self, slide_id: int, level: int, col: int, row: int, fmt: str) -> tuple[_Open, _Record]:
         if fmt not in FORMATS:
@@ -533,9 +536,9 @@ class ViewerService:
 
     def tile(self, slide_id: int, level: int, col: int, row: int, fmt: str = "jpeg") -> TileImage:
         entry, record = self._checked(slide_id, level, col, row, fmt)
-        etag = self._etag(entry.signature, level, col, row, fmt)
+        etag = self._etag(entry.stamp, level, col, row, fmt)
         quality = self.settings.jpeg_quality if fmt == "jpeg" else 0
-        relative = f"dzi/{record.id}/{entry.signature}/{level}/{col}_{row}_q{quality}.{fmt}"
+        relative = f"dzi/{record.id}/{entry.stamp}/{level}/{col}_{row}_q{quality}.{fmt}"
         data = self.cache.get(relative)
         if data is not None:
             return TileImage(data, FORMATS[fmt], etag, True)
@@ -659,7 +662,7 @@ class ViewerService:
         left, right = self.patient(query), self.patient(hit)
         matched = self.service.searcher.tile_pairs(query, hit, pairs)
         note = None
-        out: list[TilePair] = []
+        out: list[ComparedTiles] = []
         if matched is None:
             note = "no matching tile pairs: one of the two patients has no slide artifacts (imported vectors)"
         else:
@@ -671,7 +674,7 @@ class ViewerService:
                          float("nan"), tile_um)
                 h = _box(h_by_name.get(pair.hit_slide), pair.hit_slide, pair.hit_x_um, pair.hit_y_um,
                          float("nan"), tile_um)
-                out.append(TilePair(i + 1, float(pair.similarity), _with_attention(q, left.selected), _with_attention(h, right.selected)))
+                out.append(ComparedTiles(i + 1, float(pair.similarity), _with_attention(q, left.selected), _with_attention(h, right.selected)))
         return CompareView(left, right, out, note)
 
 
