@@ -39,6 +39,8 @@ import numpy as np
 from eagle_index.errors import InputError, NotFoundError
 from eagle_index.formats.suffixes import IMAGE_SUFFIXES
 from eagle_index.limits import MAX_K
+from eagle_index.region_queries import (AnnotationQuery, BoxQuery, ImageQuery, PointQuery, QueryToken, RegionQuery,
+                                        TileRankQuery, as_int, region_query)
 from eagle_index.store import tiles_repo
 from eagle_index.store.validation import l2_normalized
 
@@ -212,10 +214,11 @@ class RegionSearchService:
         return [{"signature": s.signature, "dim": s.dim, "count": s.count, "generation": s.generation} for s in tiles_repo.tile_sets(self.catalog)]
 
     # -- queries --------------------------------------------------------------------------------
-    def search(self, query: dict, k: int = 20, per_patient: int = 3, filters=None, include_same_patient: bool = False,
-               image: Path | None = None, mpp: float | None = None) -> RegionSearchResult:
-        """Region search; `query` is one of {"patient", "tile"}, {"slide" (name or id), "x_um", "y_um"},
-        {"slide", "box": [x, y, w, h]}, or {} with `image` (a file; `mpp` µm/px unless it records one)."""
+    def search(self, query: dict | RegionQuery | None, k: int = 20, per_patient: int = 3, filters=None,
+               include_same_patient: bool = False, image: Path | None = None, mpp: float | None = None) -> RegionSearchResult:
+        """Region search; `query` is a typed query (`region_queries`) or its JSON shape: {"patient", "tile"},
+        {"slide" (name or id), "x_um", "y_um"}, {"slide", "box": [x, y, w, h]}, {"slide", "annotation"},
+        or {} with `image` (a file; `mpp` µm/px unless it records one)."""
         from eagle_index.search import SearchFilters
 
         if not 1 <= int(k) <= MAX_K:
@@ -223,47 +226,41 @@ class RegionSearchService:
         if int(per_patient) < 1:
             raise InputError(f"per-patient must be at least 1, got {per_patient}")
         filters = filters or SearchFilters()
+        typed = region_query(query, image, mpp)
         if not self._backfilled:  # later slides are stored with their tiles by re-aggregation
             self.backfill()
-        query = dict(query or {})
-        if image is not None:
-            if query:
-                raise InputError("give either an image or a stored tile/region query, not both")
-            token, signature, info, notes = self._image_query(Path(image), mpp)
-            query_pid = None
-        else:
-            token, signature, info, query_pid, notes = self._stored_query(query)
-        tiles = self._top_tiles(token, signature, int(k), int(per_patient), filters, query_pid, include_same_patient)
-        info["signature"] = signature
-        return RegionSearchResult(query=info, patients=tiles, filters=filters.as_dict(), notes=notes)
+        encoded = self._query_token(typed)
+        tiles = self._top_tiles(encoded.token, encoded.signature, int(k), int(per_patient), filters, encoded.patient_id,
+                                include_same_patient)
+        info = {**encoded.info, "signature": encoded.signature}
+        return RegionSearchResult(query=info, patients=tiles, filters=filters.as_dict(), notes=encoded.notes)
 
-    def _stored_query(self, query: dict):
-        keys = set(query)
-        if keys == {"patient", "tile"}:
-            patient, rank = str(query["patient"]), _int(query["tile"], "tile")
-            pid = self.catalog.patient_ids([patient]).get(patient)
-            if pid is None:
-                raise NotFoundError(f"unknown patient {patient!r}")
-            rows = [r for r in tiles_repo.patient_tiles(self.catalog, pid) if r.patient_rank == rank]
-            if not rows:
-                n = sum(r.patient_rank is not None for r in tiles_repo.patient_tiles(self.catalog, pid))
-                raise NotFoundError(f"patient {patient!r} has no stored tile #{rank}"
-                                    + (f" (it has {n} selected tiles, ranks 1-{n})" if n else " (no slides embedded by this catalog)"))
-            row = self._preferred(rows)
-            ids, sigs, raw = tiles_repo.load_tokens_by_id(self.catalog, [row.id])
-            return raw[0], sigs[0], {"patient": patient, "tile": rank, **_row_facts(row)}, pid, []
-        if "annotation" in keys:
-            if not keys <= {"slide", "slide_id", "annotation"}:
-                raise InputError("an annotation query takes the slide and the annotation (name or id) only")
+    def _query_token(self, query: RegionQuery) -> QueryToken:
+        if isinstance(query, ImageQuery):
+            return self._image_query(query.path, query.mpp)
+        if isinstance(query, TileRankQuery):
+            return self._tile_rank_query(query)
+        if isinstance(query, AnnotationQuery):
             return self._annotation_query(query)
-        if not keys & {"slide", "slide_id"}:
-            raise InputError("give one query: patient + tile, slide + x_um + y_um, slide + box, or an image")
-        slide = self._slide(query.get("slide"), query.get("slide_id"))
-        if keys <= {"slide", "slide_id", "x_um", "y_um"} and "x_um" in keys and "y_um" in keys:
-            return self._point_query(slide, _float(query["x_um"], "x_um"), _float(query["y_um"], "y_um"))
-        if keys <= {"slide", "slide_id", "box"} and "box" in keys:
-            return self._box_query(slide, query["box"])
-        raise InputError("give one query: patient + tile, slide + x_um + y_um, slide + box, or an image")
+        slide = self._slide(query.slide.name, query.slide.slide_id)
+        if isinstance(query, PointQuery):
+            return self._point_query(slide, query.x_um, query.y_um)
+        assert isinstance(query, BoxQuery)
+        return self._box_query(slide, query.box)
+
+    def _tile_rank_query(self, query: TileRankQuery) -> QueryToken:
+        patient, rank = query.patient, query.tile
+        pid = self.catalog.patient_ids([patient]).get(patient)
+        if pid is None:
+            raise NotFoundError(f"unknown patient {patient!r}")
+        rows = [r for r in tiles_repo.patient_tiles(self.catalog, pid) if r.patient_rank == rank]
+        if not rows:
+            n = sum(r.patient_rank is not None for r in tiles_repo.patient_tiles(self.catalog, pid))
+            raise NotFoundError(f"patient {patient!r} has no stored tile #{rank}"
+                                + (f" (it has {n} selected tiles, ranks 1-{n})" if n else " (no slides embedded by this catalog)"))
+        row = self._preferred(rows)
+        ids, sigs, raw = tiles_repo.load_tokens_by_id(self.catalog, [row.id])
+        return QueryToken(raw[0], sigs[0], {"patient": patient, "tile": rank, **_row_facts(row)}, pid)
 
     @staticmethod
     def _preferred(rows):
@@ -271,7 +268,7 @@ class RegionSearchService:
 
     def _slide(self, name, slide_id):
         if slide_id is not None:
-            return tiles_repo.slide_info(self.catalog, _int(slide_id, "slide_id"))
+            return tiles_repo.slide_info(self.catalog, as_int(slide_id, "slide_id"))
         if name is None or str(name).strip() == "":
             raise InputError("a slide name (or slide_id) is required")
         if isinstance(name, int) or str(name).isdigit() and not tiles_repo.slides_named(self.catalog, str(name)):
@@ -284,7 +281,7 @@ class RegionSearchService:
             raise InputError(f"slide name {name!r} matches {len(done)} slides (patients {', '.join(s.patient for s in done)}): give slide_id")
         return done[0]
 
-    def _point_query(self, slide, x_um: float, y_um: float):
+    def _point_query(self, slide, x_um: float, y_um: float) -> QueryToken:
         tile_um = self.service.settings.tiling.tile_um
         stored = tiles_repo.slide_tiles(self.catalog, slide.id)
         inside = [(r, sig) for r, sig in stored if r.x_um - 1 <= x_um < r.x_um + tile_um and r.y_um - 1 <= y_um < r.y_um + tile_um]
@@ -294,27 +291,24 @@ class RegionSearchService:
             signature = preferred if preferred in sigs else max(sigs, key=lambda s: tiles_repo.tile_set(self.catalog, s).count)
             row = min((r for r, sig in inside if sig == signature), key=lambda r: abs(r.x_um - x_um) + abs(r.y_um - y_um))
             _, _, raw = tiles_repo.load_tokens_by_id(self.catalog, [row.id])
-            return raw[0], signature, {"slide": slide.name, "slide_id": slide.id, "x_um": row.x_um, "y_um": row.y_um,
-                                       "patient": slide.patient, "stored_tile": True, **_row_facts(row)}, slide.patient_id, []
+            return QueryToken(raw[0], signature, {"slide": slide.name, "slide_id": slide.id, "x_um": row.x_um, "y_um": row.y_um,
+                                                  "patient": slide.patient, "stored_tile": True, **_row_facts(row)}, slide.patient_id)
         # not a stored candidate: the grid tile containing the point, read from the slide file and encoded
         col, row_ = math.floor(x_um / tile_um), math.floor(y_um / tile_um)
         box = (col * tile_um, row_ * tile_um, tile_um, tile_um)
-        token, signature, info, pid, notes = self._box_query(slide, list(box), point=(x_um, y_um))
-        notes.insert(0, f"({x_um:.0f}, {y_um:.0f}) µm is on none of the slide's stored tiles: the grid tile containing it was encoded")
-        info.update({"x_um": box[0], "y_um": box[1], "stored_tile": False})
-        info.pop("box", None)
-        return token, signature, info, pid, notes
+        encoded = self._box_query(slide, box, point=(x_um, y_um))
+        encoded.notes.insert(0, f"({x_um:.0f}, {y_um:.0f}) µm is on none of the slide's stored tiles: the grid tile containing it was encoded")
+        encoded.info.update({"x_um": box[0], "y_um": box[1], "stored_tile": False})
+        encoded.info.pop("box", None)
+        return encoded
 
-    def _box_query(self, slide, box, point: tuple[float, float] | None = None):
+    def _box_query(self, slide, box: tuple[float, float, float, float], point: tuple[float, float] | None = None) -> QueryToken:
         """A box of a slide read and encoded; for a point query (`point`), the box is the grid tile containing
         the point, and errors speak of the point the user gave."""
         from eagle_index.slides import open_slide, read_tiles
 
         asked = f"point ({point[0]:.0f}, {point[1]:.0f}) µm" if point is not None else None
-
-        if not isinstance(box, (list, tuple)) or len(box) != 4:
-            raise InputError("box must be X_UM,Y_UM,W_UM,H_UM")
-        x, y, w, h = (_float(v, "box") for v in box)
+        x, y, w, h = box
         settings = self.service.settings
         tile_um, tile_px = settings.tiling.tile_um, settings.tiling.tile_px
         if w < tile_um - 1e-6 or h < tile_um - 1e-6:
@@ -340,7 +334,7 @@ class RegionSearchService:
         token, signature, notes, used = self._encode_region(pixels, "box" if point is None else "region around the point")
         info = {"slide": slide.name, "slide_id": slide.id, "patient": slide.patient, "box": [x, y, w, h],
                 "tiles": used, "grid": [cols, rows]}
-        return token, signature, info, slide.patient_id, notes
+        return QueryToken(token, signature, info, slide.patient_id, notes)
 
     def _encode_region(self, pixels: np.ndarray, what: str):
         """Tiles read from a slide region -> (mean class token, signature, notes, tiles used): background tiles
@@ -357,7 +351,7 @@ class RegionSearchService:
         signature = self._models_signature(required=True)
         return self._encode(pixels), signature, notes, len(pixels)
 
-    def _annotation_query(self, query: dict):
+    def _annotation_query(self, query: AnnotationQuery) -> QueryToken:
         """An annotation of a slide: a point (Point) is a point query; an area (rectangle, polygon with holes,
         multipolygon) reads the tile grid over its bounding box (whole tiles centred in it, as a box query lays
         them) and averages the tissue tiles whose centre lies inside the area, at most MAX_ANNOTATION_TILES
@@ -367,11 +361,10 @@ class RegionSearchService:
         from eagle_index.store import annotations_repo
 
         annotations = self.service.annotations
-        slide_ref = query.get("slide", query.get("slide_id"))
-        if slide_ref is not None:
-            row = annotations.find(slide_ref, query["annotation"])
+        if query.slide is not None:
+            row = annotations.find(query.slide, query.annotation)
         else:
-            row = annotations_repo.get(self.catalog, _int(query["annotation"], "annotation"))
+            row = annotations_repo.get(self.catalog, as_int(query.annotation, "annotation"))
         slide = annotations.slide_of(row)
         label = f"annotation {row.id}" + (f" ({row.name!r})" if row.name else "")
         facts = {"id": row.id, "name": row.name, "class_name": row.class_name, "shape": row.shape}
@@ -410,15 +403,15 @@ class RegionSearchService:
                     xs, ys = xs[pick], ys[pick]
                 pixels = read_tiles(handle, xs.tolist(), ys.tolist(), settings.tiling)
         if pixels is None:
-            token, signature, info, pid, notes = self._point_query(slide, px * mpp, py * mpp)
-            info["annotation"] = facts
-            return token, signature, info, pid, notes
+            encoded = self._point_query(slide, px * mpp, py * mpp)
+            encoded.info["annotation"] = facts
+            return encoded
         token, signature, notes, used = self._encode_region(pixels, "annotation")
         info = {"slide": slide.name, "slide_id": slide.id, "patient": slide.patient, "annotation": facts,
                 "bbox_um": [x0, y0, w, h], "tiles": used, "grid": [cols, rows]}
-        return token, signature, info, slide.patient_id, notes_cap + notes
+        return QueryToken(token, signature, info, slide.patient_id, notes_cap + notes)
 
-    def _image_query(self, path: Path, mpp: float | None):
+    def _image_query(self, path: Path, mpp: float | None) -> QueryToken:
         from eagle_index.slides import keep_tiles
 
         if not path.is_file():  # is_file() is True only for regular files: a FIFO is never opened
@@ -445,7 +438,8 @@ class RegionSearchService:
             notes.append("no tile of the image passes the tissue rule: all of them were used")
         signature = self._models_signature(required=True)
         token = self._encode(tiles)
-        return token, signature, {"image": path.name, "mpp": mpp, "mpp_source": source, "tiles": len(tiles), **facts}, notes
+        return QueryToken(token, signature, {"image": path.name, "mpp": mpp, "mpp_source": source, "tiles": len(tiles), **facts},
+                          None, notes)
 
     def _models_signature(self, required: bool) -> str | None:
         """The loaded models' signature, which must be one the archive's tiles were made with."""
@@ -569,26 +563,3 @@ def _row_facts(row) -> dict:
     return {"slide": row.slide, "slide_id": row.slide_id, "x_um": row.x_um, "y_um": row.y_um, "patient_rank": row.patient_rank,
             "attention": row.attention}
 
-
-def _int(value, name: str) -> int:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        out = int(value)
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return out
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be an integer, got {value!r}") from None
-
-
-def _float(value, name: str) -> float:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        out = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(out):
-        raise InputError(f"{name} must be finite, got {value!r}")
-    return out

@@ -198,6 +198,12 @@ def test_box_and_image_queries_encode_with_the_archive_models(world, tmp_path):
     # a box that is exactly a stored tile reads the very pixels the tile was embedded from
     boxed = service.regions.search({"slide": "PB-B1", "box": [x, y, TILE, TILE]}, k=1, per_patient=1, include_same_patient=True)
     assert boxed.query["tiles"] == 1 and boxed.patients[0].patient == "PB"
+    # the typed query is the same search as its JSON shape
+    from eagle_index.region_queries import BoxQuery, SlideRef, TileRankQuery
+
+    typed = service.regions.search(BoxQuery(SlideRef("PB-B1"), (x, y, TILE, TILE)), k=1, per_patient=1, include_same_patient=True)
+    assert typed.as_dict() == boxed.as_dict()
+    assert service.regions.search(TileRankQuery("PB", 1), k=1, per_patient=1, include_same_patient=True).as_dict() == rows.as_dict()
     assert boxed.patients[0].score == pytest.approx(1.0, abs=1e-4)
     # the same tile as a PNG at 1 µm/px (448 px): resampled to 2 µm/px with the pipeline's filter
     with open_slide(world["slides"]["B"], settings=service.settings.tiling) as slide:
