@@ -55,3 +55,19 @@ class ModelError(EagleIndexError):
     """Model weights missing, with the wrong digest, or not matching the architecture."""
 
     exit_code = 5
+
+
+def is_interrupt(exc: BaseException | None) -> bool:
+    """Whether `exc` is Ctrl-C. DuckDB notices the signal first when it lands during a query and
+    fails the query instead ("Query interrupted": a RuntimeError through duckdb_engine, an
+    InterruptException from duckdb, either possibly wrapped by SQLAlchemy), so the front ends
+    must read that as the interrupt it is, never as an internal error."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "InterruptException":
+            return True
+        if isinstance(exc, RuntimeError) and str(exc).strip() == "Query interrupted":
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return False

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from eagle_index.errors import EagleIndexError
+from eagle_index.errors import EagleIndexError, is_interrupt
 
 app = typer.Typer(
     name="eagle-index",
@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback on request
         from eagle_index.config import debug_tracebacks
 
+        if is_interrupt(exc):  # Ctrl-C that DuckDB caught first: it failed its query
+            typer.echo("error: interrupted", err=True)
+            sys.exit(130)
         if debug_tracebacks():
             raise
         typer.echo(f"error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "

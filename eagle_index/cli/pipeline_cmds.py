@@ -11,7 +11,7 @@ import typer
 from eagle_index.cli.progress import slide_progress
 from eagle_index.cli.options import (DataDirOpt, DeviceOpt, JsonOpt, ModelsOpt, PrecisionOpt, ReadWorkersOpt, WeightsDirOpt,
                                      output_file, settings_from)
-from eagle_index.errors import InputError
+from eagle_index.errors import InputError, is_interrupt
 
 MppOpt = Annotated[Optional[float], typer.Option("--mpp", help="Override the slides' µm per pixel (level 0).")]
 
@@ -90,7 +90,9 @@ def register(app: typer.Typer) -> None:
         try:
             with EagleService(settings) as service, slide_progress(not as_json) as tick:
                 report = service.ingest(paths, patient, slide_table, mpp, progress=tick)
-        except KeyboardInterrupt:  # Ctrl-C: say so (typer would exit 130 in silence), like backfill
+        except (KeyboardInterrupt, Exception) as exc:  # Ctrl-C: say so (typer would exit 130 in silence), like backfill
+            if not is_interrupt(exc):
+                raise
             typer.echo("interrupted: the slides stored so far are kept; run the same command again to resume "
                        "(stored slides are skipped)", err=True)
             raise typer.Exit(130) from None
