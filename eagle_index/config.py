@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from eagle_index.model_names import MODEL_IDS, PRESETS
 
@@ -40,6 +40,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 ENV_DCT_DECODE = "EAGLE_INDEX_DCT_DECODE"
 ENV_SEARCH_BATCH_MS = "EAGLE_INDEX_SEARCH_BATCH_MS"
+ENV_INDEX_TYPE = "EAGLE_INDEX_INDEX_TYPE"  # the FAISS index type of every patient and tile index
 ENV_LEAN_ABOVE = "EAGLE_INDEX_LEAN_ABOVE"  # issue 20 item 2: 'auto' indexes go memory-lean above this many vectors
 ENV_READ_LEASE = "EAGLE_INDEX_READ_LEASE_S"  # issue 24 item 3: how long a slide's reads may take
 ENV_READ_LEASE_PER_GB = "EAGLE_INDEX_READ_LEASE_PER_GB_S"
@@ -102,8 +103,9 @@ class IndexSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["auto", "flat", "ivf", "hnsw", "lean"] = Field(
-        "auto", description="flat: exact; ivf: IVF + 4-bit PQ + exact re-ranking; hnsw; lean: IVF + 4-bit PQ codes in RAM, "
+    # the index *type*: "kind" names a vector kind (eagle, chief, ...) everywhere else; still accepted here
+    type: Literal["auto", "flat", "ivf", "hnsw", "lean"] = Field(
+        "auto", validation_alias=AliasChoices("type", "kind"), description="flat: exact; ivf: IVF + 4-bit PQ + exact re-ranking; hnsw; lean: IVF + 4-bit PQ codes in RAM, "
         "exact re-ranking from float16 vectors memory-mapped from disk (store/lean_index.py); auto: flat, ivf above "
         "approximate_above, lean above lean_above")
     approximate_above: int = Field(50_000, ge=1, description="'auto' switches from exact to IVF above this many vectors")
@@ -258,6 +260,12 @@ def _environment() -> dict[str, Any]:
             index["search_batch_ms"] = IndexSettings(search_batch_ms=float(raw)).search_batch_ms
         except (ValueError, ValidationError):
             raise _env_error(ENV_SEARCH_BATCH_MS, raw, "milliseconds from 0 (off) to 100") from None
+    raw = env.get(ENV_INDEX_TYPE, "").strip()
+    if raw:
+        try:
+            index["type"] = IndexSettings(type=raw.lower()).type
+        except (ValueError, ValidationError):
+            raise _env_error(ENV_INDEX_TYPE, raw, "one of auto, flat, ivf, hnsw, lean") from None
     raw = env.get(ENV_LEAN_ABOVE, "").strip()
     if raw:
         try:

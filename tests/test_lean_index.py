@@ -98,7 +98,7 @@ def test_patient_store_builds_reopens_and_follows_commits_with_the_lean_index(tm
     from eagle_index.service import EagleService
 
     vectors = clustered_vectors(3000, 32, seed=7, clusters=20)
-    settings = Settings(data_dir=tmp_path / "data", index=IndexSettings(kind="auto", lean_above=1000, ivf_nlist=16))
+    settings = Settings(data_dir=tmp_path / "data", index=IndexSettings(type="auto", lean_above=1000, ivf_nlist=16))
     with EagleService(settings) as service:
         ids = _store_vectors(service, [f"P{i:05d}" for i in range(2500)], vectors[:2500])
         loaded = service.vectors.get("eagle", "sig")
@@ -148,7 +148,7 @@ def test_tile_index_uses_the_lean_type_and_follows_a_patient_change(tmp_path):
     rng = np.random.default_rng(3)
     dim, per = 32, 25
     tokens = clustered_vectors(60 * per + per, dim, seed=9, clusters=12)
-    settings = Settings(data_dir=tmp_path / "data", index=IndexSettings(kind="lean", ivf_nlist=16))
+    settings = Settings(data_dir=tmp_path / "data", index=IndexSettings(type="lean", ivf_nlist=16))
     with EagleService(settings) as service:
         def candidates(name, rows, y=0.0):
             n = len(rows)
@@ -196,7 +196,7 @@ def test_lean_above_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("EAGLE_INDEX_LEAN_ABOVE", "5000000")
     monkeypatch.setenv("EAGLE_INDEX_SEARCH_BATCH_MS", "2")
     index = Settings.load().index
-    assert (index.lean_above, index.search_batch_ms, index.kind) == (5_000_000, 2.0, "auto")
+    assert (index.lean_above, index.search_batch_ms, index.type) == (5_000_000, 2.0, "auto")
     assert Settings().index.lean_above is None  # opt-in: only the variable (or a Settings field) turns it on
     monkeypatch.setenv("EAGLE_INDEX_LEAN_ABOVE", "0")
     with pytest.raises(InputError, match="^EAGLE_INDEX_LEAN_ABOVE='0': expected "):

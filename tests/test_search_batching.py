@@ -31,7 +31,7 @@ THREADS = 6
 def _service(tmp_path, index_type: str):
     from eagle_index.service import EagleService
 
-    settings = Settings(data_dir=tmp_path / "data", index=IndexSettings(kind=index_type, ivf_nlist=16, ivf_nprobe=4))
+    settings = Settings(data_dir=tmp_path / "data", index=IndexSettings(type=index_type, ivf_nlist=16, ivf_nprobe=4))
     return EagleService(settings)
 
 

@@ -4,6 +4,8 @@ Exact brute force (numpy) is the oracle for the approximate indexes.
 """
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,7 +104,7 @@ def test_auto_switches_to_ivf_above_the_threshold():
     settings = IndexSettings(approximate_above=1000)
     assert choose_index_type(settings, 1000) == "flat"
     assert choose_index_type(settings, 1001) == "ivf"
-    assert choose_index_type(IndexSettings(kind="hnsw"), 10) == "hnsw"
+    assert choose_index_type(IndexSettings(type="hnsw"), 10) == "hnsw"
 
 
 def _store_vectors(service, vectors, kind="eagle", signature="sig"):
@@ -120,7 +122,7 @@ def _store_vectors(service, vectors, kind="eagle", signature="sig"):
 def test_store_records_the_index_it_built_and_searches_it(tmp_path, kind, count, expected):
     from eagle_index.service import EagleService
 
-    index_settings = IndexSettings(kind=kind, approximate_above=500, ivf_nlist=16)  # 16 lists train on >= 624 vectors
+    index_settings = IndexSettings(type=kind, approximate_above=500, ivf_nlist=16)  # 16 lists train on >= 624 vectors
     settings = Settings(data_dir=tmp_path / "data", index=index_settings)
     vectors = clustered_vectors(count, 16, seed=4, clusters=20)
     with EagleService(settings) as service:
@@ -139,3 +141,32 @@ def test_store_records_the_index_it_built_and_searches_it(tmp_path, kind, count,
         recall = np.mean([len(set(f) & set(t)) / 5 for f, t in zip(found, truth)])
         assert recall >= 0.9
         assert all(f[0] == i for f, i in zip(found, ids[:20]))  # each stored vector finds itself first
+
+
+def test_index_type_is_named_type_and_the_old_spelling_still_reads():
+    assert IndexSettings(type="lean").type == "lean"
+    assert IndexSettings(kind="hnsw").type == "hnsw"  # configs written before the rename
+    assert "kind" not in IndexSettings().model_dump()
+
+
+def test_the_index_type_comes_from_the_environment_and_reindex_builds_it(tmp_path, monkeypatch):
+    """A user picks the index type without Python: EAGLE_INDEX_INDEX_TYPE, then `reindex --force`."""
+    import subprocess
+    import sys
+
+    from eagle_index.errors import InputError
+    from eagle_index.service import EagleService
+
+    with EagleService(Settings(data_dir=tmp_path / "data")) as service:
+        _store_vectors(service, clustered_vectors(40, 16, seed=5, clusters=4))
+        assert service.vectors.get("eagle", "sig").index_type == "flat"
+    monkeypatch.setenv("EAGLE_INDEX_INDEX_TYPE", "HNSW")
+    assert Settings.load().index.type == "hnsw"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-m", "eagle_index", "reindex", "--force", "--json", "--data-dir", str(tmp_path / "data")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert {e["kind"]: e["index_type"] for e in json.loads(run.stdout)}["eagle"] == "hnsw"
+    monkeypatch.setenv("EAGLE_INDEX_INDEX_TYPE", "fast")
+    with pytest.raises(InputError, match="^EAGLE_INDEX_INDEX_TYPE='fast': expected one of auto, flat, ivf, hnsw, lean$"):
+        Settings.load()

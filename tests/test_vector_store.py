@@ -149,7 +149,7 @@ def test_forced_reindex_swaps_the_rebuilt_index_in(service):
     names, _ = _put(service, n=12)
     before = service.vectors.get("eagle", "sig")
     assert before.index_type == "flat"
-    service.vectors.settings = IndexSettings(kind="hnsw")
+    service.vectors.settings = IndexSettings(type="hnsw")
     (entry,) = [e for e in service.reindex(force=True) if e["kind"] == "eagle"]
     assert entry["index_type"] == "hnsw" and entry["count"] == 12
     after = service.vectors.get("eagle", "sig")

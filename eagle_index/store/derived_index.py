@@ -62,8 +62,8 @@ IVF_MIN_LISTS, IVF_MAX_LISTS = 16, 65_536
 
 
 def choose_index_type(settings: IndexSettings, count: int) -> str:
-    if settings.kind != "auto":
-        return settings.kind
+    if settings.type != "auto":
+        return settings.type
     if settings.lean_above is not None and count > settings.lean_above:
         return "lean"
     return "ivf" if count > settings.approximate_above else "flat"
