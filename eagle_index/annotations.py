@@ -20,12 +20,8 @@ MAX_TEXT = 200  # name and class name length
 
 
 class AnnotationService:
-    def __init__(self, service):
-        self.service = service
-
-    @property
-    def catalog(self):
-        return self.service.catalog
+    def __init__(self, catalog):
+        self.catalog = catalog
 
     # -- slides ---------------------------------------------------------------------------------
     def slide(self, slide):

@@ -141,12 +141,8 @@ def duplicate_groups(pairs: list[tuple[int, int, float]]) -> list[list[int]]:
 class CohortService:
     """Cohort operations; front ends call it through `EagleService.cohorts`."""
 
-    def __init__(self, service):
-        self.service = service
-
-    @property
-    def catalog(self):
-        return self.service.catalog
+    def __init__(self, settings, catalog, vectors):
+        self.settings, self.catalog, self.vectors = settings, catalog, vectors
 
     # -- definitions and members -------------------------------------------------------------
     def create(self, name: str, definition: CohortDefinition | dict | None = None, replace: bool = False, **fields) -> dict:
@@ -403,7 +399,7 @@ class CohortService:
             chunk_ids, raw = self.catalog.load_vectors(kind, signature, ids[start:start + LOAD_CHUNK])
             pending, k = np.arange(len(chunk_ids)), 16
             while len(pending):
-                hit_ids, hit_scores = self.service.vectors.search(kind, signature, raw[pending], min(k, total))
+                hit_ids, hit_scores = self.vectors.search(kind, signature, raw[pending], min(k, total))
                 again = []
                 for row, h_ids, h_scores in zip(pending, hit_ids, hit_scores):
                     if len(h_scores) and h_scores[-1] >= threshold and k < total:
@@ -430,7 +426,7 @@ class CohortService:
         digest.update(np.asarray(ids, np.int64).tobytes())
         digest.update(np.ascontiguousarray(raw, np.float32).tobytes())
         digest.update(json.dumps({"method": method, "signature": signature, **params}, sort_keys=True).encode())
-        path = self.service.settings.data_dir / "cache" / "umap" / f"{_safe(name)}-{_safe(kind)}-{digest.hexdigest()[:16]}.npz"
+        path = self.settings.data_dir / "cache" / "umap" / f"{_safe(name)}-{_safe(kind)}-{digest.hexdigest()[:16]}.npz"
         cached = path.is_file()
         if cached:
             with np.load(path, allow_pickle=False) as saved:

@@ -122,13 +122,9 @@ class TrainingJob:
 
 
 class ProbeService:
-    def __init__(self, service):
-        self.service = service
-        self.repo = ProbeRepo(service.catalog)
-
-    @property
-    def catalog(self):
-        return self.service.catalog
+    def __init__(self, catalog):
+        self.catalog = catalog
+        self.repo = ProbeRepo(catalog)
 
     # -- data ----------------------------------------------------------------------------
     def _vector_set(self, kind: str | None, signature: str | None):

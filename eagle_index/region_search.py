@@ -166,25 +166,24 @@ def image_tiles(rgb: np.ndarray, mpp: float, target_mpp: float, tile_px: int, so
 
 # -- the service -------------------------------------------------------------------------------
 class RegionSearchService:
-    def __init__(self, service):
-        self.service = service
+    def __init__(self, settings, catalog, searcher, annotations, query_models):
+        """Collaborators, not the facade: patient search's filters (`searcher`), the slides' annotations and
+        `query_models(signatures)`, the models that encode a query."""
+        self.settings, self.catalog, self.searcher, self.annotations = settings, catalog, searcher, annotations
+        self._query_models = query_models
         self._backfilled = False  # slides from before revision 0005 are filled in once per process
-
-    @property
-    def catalog(self):
-        return self.service.catalog
 
     @cached_property
     def index(self):
         from eagle_index.store.tile_index import TileIndex
 
-        return TileIndex(self.service.settings.index_dir, self.catalog, self.service.settings.index)
+        return TileIndex(self.settings.index_dir, self.catalog, self.settings.index)
 
     # -- maintenance ------------------------------------------------------------------------------
     def backfill(self) -> int:
         """Store the tiles of slides embedded before tile tokens existed (from their artifacts); returns tiles stored."""
         stored = 0
-        top_k = self.service.settings.eagle.top_k
+        top_k = self.settings.eagle.top_k
         for pid in tiles_repo.patients_missing_tiles(self.catalog):
             stored += self.catalog.write(lambda session, p=pid: tiles_repo.sync_patient_from_artifacts(session, p, top_k))
         if stored:
@@ -282,7 +281,7 @@ class RegionSearchService:
         return done[0]
 
     def _point_query(self, slide, x_um: float, y_um: float) -> QueryToken:
-        tile_um = self.service.settings.tiling.tile_um
+        tile_um = self.settings.tiling.tile_um
         stored = tiles_repo.slide_tiles(self.catalog, slide.id)
         inside = [(r, sig) for r, sig in stored if r.x_um - 1 <= x_um < r.x_um + tile_um and r.y_um - 1 <= y_um < r.y_um + tile_um]
         if inside:
@@ -309,7 +308,7 @@ class RegionSearchService:
 
         asked = f"point ({point[0]:.0f}, {point[1]:.0f}) µm" if point is not None else None
         x, y, w, h = box
-        settings = self.service.settings
+        settings = self.settings
         tile_um, tile_px = settings.tiling.tile_um, settings.tiling.tile_px
         if w < tile_um - 1e-6 or h < tile_um - 1e-6:
             raise InputError(f"box {w:.0f} × {h:.0f} µm is smaller than one tile; the minimum is {tile_um:.0f} × {tile_um:.0f} µm "
@@ -342,7 +341,7 @@ class RegionSearchService:
         from eagle_index.slides import keep_tiles
 
         notes: list[str] = []
-        tissue = keep_tiles(pixels, self.service.settings.tiling)
+        tissue = keep_tiles(pixels, self.settings.tiling)
         if tissue.any() and not tissue.all():
             notes.append(f"{int((~tissue).sum())} of {len(pixels)} tiles of the {what} are background (Canny rule) and were left out")
             pixels = pixels[tissue]
@@ -360,7 +359,7 @@ class RegionSearchService:
         from eagle_index.slides import open_slide, read_tiles
         from eagle_index.store import annotations_repo
 
-        annotations = self.service.annotations
+        annotations = self.annotations
         if query.slide is not None:
             row = annotations.find(query.slide, query.annotation)
         else:
@@ -373,7 +372,7 @@ class RegionSearchService:
             raise InputError(f"{label} is a {row.shape}: region search needs an area (rectangle, polygon) or one point")
         if not slide.path or not Path(slide.path).is_file():
             raise NotFoundError(f"slide {slide.name!r}: its file is not available here, so {label} cannot be read")
-        settings = self.service.settings
+        settings = self.settings
         tile_um = settings.tiling.tile_um
         with open_slide(Path(slide.path), mpp_override=slide.mpp, settings=settings.tiling) as handle:
             mpp = handle.require_mpp()
@@ -416,7 +415,7 @@ class RegionSearchService:
 
         if not path.is_file():  # is_file() is True only for regular files: a FIFO is never opened
             raise InputError(f"{path}: not a regular file" if path.exists() else f"{path}: file not found")
-        settings = self.service.settings
+        settings = self.settings
         source = "given"
         if mpp is None:
             mpp = image_resolution(path) if path.suffix.lower() in IMAGE_SUFFIXES else None
@@ -464,7 +463,7 @@ class RegionSearchService:
     def _models(self, sets=None):
         """The models that encode queries: the ones the archive's tiles were made with, unless --models says."""
         sets = tiles_repo.tile_sets(self.catalog) if sets is None else sets
-        return self.service.query_models(s.signature for s in sets)
+        return self._query_models(s.signature for s in sets)
 
     def _encode(self, tiles: np.ndarray) -> np.ndarray:
         tokens = np.asarray(self._models().virchow2.encode(tiles), dtype=np.float32)
@@ -483,11 +482,11 @@ class RegionSearchService:
         from eagle_index.store.tile_index import group_tiles
 
         query_name = self.catalog.external_ids([query_pid]).get(query_pid) if query_pid is not None else None
-        excluded = self.service.searcher.excluded_ids(filters, query_pid, query_name)
+        excluded = self.searcher.excluded_ids(filters, query_pid, query_name)
         if query_pid is not None and not include_same_patient:
             excluded.add(int(query_pid))
         excluded_arr = np.fromiter(excluded, np.int64, len(excluded))
-        allowed = allowed_ids(self.catalog, filters, self.service.settings.tiling.tile_um)
+        allowed = allowed_ids(self.catalog, filters, self.settings.tiling.tile_um)
         loaded = self.index.get(signature)
         token = l2_normalized(np.asarray(token, np.float32).reshape(1, -1))[0]
         if allowed is not None:
@@ -544,7 +543,7 @@ class RegionSearchService:
         labels = self.catalog.labels_of([pid for pid, _, _ in groups])
         names = self.catalog.external_ids([pid for pid, _, _ in groups])
         mpps = slide_mpps(self.catalog, [r.slide_id for r in rows.values()])
-        tile_um = self.service.settings.tiling.tile_um
+        tile_um = self.settings.tiling.tile_um
 
         def px(value: float, slide_id: int) -> float | None:
             mpp = mpps.get(slide_id)

@@ -398,14 +398,13 @@ class SearchService:
     exact_limit = 20_000  # allowed sets up to this many patients are searched exactly
     tiles_cache_size = 256  # patients whose top tiles (for explanations) stay in memory
 
-    def __init__(self, service):
-        self.service = service
+    def __init__(self, settings, catalog, vectors, query_models, embed, ingest):
+        """Collaborators, not the facade: the vector indexes, `query_models(signatures)` (the models that
+        encode a query), `embed(...)` (slides to vectors, no catalog) and `ingest(...)` (store=True slide queries)."""
+        self.settings, self.catalog, self.vectors = settings, catalog, vectors
+        self._query_models, self._embed, self._ingest = query_models, embed, ingest
         self._tiles_cache: OrderedDict[tuple[str, ...], PatientTiles | None] = OrderedDict()
         self._tiles_lock = threading.Lock()
-
-    @property
-    def catalog(self):
-        return self.service.catalog
 
     @property
     def reads(self):
@@ -443,7 +442,7 @@ class SearchService:
         IVF with exact re-ranking keep it; no SQL), else the catalog's raw vector (cached)."""
         try:
             with self.catalog.reading():  # never read an index while the writer changes it
-                return self.service.vectors.get(kind, signature).index.reconstruct(int(patient_id))
+                return self.vectors.get(kind, signature).index.reconstruct(int(patient_id))
         except (RuntimeError, KeyError, AttributeError):  # index kinds without stored vectors, or id absent
             return self.reads.vector(kind, signature, patient_id)
 
@@ -465,7 +464,7 @@ class SearchService:
         """
         kind = kind or self.catalog.default_kind()
         if store:
-            report = self.service.ingest(list(paths), patient=patient, mpp=mpp)
+            report = self._ingest(list(paths), patient=patient, mpp=mpp)
             if report.failed:
                 raise InputError(f"slide(s) failed: {'; '.join(f.file + ': ' + f.error for f in report.failed)}")
             names = [patient] if patient else list(report.patients)
@@ -474,14 +473,14 @@ class SearchService:
             if len(names) != 1:
                 raise InputError(f"these slides belong to {len(names)} patients ({', '.join(names)}); pass --patient")
             return self.search_patient(names[0], k, kind, None, filters, explain, vote, pairs)
-        models = self.service.query_models(s.signature for s in self.catalog.vector_sets() if s.kind == kind)
+        models = self._query_models(s.signature for s in self.catalog.vector_sets() if s.kind == kind)
         with tempfile.TemporaryDirectory(prefix="eagle-query-") as tmp:
-            embedded = self.service.embed(list(paths), patient=patient, artifacts_dir=Path(tmp) if explain else None, mpp=mpp,
+            embedded = self._embed(list(paths), patient=patient, artifacts_dir=Path(tmp) if explain else None, mpp=mpp,
                                           models=models)
             if len(embedded) != 1:
                 raise InputError(f"these slides belong to {len(embedded)} patients ({', '.join(sorted(embedded))}); pass --patient")
             name, vectors = next(iter(embedded.items()))
-            query_tiles = patient_tiles(sorted(Path(tmp).glob("*.h5")), self.service.settings.eagle.top_k) if explain else None
+            query_tiles = patient_tiles(sorted(Path(tmp).glob("*.h5")), self.settings.eagle.top_k) if explain else None
         by_kind = vectors.by_kind()
         if kind not in by_kind:
             raise InputError(f"slides give vectors of kind {', '.join(by_kind)}, not {kind!r}")
@@ -534,7 +533,7 @@ class SearchService:
         if query_id is not None:
             excluded.add(int(query_id))
         excluded_arr = np.fromiter(excluded, np.int64, len(excluded))
-        allowed = allowed_ids(self.catalog, filters, self.service.settings.tiling.tile_um)
+        allowed = allowed_ids(self.catalog, filters, self.settings.tiling.tile_um)
         if allowed is not None:
             candidates = np.setdiff1d(np.intersect1d(self.catalog.vector_ids(kind, signature),
                                                      np.fromiter(allowed, np.int64, len(allowed))), excluded_arr)
@@ -573,7 +572,7 @@ class SearchService:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         want = min(total, max(k, math.ceil(k * total / n_accept * 1.5)) + 8)
         while True:
-            ids, scores = self.service.vectors.search(kind, signature, query[None, :], want)
+            ids, scores = self.vectors.search(kind, signature, query[None, :], want)
             ids, scores = ids[0], scores[0]
             keep = accept(ids)
             if min_score is not None:
@@ -632,7 +631,7 @@ class SearchService:
                 self._tiles_cache.move_to_end(paths)
                 return self._tiles_cache[paths]
         try:
-            tiles = patient_tiles(list(paths), self.service.settings.eagle.top_k)
+            tiles = patient_tiles(list(paths), self.settings.eagle.top_k)
         except EagleIndexError as exc:
             log.warning("no explanation for patient id %d: %s", patient_id, exc)
             tiles = None
@@ -681,7 +680,7 @@ class SearchService:
 
     def allowed_ids(self, filters: SearchFilters) -> set[int] | None:
         """Patients the label, cohort and annotation filters allow (None: no such filter)."""
-        return allowed_ids(self.catalog, filters, self.service.settings.tiling.tile_um)
+        return allowed_ids(self.catalog, filters, self.settings.tiling.tile_um)
 
     def match_patients(self, patient: str, other: str, pairs: int = 5) -> tuple[TilePair, ...]:
         """The most similar tile pairs between two stored patients' selected tiles (with slide ids)."""

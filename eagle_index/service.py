@@ -99,19 +99,20 @@ class EagleService:
             self._query_models[preset] = load_models(self.settings.model_copy(update={"models": preset}))
         return self._query_models[preset]
 
-    # Topic services: each lives in its own module and gets this facade (catalog, vectors,
-    # models, settings) so the front ends still call one object.
+    # Topic services: each lives in its own module and gets only what it uses (the catalog, the
+    # vector indexes, settings, a sibling service, the query models as a function), never this
+    # facade, which the front ends still call as one object.
     @cached_property
     def searcher(self):
         from eagle_index.search import SearchService
 
-        return SearchService(self)
+        return SearchService(self.settings, self.catalog, self.vectors, self.query_models, self.embed, self.ingest)
 
     @cached_property
     def cohorts(self):
         from eagle_index.cohorts import CohortService
 
-        return CohortService(self)
+        return CohortService(self.settings, self.catalog, self.vectors)
 
     @cached_property
     def browse(self):
@@ -124,14 +125,14 @@ class EagleService:
     def probes(self):
         from eagle_index.probes import ProbeService
 
-        return ProbeService(self)
+        return ProbeService(self.catalog)
 
     @cached_property
     def viewer(self):
         """Deep Zoom tiles, overlays and the compare view of the slide viewer."""
         from eagle_index.viewer import ViewerService
 
-        return ViewerService(self)
+        return ViewerService(self.settings, self.catalog, self.searcher)
 
     @cached_property
     def media(self):
@@ -146,14 +147,14 @@ class EagleService:
         """Region search over stored tile tokens (eagle_index/region_search.py)."""
         from eagle_index.region_search import RegionSearchService
 
-        return RegionSearchService(self)
+        return RegionSearchService(self.settings, self.catalog, self.searcher, self.annotations, self.query_models)
 
     @cached_property
     def annotations(self):
         """Annotations of slides: QuPath GeoJSON in and out, the viewer's drawings (eagle_index/annotations.py)."""
         from eagle_index.annotations import AnnotationService
 
-        return AnnotationService(self)
+        return AnnotationService(self.catalog)
 
     def __enter__(self) -> "EagleService":
         return self

@@ -346,12 +346,14 @@ class TileCache:
 
 # -- the service -----------------------------------------------------------------------------------------
 class ViewerService:
-    def __init__(self, service):
-        self.service = service
-        self.settings = service.settings.viewer
+    def __init__(self, settings, catalog, searcher):
+        """`settings`: the whole Settings (viewer, tiling, data folder); `searcher`: the patients' selected
+        tiles and tile pairs (search.SearchService)."""
+        self.catalog, self.searcher, self._tiling = catalog, searcher, settings.tiling
+        self.settings = settings.viewer
         # One image cache, one cap (EAGLE_INDEX_TILE_CACHE_MB): Deep Zoom tiles (dzi/), and service.media's thumbnails
         # and tile images of slides (thumbnails/, tiles/) and of uploads (uploads/<id>/, dropped with the upload).
-        self.cache = TileCache(service.settings.data_dir / "cache", self.settings.cache_mb << 20, folders=CACHE_FOLDERS)
+        self.cache = TileCache(settings.data_dir / "cache", self.settings.cache_mb << 20, folders=CACHE_FOLDERS)
         self._open: OrderedDict[int, _Open] = OrderedDict()
         self._open_lock = threading.Lock()
         self._opening: dict[int, threading.Lock] = {}
@@ -361,10 +363,6 @@ class ViewerService:
         self._verified: dict[int, tuple[str, tuple, str | None]] = {}
         self._verified_lock = threading.Lock()
         self._hashing: dict[int, threading.Lock] = {}
-
-    @property
-    def catalog(self):
-        return self.service.catalog
 
     # -- slide lookup ---------------------------------------------------------------------------
     def _record(self, slide_id: int) -> _Record:
@@ -564,14 +562,14 @@ class ViewerService:
     # -- overlays ----------------------------------------------------------------------------------
     def _selected(self, patient_id: int, slides: list[_Record]) -> list[TileBox]:
         """The patient's selected tiles (rank order, same selection as its EAGLE vector)."""
-        tiles = self.service.searcher.stored_tiles(patient_id)
+        tiles = self.searcher.stored_tiles(patient_id)
         if tiles is None:
             return []
         by_name: dict[str, _Record] = {}
         for rec in slides:
             if rec.status == "done":
                 by_name.setdefault(rec.name, rec)
-        tile_um = self.service.settings.tiling.tile_um
+        tile_um = self._tiling.tile_um
         out = []
         for i, (name, x, y, a) in enumerate(zip(tiles.slide, tiles.x_um, tiles.y_um, tiles.attention)):
             rec = by_name.get(name)
@@ -621,7 +619,7 @@ class ViewerService:
                     f"show (search and labels still work)")
         elif not any(s.viewable for s in items):
             note = f"none of patient {external_id!r}'s slide files is available to this server: " + items[0].reason
-        return PatientViewer(external_id, items, selected, self.service.settings.tiling.tile_um, note,
+        return PatientViewer(external_id, items, selected, self._tiling.tile_um, note,
                              _attention_range([r for r, item in zip(slides, items) if item.viewable]))
 
     def overlays(self, slide_id: int) -> SlideOverlays:
@@ -630,7 +628,7 @@ class ViewerService:
 
         record = self._record(slide_id)
         dzi = self.dzi(slide_id).as_dict()
-        tile_um = self.service.settings.tiling.tile_um
+        tile_um = self._tiling.tile_um
         mpp = record.mpp
         selected = [b for b in self._selected(record.patient_id, self._patient_slides(record.patient_id))
                     if b.slide_id == record.id]
@@ -660,13 +658,13 @@ class ViewerService:
     def compare(self, query: str, hit: str, pairs: int = 10) -> CompareView:
         """Both patients' viewers and the explanation's matching tile pairs (the search service's)."""
         left, right = self.patient(query), self.patient(hit)
-        matched = self.service.searcher.tile_pairs(query, hit, pairs)
+        matched = self.searcher.tile_pairs(query, hit, pairs)
         note = None
         out: list[ComparedTiles] = []
         if matched is None:
             note = "no matching tile pairs: one of the two patients has no slide artifacts (imported vectors)"
         else:
-            tile_um = self.service.settings.tiling.tile_um
+            tile_um = self._tiling.tile_um
             q_by_name = {s.name: s for s in self._patient_slides(self._patient_id(query)) if s.status == "done"}
             h_by_name = {s.name: s for s in self._patient_slides(self._patient_id(hit)) if s.status == "done"}
             for i, pair in enumerate(matched):

@@ -140,3 +140,26 @@ def test_one_way_into_the_job_queue():
                  for folder in (ROOT / "eagle_index", ROOT / "web") for path in sorted(folder.rglob("*.py"))
                  if path not in allowed for line, text in _enqueue_calls(path)]
     assert not offenders, "\n".join(offenders)
+
+
+TOPIC_SERVICES = ("search", "viewer", "region_search", "cohorts", "probes", "annotations", "media")
+
+
+def _facade_uses(path: Path) -> list[tuple[int, str]]:
+    """Where a module keeps or passes the facade: `self.service`, or (in service.py) `self` as an argument."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = [(node.lineno, ast.unparse(node)) for node in ast.walk(tree)
+             if isinstance(node, ast.Attribute) and node.attr == "service" and isinstance(node.value, ast.Name)
+             and node.value.id == "self"]
+    if path.name == "service.py":
+        found += [(node.lineno, ast.unparse(node)) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                  and any(isinstance(arg, ast.Name) and arg.id == "self" for arg in [*node.args, *(k.value for k in node.keywords)])]
+    return found
+
+
+def test_topic_services_get_their_collaborators_not_the_facade():
+    """SearchService, ViewerService, RegionSearchService, ... are built with what they use (catalog,
+    vector indexes, settings, a sibling, a function) and never call back up into EagleService."""
+    paths = [ROOT / "eagle_index" / f"{name}.py" for name in (*TOPIC_SERVICES, "service")]
+    offenders = [f"{path.relative_to(ROOT)}:{line} {text}" for path in paths for line, text in _facade_uses(path)]
+    assert not offenders, "\n".join(offenders)

@@ -212,15 +212,12 @@ def test_concurrent_tile_requests_from_many_threads(env):
 
 
 def test_open_slides_are_kept_in_a_bounded_lru_and_reopened_when_the_file_changes(env, tmp_path):
-    from types import SimpleNamespace
-
     from eagle_index.config import ViewerSettings
     from eagle_index.viewer import ViewerService
 
     real = env["service"]
-    fake = SimpleNamespace(settings=real.settings.model_copy(update={"viewer": ViewerSettings(open_slides=2), "data_dir": tmp_path / "data"}),
-                           catalog=real.catalog, searcher=real.searcher)
-    viewer = ViewerService(fake)
+    settings = real.settings.model_copy(update={"viewer": ViewerSettings(open_slides=2), "data_dir": tmp_path / "data"})
+    viewer = ViewerService(settings, real.catalog, real.searcher)
     ids = []
     for n in range(3):
         copy = tmp_path / f"lru-{n}.tiff"
