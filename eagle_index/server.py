@@ -224,8 +224,11 @@ def close_http_server(server, loop: threading.Thread | None = None, timeout: flo
     if loop is not None and loop.is_alive():
         trigger = next((each.trigger for each in [server, *sockets.values()] if hasattr(each, "trigger")), None)
         if trigger is not None:
-            trigger.pull_trigger(lambda: wasyncore.close_all(sockets))
-            loop.join(timeout)
+            try:
+                trigger.pull_trigger(lambda: wasyncore.close_all(sockets))
+                loop.join(timeout)
+            except OSError:  # the wake-up pipe is already closed (a second stop): close them here
+                pass
     wasyncore.close_all(sockets)  # no loop, or it did not stop: nothing left to race with
 
 

@@ -125,7 +125,7 @@ def test_tokenless_loopback_is_not_throttled(service):
 @pytest.fixture
 def served(service):
     """The app behind the same waitress server `eagle-index serve` builds."""
-    from eagle_index.server import make_http_server
+    from eagle_index.server import close_http_server, make_http_server
 
     app = _app(service, host="127.0.0.1")
     app.config["MAX_CONTENT_LENGTH"] = 1 << 20
@@ -133,7 +133,7 @@ def served(service):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     yield app, server.effective_port
-    server.close()
+    close_http_server(server, thread)  # its loop thread ends here, not in a later test
 
 
 def _post(port: int, path: str, headers: dict, body: bytes = b"") -> tuple[int, dict, bytes]:

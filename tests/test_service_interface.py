@@ -73,7 +73,9 @@ def svc(request, tmp_path_factory, inbox):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     yield RemoteService(OwnerClient(OwnerInfo(pid=0, role="serve", url=f"http://127.0.0.1:{server.effective_port}")))
-    server.close()
+    from eagle_index.server import close_http_server
+
+    close_http_server(server, thread)  # its loop thread ends here, not in a later test
     local.close()
 
 
