@@ -205,7 +205,7 @@ class CohortService:
 
     def _materialise(self, definition: CohortDefinition) -> tuple[CohortDefinition, list[tuple[int, float | None]]]:
         allowed = allowed_ids(self.catalog, definition.filters)
-        candidates = allowed if allowed is not None else repo.all_patient_ids(self.catalog)
+        candidates = allowed if allowed is not None else self.catalog.all_patient_ids()
         scores: dict[int, float] = {}
         if definition.seeds:
             definition, scores = self._seed_similarities(definition, candidates)

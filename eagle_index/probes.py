@@ -35,6 +35,7 @@ from eagle_index.probing.delong import benjamini_hochberg, delong_test
 from eagle_index.probing.metrics import METRICS
 from eagle_index.probing.models import FittedProbe, fit, model_spec
 from eagle_index.results import ProbeResult
+from eagle_index.store import cohorts_repo
 from eagle_index.store.probes_repo import ProbeRecord, ProbeRepo, default_probe_name
 
 log = logging.getLogger(__name__)
@@ -131,14 +132,14 @@ class ProbeService:
         return self.catalog.resolve_vector_set(kind, signature)
 
     def _cohort_ids(self, cohort: str | None) -> np.ndarray | None:
-        return None if cohort is None else np.asarray(self.repo.cohort_members(cohort), dtype=np.int64)
+        return None if cohort is None else np.asarray(sorted(cohorts_repo.cohort_member_ids(self.catalog, [cohort])), dtype=np.int64)
 
     def dataset(self, label: str, kind: str | None = None, signature: str | None = None, positive: str | None = None,
                 vs_rest: bool = False, cohort: str | None = None, restrict_to=None) -> LabelledSet:
         """The labelled patients with a vector of (kind, signature), optionally within a cohort or id set."""
-        values = self.repo.label_values(label)
+        values = self.catalog.label_values(label)
         if not values:
-            names = self.repo.label_names()
+            names = self.catalog.label_names()
             raise NotFoundError(f"no patient has a value of label {label!r} (labels: {', '.join(names) or 'none'})")
         info = self._vector_set(kind, signature)
         with_vector = self.catalog.vector_ids(info.kind, info.signature)
@@ -293,7 +294,7 @@ class ProbeService:
         chosen = [i for i in order if not (exclude_training and int(ids[i]) in training)]
         chosen = chosen[:top] if top else chosen
         names = self.catalog.external_ids(ids[chosen])
-        known = self.repo.label_values(record.label)
+        known = self.catalog.label_values(record.label)
         candidates = [
             {"rank": int(ranks[i]), "patient": names[int(ids[i])], "probability": float(score[i]), "predicted": predicted[i],
              "label_value": known.get(int(ids[i])), "in_training": int(ids[i]) in training}

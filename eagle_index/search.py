@@ -126,7 +126,7 @@ def allowed_ids(catalog, filters: SearchFilters, tile_um: float | None = None) -
     tile_um: the tile side (settings.tiling.tile_um; default the pipeline's 448 µm) for `in_annotation`."""
     allowed: set[int] | None = None
     if filters.labels:
-        allowed = repo.patients_with_labels(catalog, {k: list(v) for k, v in filters.labels.items()})
+        allowed = catalog.patients_with_labels({k: list(v) for k, v in filters.labels.items()})
     if filters.cohorts:
         members = repo.cohort_member_ids(catalog, list(filters.cohorts))
         allowed = members if allowed is None else allowed & members
@@ -151,13 +151,13 @@ def site_of(external_id: str, labels: dict[str, str | None], site_label: str = "
 
 def site_map(catalog, site_label: str = "site") -> dict[int, str]:
     """{patient id: site} for every patient with a known site (see `site_of`)."""
-    names = {n for n in repo.label_names(catalog) if n.lower() == site_label.lower()}
+    names = {n for n in catalog.label_names() if n.lower() == site_label.lower()}
     by_label: dict[int, str] = {}
     for name in sorted(names):
-        for pid, value in repo.label_values(catalog, name).items():
+        for pid, value in catalog.label_values(name).items():
             by_label.setdefault(pid, value)
     out: dict[int, str] = {}
-    for pid, ext in repo.external_id_map(catalog).items():
+    for pid, ext in catalog.external_id_map().items():
         site = by_label.get(pid) or site_of(ext, {}, site_label)
         if site:
             out[pid] = site
@@ -406,24 +406,12 @@ class SearchService:
         self._tiles_cache: OrderedDict[tuple[str, ...], PatientTiles | None] = OrderedDict()
         self._tiles_lock = threading.Lock()
 
-    @property
-    def reads(self):
-        """Hit facts (ids, names, slides, labels, query vectors) cached until the catalog changes."""
-        reads = self.__dict__.get("_reads")
-        if reads is None:
-            from eagle_index.store.readcache import CachedReads
-
-            with self._tiles_lock:
-                reads = self.__dict__.get("_reads") or CachedReads(self.catalog)
-                self.__dict__["_reads"] = reads
-        return reads
-
     # -- entry points ------------------------------------------------------------------------------
     def search_patient(self, external_id: str, k: int = 10, kind: str | None = None, signature: str | None = None,
                        filters: SearchFilters | None = None, explain: bool = False, vote: str | None = None,
                        pairs: int = 5) -> SearchResult:
         """The k most similar other patients to a stored patient (it never returns itself)."""
-        ids = self.reads.patient_ids([external_id])
+        ids = self.catalog.patient_ids([external_id])
         if external_id not in ids:
             raise NotFoundError(f"unknown patient {external_id!r}")
         patient_id = ids[external_id]
@@ -444,7 +432,7 @@ class SearchService:
             with self.catalog.reading():  # never read an index while the writer changes it
                 return self.vectors.get(kind, signature).index.reconstruct(int(patient_id))
         except (RuntimeError, KeyError, AttributeError):  # index kinds without stored vectors, or id absent
-            return self.reads.vector(kind, signature, patient_id)
+            return self.catalog.stored_vector(kind, signature, patient_id)
 
     def search_vector(self, vector, k: int = 10, kind: str | None = None, signature: str | None = None,
                       filters: SearchFilters | None = None, vote: str | None = None) -> SearchResult:
@@ -520,7 +508,7 @@ class SearchService:
         for name in filters.exclude_same:
             value = query_labels.get(self.catalog.label_name(name))
             if value is not None:
-                excluded |= repo.patients_with_labels(self.catalog, {name: [value]})
+                excluded |= self.catalog.patients_with_labels({name: [value]})
         return excluded
 
     def top_k(self, kind: str, signature: str, query: np.ndarray, k: int, filters: SearchFilters | None = None,
@@ -656,9 +644,9 @@ class SearchService:
 
     def hits(self, hit_ids, scores, kind: str, signature: str) -> list[Hit]:
         """Hit records: patient, score, rank, kind, signature, slides, labels."""
-        names = self.reads.external_ids(hit_ids)
-        slides = self.reads.slides_of(hit_ids)
-        labels = self.reads.labels_of(hit_ids)
+        names = self.catalog.external_ids(hit_ids)
+        slides = self.catalog.slides_of(hit_ids)
+        labels = self.catalog.labels_of(hit_ids)
         context = self.score_context.percentiles(kind, signature, scores) if len(hit_ids) else []
         return [
             Hit(patient=names[int(pid)], score=float(score), rank=rank, kind=kind, signature=signature,
@@ -705,9 +693,9 @@ class SearchService:
         ks = sorted({int(k) for k in ks})
         if not ks or ks[0] < 1:
             raise InputError("k values must be positive integers")
-        values = repo.label_values(self.catalog, label)
+        values = self.catalog.label_values(label)
         if not values:
-            raise NotFoundError(f"no patient has label {label!r} (labels: {', '.join(repo.label_names(self.catalog)) or 'none'})")
+            raise NotFoundError(f"no patient has label {label!r} (labels: {', '.join(self.catalog.label_names()) or 'none'})")
         info = self.catalog.resolve_vector_set(kind, signature)
         kind, signature = info.kind, info.signature
         pool = set(values)

@@ -132,7 +132,7 @@ class EagleService:
         """Deep Zoom tiles, overlays and the compare view of the slide viewer."""
         from eagle_index.viewer import ViewerService
 
-        return ViewerService(self.settings, self.catalog, self.searcher)
+        return ViewerService(self.settings, self.catalog, self.searcher, self.browse)
 
     @cached_property
     def media(self):

@@ -203,7 +203,8 @@ def _epoch(value) -> float | None:
     return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
 
 
-def _record_of(row, patient: str, now: float) -> "_Record":
+def _record_of(row, patient: str | None, now: float) -> "_Record":
+    """`row`: a store.listing.SlideRecord."""
     return _Record(row.id, row.patient_id, patient, row.name, row.path, row.fingerprint, row.status, row.mpp, row.width_px,
                    row.height_px, row.artifact_path, now, row.size_bytes, _epoch(row.created_at))
 
@@ -346,10 +347,10 @@ class TileCache:
 
 # -- the service -----------------------------------------------------------------------------------------
 class ViewerService:
-    def __init__(self, settings, catalog, searcher):
+    def __init__(self, settings, catalog, searcher, browse):
         """`settings`: the whole Settings (viewer, tiling, data folder); `searcher`: the patients' selected
-        tiles and tile pairs (search.SearchService)."""
-        self.catalog, self.searcher, self._tiling = catalog, searcher, settings.tiling
+        tiles and tile pairs (search.SearchService); `browse`: slide rows (store/listing.py)."""
+        self.catalog, self.searcher, self.browse, self._tiling = catalog, searcher, browse, settings.tiling
         self.settings = settings.viewer
         # One image cache, one cap (EAGLE_INDEX_TILE_CACHE_MB): Deep Zoom tiles (dzi/), and service.media's thumbnails
         # and tile images of slides (thumbnails/, tiles/) and of uploads (uploads/<id>/, dropped with the upload).
@@ -373,16 +374,8 @@ class ViewerService:
             cached = self._records.get(slide_id)
         if cached is not None and now - cached.read_at < RECORD_TTL_S:
             return cached
-        from sqlalchemy import select
-
-        from eagle_index.store.models import Patient, Slide
-
-        with self.catalog.transaction() as session:
-            row = session.get(Slide, slide_id)
-            if row is None:
-                raise NotFoundError(f"unknown slide id {slide_id}")
-            patient = session.scalar(select(Patient.external_id).where(Patient.id == row.patient_id))
-            record = _record_of(row, patient, now)
+        row, patient = self.browse.slide(slide_id)
+        record = _record_of(row, patient, now)
         with self._records_lock:
             self._records[slide_id] = record
         return record
@@ -577,16 +570,10 @@ class ViewerService:
         return out
 
     def _patient_slides(self, patient_id: int) -> list[_Record]:
-        from sqlalchemy import select
-
-        from eagle_index.store.models import Patient, Slide
-
         now = time.monotonic()
-        with self.catalog.transaction() as session:
-            patient = session.scalar(select(Patient.external_id).where(Patient.id == patient_id))
-            rows = session.scalars(select(Slide).where(Slide.patient_id == patient_id, Slide.status != "superseded")  # issue 24
-                                   .order_by(Slide.name, Slide.id)).all()
-            return [_record_of(r, patient, now) for r in rows]
+        patient = self.catalog.external_ids([patient_id]).get(patient_id)
+        rows = self.browse.slides_of_patient(patient_id, superseded=False)  # issue 24: never a path's new content
+        return [_record_of(r, patient, now) for r in rows]
 
     def _patient_id(self, external_id: str) -> int:
         ids = self.catalog.patient_ids([external_id])

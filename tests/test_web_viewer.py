@@ -217,7 +217,7 @@ def test_open_slides_are_kept_in_a_bounded_lru_and_reopened_when_the_file_change
 
     real = env["service"]
     settings = real.settings.model_copy(update={"viewer": ViewerSettings(open_slides=2), "data_dir": tmp_path / "data"})
-    viewer = ViewerService(settings, real.catalog, real.searcher)
+    viewer = ViewerService(settings, real.catalog, real.searcher, real.browse)
     ids = []
     for n in range(3):
         copy = tmp_path / f"lru-{n}.tiff"

@@ -155,6 +155,10 @@ class SearchBatcher:
         if self._active is not None and self._parked >= self._active:
             for batch in self._open.values():
                 batch.release = True
+            # Counted out here, not when each leader wakes: a thread back from one released batch
+            # must not count the rows of another whose leader has not run yet as still waiting.
+            self._open.clear()
+            self._parked = 0
             self._cond.notify_all()
 
     def stats(self) -> dict:
@@ -234,8 +238,6 @@ class SearchBatcher:
             if self._open.get(key) is batch:
                 del self._open[key]
             batch.release = True
-            if self._active is not None:
-                self._parked = max(0, self._parked - len(batch.rows))
             self._running[key] = self._running.get(key, 0) + 1
             rows = list(batch.rows)
         try:

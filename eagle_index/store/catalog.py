@@ -6,12 +6,19 @@ transaction that commits together or not at all, under the exclusive side of `Ca
 a write attempted on any other thread raises. The catalog's own methods return plain values
 (ids, numpy arrays, dataclasses); the static helpers that take a session work on ORM rows
 inside a transaction and are for the store and service layers only.
+
+The one read path: what readers ask often (vector sets and their ids, the patient directory of
+`store/directory.py`, stored query vectors) is kept in memory until the writer's next commit.
+Only this process writes the catalog (owner.py), so its commits are the only changes: each one
+moves `epoch` on and drops what was kept, except writes declared `bookkeeping` (the job queue's
+claims and heartbeats, probe status), which touch none of those tables (checked at flush).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from eagle_index.errors import InputError, NotFoundError
 from eagle_index.store import schema
+from eagle_index.store.directory import PatientDirectory
 from eagle_index.store.models import ImportRecord, Label, Patient, Slide, Vector, VectorSet, utcnow
 from eagle_index.identifiers import check_identifier, check_label_name, check_label_value
 from eagle_index.store.validation import as_vector_matrix
@@ -30,6 +38,11 @@ from eagle_index.store.writer import ReadWriteLock, SingleWriter
 
 
 T = TypeVar("T")
+
+# Tables whose rows readers keep between commits (the directory, vector sets, stored vectors):
+# a `bookkeeping` write may not touch them.
+CACHED_TABLES = frozenset({"patients", "labels", "slides", "vectors", "vector_sets"})
+MAX_KEPT_VECTORS = 20_000  # stored query vectors kept (LRU): 20,000 x 1280 floats = 100 MB at most
 
 
 @dataclass(frozen=True)
@@ -73,12 +86,13 @@ class Catalog:
         event.listen(self._sessions, "before_flush", self._check_flush)
         event.listen(self._sessions, "do_orm_execute", self._check_execute)
         self._tile_listeners: list = []
-        # Vector-set summaries and id lists, cached until a commit changes vectors. Only one
-        # process writes a catalog (see owner.py), so our own commits are the only changes.
-        # `_epoch` moves on at every invalidation: a reader that computed a value before a
-        # commit cannot store it after the commit cleared the cache.
+        # What readers ask often, kept until the writer's next commit (see the module docstring).
+        # `_epoch` moves on at each such commit: a reader that computed a value before a commit
+        # cannot store it after the commit cleared the cache.
         self._cache: dict = {}
+        self._vectors: OrderedDict = OrderedDict()  # (kind, signature, patient id) -> stored vector, LRU
         self._cache_lock = threading.Lock()
+        self._load_lock = threading.Lock()
         self._epoch = 0
 
     @classmethod
@@ -90,11 +104,13 @@ class Catalog:
         self.engine.dispose()
 
     # -- the one writer ---------------------------------------------------------------
-    def write(self, fn: Callable[[Session], T]) -> T:
+    def write(self, fn: Callable[[Session], T], bookkeeping: bool = False) -> T:
         """Run `fn(session)` on the writer thread in one transaction; its result, or its exception.
 
         Derived indexes follow the commit before the exclusive lock is released, so readers
-        never see a catalog and an index that disagree.
+        never see a catalog and an index that disagree. Its commit moves `epoch` on (what readers
+        kept is dropped) unless `bookkeeping`: a write to the job queue or probe status only, which
+        may not change patients, labels, slides or vectors (WriteOutsideWriter if it tries).
         """
         if not self.writer.on_writer_thread() and self.lock.holds_read():
             raise WriteOutsideWriter("a catalog write was requested while holding the read lock")
@@ -102,6 +118,7 @@ class Catalog:
         def run() -> T:
             with self.lock.write():
                 with self.transaction() as session:
+                    session.info["bookkeeping"] = bookkeeping
                     return fn(session)
 
         return self.writer.run(run)
@@ -113,10 +130,19 @@ class Catalog:
     def _check_flush(self, session, _context, _instances) -> None:
         if (session.new or session.dirty or session.deleted) and not self.writer.on_writer_thread():
             raise WriteOutsideWriter("catalog rows changed outside Catalog.write()")
+        if session.info.get("bookkeeping"):
+            touched = {type(row).__tablename__ for row in (*session.new, *session.dirty, *session.deleted)}
+            if touched & CACHED_TABLES:
+                raise WriteOutsideWriter(f"a bookkeeping write changed {', '.join(sorted(touched & CACHED_TABLES))}")
 
     def _check_execute(self, state) -> None:
-        if (state.is_insert or state.is_update or state.is_delete) and not self.writer.on_writer_thread():
+        if not (state.is_insert or state.is_update or state.is_delete):
+            return
+        if not self.writer.on_writer_thread():
             raise WriteOutsideWriter("catalog write statement outside Catalog.write()")
+        table = getattr(getattr(state.statement, "table", None), "name", None)
+        if state.session.info.get("bookkeeping") and table in CACHED_TABLES:
+            raise WriteOutsideWriter(f"a bookkeeping write changed {table}")
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -130,14 +156,21 @@ class Catalog:
                 yield session
             changes = session.info.pop("vector_changes", [])
             tile_changes = session.info.pop("tile_changes", [])
-        if changes:
+            wrote = session.info.pop("bookkeeping", True) is False  # set by write(): a change readers must see
+        if wrote or changes:
             with self._cache_lock:
                 self._epoch += 1
                 self._cache.clear()
+                self._vectors.clear()
         for listener in self._commit_listeners if changes else ():
             listener(changes)
         for listener in self._tile_listeners if tile_changes else ():
             listener(tile_changes)
+
+    @property
+    def epoch(self) -> int:
+        """Moves on at every commit that changed patients, labels, slides or vectors."""
+        return self._epoch
 
     def add_commit_listener(self, listener) -> None:
         self._commit_listeners.append(listener)
@@ -163,16 +196,34 @@ class Catalog:
         session.flush()
         return patient.id
 
-    def patient_ids(self, external_ids: list[str]) -> dict[str, int]:
-        with self.transaction() as session:
-            rows = session.execute(select(Patient.external_id, Patient.id).where(Patient.external_id.in_(external_ids)))
-            return dict(rows.all())
+    def directory(self) -> PatientDirectory:
+        """Every patient's ids, labels and slide names (store/directory.py), until the next commit.
+        One thread loads it; others asking meanwhile wait for that result instead of loading too."""
+        key = ("directory",)
+        found = self._cache.get(key)
+        if found is not None:
+            return found
+        with self._load_lock:
+            return self._cached(key, self._load_directory)
+
+    def _load_directory(self) -> PatientDirectory:
+        with self.engine.connect() as connection:
+            return PatientDirectory.load(connection)
+
+    def patient_ids(self, external_ids) -> dict[str, int]:
+        ids = self.directory().ids
+        return {e: ids[e] for e in external_ids if e in ids}
 
     def external_ids(self, ids) -> dict[int, str]:
-        ids = [int(i) for i in ids]
-        with self.transaction() as session:
-            rows = session.execute(select(Patient.id, Patient.external_id).where(Patient.id.in_(ids)))
-            return dict(rows.all())
+        names = self.directory().names
+        return {int(i): names[int(i)] for i in ids if int(i) in names}
+
+    def external_id_map(self) -> dict[int, str]:
+        """{patient id: external id} of every patient."""
+        return dict(self.directory().names)
+
+    def all_patient_ids(self) -> set[int]:
+        return set(self.directory().names)
 
     # -- slides -------------------------------------------------------------------
     @staticmethod
@@ -225,12 +276,9 @@ class Catalog:
         return [r[0] for r in rows]
 
     def slides_of(self, patient_ids) -> dict[int, list[str]]:
-        ids = [int(i) for i in patient_ids]
-        out: dict[int, list[str]] = {i: [] for i in ids}
-        with self.transaction() as session:
-            for pid, name in session.execute(select(Slide.patient_id, Slide.name).where(Slide.patient_id.in_(ids), Slide.status != "superseded").order_by(Slide.id)):
-                out[pid].append(name)
-        return out
+        """{patient id: names of its slides that are not superseded}, in the order they were stored."""
+        slides = self.directory().slides
+        return {int(i): list(slides.get(int(i), ())) for i in patient_ids}
 
     # -- vectors ------------------------------------------------------------------
     @staticmethod
@@ -272,6 +320,29 @@ class Catalog:
             VectorChange(kind, signature, vector_set.generation - 1, vector_set.generation, tuple(int(i) for i in patient_ids))
         )
         return vector_set.generation
+
+    def stored_vector(self, kind: str, signature: str, patient_id: int) -> np.ndarray | None:
+        """One patient's raw stored vector of a set (read-only), or None; the last MAX_KEPT_VECTORS asked are kept."""
+        key = (kind, signature, int(patient_id))
+        with self._cache_lock:
+            found = self._vectors.get(key)
+            epoch = self._epoch
+        if found is not None:
+            return found
+        with self.engine.connect() as connection:  # a core point query: a fifth of the ORM path's CPU
+            rows = connection.exec_driver_sql(
+                "SELECT dim, vector FROM vectors WHERE patient_id = ? AND kind = ? AND signature = ?",
+                (int(patient_id), kind, signature)).all()
+        if not rows:
+            return None
+        vector = np.frombuffer(rows[0][1], dtype=np.float32, count=int(rows[0][0])).copy()
+        vector.setflags(write=False)
+        with self._cache_lock:
+            if self._epoch == epoch:
+                self._vectors[key] = vector
+                while len(self._vectors) > MAX_KEPT_VECTORS:
+                    self._vectors.popitem(last=False)
+        return vector
 
     def _cached(self, key, compute):
         with self._cache_lock:
@@ -409,18 +480,38 @@ class Catalog:
 
     def label_names(self) -> list[str]:
         """Every label name the catalog holds, sorted."""
-        with self.transaction() as session:
-            return sorted(session.scalars(select(Label.name).distinct()).all())
+        return list(self.directory().label_names)
 
     def label_name(self, name: str) -> str:
         """The stored spelling of a label name a user gave (any case); unknown: NotFoundError listing the known ones."""
-        with self.transaction() as session:
-            stored = self.stored_label_name(session, str(name).strip())
+        directory = self.directory()
+        stored = directory.stored_label_name(str(name).strip())
         if stored is None:
-            known = self.label_names()
+            known = directory.label_names
             raise NotFoundError(f"unknown label {name!r}; known labels: "
                                 f"{', '.join(known) if known else 'none (import a table with `eagle-index labels import`)'}")
         return stored
+
+    def label_values(self, name: str, patient_ids=None) -> dict[int, str]:
+        """{patient id: value} of one label (patients without it, or with an empty value, left out); the name in
+        any case, an unknown one is a NotFoundError listing the known ones."""
+        return self.directory().label_values(self.label_name(name), patient_ids)
+
+    def patients_with_labels(self, labels: dict[str, list[str]]) -> set[int]:
+        """Patients whose label NAME has one of the given values, for every NAME (AND over names, OR over values).
+
+        The value "*" matches any value of that label: "has this label". Names match in any case
+        (`label_name`); an unknown name is a NotFoundError listing the known ones.
+        """
+        directory = self.directory()
+        wanted = {self.label_name(name): list(values) for name, values in labels.items()}  # every name checked first
+        result: set[int] | None = None
+        for name, values in wanted.items():
+            ids = directory.patients_with(name, values)
+            result = ids if result is None else result & ids
+            if not result:
+                return set()
+        return result if result is not None else set()
 
     @classmethod
     def put_label(cls, session: Session, patient_id: int, name: str, value: str | None, source: str) -> None:
@@ -435,12 +526,8 @@ class Catalog:
             row.value, row.source, row.created_at = value, source, utcnow()
 
     def labels_of(self, patient_ids) -> dict[int, dict[str, str | None]]:
-        ids = [int(i) for i in patient_ids]
-        out: dict[int, dict[str, str | None]] = {i: {} for i in ids}
-        with self.transaction() as session:
-            for pid, name, value in session.execute(select(Label.patient_id, Label.name, Label.value).where(Label.patient_id.in_(ids))):
-                out[pid][name] = value
-        return out
+        labels = self.directory().labels
+        return {int(i): dict(labels.get(int(i), {})) for i in patient_ids}
 
     # -- import records -----------------------------------------------------------------
     @staticmethod

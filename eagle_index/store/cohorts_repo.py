@@ -1,4 +1,5 @@
-"""SQL for search filters and cohorts: label lookups, probe scores, cohorts and their members.
+"""SQL for search filters and cohorts: probe scores, cohorts and their members, slide files.
+Patients and labels are the catalog's (`Catalog.directory`).
 
 Functions take a `Catalog` (or a session from `Catalog.transaction()`) and return plain
 values (ids, dicts, tuples), like the catalog itself, so no ORM object outlives its session.
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from eagle_index.errors import InputError, NotFoundError
 from eagle_index.store.catalog import Catalog
-from eagle_index.store.models import Cohort, CohortMember, Label, Patient, Probe, ProbeScore, Slide, utcnow
+from eagle_index.store.models import Cohort, CohortMember, Patient, Probe, ProbeScore, Slide, utcnow
 
 
 @dataclass(frozen=True)
@@ -32,55 +33,6 @@ class CohortRow:
 def _row(cohort: Cohort) -> CohortRow:
     return CohortRow(cohort.id, cohort.name, json.loads(cohort.definition), int(cohort.member_count or 0),
                      cohort.materialized_at, cohort.created_at, cohort.updated_at)
-
-
-# -- patients and labels --------------------------------------------------------------------
-def all_patient_ids(catalog: Catalog) -> set[int]:
-    with catalog.transaction() as session:
-        return set(session.scalars(select(Patient.id)).all())
-
-
-def external_id_map(catalog: Catalog) -> dict[int, str]:
-    """{patient id: external id} of every patient."""
-    with catalog.transaction() as session:
-        return {int(pid): ext for pid, ext in session.execute(select(Patient.id, Patient.external_id))}
-
-
-def patients_with_labels(catalog: Catalog, labels: dict[str, list[str]]) -> set[int]:
-    """Patients whose label NAME has one of the given values, for every NAME (AND over names, OR over values).
-
-    The value "*" matches any (non-empty) value of that label: "has this label". Names match in any
-    case (`Catalog.label_name`); an unknown name is a NotFoundError listing the known ones.
-    """
-    result: set[int] | None = None
-    labels = {catalog.label_name(name): values for name, values in labels.items()}
-    with catalog.transaction() as session:
-        for name, values in labels.items():
-            query = select(Label.patient_id).where(Label.name == name)
-            if "*" in values:
-                query = query.where(Label.value.is_not(None))
-            else:
-                query = query.where(Label.value.in_(list(values)))
-            ids = set(session.scalars(query).all())
-            result = ids if result is None else result & ids
-            if not result:
-                return set()
-    return result if result is not None else set()
-
-
-def label_values(catalog: Catalog, name: str, patient_ids=None) -> dict[int, str]:
-    """{patient id: value} of one label (patients without it, or with an empty value, left out); the name in any
-    case, an unknown one is a NotFoundError listing the known ones."""
-    name = catalog.label_name(name)
-    with catalog.transaction() as session:
-        query = select(Label.patient_id, Label.value).where(Label.name == name, Label.value.is_not(None))
-        if patient_ids is not None:
-            query = query.where(Label.patient_id.in_([int(i) for i in patient_ids]))
-        return {int(pid): str(value) for pid, value in session.execute(query) if str(value).strip()}
-
-
-def label_names(catalog: Catalog) -> list[str]:
-    return catalog.label_names()
 
 
 # -- slides ---------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ class JobQueue:
             return ClaimedJob(job.id, job.fingerprint, job.path, job.patient, job.mpp, job.attempts, job.created_at,
                               deaths=len(_progress(job).get("deaths", [])))
 
-        return self.catalog.write(write)
+        return self.catalog.write(write, bookkeeping=True)
 
     def heartbeat(self, job_id: int, progress: dict | None = None) -> None:
         now = utcnow()
@@ -121,7 +121,7 @@ class JobQueue:
             if progress is not None:
                 job.progress = json.dumps(_keep_deaths(job, progress))
 
-        self.catalog.write(write)
+        self.catalog.write(write, bookkeeping=True)
 
     @staticmethod
     def mark_done(session, job_id: int, slide_id: int | None, duration_s: float) -> None:
@@ -160,7 +160,7 @@ class JobQueue:
                 job.next_attempt_at = now + timedelta(seconds=backoff_s * 2 ** (job.attempts - 1))
             return job.state
 
-        return self.catalog.write(write)
+        return self.catalog.write(write, bookkeeping=True)
 
     def record_failure(self, fingerprint: str, path: str, patient: str | None, error: str) -> int:
         """A slide that failed outside the queue (`eagle-index ingest`): a failed job, never a slide row."""
@@ -178,13 +178,13 @@ class JobQueue:
             session.flush()
             return job.id
 
-        return self.catalog.write(write)
+        return self.catalog.write(write, bookkeeping=True)
 
     def resolve_failure(self, fingerprint: str) -> None:
         """A slide that failed before and has now been stored: its failed job is done."""
         now = utcnow()
         self.catalog.write(lambda session: session.execute(update(Job).where(Job.fingerprint == fingerprint, Job.state == "failed").values(
-            state="done", last_error=None, finished_at=now, updated_at=now)))
+            state="done", last_error=None, finished_at=now, updated_at=now)), bookkeeping=True)
 
     def requeue(self, job_id: int, reason: str) -> None:
         """Give a job back untouched (shutdown): the attempt does not count."""
@@ -194,7 +194,7 @@ class JobQueue:
                 job.state, job.attempts, job.lease_until, job.worker_id = "queued", max(0, job.attempts - 1), None, None
                 job.progress = json.dumps(_keep_deaths(job, {"note": reason}))
 
-        self.catalog.write(write)
+        self.catalog.write(write, bookkeeping=True)
 
     def retry(self, job_id: int) -> None:
         """A failed job back to the queue (the UI's re-queue button)."""
@@ -203,7 +203,7 @@ class JobQueue:
             if job is not None and job.state == "failed":
                 job.state, job.attempts, job.next_attempt_at, job.progress = "queued", 0, None, None
 
-        self.catalog.write(write)
+        self.catalog.write(write, bookkeeping=True)
 
     def recover_dead_owner(self, max_attempts: int, position: dict | None = None) -> tuple[int, list[ClaimedJob]]:
         """On start: every `running` job belongs to a dead owner. (jobs requeued, jobs failed for good).
@@ -246,7 +246,7 @@ class JobQueue:
                 requeued += 1
             return requeued, failed
 
-        return self.catalog.write(write)
+        return self.catalog.write(write, bookkeeping=True)
 
     def recover(self) -> int:
         """On start, without evidence of what the dead owner did: every `running` job goes back to the queue."""

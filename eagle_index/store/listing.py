@@ -1,7 +1,8 @@
 """Read-only listings for the pages and the API: patients, slides, labels, files, with filters and paging.
 
 Reached as `service.browse` (a `Listing`): front ends never see a session or an ORM row, only
-plain dicts and frozen `SlideRecord`s.
+plain dicts and frozen `SlideRecord`s. Patients' ids, labels and slide names come from the
+catalog's one read path (`Catalog.directory`); the rest are paged queries of their own.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from sqlalchemy import func, select
 
 from eagle_index.errors import NotFoundError
 from eagle_index.store import cohorts_repo
-from eagle_index.store.models import Cohort, CohortMember, Job, Label, Patient, Slide, Vector
+from eagle_index.store.models import Cohort, CohortMember, Job, Patient, Slide, Vector
 
 SLIDE_STATES = ("registered", "done", "failed")
 
@@ -50,43 +51,6 @@ def _like(text: str) -> str:
     return f"%{escaped.lower()}%"
 
 
-def list_patients(catalog, q: str | None = None, allowed: set[int] | None = None, kind: str | None = None,
-                  limit: int = 50, offset: int = 0) -> dict:
-    """{total, items}: patients whose id contains `q` (case-insensitive; prefix matches first),
-    within `allowed` ids (label/cohort filters), with a vector of `kind` when given."""
-    query = select(Patient.id, Patient.external_id)
-    if q:
-        query = query.where(func.lower(Patient.external_id).like(_like(q), escape="\\"))
-    if allowed is not None:
-        if not allowed:
-            return {"total": 0, "items": []}
-        query = query.where(Patient.id.in_(sorted(allowed)))
-    if kind:
-        query = query.where(Patient.id.in_(select(Vector.patient_id).where(Vector.kind == kind)))
-    with catalog.transaction() as session:
-        total = session.scalar(select(func.count()).select_from(query.subquery()))
-        order = [Patient.external_id]
-        if q:
-            order.insert(0, func.lower(Patient.external_id).like(_like(q)[1:], escape="\\").desc())
-        rows = session.execute(query.order_by(*order).limit(limit).offset(offset)).all()
-        ids = [r[0] for r in rows]
-        slide_counts = dict(session.execute(
-            select(Slide.patient_id, func.count(Slide.id)).where(Slide.patient_id.in_(ids)).group_by(Slide.patient_id)).all())
-        kinds: dict[int, list[str]] = {i: [] for i in ids}
-        for pid, vkind in session.execute(select(Vector.patient_id, Vector.kind).where(Vector.patient_id.in_(ids)).distinct()):
-            kinds[pid].append(vkind)
-    labels = catalog.labels_of(ids)
-    items = [{"patient": ext, "slides": int(slide_counts.get(pid, 0)), "labels": labels[pid], "vectors": sorted(kinds[pid])}
-             for pid, ext in rows]
-    return {"total": int(total or 0), "limit": limit, "offset": offset, "items": items}
-
-
-def patient_row(catalog, external_id: str) -> int:
-    ids = catalog.patient_ids([external_id])
-    if external_id not in ids:
-        raise NotFoundError(f"unknown patient {external_id!r}")
-    return ids[external_id]
-
 
 def slide_dict(row: SlideRecord, external_id: str | None = None) -> dict:
     has_file = bool(row.path) and Path(row.path).is_file()
@@ -102,110 +66,109 @@ def slide_dict(row: SlideRecord, external_id: str | None = None) -> dict:
     return out  # ids only: the web layer adds the thumbnail's URL (web/urls.py)
 
 
-def slides_of_patient(catalog, patient_id: int) -> list[SlideRecord]:
-    with catalog.transaction() as session:
-        return [SlideRecord.of(r) for r in session.scalars(select(Slide).where(Slide.patient_id == patient_id).order_by(Slide.name, Slide.id))]
-
-
-def slide_by_id(catalog, slide_id: int) -> tuple[SlideRecord, str]:
-    with catalog.transaction() as session:
-        row = session.get(Slide, int(slide_id))
-        if row is None:
-            raise NotFoundError(f"unknown slide id {slide_id}")
-        external = session.scalar(select(Patient.external_id).where(Patient.id == row.patient_id))
-        return SlideRecord.of(row), external
-
-
-def list_slides(catalog, patient_id: int | None = None, status: str | None = None, q: str | None = None,
-                limit: int = 50, offset: int = 0) -> dict:
-    query = select(Slide, Patient.external_id).join(Patient, Patient.id == Slide.patient_id)
-    if patient_id is not None:
-        query = query.where(Slide.patient_id == patient_id)
-    if status:
-        query = query.where(Slide.status == status)
-    if q:
-        query = query.where(func.lower(Slide.name).like(_like(q), escape="\\"))
-    with catalog.transaction() as session:
-        total = session.scalar(select(func.count()).select_from(query.with_only_columns(Slide.id).subquery()))
-        rows = session.execute(query.order_by(Slide.name, Slide.id).limit(limit).offset(offset)).all()
-        items = [slide_dict(SlideRecord.of(slide), ext) for slide, ext in rows]
-    return {"total": int(total or 0), "limit": limit, "offset": offset, "items": items}
-
-
-def vectors_of(catalog, patient_id: int) -> list[dict]:
-    with catalog.transaction() as session:
-        rows = session.execute(select(Vector.kind, Vector.signature, Vector.dim, Vector.source)
-                               .where(Vector.patient_id == patient_id).order_by(Vector.kind, Vector.signature)).all()
-    return [{"kind": k, "signature": s, "dim": d, "source": src} for k, s, d, src in rows]
-
-
-def cohorts_of(catalog, patient_id: int) -> list[str]:
-    with catalog.transaction() as session:
-        return list(session.scalars(select(Cohort.name).join(CohortMember, CohortMember.cohort_id == Cohort.id)
-                                    .where(CohortMember.patient_id == patient_id).order_by(Cohort.name)))
-
-
-def label_summary(catalog) -> list[dict]:
-    """Every label name with its values and how many patients have each."""
-    with catalog.transaction() as session:
-        rows = session.execute(select(Label.name, Label.value, func.count(Label.id))
-                               .group_by(Label.name, Label.value).order_by(Label.name, Label.value)).all()
-    out: dict[str, dict] = {}
-    for name, value, count in rows:
-        entry = out.setdefault(name, {"name": name, "patients": 0, "values": {}})
-        entry["patients"] += int(count)
-        if value is not None:
-            entry["values"][str(value)] = int(count)
-    return list(out.values())
-
-
-def job_state(catalog, job_id: int) -> str | None:
-    with catalog.transaction() as session:
-        return session.scalar(select(Job.state).where(Job.id == int(job_id)))
-
-
 class Listing:
     """The listings bound to one catalog: what `service.browse` answers."""
 
     SLIDE_STATES = SLIDE_STATES
+    slide_dict = staticmethod(slide_dict)
 
     def __init__(self, catalog):
         self.catalog = catalog
 
-    def list_patients(self, q=None, allowed=None, kind=None, limit=50, offset=0) -> dict:
-        return list_patients(self.catalog, q, allowed, kind, limit, offset)
+    # -- patients ---------------------------------------------------------------------------------
+    def list_patients(self, q: str | None = None, allowed: set[int] | None = None, kind: str | None = None,
+                      limit: int = 50, offset: int = 0) -> dict:
+        """{total, items}: patients whose id contains `q` (case-insensitive; prefix matches first),
+        within `allowed` ids (label/cohort filters), with a vector of `kind` when given."""
+        query = select(Patient.id, Patient.external_id)
+        if q:
+            query = query.where(func.lower(Patient.external_id).like(_like(q), escape="\\"))
+        if allowed is not None:
+            if not allowed:
+                return {"total": 0, "items": []}
+            query = query.where(Patient.id.in_(sorted(allowed)))
+        if kind:
+            query = query.where(Patient.id.in_(select(Vector.patient_id).where(Vector.kind == kind)))
+        with self.catalog.transaction() as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery()))
+            order = [Patient.external_id]
+            if q:
+                order.insert(0, func.lower(Patient.external_id).like(_like(q)[1:], escape="\\").desc())
+            rows = session.execute(query.order_by(*order).limit(limit).offset(offset)).all()
+            ids = [r[0] for r in rows]
+            slide_counts = dict(session.execute(
+                select(Slide.patient_id, func.count(Slide.id)).where(Slide.patient_id.in_(ids)).group_by(Slide.patient_id)).all())
+            kinds: dict[int, list[str]] = {i: [] for i in ids}
+            for pid, vkind in session.execute(select(Vector.patient_id, Vector.kind).where(Vector.patient_id.in_(ids)).distinct()):
+                kinds[pid].append(vkind)
+        labels = self.catalog.labels_of(ids)
+        items = [{"patient": ext, "slides": int(slide_counts.get(pid, 0)), "labels": labels[pid], "vectors": sorted(kinds[pid])}
+                 for pid, ext in rows]
+        return {"total": int(total or 0), "limit": limit, "offset": offset, "items": items}
 
     def patient_id(self, external_id: str) -> int:
-        return patient_row(self.catalog, external_id)
-
-    def slides_of_patient(self, patient_id: int) -> list[SlideRecord]:
-        return slides_of_patient(self.catalog, patient_id)
-
-    def slide(self, slide_id: int) -> tuple[SlideRecord, str]:
-        return slide_by_id(self.catalog, slide_id)
-
-    def list_slides(self, patient_id=None, status=None, q=None, limit=50, offset=0) -> dict:
-        return list_slides(self.catalog, patient_id, status, q, limit, offset)
-
-    slide_dict = staticmethod(slide_dict)
-
-    def vectors_of(self, patient_id: int) -> list[dict]:
-        return vectors_of(self.catalog, patient_id)
-
-    def cohorts_of(self, patient_id: int) -> list[str]:
-        return cohorts_of(self.catalog, patient_id)
-
-    def label_summary(self) -> list[dict]:
-        return label_summary(self.catalog)
+        ids = self.catalog.patient_ids([external_id])
+        if external_id not in ids:
+            raise NotFoundError(f"unknown patient {external_id!r}")
+        return ids[external_id]
 
     def labels_of(self, patient_ids) -> dict[int, dict]:
         return self.catalog.labels_of(patient_ids)
 
-    def patient_ids(self, external_ids) -> dict[str, int]:
-        return self.catalog.patient_ids(list(external_ids))
+    def vectors_of(self, patient_id: int) -> list[dict]:
+        with self.catalog.transaction() as session:
+            rows = session.execute(select(Vector.kind, Vector.signature, Vector.dim, Vector.source)
+                                   .where(Vector.patient_id == patient_id).order_by(Vector.kind, Vector.signature)).all()
+        return [{"kind": k, "signature": s, "dim": d, "source": src} for k, s, d, src in rows]
 
-    def external_ids(self, ids) -> dict[int, str]:
-        return self.catalog.external_ids(ids)
+    def cohorts_of(self, patient_id: int) -> list[str]:
+        with self.catalog.transaction() as session:
+            return list(session.scalars(select(Cohort.name).join(CohortMember, CohortMember.cohort_id == Cohort.id)
+                                        .where(CohortMember.patient_id == patient_id).order_by(Cohort.name)))
+
+    def label_summary(self) -> list[dict]:
+        """Every label name with its values and how many patients have each."""
+        out: dict[str, dict] = {}
+        for labels in self.catalog.directory().labels.values():
+            for name, value in labels.items():
+                entry = out.setdefault(name, {"name": name, "patients": 0, "values": {}})
+                entry["patients"] += 1
+                if value is not None:
+                    entry["values"][str(value)] = entry["values"].get(str(value), 0) + 1
+        return [{**out[n], "values": dict(sorted(out[n]["values"].items()))} for n in sorted(out)]
+
+    # -- slides -----------------------------------------------------------------------------------
+    def slides_of_patient(self, patient_id: int, superseded: bool = True) -> list[SlideRecord]:
+        """A patient's slide rows by name; `superseded=False` leaves out those whose path now holds other content."""
+        query = select(Slide).where(Slide.patient_id == patient_id)
+        if not superseded:
+            query = query.where(Slide.status != "superseded")
+        with self.catalog.transaction() as session:
+            return [SlideRecord.of(r) for r in session.scalars(query.order_by(Slide.name, Slide.id))]
+
+    def slide(self, slide_id: int) -> tuple[SlideRecord, str]:
+        """(the slide row, its patient's external id); NotFoundError for an unknown id."""
+        with self.catalog.transaction() as session:
+            row = session.get(Slide, int(slide_id))
+            if row is None:
+                raise NotFoundError(f"unknown slide id {slide_id}")
+            record = SlideRecord.of(row)
+        return record, self.catalog.external_ids([record.patient_id])[record.patient_id]
+
+    def list_slides(self, patient_id: int | None = None, status: str | None = None, q: str | None = None,
+                    limit: int = 50, offset: int = 0) -> dict:
+        query = select(Slide, Patient.external_id).join(Patient, Patient.id == Slide.patient_id)
+        if patient_id is not None:
+            query = query.where(Slide.patient_id == patient_id)
+        if status:
+            query = query.where(Slide.status == status)
+        if q:
+            query = query.where(func.lower(Slide.name).like(_like(q), escape="\\"))
+        with self.catalog.transaction() as session:
+            total = session.scalar(select(func.count()).select_from(query.with_only_columns(Slide.id).subquery()))
+            rows = session.execute(query.order_by(Slide.name, Slide.id).limit(limit).offset(offset)).all()
+            items = [slide_dict(SlideRecord.of(slide), ext) for slide, ext in rows]
+        return {"total": int(total or 0), "limit": limit, "offset": offset, "items": items}
 
     def artifact_paths(self, patient_id: int) -> list[str]:
         return cohorts_repo.artifact_paths(self.catalog, patient_id)
@@ -219,5 +182,7 @@ class Listing:
         files = cohorts_repo.slide_files(self.catalog, list(ids.values()))
         return {ext for ext, pid in ids.items() if any(p and Path(p).is_file() for _, p in files.get(pid, []))}
 
+    # -- jobs -------------------------------------------------------------------------------------
     def job_state(self, job_id: int) -> str | None:
-        return job_state(self.catalog, job_id)
+        with self.catalog.transaction() as session:
+            return session.scalar(select(Job.state).where(Job.id == int(job_id)))

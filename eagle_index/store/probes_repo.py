@@ -1,5 +1,5 @@
-"""All SQL of probes: the `probes` and `probe_scores` tables, plus the reads probes need
-(one label's values, a cohort's members).
+"""All SQL of probes: the `probes` and `probe_scores` tables. Labels and cohort members are
+read where every other reader reads them (`Catalog`, `cohorts_repo`).
 
 Values go out as plain Python objects (`ProbeRecord`, dicts, lists), never live ORM rows.
 JSON columns are parsed here; `model_blob` stays bytes (safetensors, see probing.models).
@@ -16,7 +16,7 @@ from sqlalchemy import delete, insert, select, update
 
 from eagle_index.errors import InputError, NotFoundError
 from eagle_index.store.catalog import Catalog
-from eagle_index.store.models import Cohort, CohortMember, Label, Patient, Probe, ProbeScore, utcnow
+from eagle_index.store.models import Patient, Probe, ProbeScore, utcnow
 
 
 @dataclass
@@ -75,15 +75,15 @@ class ProbeRepo:
                   "model_blob": model_blob}
         if params is not None:
             values["params"] = json.dumps(params)
-        self.catalog.write(lambda session: session.execute(update(Probe).where(Probe.id == probe_id).values(**values)))
+        self.catalog.write(lambda session: session.execute(update(Probe).where(Probe.id == probe_id).values(**values)), bookkeeping=True)
 
     def fail(self, probe_id: int, error: str) -> None:
-        self.catalog.write(lambda session: session.execute(update(Probe).where(Probe.id == probe_id).values(status="failed", error=error)))
+        self.catalog.write(lambda session: session.execute(update(Probe).where(Probe.id == probe_id).values(status="failed", error=error)), bookkeeping=True)
 
     def fail_unfinished(self, error: str) -> int:
         """Probes left `training` by a process that died: mark them failed (owner start-up)."""
         return self.catalog.write(
-            lambda session: session.execute(update(Probe).where(Probe.status == "training").values(status="failed", error=error)).rowcount or 0)
+            lambda session: session.execute(update(Probe).where(Probe.status == "training").values(status="failed", error=error)).rowcount or 0, bookkeeping=True)
 
     def get(self, name: str, full: bool = True) -> ProbeRecord:
         with self.catalog.transaction() as session:
@@ -151,25 +151,6 @@ class ProbeRepo:
         with self.catalog.transaction() as session:
             rows = session.execute(select(ProbeScore.patient_id, ProbeScore.probability, ProbeScore.predicted).where(ProbeScore.probe_id == probe_id))
             return {int(pid): (float(p), pred) for pid, p, pred in rows}
-
-    # -- reads for training and applying ----------------------------------------------------
-    def label_values(self, name: str) -> dict[int, str]:
-        """{patient id: value} of one label (the name in any case: `Catalog.label_name`); empty values left out."""
-        name = self.catalog.label_name(name)
-        with self.catalog.transaction() as session:
-            rows = session.execute(select(Label.patient_id, Label.value).where(Label.name == name)).all()
-        return {int(pid): value for pid, value in rows if value is not None and str(value).strip() != ""}
-
-    def label_names(self) -> list[str]:
-        return self.catalog.label_names()
-
-    def cohort_members(self, cohort: str) -> list[int]:
-        """Patient ids of a cohort's materialised member list (NotFoundError if no such cohort)."""
-        with self.catalog.transaction() as session:
-            cohort_id = session.scalar(select(Cohort.id).where(Cohort.name == cohort))
-            if cohort_id is None:
-                raise NotFoundError(f"unknown cohort {cohort!r}")
-            return [int(p) for p in session.scalars(select(CohortMember.patient_id).where(CohortMember.cohort_id == cohort_id).order_by(CohortMember.patient_id))]
 
 
 _NAME_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
