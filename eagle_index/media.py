@@ -23,40 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from eagle_index.errors import EagleIndexError, InputError, NotFoundError
+from eagle_index.tiles import Tile
 
 THUMB_SIZES = (160, 256, 320, 512, 768, 1024)
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-@dataclass(frozen=True)
-class SelectedTile:
-    """One of a patient's top-k tiles (the ones its EAGLE vector averages); `slide_id` None: no catalogued slide."""
-
-    rank: int
-    slide: str
-    slide_id: int | None
-    x_um: float
-    y_um: float
-    attention: float
-
-    def as_dict(self) -> dict:
-        return {"rank": self.rank, "slide": self.slide, "slide_id": self.slide_id, "x_um": self.x_um, "y_um": self.y_um,
-                "attention": self.attention}
-
-
-@dataclass(frozen=True)
-class TilePosition:
-    """A tile of a slide: top-left µm and its raw CHIEF attention; `rank` for a slide's candidates (1 = best)."""
-
-    x_um: float
-    y_um: float
-    attention: float
-    rank: int | None = None
-
-    def as_dict(self) -> dict:
-        out = {"rank": self.rank} if self.rank is not None else {}
-        out.update(x_um=self.x_um, y_um=self.y_um, attention=self.attention)
-        return out
 
 
 @dataclass(frozen=True)
@@ -64,8 +34,8 @@ class SlideTiles:
     """A stored slide's tiles from its artifact: tile side, top candidates (best first), every tissue tile if asked."""
 
     tile_um: float
-    candidates: list[TilePosition]
-    tiles: list[TilePosition] | None = None
+    candidates: list[Tile]  # slide_rank 1 = best
+    tiles: list[Tile] | None = None
 
 
 class MediaService:
@@ -85,7 +55,7 @@ class MediaService:
         return self.viewer.cache
 
     # -- tile positions ---------------------------------------------------------------------------
-    def patient_tiles(self, patient_id: int, slides=None) -> list[SelectedTile]:
+    def selected_tiles(self, patient_id: int, slides=None) -> list[Tile]:
         """The patient's selected tiles (same selection and tie rule as its vector), best first."""
         tiles = self._stored_tiles(patient_id)
         if tiles is None:
@@ -94,7 +64,7 @@ class MediaService:
         for row in self.browse.slides_of_patient(patient_id) if slides is None else slides:
             if row.status == "done":
                 by_name.setdefault(row.name, row.id)
-        return [SelectedTile(i + 1, name, by_name.get(name), float(x), float(y), float(a))
+        return [Tile(name, float(x), float(y), float(a), slide_id=by_name.get(name), patient_rank=i + 1)
                 for i, (name, x, y, a) in enumerate(zip(tiles.slide, tiles.x_um, tiles.y_um, tiles.attention))]
 
     def slide_tiles(self, slide_id: int, all_tiles: bool = False) -> SlideTiles | None:
@@ -107,9 +77,10 @@ class MediaService:
             return None
         cand = read_slide_candidates(Path(row.artifact_path))
         coords, attention, tile_um = _artifact_tiles(row.artifact_path)
-        candidates = [TilePosition(float(x), float(y), float(a), i + 1)
+        candidates = [Tile(row.name, float(x), float(y), float(a), slide_id=row.id, slide_rank=i + 1)
                       for i, (x, y, a) in enumerate(zip(cand.x_um, cand.y_um, cand.scores))]
-        tiles = [TilePosition(float(x), float(y), float(a)) for (x, y), a in zip(coords, attention)] if all_tiles else None
+        tiles = ([Tile(row.name, float(x), float(y), float(a), slide_id=row.id) for (x, y), a in zip(coords, attention)]
+                 if all_tiles else None)
         return SlideTiles(tile_um, candidates, tiles)
 
     # -- slide images -----------------------------------------------------------------------------
@@ -117,7 +88,7 @@ class MediaService:
         """PNG of a catalogued slide, long side `size`; `boxes`: the tissue outline and the patient's
         selected tiles on this slide, else the bare image (pages overlay their own boxes)."""
         row, _ = self.browse.slide(slide_id)
-        tiles = self.patient_tiles(row.patient_id) if boxes else None
+        tiles = self.selected_tiles(row.patient_id) if boxes else None
         return self._thumbnail(row, _size(size), tiles)
 
     def patient_thumbnail(self, patient: str, size: int) -> bytes:
@@ -127,11 +98,11 @@ class MediaService:
         slides = [s for s in self.browse.slides_of_patient(pid) if s.path and Path(s.path).is_file()]
         if not slides:
             raise NotFoundError(f"patient {patient!r} has no slide file on this server")
-        tiles = self.patient_tiles(pid, slides)
+        tiles = self.selected_tiles(pid, slides)
         best = max(slides, key=lambda s: (sum(t.slide_id == s.id for t in tiles), -s.id))
         return self._thumbnail(best, size, tiles)
 
-    def _thumbnail(self, row, size: int, tiles: list[SelectedTile] | None) -> bytes:
+    def _thumbnail(self, row, size: int, tiles: list[Tile] | None) -> bytes:
         """The file is checked against the catalog first (viewer.verify: gone is 404, replaced since it
         was embedded is 409), also when the cache holds the image (issue 24 item 8)."""
         from eagle_index.slides import make_thumbnail

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -43,6 +43,7 @@ from eagle_index.region_queries import (AnnotationQuery, BoxQuery, ImageQuery, P
                                         TileRankQuery, as_int, region_query)
 from eagle_index.store import tiles_repo
 from eagle_index.store.validation import l2_normalized
+from eagle_index.tiles import Tile
 
 log = logging.getLogger(__name__)
 
@@ -53,32 +54,14 @@ MAX_ANNOTATION_TILES = 64  # an annotation query averages at most this many of i
 
 # -- results ---------------------------------------------------------------------------------
 @dataclass
-class TileHit:
-    slide: str
-    x_um: float
-    y_um: float
-    score: float
-    slide_id: int
-    patient_rank: int | None
-    slide_rank: int
-    attention: float
-    x_px: float | None = None  # the tile in its slide's level-0 pixels (None: the slide records no µm/px)
-    y_px: float | None = None
-    size_px: float | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
 class PatientRegions:
     patient: str
     score: float
-    tiles: list[TileHit]
+    tiles: list[Tile]  # each with its `score` and level-0 px (Tile.hit_dict)
     labels: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"patient": self.patient, "score": self.score, "tiles": [t.as_dict() for t in self.tiles], "labels": self.labels}
+        return {"patient": self.patient, "score": self.score, "tiles": [t.hit_dict() for t in self.tiles], "labels": self.labels}
 
 
 @dataclass
@@ -93,7 +76,7 @@ class RegionSearchResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RegionSearchResult":
-        patients = [PatientRegions(p["patient"], p["score"], [TileHit(**t) for t in p["tiles"]], p.get("labels", {}))
+        patients = [PatientRegions(p["patient"], p["score"], [Tile.from_hit_dict(t) for t in p["tiles"]], p.get("labels", {}))
                     for p in data.get("patients", [])]
         return cls(data.get("query", {}), patients, data.get("filters", {}), data.get("notes", []))
 
@@ -252,9 +235,9 @@ class RegionSearchService:
         pid = self.catalog.patient_ids([patient]).get(patient)
         if pid is None:
             raise NotFoundError(f"unknown patient {patient!r}")
-        rows = [r for r in tiles_repo.patient_tiles(self.catalog, pid) if r.patient_rank == rank]
+        rows = [r for r in tiles_repo.stored_patient_tiles(self.catalog, pid) if r.patient_rank == rank]
         if not rows:
-            n = sum(r.patient_rank is not None for r in tiles_repo.patient_tiles(self.catalog, pid))
+            n = sum(r.patient_rank is not None for r in tiles_repo.stored_patient_tiles(self.catalog, pid))
             raise NotFoundError(f"patient {patient!r} has no stored tile #{rank}"
                                 + (f" (it has {n} selected tiles, ranks 1-{n})" if n else " (no slides embedded by this catalog)"))
         row = self._preferred(rows)
@@ -544,16 +527,10 @@ class RegionSearchService:
         names = self.catalog.external_ids([pid for pid, _, _ in groups])
         mpps = slide_mpps(self.catalog, [r.slide_id for r in rows.values()])
         tile_um = self.settings.tiling.tile_um
-
-        def px(value: float, slide_id: int) -> float | None:
-            mpp = mpps.get(slide_id)
-            return round(value / mpp, 3) if mpp else None
-
         out = []
         for pid, best, tiles in groups:
-            hits = [TileHit(rows[t].slide, rows[t].x_um, rows[t].y_um, float(s), rows[t].slide_id, rows[t].patient_rank,
-                            rows[t].slide_rank, rows[t].attention, px(rows[t].x_um, rows[t].slide_id),
-                            px(rows[t].y_um, rows[t].slide_id), px(tile_um, rows[t].slide_id)) for t, s in tiles]
+            hits = [replace(rows[t], score=float(s), id=None, patient_id=None, patient=None).in_pixels(mpps.get(rows[t].slide_id), tile_um)
+                    for t, s in tiles]  # what a hit shows (Tile.hit_dict), the same here and through the API
             out.append(PatientRegions(names[pid], float(best), hits, labels.get(pid, {})))
         return out
 

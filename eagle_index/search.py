@@ -192,8 +192,9 @@ def merge_top_k(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarra
 
 # -- explanations -------------------------------------------------------------------------------
 @dataclass
-class PatientTiles:
-    """A patient's top-k tiles (the ones its EAGLE vector averages) with normalized class tokens."""
+class TileSelection:
+    """A patient's top-k tiles (the ones its EAGLE vector averages) as columns, with normalized class
+    tokens for matching tiles; services hand single tiles out as `tiles.Tile`."""
 
     slide: list[str]
     x_um: np.ndarray
@@ -205,7 +206,7 @@ class PatientTiles:
         return len(self.slide)
 
 
-def patient_tiles(artifact_paths: list[str | Path], top_k: int) -> PatientTiles | None:
+def read_tile_selection(artifact_paths: list[str | Path], top_k: int) -> TileSelection | None:
     """The patient's selection (same tie rule as its vector) from its slide artifacts; None without any."""
     from eagle_index import aggregation
     from eagle_index.store.artifacts import read_slide_candidates
@@ -219,7 +220,7 @@ def patient_tiles(artifact_paths: list[str | Path], top_k: int) -> PatientTiles 
     selection = aggregation.select_patient_tiles(candidates, top_k)
     rows = list(zip(selection.slide, selection.row))
     tokens = np.stack([candidates[s].class_tokens[r] for s, r in rows]).astype(np.float32)
-    return PatientTiles(
+    return TileSelection(
         slide=[candidates[s].slide_name for s, _ in rows],
         x_um=np.array([candidates[s].x_um[r] for s, r in rows], dtype=np.float64),
         y_um=np.array([candidates[s].y_um[r] for s, r in rows], dtype=np.float64),
@@ -228,12 +229,12 @@ def patient_tiles(artifact_paths: list[str | Path], top_k: int) -> PatientTiles 
     )
 
 
-def match_tiles(query: PatientTiles, hit: PatientTiles, pairs: int = 5) -> list[TilePair]:
+def match_tiles(query: TileSelection, hit: TileSelection, pairs: int = 5) -> list[TilePair]:
     """The most similar (query tile, hit tile) pairs by class-token cosine, chosen greedily one-to-one."""
     sims = query.tokens @ hit.tokens.T
     order = np.argsort(-sims, axis=None, kind="stable")
 
-    def attention_ranks(tiles: PatientTiles) -> np.ndarray:
+    def attention_ranks(tiles: TileSelection) -> np.ndarray:
         ranks = np.empty(len(tiles), dtype=np.int64)
         ranks[np.argsort(-np.asarray(tiles.attention, dtype=np.float64), kind="stable")] = np.arange(1, len(tiles) + 1)
         return ranks
@@ -403,7 +404,7 @@ class SearchService:
         encode a query), `embed(...)` (slides to vectors, no catalog) and `ingest(...)` (store=True slide queries)."""
         self.settings, self.catalog, self.vectors = settings, catalog, vectors
         self._query_models, self._embed, self._ingest = query_models, embed, ingest
-        self._tiles_cache: OrderedDict[tuple[str, ...], PatientTiles | None] = OrderedDict()
+        self._tiles_cache: OrderedDict[tuple[str, ...], TileSelection | None] = OrderedDict()
         self._tiles_lock = threading.Lock()
 
     # -- entry points ------------------------------------------------------------------------------
@@ -468,7 +469,7 @@ class SearchService:
             if len(embedded) != 1:
                 raise InputError(f"these slides belong to {len(embedded)} patients ({', '.join(sorted(embedded))}); pass --patient")
             name, vectors = next(iter(embedded.items()))
-            query_tiles = patient_tiles(sorted(Path(tmp).glob("*.h5")), self.settings.eagle.top_k) if explain else None
+            query_tiles = read_tile_selection(sorted(Path(tmp).glob("*.h5")), self.settings.eagle.top_k) if explain else None
         by_kind = vectors.by_kind()
         if kind not in by_kind:
             raise InputError(f"slides give vectors of kind {', '.join(by_kind)}, not {kind!r}")
@@ -609,7 +610,7 @@ class SearchService:
             result_vote = {"label": vote, **knn_vote([h.labels.get(name) for h in hits], [h.score for h in hits])}
         return replace(result, hits=hits, notes=tuple(notes), vote=result_vote)
 
-    def _stored_tiles(self, patient_id: int) -> PatientTiles | None:
+    def _stored_tiles(self, patient_id: int) -> TileSelection | None:
         """A stored patient's top tiles from its artifacts (LRU-cached by artifact set), or None."""
         paths = tuple(repo.artifact_paths(self.catalog, patient_id))
         if not paths:
@@ -619,7 +620,7 @@ class SearchService:
                 self._tiles_cache.move_to_end(paths)
                 return self._tiles_cache[paths]
         try:
-            tiles = patient_tiles(list(paths), self.settings.eagle.top_k)
+            tiles = read_tile_selection(list(paths), self.settings.eagle.top_k)
         except EagleIndexError as exc:
             log.warning("no explanation for patient id %d: %s", patient_id, exc)
             tiles = None
@@ -629,7 +630,7 @@ class SearchService:
                 self._tiles_cache.popitem(last=False)
         return tiles
 
-    def stored_tiles(self, patient_id: int) -> PatientTiles | None:
+    def stored_tiles(self, patient_id: int) -> TileSelection | None:
         """A stored patient's selected tiles (None for imported vectors); cached like the explanations."""
         return self._stored_tiles(patient_id)
 

@@ -42,6 +42,7 @@ import numpy as np
 from eagle_index import fingerprint as fingerprints
 from eagle_index.atomic import atomic_write_bytes
 from eagle_index.errors import EagleIndexError, NotFoundError
+from eagle_index.tiles import Tile
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +84,6 @@ class TileImage:
 
 
 @dataclass(frozen=True)
-class TileBox:
-    """One tile drawn on the viewer: µm (the artifact's units) and level-0 px (the viewer's)."""
-
-    slide_id: int | None
-    slide: str
-    x_um: float
-    y_um: float
-    x_px: float | None
-    y_px: float | None
-    size_px: float | None
-    attention: float
-    rank: int | None = None
-    has_file: bool = False  # the slide's file is on this server, so the tile has an image (web/urls.py makes its URL)
-
-
-@dataclass(frozen=True)
 class ViewerSlide:
     id: int
     name: str
@@ -117,7 +102,7 @@ class PatientViewer:
 
     patient: str
     slides: list[ViewerSlide]
-    selected: list[TileBox]
+    selected: list[Tile]  # drawn as boxes (Tile.box_dict)
     tile_um: float
     note: str | None
     # Raw CHIEF attention over all of the patient's embedded slides: one heatmap scale for all of them
@@ -126,6 +111,7 @@ class PatientViewer:
 
     def as_dict(self) -> dict:
         out = asdict(self)
+        out["selected"] = [t.box_dict() for t in self.selected]
         out["attention_range"] = list(self.attention_range) if self.attention_range else None
         return out
 
@@ -145,11 +131,13 @@ class SlideOverlays:
     tissue: dict = field(default_factory=dict)  # columns x_um, y_um, x_px, y_px, attention
     attention_min: float | None = None
     attention_max: float | None = None
-    selected: list[TileBox] = field(default_factory=list)
+    selected: list[Tile] = field(default_factory=list)
     note: str | None = None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["selected"] = [t.box_dict() for t in self.selected]
+        return out
 
 
 @dataclass(frozen=True)
@@ -159,8 +147,11 @@ class ComparedTiles:
 
     rank: int
     similarity: float
-    query: TileBox
-    hit: TileBox
+    query: Tile
+    hit: Tile
+
+    def as_dict(self) -> dict:
+        return {"rank": self.rank, "similarity": self.similarity, "query": self.query.box_dict(), "hit": self.hit.box_dict()}
 
 
 @dataclass(frozen=True)
@@ -171,7 +162,7 @@ class CompareView:
     note: str | None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {"query": self.query.as_dict(), "hit": self.hit.as_dict(), "pairs": [p.as_dict() for p in self.pairs], "note": self.note}
 
 
 @dataclass(frozen=True)
@@ -553,7 +544,7 @@ class ViewerService:
         return TileImage(data, FORMATS[fmt], etag, False)
 
     # -- overlays ----------------------------------------------------------------------------------
-    def _selected(self, patient_id: int, slides: list[_Record]) -> list[TileBox]:
+    def _selected(self, patient_id: int, slides: list[_Record]) -> list[Tile]:
         """The patient's selected tiles (rank order, same selection as its EAGLE vector)."""
         tiles = self.searcher.stored_tiles(patient_id)
         if tiles is None:
@@ -704,22 +695,19 @@ def _round(values) -> list[float]:
 
 
 def _box(record: _Record | None, name: str, x_um: float, y_um: float, attention: float, tile_um: float,
-         rank: int | None = None) -> TileBox:
-    mpp = record.mpp if record is not None else None
-    slide_id = record.id if record is not None else None
+         rank: int | None = None) -> Tile:
+    """A tile drawn on a slide of `record` (None: no catalogued slide), in its µm and level-0 px."""
     has_file = record is not None and bool(record.path) and Path(record.path).is_file()
-    return TileBox(
-        slide_id, name, float(x_um), float(y_um),
-        round(x_um / mpp, 3) if mpp else None, round(y_um / mpp, 3) if mpp else None, round(tile_um / mpp, 3) if mpp else None,
-        float(attention), rank, has_file,
-    )
+    tile = Tile(name, float(x_um), float(y_um), float(attention), slide_id=record.id if record is not None else None,
+                patient_rank=rank, has_file=has_file)
+    return tile.in_pixels(record.mpp if record is not None else None, tile_um)
 
 
-def _with_attention(box: TileBox, selected: list[TileBox]) -> TileBox:
+def _with_attention(box: Tile, selected: list[Tile]) -> Tile:
     """The pair's tile with its rank and attention from the patient's selection (pairs come from it)."""
     from dataclasses import replace
 
     for s in selected:
-        if s.slide == box.slide and abs(s.x_um - box.x_um) < 0.5 and abs(s.y_um - box.y_um) < 0.5:
-            return replace(box, rank=s.rank, attention=s.attention)
+        if s.same_place(box):
+            return replace(box, patient_rank=s.patient_rank, attention=s.attention)
     return replace(box, attention=0.0)

@@ -264,7 +264,7 @@ def test_in_annotation_filter_keeps_patients_with_a_selected_tile_inside(world):
 
     service = world["service"]
     pb = service.catalog.patient_ids(["PB"])["PB"]
-    (tile,) = [r for r in tiles_repo.patient_tiles(service.catalog, pb) if r.patient_rank == 1]
+    (tile,) = [r for r in tiles_repo.stored_patient_tiles(service.catalog, pb) if r.patient_rank == 1]
     # a tumour region around PB's first selected tile; one on PC's slide that holds no tile centre
     around = service.annotations.create("PB-B1", geojson.rectangle(tile.x_um / MPP + 10, tile.y_um / MPP + 10, 200, 200),
                                         class_name="Tumour")

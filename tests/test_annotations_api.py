@@ -153,7 +153,7 @@ def test_in_annotation_filter_in_search(client, env):
 
     catalog = env["service"].catalog
     pb = catalog.patient_ids(["PB"])["PB"]
-    first = next(r for r in tiles_repo.patient_tiles(catalog, pb) if r.patient_rank == 1)
+    first = next(r for r in tiles_repo.stored_patient_tiles(catalog, pb) if r.patient_rank == 1)
     ann = client.post("/api/v1/slides/PB-B1/annotations", json={
         "class_name": "Tumour", "geometry": geojson.rectangle(first.x_um / MPP, first.y_um / MPP, 224, 224)}).get_json()
     posted = client.post("/api/v1/search", json={"patient": "PA", "k": 5, "filters": {"in_annotation": ["tumour"]}})

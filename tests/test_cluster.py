@@ -69,7 +69,7 @@ def _state(data: Path) -> dict:
     from sqlalchemy import select
 
     from eagle_index.config import Settings
-    from eagle_index.search import patient_tiles
+    from eagle_index.search import read_tile_selection
     from eagle_index.service import EagleService
     from eagle_index.store.models import Job, Slide
 
@@ -86,7 +86,7 @@ def _state(data: Path) -> dict:
                              for j in session.scalars(select(Job))}
             for patient in state["vectors"].get("eagle", {}):
                 pid = catalog.patient_id(session, patient)
-                tiles = patient_tiles(catalog.done_artifacts(session, pid), service.settings.eagle.top_k)
+                tiles = read_tile_selection(catalog.done_artifacts(session, pid), service.settings.eagle.top_k)
                 state["selections"][patient] = (tiles.slide, tiles.x_um, tiles.y_um, tiles.attention)
     for path in sorted((data / "artifacts").rglob("*.h5")):
         with h5py.File(path) as handle:

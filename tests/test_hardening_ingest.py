@@ -485,7 +485,7 @@ def _one_slide_at(service, path: Path, content: Path, patient: str) -> tuple[int
     assert [(r.path, r.fingerprint) for r in done] == [(str(path), slide_fingerprint(content))], rows
     old = [r.id for r in rows if r.status != "done"]
     assert old and all(tiles_repo.slide_tiles(catalog, sid) == [] for sid in old)
-    tiles = tiles_repo.patient_tiles(catalog, pid)
+    tiles = tiles_repo.stored_patient_tiles(catalog, pid)
     assert tiles and {t.slide_id for t in tiles} == {done[0].id}
     for info in tiles_repo.tile_sets(catalog):  # the tile index holds the new slide's tiles only
         _, patients = tiles_repo.tile_ids(catalog, info.signature)

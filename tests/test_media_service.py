@@ -44,7 +44,7 @@ def test_media_is_the_one_selection_and_serves_what_the_api_sends(env):
 
     svc, client = env["service"], env["client"]
     pid = svc.browse.patient_id("CASE-001")
-    tiles = svc.media.patient_tiles(pid)
+    tiles = svc.media.selected_tiles(pid)
     viewer = svc.viewer.patient("CASE-001").selected
     assert [(t.slide_id, t.x_um, t.y_um) for t in tiles] == [(b.slide_id, b.x_um, b.y_um) for b in viewer]
     assert [t["slide_id"] for t in client.get("/api/v1/patients/CASE-001").get_json()["tiles"]] == [t.slide_id for t in tiles]
@@ -55,7 +55,7 @@ def test_media_is_the_one_selection_and_serves_what_the_api_sends(env):
     described = svc.media.slide_tiles(first.slide_id, all_tiles=True)
     detail = client.get(f"/api/v1/slides/{first.slide_id}?all_tiles=1").get_json()
     assert detail["tile_um"] == described.tile_um and len(detail["tiles"]) == len(described.tiles)
-    assert [(c["rank"], c["x_um"], c["y_um"]) for c in detail["candidates"]] == [(c.rank, c.x_um, c.y_um) for c in described.candidates]
+    assert [(c["rank"], c["x_um"], c["y_um"]) for c in detail["candidates"]] == [(c.slide_rank, c.x_um, c.y_um) for c in described.candidates]
     assert svc.media.slide_thumbnail(first.slide_id, 160).startswith(PNG)
     assert svc.media.patient_thumbnail("CASE-001", 160).startswith(PNG)
     with pytest.raises(InputError, match="size must be one of"):
@@ -63,6 +63,6 @@ def test_media_is_the_one_selection_and_serves_what_the_api_sends(env):
     with pytest.raises(NotFoundError, match="unknown upload id"):
         svc.media.upload_thumbnail("../../etc/passwd", 160)
     imported = svc.browse.patient_id("IMP-001")
-    assert svc.media.patient_tiles(imported) == []
+    assert svc.media.selected_tiles(imported) == []
     with pytest.raises(NotFoundError, match="no slide file"):
         svc.media.patient_thumbnail("IMP-001", 160)

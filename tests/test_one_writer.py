@@ -311,7 +311,7 @@ def test_region_searches_during_tile_commits_and_removals(service, monkeypatch):
                         result = regions.search(query, k=8, per_patient=3)
                         for p in result.patients:
                             pid = catalog.patient_ids([p.patient])[p.patient]
-                            present = {(t.slide_id, t.x_um) for t in tiles_repo.patient_tiles(catalog, pid, TILE_SIG)}
+                            present = {(t.slide_id, t.x_um) for t in tiles_repo.stored_patient_tiles(catalog, pid, TILE_SIG)}
                             missing = [(t.slide_id, t.x_um) for t in p.tiles if (t.slide_id, t.x_um) not in present]
                             assert not missing, f"hits of {p.patient} not in the catalog: {missing}"
                 else:

@@ -95,7 +95,7 @@ def snapshot(service) -> dict:
         ids, raw = catalog.load_vectors(kind, IDENTITY.signature(kind))
         out["vectors"][kind] = {names[int(i)]: raw[n].tobytes() for n, i in enumerate(ids)}
     for pid, patient in names.items():
-        rows = tiles_repo.patient_tiles(catalog, pid)
+        rows = tiles_repo.stored_patient_tiles(catalog, pid)
         _, sigs, tokens = tiles_repo.load_tokens_by_id(catalog, [r.id for r in rows])
         out["tiles"][patient] = [(r.slide, r.x_um, r.y_um, r.slide_rank, r.patient_rank, r.attention, sig, t.tobytes())
                                  for r, sig, t in zip(rows, sigs, tokens)]
@@ -363,8 +363,8 @@ def test_a_kill_while_a_batch_is_stored_loses_nothing_stored_and_leaves_nothing_
         assert tiles_repo.slides_named(catalog, "Q-DX1") == [] and tiles_repo.slides_named(catalog, "P-DX0") == []
         assert {(s.kind, s.count) for s in catalog.vector_sets()} == {(k, 1) for k in KINDS}  # P only
         pid = catalog.patient_ids(["P"])["P"]
-        assert sorted({r.slide for r in tiles_repo.patient_tiles(catalog, pid)}) == ["P-DX1", "P-DX3"]
-        assert len(tiles_repo.patient_tiles(catalog, pid)) == 50
+        assert sorted({r.slide for r in tiles_repo.stored_patient_tiles(catalog, pid)}) == ["P-DX1", "P-DX3"]
+        assert len(tiles_repo.stored_patient_tiles(catalog, pid)) == 50
         assert [h.patient for h in service.search_patient("P", k=3)] == []  # the index holds P alone
         files = [p for p in (data / "artifacts").rglob("*") if p.is_file()]
         assert len(files) == 5 and all(p.suffix == ".h5" for p in files)  # the killed batch's artifacts are whole

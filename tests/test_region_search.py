@@ -66,13 +66,13 @@ def test_ingest_stores_every_candidate_and_the_index_holds_them(world):
     index_path, meta_path = service.regions.index.paths(info.signature)
     assert index_path.is_file() and json.loads(meta_path.read_text())["generation"] == info.generation
     pid = service.catalog.patient_ids(["PA"])["PA"]
-    rows = tiles_repo.patient_tiles(service.catalog, pid)
+    rows = tiles_repo.stored_patient_tiles(service.catalog, pid)
     assert sorted(r.patient_rank for r in rows) == list(range(1, 26))
     # the ranks are the patient's selection (same tiles and order as its EAGLE vector uses)
-    from eagle_index.search import patient_tiles
+    from eagle_index.search import read_tile_selection
     from eagle_index.store import cohorts_repo
 
-    selected = patient_tiles(cohorts_repo.artifact_paths(service.catalog, pid), 25)
+    selected = read_tile_selection(cohorts_repo.artifact_paths(service.catalog, pid), 25)
     assert [(r.x_um, r.y_um) for r in rows] == list(zip(selected.x_um.tolist(), selected.y_um.tolist()))
 
     result = service.regions.search({"patient": "PA", "tile": 1}, k=6, per_patient=3)
@@ -100,7 +100,7 @@ def test_reaggregation_updates_the_loaded_index_in_place(world):
     assert after.ntotal == before + 9 and after.info.generation == generation + 1
     assert json.loads(service.regions.index.paths(sig)[1].read_text())["generation"] == after.info.generation
     pid = service.catalog.patient_ids(["PA"])["PA"]
-    rows = tiles_repo.patient_tiles(service.catalog, pid)
+    rows = tiles_repo.stored_patient_tiles(service.catalog, pid)
     assert len(rows) == 34
     assert sorted(r.patient_rank for r in rows if r.patient_rank) == list(range(1, 26))
     assert sum(r.patient_rank is None for r in rows) == 9  # candidates of a slide, not among the patient's 25

@@ -10,7 +10,7 @@ import pytest
 from eagle_index.aggregation import SlideCandidates
 from eagle_index.config import Settings
 from eagle_index.pipeline import SlideResult
-from eagle_index.search import PatientTiles, match_tiles
+from eagle_index.search import TileSelection, match_tiles
 from eagle_index.service import EagleService
 from eagle_index.store.artifacts import write_slide_artifact
 from slide_fixtures import write_pyramidal_tiff
@@ -39,12 +39,12 @@ def _store(service, patient, vector, slides=()):
 
 def test_match_tiles_greedy_one_to_one():
     eye = np.eye(3, dtype=np.float32)
-    q = PatientTiles(["a"] * 3, np.array([0.0, 1, 2]), np.zeros(3), np.zeros(3), eye)
-    h = PatientTiles(["b"] * 3, np.array([10.0, 11, 12]), np.zeros(3), np.zeros(3), eye[[2, 0, 1]])
+    q = TileSelection(["a"] * 3, np.array([0.0, 1, 2]), np.zeros(3), np.zeros(3), eye)
+    h = TileSelection(["b"] * 3, np.array([10.0, 11, 12]), np.zeros(3), np.zeros(3), eye[[2, 0, 1]])
     pairs = match_tiles(q, h, pairs=5)
     assert len(pairs) == 3 and all(p.similarity == pytest.approx(1.0) for p in pairs)
     assert {(p.query_x_um, p.hit_x_um) for p in pairs} == {(0.0, 11.0), (1.0, 12.0), (2.0, 10.0)}
-    one = match_tiles(q, PatientTiles(["b"], np.array([5.0]), np.zeros(1), np.zeros(1), eye[:1]), pairs=5)
+    one = match_tiles(q, TileSelection(["b"], np.array([5.0]), np.zeros(1), np.zeros(1), eye[:1]), pairs=5)
     assert len(one) == 1 and one[0].query_x_um == 0.0  # each hit tile used once
 
 

@@ -47,13 +47,13 @@ def with_slide_urls(item: dict) -> dict:
 
 
 def with_selected_tile_url(tile: dict) -> dict:
-    """A patient's selected tile (`service.media.patient_tiles`): its image when it lies in a catalogued slide."""
+    """A patient's selected tile (`service.media.selected_tiles`, `Tile.selected_dict`): its image when it lies in a catalogued slide."""
     tile["tile_url"] = tile_url(tile["slide_id"], tile["x_um"], tile["y_um"]) if tile.get("slide_id") is not None else None
     return tile
 
 
 def with_box_url(box: dict) -> dict:
-    """A viewer tile box (`viewer.TileBox`): `has_file` becomes its image URL (None without the slide's file)."""
+    """A viewer tile box (`Tile.box_dict`): `has_file` becomes its image URL (None without the slide's file)."""
     has_file = box.pop("has_file", False)
     box["tile_url"] = tile_url(box["slide_id"], box["x_um"], box["y_um"]) if has_file and box.get("slide_id") is not None else None
     return box

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from eagle_index.errors import NotFoundError
 from eagle_index.store.models import Patient, Slide, TileSet, TileToken, tile_token_id_seq, utcnow
+from eagle_index.tiles import Tile
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +55,6 @@ class TileChange:
     new_generation: int
     added: tuple[int, ...]
     removed: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class TileRow:
-    """One stored tile (no token): what a region-search hit shows."""
-
-    id: int
-    patient_id: int
-    patient: str
-    slide_id: int
-    slide: str
-    x_um: float
-    y_um: float
-    slide_rank: int
-    patient_rank: int | None
-    attention: float
 
 
 # -- writes ---------------------------------------------------------------------------------
@@ -272,14 +257,16 @@ def load_tokens(catalog, signature: str, ids=None) -> tuple[np.ndarray, np.ndarr
     return tids, pids, np.frombuffer(b"".join(r[3] for r in rows), np.float32).reshape(len(rows), rows[0][2])
 
 
-def _rows(session: Session, query) -> list[TileRow]:
+def _rows(session: Session, query) -> list[Tile]:
+    """Stored tiles (no token) with their row id, patient and slide: what a region-search hit shows."""
     query = query.join(Slide, Slide.id == TileToken.slide_id).join(Patient, Patient.id == TileToken.patient_id)
-    return [TileRow(int(t.id), int(t.patient_id), ext, int(t.slide_id), name, float(t.x_um), float(t.y_um), int(t.slide_rank),
-                    None if t.patient_rank is None else int(t.patient_rank), float(t.attention))
+    return [Tile(name, float(t.x_um), float(t.y_um), float(t.attention), slide_id=int(t.slide_id),
+                 patient_rank=None if t.patient_rank is None else int(t.patient_rank), slide_rank=int(t.slide_rank),
+                 id=int(t.id), patient_id=int(t.patient_id), patient=ext)
             for t, ext, name in session.execute(query.add_columns(Patient.external_id, Slide.name))]
 
 
-def tile_rows(catalog, ids) -> dict[int, TileRow]:
+def tile_rows(catalog, ids) -> dict[int, Tile]:
     ids = [int(i) for i in ids]
     if not ids:
         return {}
@@ -300,7 +287,7 @@ def load_tokens_by_id(catalog, ids) -> tuple[np.ndarray, list[str], np.ndarray]:
             np.stack([np.frombuffer(rows[i][3], np.float32) for i in ids]) if ids else np.zeros((0, 0), np.float32))
 
 
-def patient_tiles(catalog, patient_id: int, signature: str | None = None) -> list[TileRow]:
+def stored_patient_tiles(catalog, patient_id: int, signature: str | None = None) -> list[Tile]:
     """A patient's stored tiles (selected ones first by rank, then the other candidates)."""
     with catalog.transaction() as session:
         query = select(TileToken).where(TileToken.patient_id == patient_id)
@@ -310,7 +297,7 @@ def patient_tiles(catalog, patient_id: int, signature: str | None = None) -> lis
     return sorted(rows, key=lambda r: (r.patient_rank is None, r.patient_rank or 0, r.slide, r.slide_rank))
 
 
-def slide_tiles(catalog, slide_id: int) -> list[tuple[TileRow, str]]:
+def slide_tiles(catalog, slide_id: int) -> list[tuple[Tile, str]]:
     """(row, signature) of every stored tile of one slide."""
     with catalog.transaction() as session:
         sigs = dict(session.execute(select(TileToken.id, TileToken.signature).where(TileToken.slide_id == slide_id)).all())

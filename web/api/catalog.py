@@ -42,7 +42,7 @@ def patient(patient: str):
     svc = service()
     pid = svc.browse.patient_id(patient)
     slides = svc.browse.slides_of_patient(pid)
-    tiles = svc.media.patient_tiles(pid, slides)
+    tiles = svc.media.selected_tiles(pid, slides)
     counts: dict[int, int] = {}
     for tile in tiles:
         if tile.slide_id is not None:
@@ -58,7 +58,7 @@ def patient(patient: str):
         "slides": slide_items,
         "vectors": svc.browse.vectors_of(pid),
         "cohorts": svc.browse.cohorts_of(pid),
-        "tiles": [urls.with_selected_tile_url(t.as_dict()) for t in tiles],
+        "tiles": [urls.with_selected_tile_url(t.selected_dict()) for t in tiles],
         "thumbnail_url": urls.patient_thumbnail(patient) if any(s["has_file"] for s in slide_items) else None,
     })
 
@@ -114,11 +114,11 @@ def slide(slide_id: int):
     if tiles is not None:
         out["tile_um"] = tiles.tile_um
         out["candidates"] = [
-            {**c.as_dict(), "tile_url": urls.tile_url(row.id, c.x_um, c.y_um) if out["has_file"] else None}
+            {**c.position_dict(), "tile_url": urls.tile_url(row.id, c.x_um, c.y_um) if out["has_file"] else None}
             for c in tiles.candidates
         ]
         if tiles.tiles is not None:
-            out["tiles"] = [t.as_dict() for t in tiles.tiles]
+            out["tiles"] = [t.position_dict() for t in tiles.tiles]
     return jsonify(out)
 
 
