@@ -13,7 +13,7 @@ import numpy as np
 
 from eagle_index.errors import CatalogError, EagleIndexError, InputError, NotFoundError
 from eagle_index.owner import OwnerInfo
-from eagle_index.results import Hit, ProbeResult, SearchResult
+from eagle_index.results import CatalogStats, CohortSummary, Hit, ProbeResult, RetrievalEvaluation, SearchResult, StatusReport
 
 
 class OwnerClient:
@@ -149,11 +149,11 @@ class RemoteService:
                        filters=None, explain: bool = False, pairs: int = 5) -> tuple[Hit, ...]:
         return self.search(external_id, k=k, kind=kind, signature=signature, filters=filters, explain=explain, pairs=pairs).hits
 
-    def stats(self) -> dict:
-        return self.client.stats()
+    def stats(self) -> CatalogStats:
+        return CatalogStats.from_dict(self.client.stats())
 
-    def status(self) -> dict:
-        return self.client.status()
+    def status(self) -> StatusReport:
+        return StatusReport.from_dict(self.client.status())
 
     def schema_revision(self) -> tuple[str | None, str]:
         return self.client.schema_revision()
@@ -217,22 +217,22 @@ class RemoteSearcher(_RemoteTopic):
     """`service.searcher` of a running owner: the read-only evaluations it serves."""
 
     def evaluate_retrieval(self, label: str, ks=(1, 3, 5), kind: str | None = None, signature: str | None = None,
-                           cohort: str | None = None, exclude_same_site: bool = False, site_label: str = "site") -> dict:
-        return self.client._request("GET", "/eval/retrieval", {
+                           cohort: str | None = None, exclude_same_site: bool = False, site_label: str = "site") -> RetrievalEvaluation:
+        return RetrievalEvaluation.from_dict(self.client._request("GET", "/eval/retrieval", {
             "label": label, "k": ",".join(str(int(k)) for k in ks), "kind": kind, "signature": signature, "cohort": cohort,
-            "exclude_site": "1" if exclude_same_site else None, "site_label": site_label})
+            "exclude_site": "1" if exclude_same_site else None, "site_label": site_label}))
 
 
 class RemoteCohorts(_RemoteTopic):
     """`service.cohorts` of a running owner (same methods and results as `CohortService`)."""
 
-    def list(self) -> list[dict]:
-        return self.client._request("GET", "/cohorts")
+    def list(self) -> list[CohortSummary]:
+        return [CohortSummary.from_dict(c) for c in self.client._request("GET", "/cohorts")]
 
-    def show(self, name: str, limit: int | None = None) -> dict:
-        return self.client._request("GET", f"/cohorts/{_quoted(name)}", {"limit": min(limit or 10000, 10000)})
+    def show(self, name: str, limit: int | None = None) -> CohortSummary:
+        return CohortSummary.from_dict(self.client._request("GET", f"/cohorts/{_quoted(name)}", {"limit": min(limit or 10000, 10000)}))
 
-    def create(self, name: str, definition=None, replace: bool = False, **fields) -> dict:
+    def create(self, name: str, definition=None, replace: bool = False, **fields) -> CohortSummary:
         definition = definition if definition is not None else {k: v for k, v in fields.items() if v not in (None, (), [])}
         if hasattr(definition, "as_dict"):
             definition = definition.as_dict()
@@ -240,10 +240,11 @@ class RemoteCohorts(_RemoteTopic):
             if isinstance(definition.get(key), tuple):
                 definition[key] = list(definition[key])
         body = {"name": name, "definition": definition, "replace": replace}
-        return self.client._request("POST", "/cohorts", body=_json_body(body), content_type="application/json")
+        return CohortSummary.from_dict(self.client._request("POST", "/cohorts", body=_json_body(body), content_type="application/json"))
 
-    def refresh(self, name: str) -> dict:
-        return self.client._request("POST", f"/cohorts/{_quoted(name)}/refresh", body=b"{}", content_type="application/json")
+    def refresh(self, name: str) -> CohortSummary:
+        return CohortSummary.from_dict(self.client._request("POST", f"/cohorts/{_quoted(name)}/refresh", body=b"{}",
+                                                            content_type="application/json"))
 
     def delete(self, name: str) -> None:
         self.client._request("DELETE", f"/cohorts/{_quoted(name)}")

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import re
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import numpy as np
 from eagle_index.errors import InputError, NotFoundError
 from eagle_index.identifiers import check_identifier
 from eagle_index.atomic import atomic_path
+from eagle_index.results import CohortMember, CohortPreview, CohortSummary
 from eagle_index.search import LOAD_CHUNK, SearchFilters, allowed_ids, parse_label_filters
 from eagle_index.store import cohorts_repo as repo
 from eagle_index.store.validation import l2_normalized
@@ -145,7 +147,7 @@ class CohortService:
         self.settings, self.catalog, self.vectors = settings, catalog, vectors
 
     # -- definitions and members -------------------------------------------------------------
-    def create(self, name: str, definition: CohortDefinition | dict | None = None, replace: bool = False, **fields) -> dict:
+    def create(self, name: str, definition: CohortDefinition | dict | None = None, replace: bool = False, **fields) -> CohortSummary:
         """Save a definition and materialise it. Give a CohortDefinition, its dict, or its fields
         (labels=["organ=lung"], cohorts=[...], seeds=[...], min_similarity=, probe=, min_probability=, kind=, signature=)."""
         if not (name or "").strip():
@@ -163,17 +165,16 @@ class CohortService:
         row = repo.save_cohort(self.catalog, name, definition.as_dict(), members, create=True, replace=replace)
         return self._summary(row)
 
-    def preview(self, definition: CohortDefinition | dict, limit: int = 20) -> dict:
+    def preview(self, definition: CohortDefinition | dict, limit: int = 20) -> CohortPreview:
         """Materialise a definition without saving it: member count, resolved definition, first members."""
         if isinstance(definition, dict):
             definition = CohortDefinition.from_dict(definition)
         resolved, members = self._materialise(definition)
         first = members[:limit]
         names = self.catalog.external_ids([pid for pid, _ in first])
-        return {"count": len(members), "definition": resolved.as_dict(),
-                "members": [{"patient": names[pid], "score": score} for pid, score in first]}
+        return CohortPreview(len(members), resolved.as_dict(), tuple(CohortMember(names[pid], score) for pid, score in first))
 
-    def refresh(self, name: str) -> dict:
+    def refresh(self, name: str) -> CohortSummary:
         """Materialise a saved definition again (new member list and timestamp)."""
         row = repo.get_cohort(self.catalog, name)
         definition, members = self._materialise(CohortDefinition.from_dict(row.definition))
@@ -182,26 +183,24 @@ class CohortService:
     def delete(self, name: str) -> None:
         repo.delete_cohort(self.catalog, name)
 
-    def list(self) -> list[dict]:
+    def list(self) -> list[CohortSummary]:
         return [self._summary(row) for row in repo.list_cohorts(self.catalog)]
 
-    def show(self, name: str, limit: int | None = None) -> dict:
+    def show(self, name: str, limit: int | None = None) -> CohortSummary:
         """Definition, timestamps and members (patient, score, labels; best score first)."""
         row = repo.get_cohort(self.catalog, name)
         members = repo.cohort_members(self.catalog, name)
         shown = members if limit is None else members[:limit]
         labels = self.catalog.labels_of([pid for pid, _, _ in shown])
-        out = self._summary(row)
-        out["members"] = [{"patient": ext, "score": score, "labels": labels[pid]} for pid, ext, score in shown]
-        return out
+        return dataclasses.replace(self._summary(row), members=tuple(CohortMember(ext, score, labels[pid]) for pid, ext, score in shown))
 
     def members(self, name: str) -> list[str]:
         return [ext for _, ext, _ in repo.cohort_members(self.catalog, name)]
 
     @staticmethod
-    def _summary(row: repo.CohortRow) -> dict:
-        return {"name": row.name, "definition": row.definition, "member_count": row.member_count,
-                "materialized_at": _iso(row.materialized_at), "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at)}
+    def _summary(row: repo.CohortRow) -> CohortSummary:
+        return CohortSummary(row.name, row.definition, row.member_count, _iso(row.materialized_at), _iso(row.created_at),
+                             _iso(row.updated_at))
 
     def _materialise(self, definition: CohortDefinition) -> tuple[CohortDefinition, list[tuple[int, float | None]]]:
         allowed = allowed_ids(self.catalog, definition.filters)

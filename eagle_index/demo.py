@@ -85,7 +85,7 @@ def run_demo(settings: Settings, patients: int = 12, echo=print) -> dict:
         for hit in hits:
             echo(f"  {hit.rank}. {hit.patient}  cosine {hit.score:.4f}  tissue={hit.labels.get('TISSUE')}")
     echo(f"watch folder: {inbox} (while the demo serves, a slide dropped there is embedded; the Ingestion page shows it)")
-    return {"ingest": report, "stats": stats, "hits": [h.as_dict() for h in hits], "inbox": str(inbox)}
+    return {"ingest": report, "stats": stats.as_dict(), "hits": [h.as_dict() for h in hits], "inbox": str(inbox)}
 
 
 def embed_through_queue(service, slides_dir: Path, slide_table: Path, echo=print) -> dict:

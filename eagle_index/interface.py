@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from eagle_index.results import Hit, SearchResult
+from eagle_index.results import CatalogStats, Hit, SearchResult, StatusReport
 
 
 @runtime_checkable
@@ -21,9 +21,9 @@ class CatalogService(Protocol):
     def search_patient(self, external_id: str, k: int = 10, kind: str | None = None, signature: str | None = None,
                        filters=None, explain: bool = False, pairs: int = 5) -> tuple[Hit, ...]: ...
 
-    def stats(self) -> dict: ...
+    def stats(self) -> CatalogStats: ...
 
-    def status(self) -> dict: ...
+    def status(self) -> StatusReport: ...
 
     def import_labels(self, path: Path, create_missing: bool = False): ...
 

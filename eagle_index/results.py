@@ -11,6 +11,36 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 
+class Record(Mapping):
+    """A typed result whose read-only mapping view is its JSON (`as_dict()`): `stats["patients"]`
+    works as it did on the dict, a script written against the JSON keeps working, and nothing can
+    add a key. Equal to a mapping with the same JSON."""
+
+    def as_dict(self) -> dict:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str):
+        return self.as_dict()[key]
+
+    def __iter__(self):
+        return iter(self.as_dict())
+
+    def __len__(self) -> int:
+        return len(self.as_dict())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Mapping):
+            return self.as_dict() == (other.as_dict() if isinstance(other, Record) else dict(other))
+        return NotImplemented
+
+    __hash__ = None
+
+
+def json_default(value):
+    """`default=` for the CLI's json.dumps: typed results as their JSON, anything else as its text."""
+    return value.as_dict() if hasattr(value, "as_dict") else str(value)
+
+
 @dataclass(frozen=True)
 class TilePair:
     """A query tile and a hit tile whose Virchow2 class tokens are close (cosine `similarity`).
@@ -143,8 +173,8 @@ PROBE_METRICS = ("auroc", "auprc", "balanced_accuracy", "f1")  # each {"mean", "
 _PROBE_DETAIL = ("per_fold", "pooled", "counts", "seconds", "params")
 
 
-@dataclass(frozen=True)
-class ProbeResult(Mapping):
+@dataclass(frozen=True, eq=False)
+class ProbeResult(Record):
     """A stored probe: definition, status and cross-validated metrics (mean ± sd per metric).
 
     `detailed` results (`get`, `train`) also carry per-fold and pooled metrics, counts and the
@@ -179,15 +209,6 @@ class ProbeResult(Mapping):
             out.update({k: self.detail.get(k) for k in _PROBE_DETAIL})
         return out
 
-    def __getitem__(self, key: str):
-        return self.as_dict()[key]
-
-    def __iter__(self):
-        return iter(self.as_dict())
-
-    def __len__(self) -> int:
-        return len(self.as_dict())
-
     @classmethod
     def from_dict(cls, data: dict) -> "ProbeResult":
         """A probe from its JSON (as a running server answers; keys the server adds are dropped)."""
@@ -197,3 +218,232 @@ class ProbeResult(Mapping):
                    classes=tuple(data.get("classes") or ()), positive=data.get("positive"), folds=data.get("folds"),
                    seed=data.get("seed"), n=data.get("n"), metrics={m: data.get(m) for m in PROBE_METRICS},
                    detail={k: data.get(k) for k in _PROBE_DETAIL} if detailed else None)
+
+
+# -- catalog overview and the ingestion queue -----------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class VectorSetSummary(Record):
+    kind: str
+    signature: str
+    dim: int
+    count: int
+    generation: int
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "signature": self.signature, "dim": self.dim, "count": self.count, "generation": self.generation}
+
+
+@dataclass(frozen=True, eq=False)
+class CatalogStats(Record):
+    """`stats`: patients and slides with vectors, labels, failed inputs, vectors by kind, every vector set."""
+
+    patients: int
+    slides: int
+    labels: int
+    failed: int
+    vectors: dict  # kind -> vectors
+    vector_sets: tuple[VectorSetSummary, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"patients": self.patients, "slides": self.slides, "labels": self.labels, "failed": self.failed,
+                "vectors": dict(self.vectors), "vector_sets": [v.as_dict() for v in self.vector_sets]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CatalogStats":
+        return cls(int(data["patients"]), int(data["slides"]), int(data["labels"]), int(data.get("failed", 0)),
+                   dict(data.get("vectors") or {}), tuple(VectorSetSummary(**v) for v in data.get("vector_sets") or ()))
+
+
+@dataclass(frozen=True, eq=False)
+class RunningJob(Record):
+    id: int
+    file: str
+    patient: str | None
+    attempt: int
+    worker: str | None
+    started_at: str | None
+    progress: dict | None
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "file": self.file, "patient": self.patient, "attempt": self.attempt, "worker": self.worker,
+                "started_at": self.started_at, "progress": self.progress}
+
+
+@dataclass(frozen=True, eq=False)
+class JobFailure(Record):
+    file: str
+    error: str | None
+    attempts: int
+    id: int
+    at: str | None
+
+    def as_dict(self) -> dict:
+        return {"file": self.file, "error": self.error, "attempts": self.attempts, "id": self.id, "at": self.at}
+
+
+@dataclass(frozen=True, eq=False)
+class Throughput(Record):
+    slides_last_hour: int
+    slides_per_hour: float | None
+    mean_seconds_per_slide: float | None
+
+    def as_dict(self) -> dict:
+        return {"slides_last_hour": self.slides_last_hour, "slides_per_hour": self.slides_per_hour,
+                "mean_seconds_per_slide": self.mean_seconds_per_slide}
+
+
+@dataclass(frozen=True, eq=False)
+class QueueSummary(Record):
+    """The job queue: jobs per state (lifecycle order), running jobs, recent failures, throughput."""
+
+    queue: dict  # state -> jobs
+    running: tuple[RunningJob, ...]
+    failures: tuple[JobFailure, ...]
+    throughput: Throughput
+
+    def as_dict(self) -> dict:
+        return {"queue": dict(self.queue), "running": [r.as_dict() for r in self.running],
+                "failures": [f.as_dict() for f in self.failures], "throughput": self.throughput.as_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "QueueSummary":
+        return cls(dict(data["queue"]), tuple(RunningJob(**r) for r in data.get("running") or ()),
+                   tuple(JobFailure(**f) for f in data.get("failures") or ()), Throughput(**data["throughput"]))
+
+
+@dataclass(frozen=True, eq=False)
+class IndexSummary(Record):
+    kind: str
+    signature: str
+    vectors: int
+    dim: int
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "signature": self.signature, "vectors": self.vectors, "dim": self.dim}
+
+
+@dataclass(frozen=True, eq=False)
+class StatusReport(Record):
+    """`status`: the queue, the indexes, patients with vectors, Ray workers, the schema revision
+    (current and head). The CLI adds who holds the catalog (`owner`) to what it prints."""
+
+    jobs: QueueSummary
+    index: tuple[IndexSummary, ...]
+    patients: int
+    workers: tuple[dict, ...] = ()
+    schema: dict = field(default_factory=dict)  # {"current", "head"}
+
+    def as_dict(self) -> dict:
+        out = self.jobs.as_dict()
+        out.update(index=[i.as_dict() for i in self.index], patients=self.patients, workers=[dict(w) for w in self.workers],
+                   schema=dict(self.schema))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StatusReport":
+        return cls(QueueSummary.from_dict(data), tuple(IndexSummary(**i) for i in data.get("index") or ()),
+                   int(data.get("patients", 0)), tuple(data.get("workers") or ()), dict(data.get("schema") or {}))
+
+
+# -- evaluation ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class RetrievalEvaluation(Record):
+    """Leave-one-patient-out retrieval of a label: Acc@k, MV@k and mAP@k overall (micro), macro and per class."""
+
+    label: str
+    kind: str
+    signature: str
+    cohort: str | None
+    patients: int
+    ks: tuple[int, ...]
+    exclude_same_site: bool
+    overall: dict
+    macro: dict
+    classes: dict  # class -> {"n", metrics...}
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, "kind": self.kind, "signature": self.signature, "cohort": self.cohort,
+                "patients": self.patients, "ks": list(self.ks), "exclude_same_site": self.exclude_same_site,
+                "overall": self.overall, "macro": self.macro, "classes": self.classes}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RetrievalEvaluation":
+        return cls(data["label"], data["kind"], data["signature"], data.get("cohort"), int(data["patients"]),
+                   tuple(int(k) for k in data["ks"]), bool(data.get("exclude_same_site")), data["overall"], data["macro"],
+                   data["classes"])
+
+
+# -- cohorts ------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class CohortMember(Record):
+    patient: str
+    score: float | None
+    labels: dict | None = None  # a saved cohort's members carry their labels; a preview's do not
+
+    def as_dict(self) -> dict:
+        out = {"patient": self.patient, "score": self.score}
+        if self.labels is not None:
+            out["labels"] = dict(self.labels)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CohortMember":
+        return cls(data["patient"], data.get("score"), data.get("labels"))
+
+
+@dataclass(frozen=True, eq=False)
+class CohortSummary(Record):
+    """A saved cohort: its definition, member count and timestamps; `members` (best score first)
+    when shown (`cohort show`), None in lists."""
+
+    name: str
+    definition: dict
+    member_count: int
+    materialized_at: str | None
+    created_at: str | None
+    updated_at: str | None
+    members: tuple[CohortMember, ...] | None = None
+
+    def as_dict(self) -> dict:
+        out = {"name": self.name, "definition": self.definition, "member_count": self.member_count,
+               "materialized_at": self.materialized_at, "created_at": self.created_at, "updated_at": self.updated_at}
+        if self.members is not None:
+            out["members"] = [m.as_dict() for m in self.members]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CohortSummary":
+        members = data.get("members")
+        return cls(data["name"], data["definition"], int(data["member_count"]), data.get("materialized_at"),
+                   data.get("created_at"), data.get("updated_at"),
+                   None if members is None else tuple(CohortMember.from_dict(m) for m in members))
+
+
+@dataclass(frozen=True, eq=False)
+class CohortPreview(Record):
+    """A definition materialised without saving: member count, the resolved definition, the first members."""
+
+    count: int
+    definition: dict
+    members: tuple[CohortMember, ...]
+
+    def as_dict(self) -> dict:
+        return {"count": self.count, "definition": self.definition, "members": [m.as_dict() for m in self.members]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CohortPreview":
+        return cls(int(data["count"]), data["definition"], tuple(CohortMember.from_dict(m) for m in data.get("members") or ()))
+
+
+# -- listings -----------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Page(Record):
+    """One page of a listing (patients, slides): `total` matches, `items` from `offset`, at most `limit`."""
+
+    total: int
+    limit: int
+    offset: int
+    items: tuple[dict, ...]
+
+    def as_dict(self) -> dict:
+        return {"total": self.total, "limit": self.limit, "offset": self.offset, "items": [dict(i) for i in self.items]}

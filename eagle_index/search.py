@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from eagle_index.errors import EagleIndexError, InputError, NotFoundError
-from eagle_index.results import Hit, SearchResult, TilePair
+from eagle_index.results import Hit, RetrievalEvaluation, SearchResult, TilePair
 from eagle_index.store import cohorts_repo as repo
 from eagle_index.store.validation import as_vector_matrix, l2_normalized
 
@@ -688,7 +688,7 @@ class SearchService:
 
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate_retrieval(self, label: str, ks=(1, 3, 5), kind: str | None = None, signature: str | None = None,
-                           cohort: str | None = None, exclude_same_site: bool = False, site_label: str = "site") -> dict:
+                           cohort: str | None = None, exclude_same_site: bool = False, site_label: str = "site") -> RetrievalEvaluation:
         """Leave-one-patient-out retrieval over every patient with `label` (and a vector): each one
         queries all the others (optionally not those of its site); Acc@k, MV@k, mAP@k per class."""
         ks = sorted({int(k) for k in ks})
@@ -716,5 +716,5 @@ class SearchService:
         nb_idx, nb_scores = leave_one_out_neighbours(l2_normalized(raw), max(ks), groups)
         nb_labels = np.where(nb_idx >= 0, y[np.clip(nb_idx, 0, None)], -1)
         metrics = retrieval_metrics(y, nb_labels, nb_scores, ks, classes)
-        return {"label": label, "kind": kind, "signature": signature, "cohort": cohort, "patients": len(ids),
-                "ks": ks, "exclude_same_site": exclude_same_site, **metrics}
+        return RetrievalEvaluation(label, kind, signature, cohort, len(ids), tuple(ks), exclude_same_site,
+                                   metrics["overall"], metrics["macro"], metrics["classes"])

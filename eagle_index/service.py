@@ -14,7 +14,7 @@ from pathlib import Path
 from eagle_index import importing
 from eagle_index.config import Settings
 from eagle_index.errors import ModelError, NotFoundError
-from eagle_index.results import Hit, IngestReport, SearchResult
+from eagle_index.results import CatalogStats, Hit, IndexSummary, IngestReport, SearchResult, StatusReport, VectorSetSummary
 from eagle_index.store.catalog import Catalog
 from eagle_index.store.vectors import VectorStore
 
@@ -52,18 +52,16 @@ class EagleService:
 
         return JobQueue(self.catalog, worker_id=f"{socket.gethostname()}:{os.getpid()}")
 
-    def status(self) -> dict:
+    def status(self) -> StatusReport:
         """Queue counts, running job and progress, recent failures, throughput, index size."""
-        summary = self.jobs.summary()
-        summary["index"] = [
-            {"kind": s.kind, "signature": s.signature, "vectors": s.count, "dim": s.dim} for s in self.catalog.vector_sets()
-        ]
-        summary["patients"] = self.catalog.stats()["patients"]
-        summary["workers"] = self.worker_stats() if self.worker_stats is not None else []
         from eagle_index.store import schema
 
-        summary["schema"] = {"current": schema.current_revision(self.catalog.engine), "head": schema.head_revision()}
-        return summary
+        return StatusReport(
+            jobs=self.jobs.summary(),
+            index=tuple(IndexSummary(s.kind, s.signature, s.count, s.dim) for s in self.catalog.vector_sets()),
+            patients=self.catalog.stats()["patients"],
+            workers=tuple(self.worker_stats() if self.worker_stats is not None else ()),
+            schema={"current": schema.current_revision(self.catalog.engine), "head": schema.head_revision()})
 
     @cached_property
     def vectors(self) -> VectorStore:
@@ -171,13 +169,10 @@ class EagleService:
             self.catalog.close()
 
     # -- overview ---------------------------------------------------------------------
-    def stats(self) -> dict:
-        stats = self.catalog.stats()
-        stats["vector_sets"] = [
-            {"kind": s.kind, "signature": s.signature, "dim": s.dim, "count": s.count, "generation": s.generation}
-            for s in self.catalog.vector_sets()
-        ]
-        return stats
+    def stats(self) -> CatalogStats:
+        counts = self.catalog.stats()
+        return CatalogStats(counts["patients"], counts["slides"], counts["labels"], counts["failed"], counts["vectors"],
+                            tuple(VectorSetSummary(s.kind, s.signature, s.dim, s.count, s.generation) for s in self.catalog.vector_sets()))
 
     # -- search -------------------------------------------------------------------------
     def search_patient(self, external_id: str, k: int = 10, kind: str | None = None, signature: str | None = None,

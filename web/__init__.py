@@ -17,9 +17,21 @@ from __future__ import annotations
 import secrets
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from eagle_index.config import Settings
 
+
+
+class ResultsJSON(DefaultJSONProvider):
+    """Flask's JSON with the service's typed results as their JSON shape (`as_dict()`), never
+    dataclasses.asdict (their field names are not the API's)."""
+
+    @staticmethod
+    def default(value):
+        if hasattr(value, "as_dict"):
+            return value.as_dict()
+        return DefaultJSONProvider.default(value)
 
 def create_app(settings: Settings | None = None, service=None, owner: dict | None = None,
                config: dict | None = None) -> Flask:
@@ -54,6 +66,7 @@ def create_app(settings: Settings | None = None, service=None, owner: dict | Non
     )
     app.config.update(config or {})
     app.extensions["eagle_tasks"] = TaskRunner()
+    app.json = ResultsJSON(app)  # typed results (eagle_index.results) are sent as their as_dict()
     app.json.sort_keys = False  # keep the service's field order (queue states in lifecycle order)
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(ui)

@@ -194,7 +194,7 @@ def register(app: typer.Typer) -> None:
         with _service(data_dir, create=False) as service:
             data = service.stats()
         if as_json:
-            typer.echo(json.dumps(data, indent=1))
+            typer.echo(json.dumps(data.as_dict(), indent=1))
             return
         typer.echo(f"patients {data['patients']}  slides {data['slides']}  labels {data['labels']}  failed {data.get('failed', 0)}")
         for s in data["vector_sets"]:

@@ -21,7 +21,9 @@ def _service(data_dir: Path | None):
 
 
 def _echo_json(data) -> None:
-    typer.echo(json.dumps(data, indent=1))
+    from eagle_index.results import json_default
+
+    typer.echo(json.dumps(data, indent=1, default=json_default))
 
 
 def _describe(definition: dict) -> str:

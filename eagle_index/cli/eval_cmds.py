@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         with _service(data_dir) as service:
             report = service.searcher.evaluate_retrieval(label, _parse_ks(ks), kind, signature, cohort, exclude_site, site_label)
         if as_json:
-            typer.echo(json.dumps(report, indent=1))
+            typer.echo(json.dumps(report.as_dict(), indent=1))
             return
         metrics = list(report["overall"])
         width = max([len("overall (micro)")] + [len(c) for c in report["classes"]]) + 2

@@ -94,11 +94,11 @@ def register(app: typer.Typer) -> None:
         settings = settings_from(data_dir)
         client = owner_client(settings)
         if client is not None:
-            data = client.status()
+            data = client.status()  # the server's JSON
             data["owner"] = {"pid": client.owner.pid, "role": client.owner.role, "url": client.owner.url}
         else:
             with EagleService(settings, create=False) as service:
-                data = service.status()
+                data = service.status().as_dict()
             data["owner"] = None
         if as_json:
             typer.echo(json.dumps(data, indent=1))

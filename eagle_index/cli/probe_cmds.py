@@ -39,7 +39,9 @@ def _ms(value: dict | None) -> str:
 
 
 def _echo_json(data) -> None:
-    typer.echo(json.dumps(data, indent=1, default=lambda o: o.as_dict() if hasattr(o, "as_dict") else str(o)))
+    from eagle_index.results import json_default
+
+    typer.echo(json.dumps(data, indent=1, default=json_default))
 
 
 def _counts_text(counts: dict) -> str:

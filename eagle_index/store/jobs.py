@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import case, func, select, update
 
+from eagle_index.results import JobFailure, QueueSummary, RunningJob, Throughput
 from eagle_index.store.catalog import Catalog
 from eagle_index.store.models import Job, utcnow
 
@@ -253,7 +254,7 @@ class JobQueue:
         return self.recover_dead_owner(max_attempts=1 << 30)[0]
 
     # -- observability ---------------------------------------------------------------------
-    def summary(self, failures: int = 20) -> dict:
+    def summary(self, failures: int = 20) -> QueueSummary:
         with self.catalog.transaction() as session:
             counts = dict(session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).all())
             running = session.scalars(select(Job).where(Job.state == "running").order_by(Job.started_at)).all()
@@ -261,19 +262,14 @@ class JobQueue:
             hour_ago = utcnow() - timedelta(hours=1)
             done_last_hour = session.scalar(select(func.count(Job.id)).where(Job.state == "done", Job.finished_at >= hour_ago))
             mean_s = session.scalar(select(func.avg(Job.duration_s)).where(Job.state == "done"))
-            return {
-                "queue": {state: int(counts.get(state, 0)) for state in STATES},
-                "running": [
-                    {"id": j.id, "file": j.path, "patient": j.patient, "attempt": j.attempts, "worker": j.worker_id,
-                     "started_at": _iso(j.started_at), "progress": json.loads(j.progress) if j.progress else None}
-                    for j in running
-                ],
-                "failures": [{"file": j.path, "error": j.last_error, "attempts": j.attempts, "id": j.id,
-                              "at": _iso(j.finished_at)} for j in failed],
-                "throughput": {"slides_last_hour": int(done_last_hour or 0),
-                               "slides_per_hour": round(3600.0 / mean_s, 1) if mean_s else None,
-                               "mean_seconds_per_slide": round(float(mean_s), 3) if mean_s else None},
-            }
+            return QueueSummary(
+                queue={state: int(counts.get(state, 0)) for state in STATES},
+                running=tuple(RunningJob(j.id, j.path, j.patient, j.attempts, j.worker_id, _iso(j.started_at),
+                                         json.loads(j.progress) if j.progress else None) for j in running),
+                failures=tuple(JobFailure(j.path, j.last_error, j.attempts, j.id, _iso(j.finished_at)) for j in failed),
+                throughput=Throughput(int(done_last_hour or 0), round(3600.0 / mean_s, 1) if mean_s else None,
+                                      round(float(mean_s), 3) if mean_s else None),
+            )
 
     def pending(self) -> int:
         """Jobs still to do: queued (due or waiting for a retry) or running."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from eagle_index.errors import NotFoundError
+from eagle_index.results import Page
 from eagle_index.store import cohorts_repo
 from eagle_index.store.models import Cohort, CohortMember, Job, Patient, Slide, Vector
 
@@ -77,15 +78,15 @@ class Listing:
 
     # -- patients ---------------------------------------------------------------------------------
     def list_patients(self, q: str | None = None, allowed: set[int] | None = None, kind: str | None = None,
-                      limit: int = 50, offset: int = 0) -> dict:
-        """{total, items}: patients whose id contains `q` (case-insensitive; prefix matches first),
+                      limit: int = 50, offset: int = 0) -> Page:
+        """A page of patients (items: patient, slides, labels, vectors) whose id contains `q` (case-insensitive; prefix matches first),
         within `allowed` ids (label/cohort filters), with a vector of `kind` when given."""
         query = select(Patient.id, Patient.external_id)
         if q:
             query = query.where(func.lower(Patient.external_id).like(_like(q), escape="\\"))
         if allowed is not None:
             if not allowed:
-                return {"total": 0, "items": []}
+                return Page(0, limit, offset, ())
             query = query.where(Patient.id.in_(sorted(allowed)))
         if kind:
             query = query.where(Patient.id.in_(select(Vector.patient_id).where(Vector.kind == kind)))
@@ -102,9 +103,9 @@ class Listing:
             for pid, vkind in session.execute(select(Vector.patient_id, Vector.kind).where(Vector.patient_id.in_(ids)).distinct()):
                 kinds[pid].append(vkind)
         labels = self.catalog.labels_of(ids)
-        items = [{"patient": ext, "slides": int(slide_counts.get(pid, 0)), "labels": labels[pid], "vectors": sorted(kinds[pid])}
-                 for pid, ext in rows]
-        return {"total": int(total or 0), "limit": limit, "offset": offset, "items": items}
+        items = tuple({"patient": ext, "slides": int(slide_counts.get(pid, 0)), "labels": labels[pid], "vectors": sorted(kinds[pid])}
+                      for pid, ext in rows)
+        return Page(int(total or 0), limit, offset, items)
 
     def patient_id(self, external_id: str) -> int:
         ids = self.catalog.patient_ids([external_id])
@@ -156,7 +157,8 @@ class Listing:
         return record, self.catalog.external_ids([record.patient_id])[record.patient_id]
 
     def list_slides(self, patient_id: int | None = None, status: str | None = None, q: str | None = None,
-                    limit: int = 50, offset: int = 0) -> dict:
+                    limit: int = 50, offset: int = 0) -> Page:
+        """A page of slides (items: `slide_dict`), by name."""
         query = select(Slide, Patient.external_id).join(Patient, Patient.id == Slide.patient_id)
         if patient_id is not None:
             query = query.where(Slide.patient_id == patient_id)
@@ -167,8 +169,8 @@ class Listing:
         with self.catalog.transaction() as session:
             total = session.scalar(select(func.count()).select_from(query.with_only_columns(Slide.id).subquery()))
             rows = session.execute(query.order_by(Slide.name, Slide.id).limit(limit).offset(offset)).all()
-            items = [slide_dict(SlideRecord.of(slide), ext) for slide, ext in rows]
-        return {"total": int(total or 0), "limit": limit, "offset": offset, "items": items}
+            items = tuple(slide_dict(SlideRecord.of(slide), ext) for slide, ext in rows)
+        return Page(int(total or 0), limit, offset, items)
 
     def artifact_paths(self, patient_id: int) -> list[str]:
         return cohorts_repo.artifact_paths(self.catalog, patient_id)

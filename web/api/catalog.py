@@ -97,7 +97,7 @@ def slides():
     pid = svc.browse.patient_id(patient) if patient else None
     status = choice(request.args.get("status"), "status", service().browse.SLIDE_STATES)
     q = request.args.get("q", "").strip()[:200] or None
-    listed = svc.browse.list_slides(pid, status, q, limit, offset)
+    listed = svc.browse.list_slides(pid, status, q, limit, offset).as_dict()
     listed["items"] = [urls.with_slide_urls(item) for item in listed["items"]]
     return jsonify(listed)
 

@@ -65,7 +65,7 @@ def preview():
 def show(name: str):
     svc = service()
     limit, offset = page_args(100, 10000)
-    shown = svc.cohorts.show(name, limit=offset + limit)
+    shown = svc.cohorts.show(name, limit=offset + limit).as_dict()
     shown["members"] = shown["members"][offset:offset + limit]
     shown.update(limit=limit, offset=offset)
     return jsonify(shown)
