@@ -42,6 +42,7 @@ T = TypeVar("T")
 # Tables whose rows readers keep between commits (the directory, vector sets, stored vectors):
 # a `bookkeeping` write may not touch them.
 CACHED_TABLES = frozenset({"patients", "labels", "slides", "vectors", "vector_sets"})
+_MISSING = object()
 MAX_KEPT_VECTORS = 20_000  # stored query vectors kept (LRU): 20,000 x 1280 floats = 100 MB at most
 
 
@@ -324,9 +325,8 @@ class Catalog:
     def stored_vector(self, kind: str, signature: str, patient_id: int) -> np.ndarray | None:
         """One patient's raw stored vector of a set (read-only), or None; the last MAX_KEPT_VECTORS asked are kept."""
         key = (kind, signature, int(patient_id))
-        with self._cache_lock:
-            found = self._vectors.get(key)
-            epoch = self._epoch
+        epoch = self._epoch  # read before the lookup: a commit in between makes the store below a no-op
+        found = self._vectors.get(key)  # lock-free: one dict lookup (request threads would queue on the lock)
         if found is not None:
             return found
         with self.engine.connect() as connection:  # a core point query: a fifth of the ORM path's CPU
@@ -345,10 +345,10 @@ class Catalog:
         return vector
 
     def _cached(self, key, compute):
-        with self._cache_lock:
-            if key in self._cache:
-                return self._cache[key]
-            epoch = self._epoch
+        epoch = self._epoch
+        value = self._cache.get(key, _MISSING)  # lock-free: one dict lookup per read, on every request thread
+        if value is not _MISSING:
+            return value
         value = compute()
         with self._cache_lock:
             if self._epoch == epoch:
