@@ -485,12 +485,7 @@ class SearchService:
         """External ids of the patients that hold these slide files (by content fingerprint)."""
         from eagle_index.fingerprint import slide_fingerprint
 
-        owners: set[int] = set()
-        with self.catalog.transaction() as session:
-            for path in map(Path, paths):
-                slide = self.catalog.slide_by_fingerprint(session, slide_fingerprint(path)) if path.is_file() else None
-                if slide is not None:
-                    owners.add(int(slide.patient_id))
+        owners = self.catalog.patients_holding([slide_fingerprint(p) for p in map(Path, paths) if p.is_file()])
         return sorted(self.catalog.external_ids(owners).values())
 
     # -- core -----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,3 +124,6 @@ def test_query_by_slide_cli_with_store(slide_archive, tmp_path):
     assert {h["patient"] for h in hits} == {"TCGA-AA-0001", "TCGA-BB-0002"} and all("explanation" in h for h in hits)
     with EagleService(settings) as service:
         assert service.stats()["patients"] == 3
+        # stored again: nothing new, so the query patient is found by the slide's content (Catalog.patients_holding)
+        again = service.searcher.search_slides([Path(paths["TCGA-CC-0003-01Z-00-DX1"])], k=5, store=True)
+        assert {h.patient for h in again.hits} == {"TCGA-AA-0001", "TCGA-BB-0002"} and again.query["patient"] == "TCGA-CC-0003"

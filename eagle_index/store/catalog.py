@@ -241,6 +241,14 @@ class Catalog:
     def slide_by_fingerprint(session: Session, fingerprint: str) -> Slide | None:
         return session.scalar(select(Slide).where(Slide.fingerprint == fingerprint))
 
+    def patients_holding(self, fingerprints) -> set[int]:
+        """Ids of the patients with a slide row of any of these content fingerprints."""
+        fingerprints = list(fingerprints)
+        if not fingerprints:
+            return set()
+        with self.transaction() as session:
+            return {int(p) for p in session.scalars(select(Slide.patient_id).where(Slide.fingerprint.in_(fingerprints)))}
+
     @staticmethod
     def upsert_slide(session: Session, fingerprint: str, **fields) -> int:
         """Create the slide row, or update it (a retried or re-ingested file)."""
