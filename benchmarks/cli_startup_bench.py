@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-HEAVY = ("torch", "timm", "umap", "openslide", "faiss", "alembic")
+HEAVY = ("torch", "timm", "umap", "openslide", "faiss", "alembic", "sqlalchemy")
 
 
 _CWD = [None]  # the commands' working directory: outside the source tree (python -m puts it first on sys.path)

@@ -401,11 +401,12 @@ class RemoteAnnotations(_RemoteTopic):
         return json.loads(data)
 
 
-def service_for(settings, create: bool = True):
-    """An EagleService, or a RemoteService when another process owns the catalog."""
+def service_for(settings, create: bool = True, read_only: bool = False):
+    """An EagleService, or a RemoteService when another process owns the catalog. `read_only`: the
+    command only reads (`stats`, `search`), so a local service opens a `CatalogSnapshot`."""
     client = owner_client(settings)
     if client is not None:
         return RemoteService(client)
     from eagle_index.service import EagleService
 
-    return EagleService(settings, create=create)
+    return EagleService(settings, create=create, read_only=read_only)

@@ -35,7 +35,6 @@ from eagle_index.probing.delong import benjamini_hochberg, delong_test
 from eagle_index.probing.metrics import METRICS
 from eagle_index.probing.models import FittedProbe, fit, model_spec
 from eagle_index.results import ProbeResult
-from eagle_index.store import cohorts_repo
 from eagle_index.store.probes_repo import ProbeRecord, ProbeRepo, default_probe_name
 
 log = logging.getLogger(__name__)
@@ -132,7 +131,7 @@ class ProbeService:
         return self.catalog.resolve_vector_set(kind, signature)
 
     def _cohort_ids(self, cohort: str | None) -> np.ndarray | None:
-        return None if cohort is None else np.asarray(sorted(cohorts_repo.cohort_member_ids(self.catalog, [cohort])), dtype=np.int64)
+        return None if cohort is None else np.asarray(sorted(self.catalog.cohort_member_ids([cohort])), dtype=np.int64)
 
     def dataset(self, label: str, kind: str | None = None, signature: str | None = None, positive: str | None = None,
                 vs_rest: bool = False, cohort: str | None = None, restrict_to=None) -> LabelledSet:

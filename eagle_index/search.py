@@ -38,7 +38,6 @@ import numpy as np
 
 from eagle_index.errors import EagleIndexError, InputError, NotFoundError
 from eagle_index.results import Hit, RetrievalEvaluation, SearchResult, TilePair
-from eagle_index.store import cohorts_repo as repo
 from eagle_index.store.validation import as_vector_matrix, l2_normalized
 
 log = logging.getLogger(__name__)
@@ -128,7 +127,7 @@ def allowed_ids(catalog, filters: SearchFilters, tile_um: float | None = None) -
     if filters.labels:
         allowed = catalog.patients_with_labels({k: list(v) for k, v in filters.labels.items()})
     if filters.cohorts:
-        members = repo.cohort_member_ids(catalog, list(filters.cohorts))
+        members = catalog.cohort_member_ids(list(filters.cohorts))
         allowed = members if allowed is None else allowed & members
     if filters.in_annotation:
         from eagle_index.config import TilingSettings
@@ -588,12 +587,12 @@ class SearchService:
                 notes.append("no explanation: the query has no slide artifacts (imported vectors)")
             else:
                 ids = self.catalog.patient_ids([h.patient for h in hits])
-                query_slides = repo.done_slide_ids(self.catalog, query_id) if query_id is not None else {}
+                query_slides = self.catalog.done_slide_ids(query_id) if query_id is not None else {}
                 explained = []
                 for hit in hits:
                     tiles = self._stored_tiles(ids[hit.patient])
                     if tiles is not None:
-                        hit_slides = repo.done_slide_ids(self.catalog, ids[hit.patient])
+                        hit_slides = self.catalog.done_slide_ids(ids[hit.patient])
                         pairs_found = tuple(replace(p, query_slide_id=query_slides.get(p.query_slide),
                                                     hit_slide_id=hit_slides.get(p.hit_slide))
                                             for p in match_tiles(query_tiles, tiles, pairs))
@@ -607,7 +606,7 @@ class SearchService:
 
     def _stored_tiles(self, patient_id: int) -> TileSelection | None:
         """A stored patient's top tiles from its artifacts (LRU-cached by artifact set), or None."""
-        paths = tuple(repo.artifact_paths(self.catalog, patient_id))
+        paths = tuple(self.catalog.artifact_paths(patient_id))
         if not paths:
             return None
         with self._tiles_lock:
@@ -658,7 +657,7 @@ class SearchService:
             from eagle_index.score_context import ScoreContext
 
             with self._tiles_lock:
-                context = self.__dict__.get("_score_context") or ScoreContext(self.catalog)
+                context = self.__dict__.get("_score_context") or ScoreContext(self.catalog, cache_dir=self.settings.index_dir)
                 self.__dict__["_score_context"] = context
         return context
 
@@ -677,7 +676,7 @@ class SearchService:
             if selected is None:
                 raise NotFoundError(f"patient {name!r} has no slide artifacts (imported vectors): no tiles to match")
             tiles.append(selected)
-            slide_ids.append(repo.done_slide_ids(self.catalog, ids[name]))
+            slide_ids.append(self.catalog.done_slide_ids(ids[name]))
         return tuple(replace(p, query_slide_id=slide_ids[0].get(p.query_slide), hit_slide_id=slide_ids[1].get(p.hit_slide))
                      for p in match_tiles(tiles[0], tiles[1], pairs))
 
@@ -696,7 +695,7 @@ class SearchService:
         kind, signature = info.kind, info.signature
         pool = set(values)
         if cohort:
-            pool &= repo.cohort_member_ids(self.catalog, [cohort])
+            pool &= self.catalog.cohort_member_ids([cohort])
         ids, raw = self.catalog.load_vectors(kind, signature, sorted(pool))
         if len(ids) < 2:
             raise InputError(f"only {len(ids)} patient(s) have both label {label!r} and a {kind!r} vector")

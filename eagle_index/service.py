@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from pathlib import Path
 
-from eagle_index import importing
 from eagle_index.config import Settings
 from eagle_index.errors import ModelError, NotFoundError
 from eagle_index.results import CatalogStats, Hit, IndexSummary, IngestReport, SearchResult, StatusReport, VectorSetSummary
-from eagle_index.store.catalog import Catalog
-from eagle_index.store.vectors import VectorStore
+
+if TYPE_CHECKING:
+    from eagle_index.importing import ImportReport
 
 log = logging.getLogger(__name__)
 
@@ -24,22 +25,32 @@ log = logging.getLogger(__name__)
 class EagleService:
     """Opens the catalog and the models lazily: `embed` needs neither a catalog nor an index."""
 
-    def __init__(self, settings: Settings, create: bool = True):
+    def __init__(self, settings: Settings, create: bool = True, read_only: bool = False):
+        """`read_only`: a one-shot reader (a CLI `stats` or `search`) opens a `CatalogSnapshot`
+        (store/snapshot.py: the same reads without SQLAlchemy's import); it cannot write."""
         self.settings = settings
-        self._create = create
+        self._create = create and not read_only
+        self._read_only = read_only
         # Set by the owner while Ray workers embed for it (eagle_index.cluster): () -> list of
         # {"id", "node", "device", "slides_done", "seconds_per_slide"}; shown by `status`.
         self.worker_stats = None
         self._query_models: dict[str, object] = {}  # preset -> LoadedModels that encode queries (query_models)
 
     @cached_property
-    def catalog(self) -> Catalog:
+    def catalog(self):
+        """The `Catalog` (store/catalog.py), or a read-only `CatalogSnapshot` for a `read_only` service."""
         from eagle_index.owner import refuse_if_owned
 
         refuse_if_owned(self.settings.data_dir)
         if not self._create and not self.settings.catalog_path.exists():  # a mistyped folder is not a new archive
             raise NotFoundError(f"no catalog at {self.settings.data_dir} "
                                 "(create one with `eagle-index db upgrade` or by importing)")
+        if self._read_only:
+            from eagle_index.store.snapshot import CatalogSnapshot
+
+            return CatalogSnapshot(self.settings.catalog_path)
+        from eagle_index.store.catalog import Catalog
+
         return Catalog.open(self.settings.catalog_path, create=self._create)
 
     @cached_property
@@ -64,7 +75,10 @@ class EagleService:
             schema={"current": schema.current_revision(self.catalog.engine), "head": schema.head_revision()})
 
     @cached_property
-    def vectors(self) -> VectorStore:
+    def vectors(self):
+        """The FAISS indexes of the vector sets, following the catalog (store/vectors.py)."""
+        from eagle_index.store.vectors import VectorStore
+
         return VectorStore(self.settings.index_dir, self.catalog, self.settings.index)
 
     @cached_property
@@ -208,13 +222,17 @@ class EagleService:
 
     # -- imports ------------------------------------------------------------------------
     def import_embeddings(self, paths: list[Path], kind: str | None = None, signature: str | None = None,
-                          slide_table: Path | None = None) -> importing.ImportReport:
+                          slide_table: Path | None = None) -> "ImportReport":
+        from eagle_index import importing
+
         report = importing.import_embeddings(self.catalog, paths, kind, signature, slide_table)
         self.vectors.sync_all()
         return report
 
     def import_features(self, slide_table: Path, ctranspath_dir: Path, virchow2_dir: Path | None = None,
-                        progress=None) -> importing.ImportReport:
+                        progress=None) -> "ImportReport":
+        from eagle_index import importing
+
         chief, note = self._try_load_chief()
         report = importing.import_features(self.catalog, self.settings, slide_table, ctranspath_dir, virchow2_dir, chief,
                                            progress=progress)
@@ -223,7 +241,9 @@ class EagleService:
         self.vectors.sync_all()
         return report
 
-    def import_labels(self, path: Path, create_missing: bool = False) -> importing.ImportReport:
+    def import_labels(self, path: Path, create_missing: bool = False) -> "ImportReport":
+        from eagle_index import importing
+
         return importing.import_labels(self.catalog, path, create_missing)
 
     def set_label(self, patient: str, name: str, value: str | None, source: str = "web") -> dict[str, str | None]:

@@ -1,8 +1,8 @@
-"""CLI start-up for reads (issue 20 item 4): read commands import neither Alembic nor the model stack.
+"""CLI start-up for reads (issue 20 item 4): read commands import neither SQLAlchemy, Alembic nor the model stack.
 
 Import checks, not timings (the timings are benchmarks/cli_startup_bench.py's, in docs/benchmarks.md):
 `stats --json` and `search --json` run offline in a fresh interpreter on a real catalog, and the
-modules they imported are listed. The schema revision is read without Alembic, so its two halves
+modules they imported are listed: they read through a `CatalogSnapshot` (plain DuckDB), not the ORM. The schema revision is read without Alembic, so its two halves
 are checked against Alembic itself: the head found from the revision files (a new migration is
 picked up without a constant to update) and the revision read from the catalog's table.
 """
@@ -18,7 +18,7 @@ import pytest
 from conftest import clustered_vectors
 from eagle_index.config import Settings
 
-NEVER_ON_READS = ("alembic", "torch", "timm", "umap", "openslide", "mako", "h5py")
+NEVER_ON_READS = ("sqlalchemy", "duckdb_engine", "alembic", "torch", "timm", "umap", "openslide", "mako", "h5py")
 
 RUN = """
 import json, sys
@@ -57,10 +57,10 @@ def _imported(tmp_path, *argv) -> tuple[int, set[str]]:
 
 @pytest.mark.parametrize("argv", [("stats", "--json"), ("search", "--patient", "P001", "-k", "3", "--json")],
                          ids=["stats", "search"])
-def test_read_commands_import_no_alembic_nor_models(tmp_path, catalog_dir, argv):
+def test_read_commands_import_no_orm_alembic_nor_models(tmp_path, catalog_dir, argv):
     code, modules = _imported(tmp_path, *argv, "--data-dir", str(catalog_dir))
     assert code in (0, None)
-    assert "eagle_index" in modules and "sqlalchemy" in modules  # it did open the catalog
+    assert "eagle_index" in modules and "duckdb" in modules  # it did open the catalog
     assert not modules & set(NEVER_ON_READS), sorted(modules & set(NEVER_ON_READS))
 
 
@@ -89,3 +89,38 @@ def test_current_revision_is_read_like_alembic(tmp_path):
     schema.upgrade(engine)
     assert schema.current_revision(engine) == schema.head_revision()
     engine.dispose()
+
+
+def _help(capsys, argv) -> str:
+    from eagle_index.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_a_command_is_built_alone_with_the_same_help_and_errors(capsys, monkeypatch):
+    """`main` builds only the command typed (issue 20 item 4: typer builds every command it is given);
+    its help, its errors and the whole app's help and unknown-command error are unchanged."""
+    from typer.main import get_command
+
+    import eagle_index.cli as cli
+
+    assert list(get_command(cli._tree_for(["search", "--patient", "P1"])).commands) == ["search"]
+    assert list(get_command(cli._tree_for(["db", "current"])).commands) == ["db"]
+    assert cli._tree_for(["--help"]) is cli.app and cli._tree_for([]) is cli.app and cli._tree_for(["nosuch"]) is cli.app
+    narrowed = {argv: _help(capsys, list(argv)) for argv in (("search", "--help"), ("db", "--help"), ("db", "current", "--help"))}
+    monkeypatch.setattr(cli, "_tree_for", lambda argv: cli.app)
+    for argv, text in narrowed.items():
+        assert "Usage: eagle-index " + argv[0] in text and text == _help(capsys, list(argv))
+    monkeypatch.undo()
+
+    for argv, code, stream, text in ((["nosuch"], 2, "err", "No such command 'nosuch'"),
+                                     (["stats", "--bogus"], 2, "err", "No such option: --bogus (see `eagle-index stats --help`)"),
+                                     (["db"], 0, "out", "Usage: eagle-index db")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        out = capsys.readouterr()
+        assert exit_.value.code == code and text in getattr(out, stream)
+        assert getattr(out, stream).count("Usage:") <= 1  # the help of `eagle-index db` is printed once

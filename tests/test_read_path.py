@@ -88,23 +88,23 @@ def test_job_queue_writes_keep_what_readers_hold(tmp_path, service):
 def test_a_read_that_raced_a_commit_is_not_kept(tmp_path, service, monkeypatch):
     """A directory loaded from the catalog as it was before a commit is handed to its reader but
     never kept: the next read sees the commit (no sleeps: the load is held until the commit is done)."""
-    from eagle_index.store import catalog as catalog_module
+    from eagle_index.store.directory import PatientDirectory
 
     _fill(tmp_path, service)
     catalog = service.catalog
     pid = catalog.patient_ids(["P-2"])["P-2"]
     catalog.write(lambda s: None)  # drop what was kept
     loaded, release = threading.Event(), threading.Event()
-    real_load = catalog_module.PatientDirectory.load
+    real_load = PatientDirectory.load
 
-    def slow_load(connection):
-        found = real_load(connection)
+    def slow_load(rows):
+        found = real_load(rows)
         if not loaded.is_set():
             loaded.set()
             assert release.wait(30)
         return found
 
-    monkeypatch.setattr(catalog_module.PatientDirectory, "load", staticmethod(slow_load))
+    monkeypatch.setattr(PatientDirectory, "load", staticmethod(slow_load))
     seen: list = []
     reader = threading.Thread(target=lambda: seen.append(catalog.labels_of([pid])[pid]))
     reader.start()

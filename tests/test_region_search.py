@@ -70,9 +70,8 @@ def test_ingest_stores_every_candidate_and_the_index_holds_them(world):
     assert sorted(r.patient_rank for r in rows) == list(range(1, 26))
     # the ranks are the patient's selection (same tiles and order as its EAGLE vector uses)
     from eagle_index.search import read_tile_selection
-    from eagle_index.store import cohorts_repo
 
-    selected = read_tile_selection(cohorts_repo.artifact_paths(service.catalog, pid), 25)
+    selected = read_tile_selection(service.catalog.artifact_paths(pid), 25)
     assert [(r.x_um, r.y_um) for r in rows] == list(zip(selected.x_um.tolist(), selected.y_um.tolist()))
 
     result = service.regions.search({"patient": "PA", "tile": 1}, k=6, per_patient=3)

@@ -13,13 +13,14 @@ import typer
 
 from eagle_index.errors import EagleIndexError, is_interrupt
 
-app = typer.Typer(
+APP_SETTINGS = dict(
     name="eagle-index",
     help="Embedding database and look-alike slide retrieval for computational pathology (EAGLE).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app = typer.Typer(**APP_SETTINGS)
 
 
 def _register_all() -> None:
@@ -33,6 +34,30 @@ def _register_all() -> None:
 
 
 _register_all()
+
+
+def _tree_for(argv: list[str] | None) -> typer.Typer:
+    """The app narrowed to the command typed (`eagle-index search ...`: only `search`), else the whole app.
+
+    Typer turns every command of the tree it is given into a click command, with pydantic adapters
+    for each parameter: 0.09 s for all 43 on every run, a fifth of a `stats --json`. Nothing else
+    changes: the command and its help are built from the same registration; `--help`, no command,
+    or a name that is not a command get the whole app (the full list, or click's "No such command").
+    """
+    args = sys.argv[1:] if argv is None else argv
+    name = args[0] if args else None
+    commands = [c for c in app.registered_commands if c.name == name]
+    groups = [g for g in app.registered_groups if g.name == name]
+    if not commands and not groups:
+        return app
+    narrowed = typer.Typer(**APP_SETTINGS)
+    narrowed.registered_commands, narrowed.registered_groups = commands, groups
+    narrowed.callback()(_root)  # a group even with one command, so `NAME` stays the first argument
+    return narrowed
+
+
+def _root() -> None:
+    """Embedding database and look-alike slide retrieval for computational pathology (EAGLE)."""
 
 
 def one_line(message: str) -> str:
@@ -68,12 +93,14 @@ def main(argv: list[str] | None = None) -> None:
 
     from eagle_index.cli.helpfmt import readable
 
-    command = get_command(app)
+    command = get_command(_tree_for(argv))
     readable(command)
     try:
         code = command.main(args=argv, prog_name="eagle-index", standalone_mode=False)
-    except NoArgsIsHelpError as exc:  # `eagle-index` / `eagle-index db` alone: the help text
-        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+    except NoArgsIsHelpError as exc:  # `eagle-index` / `eagle-index db` alone: the help text, once
+        message = exc.format_message()  # built by the error itself: rich help is printed then, and comes back empty
+        if message.strip():
+            typer.echo(message)
         code = 0
     except ClickException as exc:
         where = getattr(getattr(exc, "ctx", None), "command_path", None) or "eagle-index"

@@ -12,11 +12,12 @@ from eagle_index.cli.options import DataDirOpt, ModelsOpt, JsonOpt, QueryModelsO
 from eagle_index.limits import MAX_K
 
 
-def _service(data_dir: Path | None, weights_dir: Path | None = None, create: bool = True, **more):
-    """The local service, or the running daemon/server's API when one holds the catalog."""
+def _service(data_dir: Path | None, weights_dir: Path | None = None, create: bool = True, read_only: bool = False, **more):
+    """The local service, or the running daemon/server's API when one holds the catalog
+    (`read_only`: a command that only reads opens the catalog as a snapshot, without SQLAlchemy)."""
     from eagle_index.client import service_for
 
-    return service_for(settings_from(data_dir, weights_dir, **more), create=create)
+    return service_for(settings_from(data_dir, weights_dir, **more), create=create, read_only=read_only)
 
 
 def _print_report(report, as_json: bool) -> None:
@@ -151,7 +152,7 @@ def register(app: typer.Typer) -> None:
                                       site_label=site_label, exclude_same=exclude_same or (), in_annotation=in_annotation or ())
         query_vector = read_query_vector(vector) if vector is not None else None
         extra = {"models": models} if slide and models is not None else {}
-        with _service(data_dir, weights_dir if slide else None, create=False, **extra) as service:
+        with _service(data_dir, weights_dir if slide else None, create=False, read_only=not store, **extra) as service:
             try:
                 result = service.search(patient=patient, vector=query_vector, slides=slide or None, k=k, kind=kind,
                                         signature=signature, filters=filters, explain=explain, vote=vote, pairs=pairs,
@@ -191,7 +192,7 @@ def register(app: typer.Typer) -> None:
     @app.command("stats")
     def stats(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
         """Counts of patients, slides, labels and vectors by kind."""
-        with _service(data_dir, create=False) as service:
+        with _service(data_dir, create=False, read_only=True) as service:
             data = service.stats()
         if as_json:
             typer.echo(json.dumps(data.as_dict(), indent=1))

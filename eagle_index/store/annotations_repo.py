@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from eagle_index.errors import NotFoundError
 from eagle_index.formats import geojson
-from eagle_index.store.models import Annotation, Patient, Slide, TileToken, annotation_id_seq, utcnow
+from eagle_index.store.models import Annotation, Patient, Slide, annotation_id_seq, utcnow
 
 
 @dataclass(frozen=True)
@@ -243,34 +243,33 @@ def patients_in_annotations(catalog, classes, tile_um: float) -> set[int]:
     """Patients with at least one selected tile (patient rank set) whose centre lies inside an area
     annotation of one of `classes` (names matched case-insensitively) on that tile's slide.
     A class no annotation has: NotFoundError naming it and the classes there are."""
-    wanted = {str(c).strip().lower() for c in classes if str(c).strip()}
-    with catalog.transaction() as session:
-        found = session.execute(select(Annotation.patient_id, Annotation.slide_name, Annotation.geometry, func.lower(Annotation.class_name))
-                                .where(func.lower(Annotation.class_name).in_(sorted(wanted)))).all()
-        missing = wanted - {c for *_, c in found}
-        if missing:
-            known = sorted(session.scalars(select(Annotation.class_name).distinct().where(Annotation.class_name.is_not(None))))
-            raise NotFoundError(f"no annotations of class {', '.join(repr(m) for m in sorted(missing))} "
-                                f"(annotation classes: {', '.join(known) or 'none yet'})")
-        by_slide: dict[tuple[int, str], list[dict]] = {}
-        for pid, name, geometry, _ in found:
-            geom = json.loads(geometry)
-            if geom["type"] in geojson.AREA_TYPES:
-                by_slide.setdefault((int(pid), name), []).append(geom)
-        out: set[int] = set()
-        for (pid, name), geometries in by_slide.items():
-            slides = session.execute(select(Slide.id, Slide.mpp).where(Slide.patient_id == pid, Slide.name == name,
-                                                                       Slide.status != "superseded")).all()
-            for slide_id, mpp in slides:
-                if not mpp:
-                    continue
-                tiles = session.execute(select(TileToken.x_um, TileToken.y_um).where(
-                    TileToken.slide_id == slide_id, TileToken.patient_rank.is_not(None))).all()
-                if not tiles:
-                    continue
-                xs = [(x + tile_um / 2) / mpp for x, _ in tiles]
-                ys = [(y + tile_um / 2) / mpp for _, y in tiles]
-                if any(geojson.contains(g, xs, ys).any() for g in geometries):
-                    out.add(pid)
-                    break
+    wanted = sorted({str(c).strip().lower() for c in classes if str(c).strip()})
+    rows = catalog.read_rows  # plain SQL (store/catalog_reads.py): a CLI search reads through a snapshot too
+    marks = ",".join("?" * len(wanted)) or "NULL"
+    found = rows(f"SELECT patient_id, slide_name, geometry, lower(class_name) FROM annotations "
+                 f"WHERE lower(class_name) IN ({marks})", tuple(wanted))
+    missing = set(wanted) - {c for *_, c in found}
+    if missing:
+        known = sorted(r[0] for r in rows("SELECT DISTINCT class_name FROM annotations WHERE class_name IS NOT NULL"))
+        raise NotFoundError(f"no annotations of class {', '.join(repr(m) for m in sorted(missing))} "
+                            f"(annotation classes: {', '.join(known) or 'none yet'})")
+    by_slide: dict[tuple[int, str], list[dict]] = {}
+    for pid, name, geometry, _ in found:
+        geom = json.loads(geometry)
+        if geom["type"] in geojson.AREA_TYPES:
+            by_slide.setdefault((int(pid), name), []).append(geom)
+    out: set[int] = set()
+    for (pid, name), geometries in by_slide.items():
+        slides = rows("SELECT id, mpp FROM slides WHERE patient_id = ? AND name = ? AND status <> 'superseded'", (pid, name))
+        for slide_id, mpp in slides:
+            if not mpp:
+                continue
+            tiles = rows("SELECT x_um, y_um FROM tile_tokens WHERE slide_id = ? AND patient_rank IS NOT NULL", (int(slide_id),))
+            if not tiles:
+                continue
+            xs = [(x + tile_um / 2) / mpp for x, _ in tiles]
+            ys = [(y + tile_um / 2) / mpp for _, y in tiles]
+            if any(geojson.contains(g, xs, ys).any() for g in geometries):
+                out.add(pid)
+                break
     return out

@@ -47,24 +47,7 @@ def slide_files(catalog: Catalog, patient_ids) -> dict[int, list[tuple[str, str 
     return out
 
 
-def artifact_paths(catalog: Catalog, patient_id: int) -> list[str]:
-    """Artifact files of a patient's embedded slides (empty for imported vectors)."""
-    with catalog.transaction() as session:
-        return catalog.done_artifacts(session, int(patient_id))
-
-
 # -- probes ---------------------------------------------------------------------------------
-def done_slide_ids(catalog: Catalog, patient_id: int) -> dict[str, int]:
-    """{slide name: slide id} of a patient's embedded slides (first id per name)."""
-    with catalog.transaction() as session:
-        rows = session.execute(select(Slide.name, Slide.id).where(Slide.patient_id == int(patient_id), Slide.status == "done")
-                               .order_by(Slide.name, Slide.id)).all()
-    out: dict[str, int] = {}
-    for name, sid in rows:
-        out.setdefault(name, int(sid))
-    return out
-
-
 def probe_probabilities(catalog: Catalog, probe_name: str) -> dict[int, float]:
     """{patient id: probability} of a probe applied to the archive; NotFoundError if no such probe."""
     with catalog.transaction() as session:
@@ -158,10 +141,3 @@ def cohort_members(catalog: Catalog, name: str) -> list[tuple[int, str, float | 
     return sorted(rows, key=lambda r: (r[2] is None, -(r[2] or 0.0), r[1]))
 
 
-def cohort_member_ids(catalog: Catalog, names: list[str]) -> set[int]:
-    """Patients that are members of every named cohort."""
-    result: set[int] | None = None
-    for name in names:
-        ids = {pid for pid, _, _ in cohort_members(catalog, name)}
-        result = ids if result is None else result & ids
-    return result if result is not None else set()

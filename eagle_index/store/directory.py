@@ -3,7 +3,7 @@
 A search hit needs the patient's external id, slide names and labels; a filter needs the
 patients holding some label values. Asked of SQL per request, these small round trips cost more
 under concurrent requests (SQLAlchemy under the GIL, DuckDB scans) than the vector search itself
-(issue 15's profile, docs/benchmarks.md). `Catalog` keeps one `PatientDirectory` until its
+(issue 15's profile, docs/benchmarks.md). The catalog's reads (store/catalog_reads.py) keep one `PatientDirectory` until its
 writer's next commit (the one invalidation rule: `Catalog.epoch`); every read of patients and
 labels is answered from it.
 """
@@ -11,9 +11,7 @@ labels is answered from it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -25,13 +23,14 @@ class PatientDirectory:
     label_names: tuple[str, ...]  # every stored label name, sorted
 
     @classmethod
-    def load(cls, connection: Connection) -> "PatientDirectory":
-        ids = {str(e): int(i) for e, i in connection.execute(text("SELECT external_id, id FROM patients"))}
+    def load(cls, rows: Callable[[str], list[tuple]]) -> "PatientDirectory":
+        """Read with `rows(sql)`: the plain-SQL runner of a Catalog or a CatalogSnapshot (store/catalog_reads.py)."""
+        ids = {str(e): int(i) for e, i in rows("SELECT external_id, id FROM patients")}
         labels: dict[int, dict] = {}
-        for pid, name, value in connection.execute(text("SELECT patient_id, name, value FROM labels ORDER BY id")):
+        for pid, name, value in rows("SELECT patient_id, name, value FROM labels ORDER BY id"):
             labels.setdefault(int(pid), {})[name] = value
         slides: dict[int, list[str]] = {}
-        for pid, name in connection.execute(text("SELECT patient_id, name FROM slides WHERE status <> 'superseded' ORDER BY id")):
+        for pid, name in rows("SELECT patient_id, name FROM slides WHERE status <> 'superseded' ORDER BY id"):
             slides.setdefault(int(pid), []).append(name)
         names = sorted({n for values in labels.values() for n in values})
         return cls(ids, {v: k for k, v in ids.items()}, labels, {k: tuple(v) for k, v in slides.items()}, tuple(names))

@@ -173,10 +173,10 @@ class Listing:
         return Page(int(total or 0), limit, offset, items)
 
     def artifact_paths(self, patient_id: int) -> list[str]:
-        return cohorts_repo.artifact_paths(self.catalog, patient_id)
+        return self.catalog.artifact_paths(patient_id)
 
     def done_slide_ids(self, patient_id: int) -> dict[str, int]:
-        return cohorts_repo.done_slide_ids(self.catalog, patient_id)
+        return self.catalog.done_slide_ids(patient_id)
 
     def with_slide_files(self, external_ids) -> set[str]:
         """Which of these patients have at least one slide file readable on this machine."""

@@ -7,7 +7,9 @@ Reads never import Alembic (issue 20 item 4: it cost a read command a third of i
 the catalog's revision is read from its `alembic_version` table with one query, and the head
 revision is found from the revision files' own `revision` / `down_revision` lines
 (`head_revision`; tests/test_cli_startup.py checks it against Alembic's answer). Alembic is
-imported only to upgrade (and its DuckDB implementation registered then, `_alembic`).
+imported only to upgrade (and its DuckDB implementation registered then, `_alembic`). SQLAlchemy is
+imported only by the functions that take an engine, so a `CatalogSnapshot` (store/snapshot.py) checks
+the revision without it.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import functools
 import re
 import sys
 from pathlib import Path
-
-from sqlalchemy import Engine, create_engine, text
+from typing import TYPE_CHECKING
 
 from eagle_index.errors import CatalogError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 VERSION_TABLE = "alembic_version"  # Alembic's default, which migrations/env.py keeps
 
@@ -55,7 +59,7 @@ def migrations_dir() -> Path:
     raise CatalogError("the eagle-index Alembic revisions (migrations/) are missing from this installation")
 
 
-def alembic_config(engine: Engine):
+def alembic_config(engine: "Engine"):
     from alembic.config import Config
 
     _alembic()
@@ -91,20 +95,27 @@ def head_revision() -> str:
     return heads[0]
 
 
-def current_revision(engine: Engine) -> str | None:
+def current_revision(engine: "Engine") -> str | None:
     """The catalog's schema revision (its `alembic_version` row), None for a catalog without one."""
+    from sqlalchemy import text
+
     with engine.connect() as conn:
         exists = conn.execute(text("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = :t"),
                               {"t": VERSION_TABLE}).scalar()
         if not exists:
             return None
         rows = [r[0] for r in conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()]
+    return single_revision(rows)
+
+
+def single_revision(rows: list[str]) -> str | None:
+    """The one revision an `alembic_version` table records (None: empty)."""
     if len(rows) > 1:
         raise CatalogError(f"the catalog records {len(rows)} schema revisions ({', '.join(rows)}), expected one")
     return rows[0] if rows else None
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: "Engine", revision: str = "head") -> None:
     """Apply revisions up to `revision` (in place, inside a transaction)."""
     from alembic import command
 
@@ -114,8 +125,10 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str) -> "Engine":
     """An engine for a catalog URL, with a clear error when another process holds the file."""
+    from sqlalchemy import create_engine
+
     try:
         engine = create_engine(url, poolclass=None)
         with engine.connect():
@@ -123,15 +136,13 @@ def make_engine(url: str) -> Engine:
     except Exception as exc:  # duckdb raises IOException for a held lock
         message = str(exc).splitlines()[0]
         if "lock" in message.lower():
-            raise CatalogError(_lock_message(Path(url.removeprefix("duckdb:///")), message)) from None
+            raise CatalogError(lock_message(Path(url.removeprefix("duckdb:///")), message)) from None
         raise CatalogError(f"cannot open catalog {url}: {message}") from None
     return engine
 
 
-def _lock_message(catalog: Path, message: str) -> str:
+def lock_message(catalog: Path, message: str) -> str:
     """Name who holds DuckDB's lock: this data folder's eagle-index owner, or another program."""
-    import re
-
     from eagle_index.owner import current_owner
 
     found = re.search(r"held in (.+?) \(PID (\d+)\)", message)
@@ -145,17 +156,22 @@ def _lock_message(catalog: Path, message: str) -> str:
             f"close that program and try again ({message})")
 
 
-def ensure_current(engine: Engine, catalog_path: Path | None = None, create: bool = True) -> None:
+def ensure_current(engine: "Engine", catalog_path: Path | None = None, create: bool = True) -> None:
     """A new (empty) catalog is created at head; an older one must be upgraded explicitly."""
     current = current_revision(engine)
-    head = head_revision()
-    if current == head:
-        return
     if current is None and create:
         upgrade(engine)
         return
-    where = f" --data-dir {catalog_path.parent}" if catalog_path else ""
+    check_revision(current, catalog_path or engine.url)
+
+
+def check_revision(current: str | None, catalog) -> None:
+    """Refuse a catalog not at the head revision, with the command that upgrades it (`catalog`: its path or URL)."""
+    head = head_revision()
+    if current == head:
+        return
+    where = f" --data-dir {catalog.parent}" if isinstance(catalog, Path) else ""
     raise CatalogError(
-        f"catalog {catalog_path or engine.url} is at schema revision {current}, this version needs {head}: "
+        f"catalog {catalog} is at schema revision {current}, this version needs {head}: "
         f"run `eagle-index db upgrade{where}`"
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from eagle_index.config import IndexSettings
-from eagle_index.store.catalog import Catalog, VectorSetInfo
+from eagle_index.store.catalog_reads import CatalogReads, VectorSetInfo
 from eagle_index.store.derived_index import (  # noqa: F401 - re-exported: the FAISS helpers' historical home
     INDEX_TYPES,
     IVF_MAX_LISTS,
@@ -60,7 +60,7 @@ class VectorStore(DerivedIndex):
     loaded_class = LoadedIndex
     log = log
 
-    def __init__(self, index_dir: Path, catalog: Catalog, settings: IndexSettings | None = None):
+    def __init__(self, index_dir: Path, catalog: CatalogReads, settings: IndexSettings | None = None):
         super().__init__(index_dir, catalog, settings or IndexSettings())
         catalog.add_commit_listener(self._follow_commit)
 
