@@ -254,3 +254,22 @@ def test_approximate_index_that_runs_dry_falls_back_to_exact(service, monkeypatc
     want, _ = brute_force(cat, 5, 10, lambda i: cat["organ"][i] == "breast" and cat["grade"][i] == "1")
     assert [h.patient for h in service.search_patient(cat["names"][5], k=10, filters=filters)] == want
     assert len(want) == min(10, sum(1 for i in range(150) if i != 5 and cat["organ"][i] == "breast" and cat["grade"][i] == "1"))
+
+
+def test_patient_query_asks_the_index_for_k_plus_the_refused(service, monkeypatch):
+    """Only the query patient is refused: the index is asked for k + 1 neighbours, not ~2.4x k
+    (an IVF index re-ranks ivf_refine_k_factor x that many rows: most of a search's time), and the
+    hits equal brute force."""
+    cat = make_catalog(service, n=150)
+    real = service.vectors.search
+    asked = []
+
+    def spy(kind, signature, queries, k):
+        asked.append(k)
+        return real(kind, signature, queries, k)
+
+    monkeypatch.setattr(service.vectors, "search", spy)
+    service.searcher.exact_limit = 0
+    want, _ = brute_force(cat, 7, 10, lambda i: True)
+    assert [h.patient for h in service.search_patient(cat["names"][7], k=10)] == want
+    assert asked == [11]
