@@ -106,7 +106,7 @@ class IndexSettings(BaseModel):
     # the index *type*: "kind" names a vector kind (eagle, chief, ...) everywhere else; still accepted here
     type: Literal["auto", "flat", "ivf", "hnsw", "lean"] = Field(
         "auto", validation_alias=AliasChoices("type", "kind"), description="flat: exact; ivf: IVF + 4-bit PQ + exact re-ranking; hnsw; lean: IVF + 4-bit PQ codes in RAM, "
-        "exact re-ranking from float16 vectors memory-mapped from disk (store/lean_index.py); auto: flat, ivf above "
+        "exact re-ranking from int16 fixed-point vectors memory-mapped from disk (store/lean_index.py); auto: flat, ivf above "
         "approximate_above, lean above lean_above")
     approximate_above: int = Field(50_000, ge=1, description="'auto' switches from exact to IVF above this many vectors")
     lean_above: int | None = Field(None, ge=1, description="'auto' switches to the lean index above this many vectors; "

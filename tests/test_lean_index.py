@@ -1,5 +1,6 @@
 """The memory-lean index ("lean", store/lean_index.py) finds what the exact index finds, for patients and tiles,
-and follows in-place adds and removes (its float16 refine file included) through the real catalog.
+and follows in-place adds and removes (its fixed-point refine file included) through the real catalog;
+an index saved in the older float16 format is rebuilt, not misread.
 
 Oracle: exact brute force (numpy) over the same normalized vectors.
 """
@@ -53,7 +54,7 @@ def test_lean_top_k_matches_the_exact_one(clustered_set, tmp_path, what, setting
     index = build_faiss_index("lean", db.shape[1], settings, train=db, store_dir=tmp_path, stem=what)
     assert index_type_of(index) == "lean" and isinstance(index, LeanIndex)
     index.add_with_ids(db, ids)
-    # RAM holds codes, not floats: the floats are in the refine file, as float16
+    # RAM holds codes, not floats: the vectors are in the refine file, 2 bytes per value (int16 fixed point)
     assert index.refine_path.stat().st_size == db.size * 2
     want = 4 * k + 8 if what == "tiles" else k  # region search asks for 4k + 8 tiles
     scores, found = index.search(queries, want)
@@ -61,7 +62,8 @@ def test_lean_top_k_matches_the_exact_one(clustered_set, tmp_path, what, setting
     recall = np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth)])
     assert recall >= 0.95, recall
     assert (found[:, 0] == truth[:, 0]).all()  # top-1 exact after re-ranking
-    np.testing.assert_allclose(scores[:, 0], truth_scores[:, 0], atol=2e-3)  # float16 rows
+    # fixed-point rows: each value within 0.5 / 32767, so a 128-d cosine within sqrt(128) * 0.5 / 32767 = 1.73e-4
+    np.testing.assert_allclose(scores[:, 0], truth_scores[:, 0], atol=1.73e-4)
 
 
 def test_lean_in_place_remove_and_add_are_followed(clustered_set, tmp_path):
@@ -131,13 +133,49 @@ def test_patient_store_builds_reopens_and_follows_commits_with_the_lean_index(tm
         old_refine = reopened.index.refine_path
         rebuilt = service.vectors.rebuild(reopened.info)
         assert rebuilt.index.tombstones == 0 and rebuilt.index.refine_path != old_refine and not old_refine.exists()
-        assert [p.name for p in index_path.parent.glob("*.f16")] == [rebuilt.index.refine_path.name]
+        assert [p.name for p in index_path.parent.glob("*.i16")] == [rebuilt.index.refine_path.name]
         # a lost (or short) refine file is a stale index: the next open rebuilds it
         service.vectors.unload()
         rebuilt.index.refine_path.unlink()
         healed = service.vectors.get("eagle", "sig")
         assert healed.index_type == "lean" and healed.index.refine_path.exists() and healed.ntotal == 2990
         assert [f[0] for f in service.vectors.search("eagle", "sig", vectors[2500:], k=5)[0]] == new_ids.tolist()
+
+
+def test_an_index_saved_with_float16_rows_is_rebuilt_in_the_fixed_point_format(tmp_path):
+    """Format 2 (float16 refine rows, `.f16`) read as int16 would give nonsense scores: it must be
+    rebuilt on open, and its old refine file removed."""
+    from eagle_index.service import EagleService
+    from eagle_index.store import lean_index
+
+    vectors = clustered_vectors(1500, 32, seed=8, clusters=10)
+    settings = Settings(data_dir=tmp_path / "data", index=IndexSettings(type="lean", ivf_nlist=16))
+    with EagleService(settings) as service:
+        ids = _store_vectors(service, [f"P{i:05d}" for i in range(1500)], vectors)
+        loaded = service.vectors.get("eagle", "sig")
+        service.vectors.flush()
+        index_path, _ = service.vectors.paths("eagle", "sig")
+        service.vectors.unload()
+        # rewrite the saved files as format 2 wrote them: float16 rows in a .f16 file named by the header
+        old_refine = loaded.index.refine_path.with_suffix(".f16")
+        old_refine.write_bytes(_normalized(vectors[np.argsort(ids)]).astype(np.float16).tobytes())
+        loaded.index.refine_path.unlink()
+        raw = index_path.read_bytes()
+        size = int.from_bytes(raw[len(lean_index.MAGIC):len(lean_index.MAGIC) + 4], "little")
+        start = len(lean_index.MAGIC) + 4
+        header = json.loads(raw[start:start + size])
+        header.update(format=2, refine=old_refine.name)
+        packed = json.dumps(header).encode()
+        index_path.write_bytes(raw[:len(lean_index.MAGIC)] + len(packed).to_bytes(4, "little") + packed + raw[start + size:])
+        with pytest.raises(ValueError, match="lean index format 2"):
+            LeanIndex.read(index_path, 128)
+
+        healed = service.vectors.get("eagle", "sig")
+        assert healed.index_type == "lean" and healed.index.refine_path.suffix == ".i16" and healed.ntotal == 1500
+        assert not old_refine.exists()
+        found, scores = service.vectors.search("eagle", "sig", vectors[:50], k=1)
+        assert [f[0] for f in found] == ids[:50].tolist()
+        np.testing.assert_allclose([s[0] for s in scores], 1.0, atol=1e-4)
 
 
 def test_tile_index_uses_the_lean_type_and_follows_a_patient_change(tmp_path):

@@ -56,7 +56,7 @@ def ids_digest(ids: np.ndarray) -> str:
     return hashlib.sha256(np.sort(np.asarray(ids, dtype=np.int64)).tobytes()).hexdigest()
 
 
-INDEX_TYPES = ("flat", "ivf", "hnsw", "lean")  # lean: store/lean_index.py (PQ codes in RAM, float16 re-ranking from disk)
+INDEX_TYPES = ("flat", "ivf", "hnsw", "lean")  # lean: store/lean_index.py (PQ codes in RAM, fixed-point re-ranking from disk)
 IVF_MIN_TRAIN_PER_LIST = 39  # below this k-means is unreliable (FAISS warns); such sets stay exact
 IVF_MIN_LISTS, IVF_MAX_LISTS = 16, 65_536
 
@@ -113,7 +113,7 @@ def build_faiss_index(index_type: str, dim: int, settings: IndexSettings, train:
     With too few vectors to train (or none given) an exact flat index is built instead:
     use `index_type_of` to record what was built.
     "lean" is the same IVF + PQ codes without the float copy in RAM: a `LeanIndex` re-ranking from
-    float16 rows in a refine file `store_dir/<stem>.<token>.f16` (store/lean_index.py).
+    int16 fixed-point rows in a refine file `store_dir/<stem>.<token>.i16` (store/lean_index.py).
     """
     import faiss
 
