@@ -258,7 +258,7 @@ def lean_resident(index, workdir: Path, stem: str):
 
 
 def lean_run(n: int, data: "ClusteredEmbeddings", queries: np.ndarray, settings: IndexSettings, threads: list[int],
-             workdir: Path) -> None:
+             workdir: Path, warm: bool = False) -> None:
     """`--types lean --streamed-truth`: build the lean index in chunks with the exact top-10 kept while
     adding (no float copy in RAM at all), reload it from its files and report resident bytes per vector."""
     import faiss
@@ -287,8 +287,14 @@ def lean_run(n: int, data: "ClusteredEmbeddings", queries: np.ndarray, settings:
     refine_path = index.refine_path
     index, anon_delta, (index_bytes, refine_bytes) = lean_resident(index, workdir, f"bench-{n}")
     m = pq_subquantizers(DIM, settings.ivf_pq_dims_per_code)
-    result = Result(n, "lean", f"IVF{ivf_list_count(settings, n)},PQ{m}x4fsr + float16 refine file (mmap) "
-                    f"nprobe={settings.ivf_nprobe} k_factor={settings.ivf_refine_k_factor}", train_s, add_s)
+    result = Result(n, "lean", f"IVF{ivf_list_count(settings, n)},PQ{m}x4fsr + int16 refine file (mmap{', warmed' if warm else ''}) "
+                    f"nprobe={settings.ivf_nprobe} k_factor={settings.lean_refine_k_factor}", train_s, add_s)
+    warm_note = "not warmed (pages fault in as queries touch them)"
+    if warm:
+        t0 = time.perf_counter()
+        touched = index.warm()
+        warm_note = f"warmed (LeanIndex.warm: {touched / 2**30:.2f} GiB in {time.perf_counter() - t0:.1f} s)"
+    print(f"N={n:,} lean: refine file {warm_note}", flush=True)
     file0 = rss_parts()[1]
     for t in threads:
         faiss.omp_set_num_threads(t)
@@ -307,7 +313,7 @@ def lean_run(n: int, data: "ClusteredEmbeddings", queries: np.ndarray, settings:
     file_touched = rss_parts()[1] - file0
     result.index_mb = (index_bytes + refine_bytes) / 2**20
     print(f"N={n:,} lean: resident after load (RssAnon delta) {anon_delta / 2**20:,.1f} MiB = {anon_delta / n:.1f} bytes/vector; "
-          f"index file {index_bytes / n:.1f} B/vector, float16 refine file {refine_bytes / n:.0f} B/vector (mapped); "
+          f"index file {index_bytes / n:.1f} B/vector, int16 refine file {refine_bytes / n:.0f} B/vector (mapped); "
           f"refine pages touched by {len(queries) * len(threads)} queries (RssFile delta, page cache) {file_touched / 2**20:,.1f} MiB", flush=True)
     print(f"N={n:,} lean: p50 {result.latency_ms[threads[0]][0]:.2f} ms, p99 {result.latency_ms[threads[0]][1]:.2f} ms "
           f"({threads[0]}t), recall@10 {result.recall:.3f}, top-1 exact {top1:.3f}; load average {_load()}", flush=True)
@@ -336,7 +342,9 @@ def main() -> None:
     parser.add_argument("--types", default="flat,ivf,hnsw", help="index types besides the exact baseline")
     parser.add_argument("--hnsw-max", type=int, default=100_000, help="skip HNSW above this size (its build is slow)")
     parser.add_argument("--nprobe", type=int, help="override IndexSettings.ivf_nprobe")
-    parser.add_argument("--k-factor", type=int, help="override IndexSettings.ivf_refine_k_factor")
+    parser.add_argument("--k-factor", type=int, help="override IndexSettings.ivf_refine_k_factor (lean: lean_refine_k_factor)")
+    parser.add_argument("--warm", action="store_true", help="with --types lean: read the refine file into memory "
+                        "(LeanIndex.warm) after reloading, before the queries")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()), help="where index sizes are measured")
     parser.add_argument("--concurrency", type=int, default=0, help="also search from this many threads at once, batching on/off")
     parser.add_argument("--batch-ms", type=float, default=1.0, help="the gathering window of --concurrency's 'on' runs")
@@ -350,7 +358,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
     types = [t for t in args.types.split(",") if t != "flat"]
-    overrides = {"ivf_nprobe": args.nprobe, "ivf_refine_k_factor": args.k_factor}
+    overrides = {"ivf_nprobe": args.nprobe, "ivf_refine_k_factor": args.k_factor, "lean_refine_k_factor": args.k_factor}
     settings = IndexSettings(**{k: v for k, v in overrides.items() if v is not None})
     build_threads = os.cpu_count() or 1
     data = ClusteredEmbeddings()
@@ -364,7 +372,7 @@ def main() -> None:
     concurrent_rows: list[str] = []
     if args.streamed_truth:
         for n in sizes:
-            lean_run(n, data, queries, settings, threads, args.workdir)
+            lean_run(n, data, queries, settings, threads, args.workdir, args.warm)
         print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
         return
     for n in sizes:

@@ -85,10 +85,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--k", type=int, default=20, help="tiles returned")
     parser.add_argument("--per-patient", type=int, default=3)
-    parser.add_argument("--k-factor", type=int, help="override IndexSettings.ivf_refine_k_factor")
+    parser.add_argument("--k-factor", type=int, help="override IndexSettings.ivf_refine_k_factor (lean: lean_refine_k_factor)")
+    parser.add_argument("--warm", action="store_true", help="with --type lean: read the refine file into memory "
+                        "(LeanIndex.warm) after reloading, before the queries")
     parser.add_argument("--nprobe", type=int, help="override IndexSettings.ivf_nprobe")
     parser.add_argument("--type", choices=("auto", "lean"), default="auto",
-                        help="lean: the memory-lean index (PQ codes in RAM, float16 refine file mapped from --workdir), "
+                        help="lean: the memory-lean index (PQ codes in RAM, int16 refine file mapped from --workdir), "
                              "saved and reloaded so its resident bytes per tile (RssAnon delta of the load) are measured")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()), help="where the lean index files go")
     args = parser.parse_args()
@@ -96,7 +98,8 @@ def main() -> None:
     import faiss
 
     settings = tile_index_settings(IndexSettings())
-    updates = {k: v for k, v in {"ivf_refine_k_factor": args.k_factor, "ivf_nprobe": args.nprobe}.items() if v}
+    updates = {k: v for k, v in {"ivf_refine_k_factor": args.k_factor, "lean_refine_k_factor": args.k_factor,
+                                 "ivf_nprobe": args.nprobe}.items() if v}
     settings = settings.model_copy(update=updates)
     n = args.patients * args.tiles
     data = ArchiveTiles()
@@ -145,13 +148,17 @@ def main() -> None:
     refine_path = None
     if built == "lean":
         m = pq_subquantizers(DIM, settings.ivf_pq_dims_per_code)
-        print(f"  IVF{ivf_list_count(settings, n)},PQ{m}x4fsr + float16 refine file (mmap) nprobe={settings.ivf_nprobe} "
-              f"k_factor={settings.ivf_refine_k_factor}")
+        print(f"  IVF{ivf_list_count(settings, n)},PQ{m}x4fsr + int16 refine file (mmap) nprobe={settings.ivf_nprobe} "
+              f"k_factor={settings.lean_refine_k_factor}")
         refine_path = index.refine_path
         index, anon_delta, (index_bytes, refine_bytes) = lean_resident(index, args.workdir, f"tiles-{n}")
         index_mib = (index_bytes + refine_bytes) / 2**20
         print(f"resident after load (RssAnon delta) {anon_delta / 2**20:,.1f} MiB = {anon_delta / n:.1f} bytes/tile; "
-              f"index file {index_bytes / n:.1f} B/tile, float16 refine file {refine_bytes / n:.0f} B/tile (mapped)", flush=True)
+              f"index file {index_bytes / n:.1f} B/tile, int16 refine file {refine_bytes / n:.0f} B/tile (mapped)", flush=True)
+        if args.warm:
+            t0 = time.perf_counter()
+            touched = index.warm()
+            print(f"refine file warmed (LeanIndex.warm): {touched / 2**30:.2f} GiB in {time.perf_counter() - t0:.1f} s", flush=True)
     else:
         fd, tmp = tempfile.mkstemp(suffix=".faiss")
         os.close(fd)

@@ -239,3 +239,31 @@ def test_lean_above_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("EAGLE_INDEX_LEAN_ABOVE", "0")
     with pytest.raises(InputError, match="^EAGLE_INDEX_LEAN_ABOVE='0': expected "):
         Settings.load()
+
+
+def test_warm_reads_the_whole_refine_file_and_changes_no_answer(clustered_set, tmp_path):
+    db, ids, queries = clustered_set
+    index = build_faiss_index("lean", db.shape[1], IndexSettings(), train=db, store_dir=tmp_path, stem="w")
+    index.add_with_ids(db, ids)
+    before = index.search(queries, 10)
+    assert index.warm() == index.refine_path.stat().st_size == db.size * 2
+    after = index.search(queries, 10)
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_array_equal(after[0], before[0])
+
+
+@pytest.mark.parametrize("fraction, warmed", [(1.0, True), (0.0, False), (1e-9, False)])
+def test_an_opened_lean_index_is_warmed_in_the_background_only_when_it_fits(tmp_path, monkeypatch, fraction, warmed):
+    """`lean_warm_fraction` of the machine's memory: a refine file up to it is read in on a daemon thread."""
+    import threading
+
+    from eagle_index.service import EagleService
+
+    calls = threading.Event()
+    monkeypatch.setattr(LeanIndex, "warm", lambda self: calls.set() or 0)
+    vectors = clustered_vectors(1200, 32, seed=4, clusters=8)
+    settings = Settings(data_dir=tmp_path / "data", index=IndexSettings(type="lean", ivf_nlist=16, lean_warm_fraction=fraction))
+    with EagleService(settings) as service:
+        _store_vectors(service, [f"P{i:05d}" for i in range(1200)], vectors)
+        assert service.vectors.get("eagle", "sig").index_type == "lean"
+        assert calls.wait(timeout=30 if warmed else 0.5) is warmed

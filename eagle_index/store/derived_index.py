@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -145,7 +146,7 @@ def build_faiss_index(index_type: str, dim: int, settings: IndexSettings, train:
     if index_type == "lean":
         from eagle_index.store.lean_index import LeanIndex
 
-        index = LeanIndex.create(inner, dim, store_dir, stem, settings.ivf_refine_k_factor)
+        index = LeanIndex.create(inner, dim, store_dir, stem, settings.lean_refine_k_factor)
         configure_search(index, settings)
         return index
     index = faiss.IndexIDMap2(inner)
@@ -160,7 +161,7 @@ def configure_search(index, settings: IndexSettings) -> None:
     from eagle_index.store.lean_index import LeanIndex
 
     if isinstance(index, LeanIndex):
-        index.k_factor = float(settings.ivf_refine_k_factor)
+        index.k_factor = float(settings.lean_refine_k_factor)
         index.base.nprobe = min(settings.ivf_nprobe, index.base.nlist)
         return
     inner = faiss.downcast_index(index.index)
@@ -171,6 +172,18 @@ def configure_search(index, settings: IndexSettings) -> None:
         inner.nprobe = min(settings.ivf_nprobe, inner.nlist)
     elif isinstance(inner, faiss.IndexHNSW):
         inner.hnsw.efSearch = settings.hnsw_ef_search
+
+
+def warm_in_background(index, fraction: float) -> None:
+    """Read a lean index's refine file into memory on a daemon thread when it is at most `fraction` of
+    the machine's memory (store/lean_index.py `LeanIndex.warm`); other index types hold their vectors already."""
+    from eagle_index.store.lean_index import LeanIndex
+
+    if not isinstance(index, LeanIndex) or fraction <= 0:
+        return
+    size = index.refine_path.stat().st_size if index.refine_path.exists() else 0
+    if 0 < size <= fraction * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
+        threading.Thread(target=index.warm, name=f"warm {index.refine_path.name}", daemon=True).start()
 
 
 def read_current_sidecar(index_path: Path, meta_path: Path, expected: dict, what: str,
@@ -297,7 +310,7 @@ class DerivedIndex:
             if meta.get("index_type") == "lean":
                 from eagle_index.store.lean_index import LeanIndex
 
-                index = LeanIndex.read(index_path, self.settings.ivf_refine_k_factor)
+                index = LeanIndex.read(index_path, self.settings.lean_refine_k_factor)
             else:
                 index = faiss.read_index(str(index_path))
         except (RuntimeError, ValueError, OSError, KeyError) as exc:
@@ -308,6 +321,7 @@ class DerivedIndex:
                           index.ntotal, index.d, info.count, info.dim)
             return None
         configure_search(index, self.settings)
+        warm_in_background(index, self.settings.lean_warm_fraction)
         return self.loaded_class(info, meta.get("index_type", "flat"), index, ids, owners)
 
     def _save(self, loaded: Loaded) -> None:
@@ -350,6 +364,7 @@ class DerivedIndex:
             index.add_with_ids(vectors, rows.ids)
         loaded = self.loaded_class(info, index_type_of(index), index, rows.ids, rows.owners)  # "ivf" over too few is flat
         self._save(loaded)
+        warm_in_background(index, self.settings.lean_warm_fraction)
         self.log.info("built %s %s %s: %d %s", loaded.index_type, self.what, self.paths(*self.key_of(info))[0].name, n, self.unit)
         return loaded
 

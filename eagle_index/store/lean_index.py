@@ -51,6 +51,7 @@ MAX_TOMBSTONE_SHARE = 0.5
 MAGIC = b"EAGLELEAN"
 FIXED_POINT = 32767.0  # refine rows hold round(x * FIXED_POINT) as int16 (unit vectors: |x| <= 1)
 REFINE_SUFFIXES = (".i16", ".f16")  # this format's refine files, and format 2's (removed as stale)
+WARM_CHUNK_PAGES = 16_384  # pages touched per numpy call while warming (64 MiB)
 RERANK_CHUNK = 64  # candidate rows gathered, widened and scored at a time (stays in cache: 2.3 ms vs 7.9 ms for 1,280 rows)
 
 
@@ -65,6 +66,7 @@ class LeanIndex:
         self.refine_path = Path(refine_path)
         self.slot_ids = np.zeros(0, np.int64) if slot_ids is None else np.asarray(slot_ids, np.int64)
         self._map: np.ndarray | None = None
+        self._mmap: mmap.mmap | None = None
         self._index_lookup()
         self._remap()
 
@@ -125,20 +127,46 @@ class LeanIndex:
 
     @property
     def tombstones(self) -> int:
-        return int(np.count_nonzero(self.slot_ids < 0))
+        return self._tombstones
 
     def _index_lookup(self) -> None:
+        """The sorted id -> slot lookup and the tombstone count (counted here, not per search: 2 ms at 5M slots)."""
         live = np.flatnonzero(self.slot_ids >= 0)
+        self._tombstones = len(self.slot_ids) - len(live)
         order = np.argsort(self.slot_ids[live], kind="stable")
         self._sorted_ids = self.slot_ids[live][order]
         self._sorted_slots = live[order]
 
     def _remap(self) -> None:
+        """Map the refine file's rows as a plain ndarray over an mmap (np.memmap's subclass hooks cost
+        0.4 us a row gathered). The old map is dropped, not closed: a search or warm-up still reading it
+        keeps it valid until it lets go."""
         n = len(self.slot_ids)
-        self._map = (np.memmap(self.refine_path, dtype="<i2", mode="r", shape=(n, self.d))
-                     if n else np.zeros((0, self.d), np.int16))
-        if n and hasattr(mmap, "MADV_RANDOM"):  # re-ranking reads scattered rows: no read-ahead around each
-            self._map._mmap.madvise(mmap.MADV_RANDOM)
+        if not n:
+            self._mmap, self._map = None, np.zeros((0, self.d), np.int16)
+            return
+        with open(self.refine_path, "rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), n * self.d * 2, access=mmap.ACCESS_READ)
+        if hasattr(mmap, "MADV_RANDOM"):  # re-ranking reads scattered rows: no read-ahead around each
+            mapped.madvise(mmap.MADV_RANDOM)
+        self._mmap, self._map = mapped, np.frombuffer(mapped, dtype="<i2", count=n * self.d).reshape(n, self.d)
+
+    def warm(self) -> int:
+        """Read the refine file into page cache and map every page into this process, so re-ranking
+        takes no page faults (at 5M vectors a query's 3,200 scattered rows otherwise fault 4-5k pages:
+        about half its time). Returns the bytes touched. Safe beside searches and adds: it reads the
+        map it started with (an add remaps; the old map stays valid until this drops it)."""
+        rows, mapped = self._map, self._mmap
+        if mapped is None or rows is None or not len(rows):
+            return 0
+        if hasattr(mmap, "MADV_WILLNEED"):
+            mapped.madvise(mmap.MADV_WILLNEED)  # asynchronous read-ahead of the whole file
+        flat = rows.reshape(-1)
+        per_page = max(1, mmap.PAGESIZE // flat.itemsize)
+        step = WARM_CHUNK_PAGES * per_page
+        for start in range(0, flat.size, step):
+            int(flat[start:start + step:per_page].sum(dtype=np.int64))  # one read per page
+        return int(flat.nbytes)
 
     def slots_of(self, ids: np.ndarray) -> np.ndarray:
         """Slots of live ids (-1 for ids not held)."""

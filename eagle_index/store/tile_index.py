@@ -38,12 +38,16 @@ TILE_INDEX_FORMAT = 1
 # 1.5 ms, 16 -> 19 ms p50). Tile indexes re-rank 11 x (88 x 11 = 968 candidates for k = 20) and
 # search 24 lists: 8.3 ms p50, recall@20 0.966 at 1M tiles (docs/benchmarks.md, Tile search).
 TILE_REFINE_K_FACTOR = 11
+# The lean type re-ranks from its refine file in numpy, not through FAISS's IndexRefine, so the cliff
+# above does not apply: 88 x 32 = 2,816 candidates for k = 20 (5M tiles: recall@20 0.918 with 968).
+TILE_LEAN_REFINE_K_FACTOR = 32
 TILE_NPROBE = 24
 
 
 def tile_index_settings(settings: IndexSettings) -> IndexSettings:
     """The index settings of tile indexes: the patient indexes' with the re-ranking factor and nprobe above."""
     return settings.model_copy(update={"ivf_refine_k_factor": min(settings.ivf_refine_k_factor, TILE_REFINE_K_FACTOR),
+                                       "lean_refine_k_factor": min(settings.lean_refine_k_factor, TILE_LEAN_REFINE_K_FACTOR),
                                        "ivf_nprobe": max(settings.ivf_nprobe, TILE_NPROBE)})
 
 
