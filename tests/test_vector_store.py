@@ -159,3 +159,22 @@ def test_forced_reindex_swaps_the_rebuilt_index_in(service):
     assert service.vectors.get("eagle", "sig").index_type == "hnsw"
     _, meta_path = service.vectors.paths("eagle", "sig")
     assert json.loads(meta_path.read_text())["index_type"] == "hnsw"
+
+
+def test_a_whole_set_is_read_in_id_ranges_into_the_same_matrix(service, monkeypatch):
+    """Loading a set for an index build reads `LOAD_ROWS_CHUNK` rows at a time (1M x 1280-d read at once
+    ran out of 24 GB): chunk edges, a short last chunk and gaps in the ids give the one-read answer."""
+    from eagle_index.store import catalog_reads
+
+    names, vectors = _put(service, n=23, dim=8)
+    _put(service, n=5, dim=8, signature="other", seed=3, names=[f"O{i}" for i in range(5)])  # interleaved ids, another set
+    service.catalog.write(lambda s: service.catalog.delete_vectors(s, "eagle", "sig", service.catalog.patient_ids(["P004", "P010"]).values()))
+    ids_all, want = service.catalog.load_vectors("eagle", "sig", list(range(1, 100)))
+    assert len(ids_all) == 21
+    for chunk in (1, 4, 7, 21, 100):
+        monkeypatch.setattr(catalog_reads, "LOAD_ROWS_CHUNK", chunk)
+        ids, matrix = service.catalog.load_vectors("eagle", "sig")
+        np.testing.assert_array_equal(ids, ids_all)
+        np.testing.assert_array_equal(matrix, want)
+    keep = [i for i in range(23) if names[i] not in ("P004", "P010")]
+    np.testing.assert_allclose(want, vectors[keep], rtol=0, atol=0)

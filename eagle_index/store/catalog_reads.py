@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eagle_index.errors import InputError, NotFoundError
+from eagle_index.errors import CatalogError, InputError, NotFoundError
 from eagle_index.store.directory import PatientDirectory
 from eagle_index.store.writer import ReadWriteLock
 
 _MISSING = object()
+LOAD_ROWS_CHUNK = 20_000  # rows per read of a whole vector set (100 MB of bytes objects at 1280-d)
 MAX_KEPT_VECTORS = 20_000  # stored query vectors kept (LRU): 20,000 x 1280 floats = 100 MB at most
 
 
@@ -233,15 +234,39 @@ class CatalogReads:
 
     def load_vectors(self, kind: str, signature: str, patient_ids=None) -> tuple[np.ndarray, np.ndarray]:
         """(patient ids int64 [N], raw vectors float32 [N, D]) of one set, ordered by patient id."""
-        only, params = "", (kind, signature)
-        if patient_ids is not None:  # a list parameter: DuckDB parses 1,000 literal ids in 10 ms
-            only, params = " AND patient_id IN (SELECT unnest(?::BIGINT[]))", (kind, signature, [int(i) for i in patient_ids])
-        rows = self.read_rows(f"SELECT patient_id, dim, vector FROM vectors WHERE kind = ? AND signature = ?{only} "
-                              "ORDER BY patient_id", params)
+        if patient_ids is None:
+            return self._load_whole_set(kind, signature)
+        # a list parameter: DuckDB parses 1,000 literal ids in 10 ms
+        rows = self.read_rows("SELECT patient_id, dim, vector FROM vectors WHERE kind = ? AND signature = ? "
+                              "AND patient_id IN (SELECT unnest(?::BIGINT[])) ORDER BY patient_id",
+                              (kind, signature, [int(i) for i in patient_ids]))
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         if not rows:
             return ids, np.zeros((0, 0), dtype=np.float32)
-        matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), rows[0][1])
+        return ids, _matrix(rows)
+
+    def _load_whole_set(self, kind: str, signature: str) -> tuple[np.ndarray, np.ndarray]:
+        """A whole set read in id ranges of `LOAD_ROWS_CHUNK` into one preallocated matrix: the rows of
+        one read are Python bytes (as many bytes as the vectors, twice over once joined), so reading 1M
+        1280-d vectors at once peaked at 3x their 5 GB and an index build beside it ran out of 24 GB.
+        Callers that need a consistent set hold `reading()` (no commit between the ranges)."""
+        rows = self.read_rows("SELECT patient_id FROM vectors WHERE kind = ? AND signature = ? ORDER BY patient_id",
+                              (kind, signature))
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        if not len(ids):
+            return ids, np.zeros((0, 0), dtype=np.float32)
+        matrix = None
+        for start in range(0, len(ids), LOAD_ROWS_CHUNK):
+            part = ids[start:start + LOAD_ROWS_CHUNK]
+            rows = self.read_rows("SELECT patient_id, dim, vector FROM vectors WHERE kind = ? AND signature = ? "
+                                  "AND patient_id BETWEEN ? AND ? ORDER BY patient_id",
+                                  (kind, signature, int(part[0]), int(part[-1])))
+            if len(rows) != len(part) or rows[0][0] != part[0] or rows[-1][0] != part[-1]:
+                raise CatalogError(f"vector set {kind!r}/{signature!r} changed while it was read")
+            block = _matrix(rows)
+            if matrix is None:
+                matrix = np.empty((len(ids), block.shape[1]), dtype=np.float32)
+            matrix[start:start + len(part)] = block
         return ids, matrix
 
     def vector_ids(self, kind: str, signature: str) -> np.ndarray:
@@ -308,3 +333,8 @@ class CatalogReads:
         by_kind = self.read_rows("SELECT kind, COUNT(*) FROM vectors GROUP BY kind ORDER BY kind")
         return {"patients": int(patients or 0), "slides": int(slides or 0), "labels": int(labels or 0),
                 "failed": int(failed or 0), "vectors": {str(k): int(n) for k, n in by_kind}}
+
+
+def _matrix(rows) -> np.ndarray:
+    """Rows of (patient_id, dim, vector bytes) as one float32 [N, D] matrix."""
+    return np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), rows[0][1])

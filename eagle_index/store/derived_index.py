@@ -358,6 +358,7 @@ class DerivedIndex:
         n = len(rows.ids)
         info = dataclasses.replace(info, count=n)
         vectors = l2_normalized(as_vector_matrix(rows.raw, info.dim, f"catalog {self.unit}")) if n else None
+        rows = Rows(rows.ids, rows.owners, None)  # the raw copy goes before the index grows (1M x 1280-d: 5 GB each)
         index = build_faiss_index(index_type or choose_index_type(self.settings, n), info.dim, self.settings, train=vectors,
                                   store_dir=self.index_dir, stem=self.basename(self.key_of(info)))
         if n:
