@@ -361,3 +361,33 @@ def test_region_searches_during_tile_commits_and_removals(service, monkeypatch):
     np.testing.assert_array_equal(live.patients, patients)
     for tid, row in zip(ids, raw):
         np.testing.assert_allclose(live.index.reconstruct(int(tid)), row / np.linalg.norm(row), rtol=1e-5, atol=1e-6)
+
+
+def test_a_write_that_waited_for_readers_is_logged_naming_them(service, monkeypatch, caplog):
+    """Why a save seemed to hang must be in the server log: the wait, and which threads were reading."""
+    from eagle_index.store import catalog as catalog_module
+
+    monkeypatch.setattr(catalog_module, "SLOW_WRITE_WAIT_S", 0.0)
+    lock, reading, writer_waits = service.catalog.lock, threading.Event(), threading.Event()
+
+    def slow_reader():
+        with service.catalog.reading():
+            reading.set()
+            writer_waits.wait(30)
+
+    reader = threading.Thread(target=slow_reader, name="slow region search")
+    reader.start()
+    assert reading.wait(30)
+    stored = []
+    writing = threading.Thread(target=lambda: stored.extend(_store(service, ["P-LOGGED"], np.eye(1, DIM, dtype=np.float32))))
+    with caplog.at_level("WARNING", logger="eagle_index.store.catalog"):
+        writing.start()
+        deadline = time.monotonic() + 30
+        while not lock._writers_waiting and time.monotonic() < deadline:  # the write now waits for the reader
+            time.sleep(0.01)
+        writer_waits.set()
+        writing.join(30)
+        reader.join(30)
+    assert not writing.is_alive()
+    assert service.catalog.external_ids(stored) == {stored[0]: "P-LOGGED"}
+    assert any("waited" in r.message and "slow region search" in r.message for r in caplog.records), caplog.text

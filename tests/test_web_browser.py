@@ -71,6 +71,11 @@ def page(context, server):
     check_page(page)
 
 
+def server_log(server, lines: int = 40) -> str:
+    """The end of the test server's log: what a failed step's message shows."""
+    return "\n".join((server["data"].parent / "server.log").read_text(errors="replace").splitlines()[-lines:])
+
+
 def shot(page, name: str) -> None:
     page.evaluate("window.scrollTo(0, 0); document.getElementById('toast').hidden = true")
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -136,6 +141,11 @@ def test_patient_page_shows_slides_tiles_and_labels(page, server):
     page.get_by_label("Name").fill("reviewed")
     page.get_by_label("Value").fill("yes")
     page.get_by_role("button", name="Save label").click()
+    # the save answers in #label-status; a write may queue behind an ingest on this loaded machine, so wait as
+    # long as the embedding waits above, and say what the page and the server said if it did not save
+    page.wait_for_function("() => document.querySelector('#label-status').textContent !== ''", timeout=120_000)
+    status = page.locator("#label-status").inner_text()
+    assert status == "saved reviewed", f"label save answered {status!r}; server log:\n{server_log(server)}"
     page.wait_for_selector("#label-rows th:text('reviewed')")
     shot(page, "patient")
     goto(page, "/patients/IMP-003")

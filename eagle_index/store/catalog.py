@@ -17,6 +17,8 @@ and heartbeats, probe status), which touch none of those tables (checked at flus
 from __future__ import annotations
 
 import json
+import logging
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,17 @@ from eagle_index.store.writer import SingleWriter
 
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+SLOW_WRITE_WAIT_S = 5.0  # a write that waited this long for the writer thread or for readers is logged
+
+
+def _warn_if_slow(asked: float, started: float, locked: float, readers: str) -> None:
+    """Log a write that waited long before it could start (why a UI save or an ingest seemed to hang),
+    naming the threads that were reading when it asked for the lock."""
+    if locked - asked >= SLOW_WRITE_WAIT_S:
+        log.warning("a catalog write waited %.1f s (%.1f s behind earlier writes, %.1f s for readers: %s)",
+                    locked - asked, started - asked, locked - started, readers or "none")
 
 # Tables whose rows readers keep between commits (the directory, vector sets, stored vectors):
 # a `bookkeeping` write may not touch them.
@@ -95,8 +108,12 @@ class Catalog(CatalogReads):
         if not self.writer.on_writer_thread() and self.lock.holds_read():
             raise WriteOutsideWriter("a catalog write was requested while holding the read lock")
 
+        asked = time.monotonic()
+
         def run() -> T:
+            started, readers = time.monotonic(), self.lock.describe_readers()
             with self.lock.write():
+                _warn_if_slow(asked, started, time.monotonic(), readers)
                 with self.transaction() as session:
                     session.info["bookkeeping"] = bookkeeping
                     return fn(session)

@@ -45,6 +45,13 @@ class ReadWriteLock:
         with self._cond:
             return threading.get_ident() in self._readers
 
+    def describe_readers(self) -> str:
+        """The threads holding the shared side now, by name: what a slow write's log line names."""
+        with self._cond:
+            idents = set(self._readers)
+        names = {t.ident: t.name for t in threading.enumerate()}
+        return ", ".join(sorted(names.get(i, str(i)) for i in idents))
+
     @contextmanager
     def read(self) -> Iterator[None]:
         me = threading.get_ident()
