@@ -65,6 +65,7 @@ def _reads(catalog, ids) -> dict:
         "chief_for_p0": catalog.resolve_vector_set("chief", patients=(pids[0],)),
         "vector_ids": catalog.vector_ids(eagle.kind, eagle.signature).tolist(),
         "load": [a.tolist() for a in catalog.load_vectors(eagle.kind, eagle.signature, pids[3:6])],
+        "whole": [a.tolist() for a in catalog.load_vectors(eagle.kind, eagle.signature)],  # read_snapshot: ranges of one state
         "stored": catalog.stored_vector(eagle.kind, eagle.signature, pids[4]).tolist(),
         "label_names": catalog.label_names(),
         "label_name": catalog.label_name("Msi"),

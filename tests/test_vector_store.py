@@ -178,3 +178,28 @@ def test_a_whole_set_is_read_in_id_ranges_into_the_same_matrix(service, monkeypa
         np.testing.assert_array_equal(matrix, want)
     keep = [i for i in range(23) if names[i] not in ("P004", "P010")]
     np.testing.assert_allclose(want, vectors[keep], rtol=0, atol=0)
+
+
+def test_a_whole_set_read_does_not_see_a_commit_between_its_ranges(service, monkeypatch):
+    """An ingest may commit while a probe ranks the archive (no read lock there): the ranges of one load
+    share one snapshot, so the load returns the set as it was, neither a mix nor an error."""
+    from eagle_index.store import catalog_reads
+
+    _put(service, n=12, dim=8)
+    before_ids, before = service.catalog.load_vectors("eagle", "sig", list(range(1, 100)))
+    monkeypatch.setattr(catalog_reads, "LOAD_ROWS_CHUNK", 4)
+    first_range = catalog_reads._matrix
+    commits = []
+
+    def commit_after_the_first_range(rows):
+        if not commits:  # a patient of a later range loses its vector meanwhile
+            commits.append(service.catalog.write(
+                lambda s: service.catalog.delete_vectors(s, "eagle", "sig", service.catalog.patient_ids(["P009"]).values())))
+        return first_range(rows)
+
+    monkeypatch.setattr(catalog_reads, "_matrix", commit_after_the_first_range)
+    ids, matrix = service.catalog.load_vectors("eagle", "sig")
+    assert commits
+    np.testing.assert_array_equal(ids, before_ids)
+    np.testing.assert_array_equal(matrix, before)
+    assert len(service.catalog.load_vectors("eagle", "sig")[0]) == 11  # the commit landed

@@ -124,6 +124,13 @@ class Catalog(CatalogReads):
         with self.engine.connect() as connection:  # a core statement: a fifth of the ORM path's CPU
             return connection.exec_driver_sql(sql, params).all()
 
+    @contextmanager
+    def read_snapshot(self) -> Iterator[Callable[..., list[tuple]]]:
+        """`read_rows` for several reads that must see one committed state: they share one connection
+        and its one transaction (DuckDB's snapshot), so a commit between them is not seen."""
+        with self.engine.connect() as connection:
+            yield lambda sql, params=(): connection.exec_driver_sql(sql, params).all()
+
     def _check_flush(self, session, _context, _instances) -> None:
         if (session.new or session.dirty or session.deleted) and not self.writer.on_writer_thread():
             raise WriteOutsideWriter("catalog rows changed outside Catalog.write()")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,12 @@ class CatalogReads:
     def read_rows(self, sql: str, params: tuple = ()) -> list[tuple]:
         """All rows of one plain-SQL read (`?` parameters): for the store's modules, never a front end."""
         raise NotImplementedError
+
+    @contextmanager
+    def read_snapshot(self):
+        """A `read_rows` whose reads all see one committed state (see Catalog.read_snapshot)."""
+        raise NotImplementedError
+        yield
 
     def reading(self):
         """The shared side of the lock: hold it across an index search and the reads that follow."""
@@ -249,24 +256,26 @@ class CatalogReads:
         """A whole set read in id ranges of `LOAD_ROWS_CHUNK` into one preallocated matrix: the rows of
         one read are Python bytes (as many bytes as the vectors, twice over once joined), so reading 1M
         1280-d vectors at once peaked at 3x their 5 GB and an index build beside it ran out of 24 GB.
-        Callers that need a consistent set hold `reading()` (no commit between the ranges)."""
-        rows = self.read_rows("SELECT patient_id FROM vectors WHERE kind = ? AND signature = ? ORDER BY patient_id",
-                              (kind, signature))
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        if not len(ids):
-            return ids, np.zeros((0, 0), dtype=np.float32)
-        matrix = None
-        for start in range(0, len(ids), LOAD_ROWS_CHUNK):
-            part = ids[start:start + LOAD_ROWS_CHUNK]
-            rows = self.read_rows("SELECT patient_id, dim, vector FROM vectors WHERE kind = ? AND signature = ? "
-                                  "AND patient_id BETWEEN ? AND ? ORDER BY patient_id",
-                                  (kind, signature, int(part[0]), int(part[-1])))
-            if len(rows) != len(part) or rows[0][0] != part[0] or rows[-1][0] != part[-1]:
-                raise CatalogError(f"vector set {kind!r}/{signature!r} changed while it was read")
-            block = _matrix(rows)
-            if matrix is None:
-                matrix = np.empty((len(ids), block.shape[1]), dtype=np.float32)
-            matrix[start:start + len(part)] = block
+        The ranges are read in one snapshot, so a commit meanwhile (an ingest beside a probe's ranking)
+        is not seen; the check after each range guards that promise."""
+        with self.read_snapshot() as read:
+            rows = read("SELECT patient_id FROM vectors WHERE kind = ? AND signature = ? ORDER BY patient_id",
+                        (kind, signature))
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            if not len(ids):
+                return ids, np.zeros((0, 0), dtype=np.float32)
+            matrix = None
+            for start in range(0, len(ids), LOAD_ROWS_CHUNK):
+                part = ids[start:start + LOAD_ROWS_CHUNK]
+                rows = read("SELECT patient_id, dim, vector FROM vectors WHERE kind = ? AND signature = ? "
+                            "AND patient_id BETWEEN ? AND ? ORDER BY patient_id",
+                            (kind, signature, int(part[0]), int(part[-1])))
+                if len(rows) != len(part) or rows[0][0] != part[0] or rows[-1][0] != part[-1]:
+                    raise CatalogError(f"vector set {kind!r}/{signature!r} changed while it was read")
+                block = _matrix(rows)
+                if matrix is None:
+                    matrix = np.empty((len(ids), block.shape[1]), dtype=np.float32)
+                matrix[start:start + len(part)] = block
         return ids, matrix
 
     def vector_ids(self, kind: str, signature: str) -> np.ndarray:

@@ -12,6 +12,7 @@ is open read-only.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from eagle_index.errors import CatalogError
@@ -50,6 +51,11 @@ class CatalogSnapshot(CatalogReads):
     def read_rows(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:
             return self._connection.execute(sql, list(params)).fetchall()
+
+    @contextmanager
+    def read_snapshot(self):
+        """Nothing can write the file while it is open read-only: every read already sees one state."""
+        yield self.read_rows
 
     def add_commit_listener(self, listener) -> None:
         """Nothing commits through a snapshot: there is nothing to follow."""
