@@ -79,7 +79,10 @@ class EagleService:
         """The FAISS indexes of the vector sets, following the catalog (store/vectors.py)."""
         from eagle_index.store.vectors import VectorStore
 
-        return VectorStore(self.settings.index_dir, self.catalog, self.settings.index)
+        settings = self.settings.index
+        if self._read_only:  # a one-shot reader searches once and exits: reading a whole refine file in would only compete
+            settings = settings.model_copy(update={"lean_warm_fraction": 0.0})
+        return VectorStore(self.settings.index_dir, self.catalog, settings)
 
     @cached_property
     def models(self):

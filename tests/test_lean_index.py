@@ -267,3 +267,25 @@ def test_an_opened_lean_index_is_warmed_in_the_background_only_when_it_fits(tmp_
         _store_vectors(service, [f"P{i:05d}" for i in range(1200)], vectors)
         assert service.vectors.get("eagle", "sig").index_type == "lean"
         assert calls.wait(timeout=30 if warmed else 0.5) is warmed
+
+
+def test_a_one_shot_reader_does_not_warm_the_refine_file(tmp_path, monkeypatch):
+    """A CLI `search` (a read-only service) searches once and exits: it leaves the refine file alone."""
+    import threading
+
+    from eagle_index.service import EagleService
+
+    calls = threading.Event()
+    monkeypatch.setattr(LeanIndex, "warm", lambda self: calls.set() or 0)
+    vectors = clustered_vectors(1200, 32, seed=5, clusters=8)
+    settings = Settings(data_dir=tmp_path / "data", index=IndexSettings(type="lean", ivf_nlist=16, lean_warm_fraction=1.0))
+    with EagleService(settings) as service:
+        _store_vectors(service, [f"P{i:05d}" for i in range(1200)], vectors)
+        service.vectors.get("eagle", "sig")
+    assert calls.wait(30)  # the writer's service warmed what it built
+    calls.clear()
+    with EagleService(settings, read_only=True) as reader:
+        assert reader.vectors.get("eagle", "sig").index_type == "lean"
+        for thread in [t for t in threading.enumerate() if t.name.startswith("warm ")]:
+            thread.join(30)
+    assert not calls.is_set()
