@@ -257,6 +257,14 @@ def lean_resident(index, workdir: Path, stem: str):
     return loaded, anon1 - anon0, (path.stat().st_size, refine_bytes)
 
 
+def warm_note(index) -> str:
+    """`--warm`: read a reloaded lean index's refine file in (LeanIndex.warm), as a server does at open;
+    the line saying how much and how long."""
+    t0 = time.perf_counter()
+    touched = index.warm()
+    return f"warmed (LeanIndex.warm: {touched / 2**30:.2f} GiB in {time.perf_counter() - t0:.1f} s)"
+
+
 def lean_run(n: int, data: "ClusteredEmbeddings", queries: np.ndarray, settings: IndexSettings, threads: list[int],
              workdir: Path, warm: bool = False) -> None:
     """`--types lean --streamed-truth`: build the lean index in chunks with the exact top-10 kept while
@@ -289,12 +297,7 @@ def lean_run(n: int, data: "ClusteredEmbeddings", queries: np.ndarray, settings:
     m = pq_subquantizers(DIM, settings.ivf_pq_dims_per_code)
     result = Result(n, "lean", f"IVF{ivf_list_count(settings, n)},PQ{m}x4fsr + int16 refine file (mmap{', warmed' if warm else ''}) "
                     f"nprobe={settings.ivf_nprobe} k_factor={settings.lean_refine_k_factor}", train_s, add_s)
-    warm_note = "not warmed (pages fault in as queries touch them)"
-    if warm:
-        t0 = time.perf_counter()
-        touched = index.warm()
-        warm_note = f"warmed (LeanIndex.warm: {touched / 2**30:.2f} GiB in {time.perf_counter() - t0:.1f} s)"
-    print(f"N={n:,} lean: refine file {warm_note}", flush=True)
+    print(f"N={n:,} lean: refine file {warm_note(index) if warm else 'not warmed (pages fault in as queries touch them)'}", flush=True)
     file0 = rss_parts()[1]
     for t in threads:
         faiss.omp_set_num_threads(t)

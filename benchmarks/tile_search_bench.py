@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from search_bench import ClusteredEmbeddings, lean_resident, rss_parts  # noqa: E402
+from search_bench import ClusteredEmbeddings, lean_resident, rss_parts, warm_note  # noqa: E402
 
 from eagle_index.config import IndexSettings  # noqa: E402
 from eagle_index.store.tile_index import group_tiles, tile_index_settings  # noqa: E402
@@ -156,9 +156,7 @@ def main() -> None:
         print(f"resident after load (RssAnon delta) {anon_delta / 2**20:,.1f} MiB = {anon_delta / n:.1f} bytes/tile; "
               f"index file {index_bytes / n:.1f} B/tile, int16 refine file {refine_bytes / n:.0f} B/tile (mapped)", flush=True)
         if args.warm:
-            t0 = time.perf_counter()
-            touched = index.warm()
-            print(f"refine file warmed (LeanIndex.warm): {touched / 2**30:.2f} GiB in {time.perf_counter() - t0:.1f} s", flush=True)
+            print(f"refine file {warm_note(index)}", flush=True)
     else:
         fd, tmp = tempfile.mkstemp(suffix=".faiss")
         os.close(fd)
