@@ -242,6 +242,7 @@ def lean_resident(index, workdir: Path, stem: str):
     are mapped, not read (RssFile grows only as searches touch pages, and those are page cache)."""
     import gc
 
+    from eagle_index.store import rerank
     from eagle_index.store.lean_index import LeanIndex
 
     path = workdir / f"{stem}.lean"
@@ -254,6 +255,7 @@ def lean_resident(index, workdir: Path, stem: str):
     loaded = LeanIndex.read(path, k_factor)
     loaded.base.nprobe = nprobe
     anon1, _ = rss_parts()
+    rerank.prepare()  # as a server's open does (derived_index.warm_in_background): no query pays the compile
     return loaded, anon1 - anon0, (path.stat().st_size, refine_bytes)
 
 

@@ -175,15 +175,24 @@ def configure_search(index, settings: IndexSettings) -> None:
 
 
 def warm_in_background(index, fraction: float) -> None:
-    """Read a lean index's refine file into memory on a daemon thread when it is at most `fraction` of
-    the machine's memory (store/lean_index.py `LeanIndex.warm`); other index types hold their vectors already."""
+    """For a long-running process: on a daemon thread, compile the re-ranking kernel (store/rerank.py) and read
+    a lean index's refine file into memory when it is at most `fraction` of the machine's memory
+    (store/lean_index.py `LeanIndex.warm`); other index types hold their vectors already."""
     from eagle_index.store.lean_index import LeanIndex
 
     if not isinstance(index, LeanIndex) or fraction <= 0:
         return
+    from eagle_index.store import rerank
+
     size = index.refine_path.stat().st_size if index.refine_path.exists() else 0
-    if 0 < size <= fraction * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
-        threading.Thread(target=index.warm, name=f"warm {index.refine_path.name}", daemon=True).start()
+    fits = 0 < size <= fraction * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+    def warm() -> None:
+        rerank.prepare()  # the re-ranking kernel is compiled (or loaded) before the first search needs it
+        if fits:
+            index.warm()
+
+    threading.Thread(target=warm, name=f"warm {index.refine_path.name}", daemon=True).start()
 
 
 def read_current_sidecar(index_path: Path, meta_path: Path, expected: dict, what: str,

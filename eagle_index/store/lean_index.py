@@ -9,7 +9,7 @@ RAM per vector is bounded by compressed codes, not floats. A `LeanIndex` is:
   one row per *slot*, in a file next to the index (`<basename>.<token>.i16`), memory-mapped
   read-only; the slot -> id array and its sorted lookup (24 B per slot) are in RAM.
 A search asks `base` for `k_factor * k` candidates (nprobe lists), reads their rows from the map
-and re-ranks them exactly (float32 inner product with the query scaled by 1/32767), so scores are
+and re-ranks them exactly (float32 inner product with the query scaled by 1/32767, store/rerank.py), so scores are
 the cosines of the fixed-point vectors (each component within 1.5e-5 of the float32 one, a cosine within
 5.5e-4 at worst, about 1e-5 typically) and the order is exact among the candidates. Fixed point rather than float16: numpy
 widens int16 to float32 in SIMD, float16 in scalar code, so re-ranking a row costs about a quarter
@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from eagle_index.store.rerank import row_scores, top_k_by_score
+
 log = logging.getLogger(__name__)
 
 LEAN_FORMAT = 3  # 3: int16 fixed-point refine rows (.i16); 2 (float16 rows) is read as stale and rebuilt
@@ -52,7 +54,6 @@ MAGIC = b"EAGLELEAN"
 FIXED_POINT = 32767.0  # refine rows hold round(x * FIXED_POINT) as int16 (unit vectors: |x| <= 1)
 REFINE_SUFFIXES = (".i16", ".f16")  # this format's refine files, and format 2's (removed as stale)
 WARM_CHUNK_PAGES = 16_384  # pages touched per numpy call while warming (64 MiB)
-RERANK_CHUNK = 64  # candidate rows gathered, widened and scored at a time (stays in cache: 2.3 ms vs 7.9 ms for 1,280 rows)
 
 
 class LeanIndex:
@@ -226,14 +227,11 @@ class LeanIndex:
             slots = slots[self.slot_ids[slots] >= 0]  # tombstones out
             if not len(slots):
                 continue
-            scores = np.empty(len(slots), np.float32)
-            for s in range(0, len(slots), RERANK_CHUNK):
-                scores[s:s + RERANK_CHUNK] = self._map[slots[s:s + RERANK_CHUNK]].astype(np.float32) @ scaled[q]
+            scores = row_scores(self._map, slots, scaled[q])
             ids = self.slot_ids[slots]
-            top = min(k, len(ids))
-            best = np.lexsort((ids, -scores))[:top]  # best first, ties by id
-            out_ids[q, :top] = ids[best]
-            out_scores[q, :top] = scores[best]
+            best = top_k_by_score(scores, ids, k)  # best first, ties by id
+            out_ids[q, :len(best)] = ids[best]
+            out_scores[q, :len(best)] = scores[best]
         return out_scores, out_ids
 
 
