@@ -223,7 +223,8 @@ def compare_batching(service: EagleService, names: list[str], args) -> None:
 
 
 def prepared(data_dir: Path, args) -> tuple[EagleService, list[str]]:
-    settings = Settings(data_dir=data_dir)
+    settings = Settings.load(data_dir=data_dir)  # the environment's index settings apply, as for `eagle-index serve`
+    print(f"index settings: {settings.index}", flush=True)
     service = EagleService(settings)
     names = [f"API-{i:06d}" for i in range(args.patients)]
     stats = service.stats()
