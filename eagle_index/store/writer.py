@@ -46,9 +46,12 @@ class ReadWriteLock:
             return threading.get_ident() in self._readers
 
     def describe_readers(self) -> str:
-        """The threads holding the shared side now, by name: what a slow write's log line names."""
+        """The threads holding the shared side now, by name: what a slow write's log line names
+        ("" at once when nobody reads, the usual case: every write asks)."""
         with self._cond:
             idents = set(self._readers)
+        if not idents:
+            return ""
         names = {t.ident: t.name for t in threading.enumerate()}
         return ", ".join(sorted(names.get(i, str(i)) for i in idents))
 
