@@ -360,6 +360,7 @@ def main() -> None:
 
     import faiss
 
+    args.workdir.mkdir(parents=True, exist_ok=True)  # a new --workdir is made, not a traceback
     sizes = [int(s) for s in args.sizes.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
     types = [t for t in args.types.split(",") if t != "flat"]

@@ -97,6 +97,7 @@ def main() -> None:
 
     import faiss
 
+    args.workdir.mkdir(parents=True, exist_ok=True)  # a new --workdir is made, not a traceback
     settings = tile_index_settings(IndexSettings())
     updates = {k: v for k, v in {"ivf_refine_k_factor": args.k_factor, "lean_refine_k_factor": args.k_factor,
                                  "ivf_nprobe": args.nprobe}.items() if v}

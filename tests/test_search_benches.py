@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench(tmp_path, script: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--workdir", str(tmp_path)],
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--workdir", str(tmp_path / "new" / "workdir")],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
