@@ -34,3 +34,9 @@ def test_tile_search_bench_measures_a_warmed_lean_index(tmp_path):
     assert "refine file warmed (LeanIndex.warm:" in out, out
     recall = float(re.search(r"recall@20 ([0-9.]+)", out).group(1))
     assert recall >= 0.9, out
+
+
+def test_search_bench_measures_an_ivf_index_against_the_exact_one(tmp_path):
+    out = _bench(tmp_path, "search_bench.py", "--sizes", "3000", "--types", "ivf", "--threads", "1", "--queries", "30")
+    row = next(line for line in out.splitlines() if line.startswith("| 3,000 | ivf |"))
+    assert float(row.split("|")[-3]) >= 0.9, out  # recall@10
