@@ -34,6 +34,12 @@ search batching on (single queries of one index arriving together share one FAIS
 `store/batching.py`, the default 1 ms window), then right after with it off, and prints the
 ratio of the two request rates and the FAISS calls per query of each run.
 
+`--ceiling` (concurrent mode) runs it four times on the same server process and catalog, in the order
+real, ceiling, ceiling, real: "ceiling" answers the index search (`VectorStore.search`) from a memo of
+the in-process answers computed before the run, so FAISS costs nothing and everything else a request
+does (HTTP, Flask, the patient lookup, the query vector, naming the hits, JSON) is real. Its rate is
+what one server process on this machine can reach with any index; the answers are checked as usual.
+
 `--data-dir DIR` keeps the filled catalog in DIR and reuses it in later runs (set-up is then
 skipped when DIR already holds `--patients` patients).
 """
@@ -136,7 +142,7 @@ def client_process(port: int, k: int, queries: list[str], start_at: float) -> li
     return out
 
 
-def concurrent(service: EagleService, names: list[str], args) -> None:
+def concurrent(service: EagleService, names: list[str], args, before_clients=None) -> dict:
     import logging
 
     from eagle_index.server import HTTP_THREADS, close_http_server, make_http_server
@@ -153,6 +159,8 @@ def concurrent(service: EagleService, names: list[str], args) -> None:
     pool = [names[i] for i in rng.choice(len(names), min(args.pool, len(names)), replace=False)]
     started = time.perf_counter()
     expected = {p: expected_answer(service, p, args.k) for p in pool}
+    if before_clients is not None:
+        before_clients()
     print(f"in-process answers for {len(pool)} pool patients: {time.perf_counter() - started:.1f} s", flush=True)
     per_client = [list(rng.choice(pool, args.requests // args.concurrency)) for _ in range(args.concurrency)]
     warm = [list(rng.choice(pool, 5)) for _ in range(args.concurrency)]
@@ -222,6 +230,52 @@ def compare_batching(service: EagleService, names: list[str], args) -> None:
           f"{sum(r['cpu_ms'] for r in off) / sum(r['cpu_ms'] for r in on):.2f}x less with batching")
 
 
+class MemoizedSearch:
+    """`VectorStore.search` answered from a memo (the --ceiling runs): filled by the real search while
+    `filling`, then each repeated query costs a dict lookup. Queries not seen while filling search for real."""
+
+    def __init__(self, vectors):
+        self.vectors, self.real = vectors, vectors.search
+        self.memo: dict = {}
+        self.filling = True
+        self.misses = 0
+
+    def __call__(self, kind, signature, queries, k):
+        key = (kind, signature, np.ascontiguousarray(queries, np.float32).tobytes(), int(k))
+        found = self.memo.get(key)
+        if found is None:
+            found = self.real(kind, signature, queries, k)
+            if self.filling:
+                self.memo[key] = found
+            else:
+                self.misses += 1
+        return found
+
+
+def ceiling(service: EagleService, names: list[str], args) -> None:
+    """The concurrent run as it is and with the index search memoized (see the module docstring), in
+    the order real, ceiling, ceiling, real; prints both rates and their ratio."""
+    memo = MemoizedSearch(service.vectors)
+    runs: dict[str, list[dict]] = {"real": [], "ceiling": []}
+    try:
+        for mode in ("real", "ceiling", "ceiling", "real"):
+            print(f"\n## {mode}" + (": index search answered from a memo" if mode == "ceiling" else ""), flush=True)
+            if mode == "ceiling":
+                service.vectors.search = memo
+                memo.filling = True  # the in-process answers of `concurrent` fill it before the clients start
+            runs[mode].append(concurrent(service, names, args, before_clients=lambda: setattr(memo, "filling", False)))
+            service.vectors.search = memo.real
+    finally:
+        service.vectors.search = memo.real
+    print("\n| run | requests/s | p50 ms | p99 ms | server CPU ms/request | load after |\n|---|---:|---:|---:|---:|---:|")
+    for mode, run in (("real", runs["real"][0]), ("ceiling", runs["ceiling"][0]), ("ceiling", runs["ceiling"][1]),
+                      ("real", runs["real"][1])):
+        print(f"| {mode} | {run['rate']:.1f} | {run['p50']:.1f} | {run['p99']:.1f} | {run['cpu_ms']:.2f} | {run['load']:.1f} |")
+    real, top = sum(r["rate"] for r in runs["real"]), sum(r["rate"] for r in runs["ceiling"])
+    print(f"\nceiling / real, requests/s: {top / real:.2f}x ({top / 2:.0f} against {real / 2:.0f} req/s on average); "
+          f"searches the memo had not seen: {memo.misses}")
+
+
 def prepared(data_dir: Path, args) -> tuple[EagleService, list[str]]:
     settings = Settings.load(data_dir=data_dir)  # the environment's index settings apply, as for `eagle-index serve`
     print(f"index settings: {settings.index}", flush=True)
@@ -257,6 +311,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="keep (and reuse) the filled catalog here")
     parser.add_argument("--compare-batching", action="store_true",
                         help="concurrent mode: run with search batching on, then off right after, and print the ratio")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="concurrent mode: also run with the index search answered from a memo (the rate without FAISS)")
     args = parser.parse_args()
     from waitress.server import create_server
 
@@ -266,6 +322,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="eagle-api-bench-") as tmp:
         service, names = prepared(args.data_dir or Path(tmp), args)
         with service:
+            if args.concurrency and args.ceiling:
+                ceiling(service, names, args)
+                return
             if args.concurrency and args.compare_batching:
                 compare_batching(service, names, args)
                 return

@@ -47,3 +47,12 @@ def test_a_bad_data_dir_is_one_line_not_a_traceback(tmp_path):
                                  "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.startswith("error: ") and str(data_dir) in result.stderr, result.stderr
+
+
+def test_ceiling_mode_answers_from_the_memo_and_checks_every_answer(tmp_path):
+    out = _run("--concurrency", "2", "--requests", "40", "--pool", "12", "--ceiling", "--data-dir", str(tmp_path / "data")).stdout
+    rows = re.findall(r"^\| (real|ceiling) \| ([\d.]+) \|", out, re.M)
+    assert [mode for mode, _ in rows] == ["real", "ceiling", "ceiling", "real"], out
+    assert all(float(rate) > 0 for _, rate in rows), out
+    assert "searches the memo had not seen: 0" in out, out  # every ceiling request skipped FAISS
+    assert "wrong answers" in out and "differ from the in-process search" not in out, out
