@@ -120,12 +120,14 @@ def expected_answer(service: EagleService, patient: str, k: int) -> dict:
     return json.loads(json.dumps({"hits": [h.as_dict() for h in result.hits], "vote": result.vote}))
 
 
-def client_process(port: int, k: int, queries: list[str], start_at: float) -> list[tuple[str, int, float, str]]:
-    """One client (its own process): (patient, HTTP status, latency ms, body) per request."""
+def client_process(port: int, k: int, queries: list[str], start_at: float) -> tuple[list[tuple[str, int, float, str]], float]:
+    """One client (its own process): (patient, HTTP status, latency ms, body) per request, and the
+    CPU seconds this process spent sending them (the clients share the server's cores here)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     out = []
     while time.time() < start_at:
         time.sleep(0.001)
+    cpu = time.process_time()
     for patient in queries:
         t0 = time.perf_counter()
         try:
@@ -138,8 +140,9 @@ def client_process(port: int, k: int, queries: list[str], start_at: float) -> li
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
             body, status = repr(exc).encode(), 0
         out.append((patient, status, (time.perf_counter() - t0) * 1000, body.decode("utf-8", "replace")))
+    cpu = time.process_time() - cpu
     connection.close()
-    return out
+    return out, cpu
 
 
 def concurrent(service: EagleService, names: list[str], args, before_clients=None) -> dict:
@@ -180,7 +183,8 @@ def concurrent(service: EagleService, names: list[str], args, before_clients=Non
     # as `eagle-index serve` stops: waitress's own close() shuts its wake-up pipe first, and a request
     # thread still finishing then logs a traceback writing to it (seen once in a second `make test`)
     close_http_server(server, loop)
-    flat = [r for client in results for r in client]
+    flat = [r for client, _ in results for r in client]
+    client_cpu = sum(cpu for _, cpu in results)
     errors = [r for r in flat if r[1] != 200]
     wrong = sum(1 for p, status, _, body in flat if status == 200 and json.loads(body) != expected[p])
     ms = percentiles([r[2] for r in flat])
@@ -190,13 +194,14 @@ def concurrent(service: EagleService, names: list[str], args, before_clients=Non
     print("| clients | requests/s | p50 ms | p90 ms | p99 ms | errors | wrong answers |\n|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {args.concurrency} | {len(flat) / wall:.1f} | {ms['p50']:.1f} | {ms['p90']:.1f} | {ms['p99']:.1f} | {len(errors)} | {wrong} |")
     print(f"\nserver process CPU: {server_cpu * 1000 / len(flat):.1f} ms per request "
-          f"({server_cpu / wall:.2f} of the {os.cpu_count()} cores over the run)")
+          f"({server_cpu / wall:.2f} of the {os.cpu_count()} cores over the run); client processes CPU: "
+          f"{client_cpu * 1000 / len(flat):.1f} ms per request ({client_cpu / wall:.2f} cores)")
     if errors:
         print("first error:", errors[0][1], errors[0][3][:300])
     if wrong:
         raise SystemExit(f"{wrong} of {len(flat)} answers differ from the in-process search")
     return {"rate": len(flat) / wall, "p50": ms["p50"], "p99": ms["p99"], "load": load_after[0],
-            "cpu_ms": server_cpu * 1000 / len(flat)}
+            "cpu_ms": server_cpu * 1000 / len(flat), "client_cpu_ms": client_cpu * 1000 / len(flat)}
 
 
 def compare_batching(service: EagleService, names: list[str], args) -> None:
@@ -267,10 +272,12 @@ def ceiling(service: EagleService, names: list[str], args) -> None:
             service.vectors.search = memo.real
     finally:
         service.vectors.search = memo.real
-    print("\n| run | requests/s | p50 ms | p99 ms | server CPU ms/request | load after |\n|---|---:|---:|---:|---:|---:|")
+    print("\n| run | requests/s | p50 ms | p99 ms | server CPU ms/request | clients' CPU ms/request | load after |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
     for mode, run in (("real", runs["real"][0]), ("ceiling", runs["ceiling"][0]), ("ceiling", runs["ceiling"][1]),
                       ("real", runs["real"][1])):
-        print(f"| {mode} | {run['rate']:.1f} | {run['p50']:.1f} | {run['p99']:.1f} | {run['cpu_ms']:.2f} | {run['load']:.1f} |")
+        print(f"| {mode} | {run['rate']:.1f} | {run['p50']:.1f} | {run['p99']:.1f} | {run['cpu_ms']:.2f} | {run['client_cpu_ms']:.2f} | "
+              f"{run['load']:.1f} |")
     real, top = sum(r["rate"] for r in runs["real"]), sum(r["rate"] for r in runs["ceiling"])
     print(f"\nceiling / real, requests/s: {top / real:.2f}x ({top / 2:.0f} against {real / 2:.0f} req/s on average); "
           f"searches the memo had not seen: {memo.misses}")

@@ -41,6 +41,7 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 ENV_DCT_DECODE = "EAGLE_INDEX_DCT_DECODE"
 ENV_SEARCH_BATCH_MS = "EAGLE_INDEX_SEARCH_BATCH_MS"
 ENV_INDEX_TYPE = "EAGLE_INDEX_INDEX_TYPE"  # the FAISS index type of every patient and tile index
+ENV_IVF_REFINE_K_FACTOR = "EAGLE_INDEX_IVF_REFINE_K_FACTOR"  # the ivf type's re-ranking depth: recall against speed
 ENV_LEAN_ABOVE = "EAGLE_INDEX_LEAN_ABOVE"  # issue 20 item 2: 'auto' indexes go memory-lean above this many vectors
 ENV_READ_LEASE = "EAGLE_INDEX_READ_LEASE_S"  # issue 24 item 3: how long a slide's reads may take
 ENV_READ_LEASE_PER_GB = "EAGLE_INDEX_READ_LEASE_PER_GB_S"
@@ -277,6 +278,12 @@ def _environment() -> dict[str, Any]:
             index["lean_above"] = IndexSettings(lean_above=int(raw)).lean_above
         except (ValueError, ValidationError):
             raise _env_error(ENV_LEAN_ABOVE, raw, "a whole number of vectors, 1 or more") from None
+    raw = env.get(ENV_IVF_REFINE_K_FACTOR, "").strip()
+    if raw:
+        try:
+            index["ivf_refine_k_factor"] = IndexSettings(ivf_refine_k_factor=int(raw)).ivf_refine_k_factor
+        except (ValueError, ValidationError):
+            raise _env_error(ENV_IVF_REFINE_K_FACTOR, raw, "a whole number, 1 or more (candidates re-ranked per hit asked)") from None
     if index:
         values["index"] = IndexSettings(**index)
     return values

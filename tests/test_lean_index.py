@@ -8,6 +8,7 @@ Oracle: exact brute force (numpy) over the same normalized vectors.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -239,6 +240,19 @@ def test_lean_above_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("EAGLE_INDEX_LEAN_ABOVE", "0")
     with pytest.raises(InputError, match="^EAGLE_INDEX_LEAN_ABOVE='0': expected "):
         Settings.load()
+
+
+def test_the_ivf_re_ranking_depth_comes_from_the_environment(monkeypatch):
+    from eagle_index.errors import InputError
+
+    assert Settings.load().index.ivf_refine_k_factor == 128
+    monkeypatch.setenv("EAGLE_INDEX_IVF_REFINE_K_FACTOR", "32")
+    index = Settings.load().index
+    assert (index.ivf_refine_k_factor, index.lean_refine_k_factor, index.type) == (32, 320, "auto")
+    for bad in ("0", "many", "1.5"):
+        monkeypatch.setenv("EAGLE_INDEX_IVF_REFINE_K_FACTOR", bad)
+        with pytest.raises(InputError, match=f"^EAGLE_INDEX_IVF_REFINE_K_FACTOR='{re.escape(bad)}': expected a whole number"):
+            Settings.load()
 
 
 def test_warm_reads_the_whole_refine_file_and_changes_no_answer(clustered_set, tmp_path):
