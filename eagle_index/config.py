@@ -260,30 +260,17 @@ def _environment() -> dict[str, Any]:
     if tiling:
         values["tiling"] = TilingSettings(**tiling)
     index: dict = {}
-    raw = env.get(ENV_SEARCH_BATCH_MS, "").strip()
-    if raw:
-        try:
-            index["search_batch_ms"] = IndexSettings(search_batch_ms=float(raw)).search_batch_ms
-        except (ValueError, ValidationError):
-            raise _env_error(ENV_SEARCH_BATCH_MS, raw, "milliseconds from 0 (off) to 100") from None
-    raw = env.get(ENV_INDEX_TYPE, "").strip()
-    if raw:
-        try:
-            index["type"] = IndexSettings(type=raw.lower()).type
-        except (ValueError, ValidationError):
-            raise _env_error(ENV_INDEX_TYPE, raw, "one of auto, flat, ivf, hnsw, lean") from None
-    raw = env.get(ENV_LEAN_ABOVE, "").strip()
-    if raw:
-        try:
-            index["lean_above"] = IndexSettings(lean_above=int(raw)).lean_above
-        except (ValueError, ValidationError):
-            raise _env_error(ENV_LEAN_ABOVE, raw, "a whole number of vectors, 1 or more") from None
-    raw = env.get(ENV_IVF_REFINE_K_FACTOR, "").strip()
-    if raw:
-        try:
-            index["ivf_refine_k_factor"] = IndexSettings(ivf_refine_k_factor=int(raw)).ivf_refine_k_factor
-        except (ValueError, ValidationError):
-            raise _env_error(ENV_IVF_REFINE_K_FACTOR, raw, "a whole number, 1 or more (candidates re-ranked per hit asked)") from None
+    for key, name, parse, expected in (
+            ("search_batch_ms", ENV_SEARCH_BATCH_MS, float, "milliseconds from 0 (off) to 100"),
+            ("type", ENV_INDEX_TYPE, str.lower, "one of auto, flat, ivf, hnsw, lean"),
+            ("lean_above", ENV_LEAN_ABOVE, int, "a whole number of vectors, 1 or more"),
+            ("ivf_refine_k_factor", ENV_IVF_REFINE_K_FACTOR, int, "a whole number, 1 or more (candidates re-ranked per hit asked)")):
+        raw = env.get(name, "").strip()
+        if raw:
+            try:
+                index[key] = getattr(IndexSettings(**{key: parse(raw)}), key)
+            except (ValueError, ValidationError):
+                raise _env_error(name, raw, expected) from None
     if index:
         values["index"] = IndexSettings(**index)
     return values
